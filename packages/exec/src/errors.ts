@@ -1,0 +1,134 @@
+/**
+ * The error base class of every day11 package, and the errors of this one.
+ *
+ * Every error a day11 library throws is a {@link Day11Error}: it has a stable
+ * `code` to switch on, the `path` or command it concerns, a `hint` that says
+ * what to do, and the underlying `cause`.
+ */
+
+/** Options shared by every {@link Day11Error}. */
+export interface Day11ErrorOptions {
+  /** The file or directory the operation was working on. */
+  path?: string | undefined;
+  /** What the user can do about it, one sentence. */
+  hint?: string | undefined;
+  /** The lower-level error. */
+  cause?: unknown;
+}
+
+/** Base class of all day11 errors. `code` is stable across releases. */
+export class Day11Error extends Error {
+  override name = 'Day11Error';
+  /** Stable machine-readable code, e.g. `LAYER_META_CORRUPT`. */
+  readonly code: string;
+  /** The file or directory involved, when there is one. */
+  readonly path: string | undefined;
+  /** What to do about it. */
+  readonly hint: string | undefined;
+
+  constructor(code: string, message: string, options: Day11ErrorOptions = {}) {
+    super(options.hint ? `${message}. ${options.hint}` : message, { cause: options.cause });
+    this.code = code;
+    this.path = options.path;
+    this.hint = options.hint;
+  }
+}
+
+/** True when `err` is a {@link Day11Error}, optionally with the given code. */
+export function isDay11Error(err: unknown, code?: string): err is Day11Error {
+  return err instanceof Day11Error && (code === undefined || err.code === code);
+}
+
+/** Details recorded on a failed subprocess. */
+export interface CommandErrorDetails {
+  command: string;
+  args: readonly string[];
+  exitCode: number | undefined;
+  signal: string | undefined;
+  stderrTail: string;
+  timedOut: boolean;
+  aborted: boolean;
+  cause?: unknown;
+  hint?: string | undefined;
+}
+
+/** A subprocess failed: non-zero exit, a signal, a timeout, an abort, or it could not start. */
+export class CommandError extends Day11Error {
+  override name = 'CommandError';
+  readonly command: string;
+  readonly args: readonly string[];
+  readonly exitCode: number | undefined;
+  readonly signal: string | undefined;
+  /** The last lines of standard error (at most 4 KiB). */
+  readonly stderrTail: string;
+  readonly timedOut: boolean;
+  readonly aborted: boolean;
+
+  constructor(code: string, details: CommandErrorDetails) {
+    super(code, describeFailure(details), { cause: details.cause, hint: details.hint });
+    this.command = details.command;
+    this.args = details.args;
+    this.exitCode = details.exitCode;
+    this.signal = details.signal;
+    this.stderrTail = details.stderrTail;
+    this.timedOut = details.timedOut;
+    this.aborted = details.aborted;
+  }
+}
+
+function describeFailure(d: CommandErrorDetails): string {
+  const line = [d.command, ...d.args].join(' ');
+  const how = d.timedOut
+    ? 'timed out'
+    : d.aborted
+      ? 'was aborted'
+      : d.signal
+        ? `was killed by ${d.signal}`
+        : d.exitCode === undefined
+          ? 'could not be started'
+          : `exited with code ${d.exitCode}`;
+  const tail = d.stderrTail.trim() ? `: ${d.stderrTail.trim()}` : '';
+  return `Command \`${line}\` ${how}${tail}`;
+}
+
+/** Codes of the errors thrown by `@day11/exec`. */
+export const ExecCodes = {
+  /** The command exited non-zero or died. */
+  COMMAND_FAILED: 'EXEC_COMMAND_FAILED',
+  /** The command does not exist or could not be spawned. */
+  COMMAND_NOT_FOUND: 'EXEC_COMMAND_NOT_FOUND',
+  /** The command ran past `timeoutMs`. */
+  TIMED_OUT: 'EXEC_TIMED_OUT',
+  /** The `signal` passed to the call was aborted. */
+  ABORTED: 'EXEC_ABORTED',
+  /** A privileged step was needed, we are not root, and `sudo -n` refused. */
+  NO_PRIVILEGE: 'EXEC_NO_PRIVILEGE',
+  /** A system call failed; `errno` says why. */
+  SYSCALL_FAILED: 'SYS_CALL_FAILED',
+  /** The native binding for a system call could not be loaded on this platform. */
+  SYSCALL_UNAVAILABLE: 'SYS_UNAVAILABLE',
+} as const;
+
+/** A system call made through {@link Sys} failed. */
+export class SysError extends Day11Error {
+  override name = 'SysError';
+  /** The call, e.g. `mknod` or `fsconfig`. */
+  readonly syscall: string;
+  /** Symbolic errno, e.g. `EPERM`, when the kernel returned one. */
+  readonly errno: string | undefined;
+
+  constructor(
+    syscall: string,
+    errno: string | undefined,
+    message: string,
+    options: Day11ErrorOptions = {},
+  ) {
+    super(
+      errno === undefined ? ExecCodes.SYSCALL_UNAVAILABLE : ExecCodes.SYSCALL_FAILED,
+      message,
+      options,
+    );
+    this.syscall = syscall;
+    this.errno = errno;
+  }
+}

@@ -1,0 +1,160 @@
+/**
+ * Run subprocesses. Every subprocess in day11 goes through {@link run}, so
+ * sudo, cancellation, timeouts and error reporting behave the same everywhere.
+ */
+import { execa, type ExecaError } from 'execa';
+import { CommandError, ExecCodes } from './errors.js';
+
+/** Which stream a line of output came from. */
+export type OutputStream = 'stdout' | 'stderr';
+
+/** Options of {@link run}. */
+export interface RunOptions {
+  /** Needs root: when not root, the command runs as `sudo -n CMD ...` (never prompts). */
+  privileged?: boolean;
+  /** Aborting it kills the process (SIGTERM, then SIGKILL after `killGraceMs`). */
+  signal?: AbortSignal;
+  /** Kill the process after this many milliseconds. */
+  timeoutMs?: number;
+  /** Milliseconds between SIGTERM and SIGKILL on abort or timeout (default 2000). */
+  killGraceMs?: number;
+  cwd?: string;
+  /** Extra environment variables, added to the current environment. */
+  env?: Record<string, string | undefined>;
+  /** Written to the process's standard input. */
+  input?: string | Uint8Array;
+  /** Called with each line of output as it arrives. */
+  onOutput?: (line: string, stream: OutputStream) => void;
+  /** Resolve (instead of reject) when the command exits non-zero. Default false. */
+  allowNonZeroExit?: boolean;
+}
+
+/** What a finished command produced. */
+export interface RunResult {
+  stdout: string;
+  stderr: string;
+  exitCode: number;
+  durationMs: number;
+}
+
+const STDERR_TAIL_BYTES = 4096;
+
+/** True when this process runs as root (uid 0). */
+export function isRoot(): boolean {
+  return process.getuid?.() === 0;
+}
+
+/**
+ * Runs `cmd args`, resolving with its output when it exits 0.
+ *
+ * @example
+ * ```ts
+ * const { stdout } = await Exec.run('runc', ['--version']);
+ * await Exec.run('mount', ['-t', 'tmpfs', 'tmpfs', dir], { privileged: true });
+ * ```
+ * @throws {CommandError} on a non-zero exit (unless `allowNonZeroExit`), a signal,
+ *   a timeout, an abort, or when the command cannot be started.
+ */
+export async function run(
+  cmd: string,
+  args: readonly string[] = [],
+  opts: RunOptions = {},
+): Promise<RunResult> {
+  const [file, argv] = withSudo(cmd, args, opts.privileged === true);
+  const started = performance.now();
+  const onOutput = opts.onOutput;
+  let result;
+  try {
+    result = await execa(file, argv, {
+      cwd: opts.cwd,
+      env: opts.env,
+      input: opts.input,
+      stdin: opts.input === undefined ? 'ignore' : 'pipe',
+      ...(onOutput && {
+        stdout: lineTap(onOutput, 'stdout'),
+        stderr: lineTap(onOutput, 'stderr'),
+      }),
+      ...(opts.signal && { cancelSignal: opts.signal }),
+      ...(opts.timeoutMs !== undefined && { timeout: opts.timeoutMs }),
+      forceKillAfterDelay: opts.killGraceMs ?? 2000,
+      reject: opts.allowNonZeroExit !== true,
+      stripFinalNewline: false,
+    });
+  } catch (err) {
+    throw toCommandError(cmd, args, err as ExecaError, opts.privileged === true);
+  }
+  // With allowNonZeroExit a non-zero exit resolves, but death by signal,
+  // timeout or abort is never a result a caller can use.
+  if (result.failed && result.exitCode === undefined) {
+    throw toCommandError(cmd, args, result as unknown as ExecaError, opts.privileged === true);
+  }
+  return {
+    stdout: result.stdout,
+    stderr: result.stderr,
+    exitCode: result.exitCode ?? 0,
+    durationMs: performance.now() - started,
+  };
+}
+
+function withSudo(
+  cmd: string,
+  args: readonly string[],
+  privileged: boolean,
+): [string, readonly string[]] {
+  if (!privileged || isRoot()) return [cmd, args];
+  return ['sudo', ['-n', '--', cmd, ...args]];
+}
+
+function lineTap(onOutput: NonNullable<RunOptions['onOutput']>, stream: OutputStream) {
+  return [
+    function* tap(line: unknown) {
+      onOutput(String(line), stream);
+      yield line;
+    },
+    'pipe',
+  ] as const;
+}
+
+function tail(text: string): string {
+  return text.length <= STDERR_TAIL_BYTES ? text : text.slice(-STDERR_TAIL_BYTES);
+}
+
+function toCommandError(
+  cmd: string,
+  args: readonly string[],
+  err: ExecaError,
+  privileged: boolean,
+): CommandError {
+  const stderr = typeof err.stderr === 'string' ? err.stderr : '';
+  const base = {
+    command: cmd,
+    args,
+    exitCode: err.exitCode,
+    signal: err.signal,
+    stderrTail: tail(stderr),
+    timedOut: err.timedOut === true,
+    aborted: err.isCanceled === true,
+    cause: err,
+  };
+  const spawnCode = (err.cause as NodeJS.ErrnoException | undefined)?.code;
+  if (spawnCode === 'ENOENT') {
+    const missing = privileged && !isRoot() ? 'sudo' : cmd;
+    return new CommandError(ExecCodes.COMMAND_NOT_FOUND, {
+      ...base,
+      hint: `\`${missing}\` is not installed or not on PATH; install it (e.g. apt-get install -y ${missing})`,
+    });
+  }
+  if (
+    privileged &&
+    !isRoot() &&
+    /sudo: (a password is required|.*not allowed|.*may not run)/.test(stderr)
+  ) {
+    return new CommandError(ExecCodes.NO_PRIVILEGE, {
+      ...base,
+      hint: `This step needs root. Run as root, or allow this user to run \`${cmd}\` with passwordless sudo`,
+    });
+  }
+  if (base.timedOut) return new CommandError(ExecCodes.TIMED_OUT, base);
+  if (base.aborted) return new CommandError(ExecCodes.ABORTED, base);
+  return new CommandError(ExecCodes.COMMAND_FAILED, base);
+}

@@ -1,0 +1,361 @@
+/**
+ * The Linux system calls Node has no API for: extended attributes, `mknod`,
+ * and mounting (classic `mount(2)` and the new fsopen/fsconfig API).
+ *
+ * This is the only module in day11 that touches FFI. Bindings load lazily, so
+ * importing it on a platform without them costs nothing; a call then fails
+ * with a {@link SysError} whose code is `SYS_UNAVAILABLE`.
+ */
+import { constants as osConstants } from 'node:os';
+import { createRequire } from 'node:module';
+import type * as KoffiModule from 'koffi';
+import { SysError } from './errors.js';
+
+const require = createRequire(import.meta.url);
+
+// ---------------------------------------------------------------- xattrs
+
+interface XattrBinding {
+  getAttribute(path: string, name: string): Promise<Buffer | null>;
+  getAttributeSync(path: string, name: string): Buffer | null;
+  listAttributes(path: string): Promise<string[]>;
+  listAttributesSync(path: string): string[];
+  setAttribute(path: string, name: string, value: Buffer | string): Promise<void>;
+  setAttributeSync(path: string, name: string, value: Uint8Array | string): void;
+  removeAttribute(path: string, name: string): Promise<void>;
+}
+
+let xattrBinding: XattrBinding | undefined;
+
+function xattr(): XattrBinding {
+  if (!xattrBinding) {
+    try {
+      xattrBinding = require('@napi-rs/xattr') as XattrBinding;
+    } catch (cause) {
+      throw new SysError('xattr', undefined, 'Extended attributes are unavailable', {
+        cause,
+        hint: 'Install @napi-rs/xattr for this platform (it ships prebuilt binaries for Linux)',
+      });
+    }
+  }
+  return xattrBinding;
+}
+
+function xattrError(op: string, path: string, name: string | undefined, cause: unknown): SysError {
+  const code = errnoOf(cause);
+  const what = name ? `${op} xattr ${name} of ${path}` : `${op} xattrs of ${path}`;
+  return new SysError(op, code ?? 'EIO', `Cannot ${what}: ${messageOf(cause)}`, {
+    path,
+    cause,
+    hint:
+      code === 'EPERM' && name?.startsWith('trusted.')
+        ? 'trusted.* attributes need root (CAP_SYS_ADMIN)'
+        : code === 'ENOTSUP' || code === 'EOPNOTSUPP'
+          ? 'The filesystem does not support this attribute namespace'
+          : undefined,
+  });
+}
+
+const NO_ATTR = new Set(['ENODATA', 'ENOATTR']);
+
+/** Reads one extended attribute without following symlinks; `undefined` when absent. */
+export async function getXattr(path: string, name: string): Promise<Buffer | undefined> {
+  try {
+    return (await xattr().getAttribute(path, name)) ?? undefined;
+  } catch (cause) {
+    if (NO_ATTR.has(errnoOf(cause) ?? '')) return undefined;
+    throw xattrError('getxattr', path, name, cause);
+  }
+}
+
+/** Synchronous {@link getXattr}, for hot loops where a thread-pool hop costs more than the call. */
+export function getXattrSync(path: string, name: string): Buffer | undefined {
+  try {
+    return xattr().getAttributeSync(path, name) ?? undefined;
+  } catch (cause) {
+    if (NO_ATTR.has(errnoOf(cause) ?? '')) return undefined;
+    throw xattrError('getxattr', path, name, cause);
+  }
+}
+
+/** Lists the names of a path's extended attributes, without following symlinks. */
+export async function listXattrs(path: string): Promise<string[]> {
+  try {
+    return await xattr().listAttributes(path);
+  } catch (cause) {
+    throw xattrError('listxattr', path, undefined, cause);
+  }
+}
+
+/** Synchronous {@link listXattrs}. */
+export function listXattrsSync(path: string): string[] {
+  try {
+    return xattr().listAttributesSync(path);
+  } catch (cause) {
+    throw xattrError('listxattr', path, undefined, cause);
+  }
+}
+
+/** Sets one extended attribute, without following symlinks. */
+export async function setXattr(path: string, name: string, value: Buffer | string): Promise<void> {
+  try {
+    await xattr().setAttribute(path, name, value);
+  } catch (cause) {
+    throw xattrError('setxattr', path, name, cause);
+  }
+}
+
+/** Synchronous {@link setXattr}. */
+export function setXattrSync(path: string, name: string, value: Buffer | string): void {
+  try {
+    xattr().setAttributeSync(path, name, value);
+  } catch (cause) {
+    throw xattrError('setxattr', path, name, cause);
+  }
+}
+
+/** Removes one extended attribute; absent is not an error. */
+export async function removeXattr(path: string, name: string): Promise<void> {
+  try {
+    await xattr().removeAttribute(path, name);
+  } catch (cause) {
+    if (NO_ATTR.has(errnoOf(cause) ?? '')) return;
+    throw xattrError('removexattr', path, name, cause);
+  }
+}
+
+/** Reads every extended attribute of a path (not following symlinks) into a map. */
+export async function readAllXattrs(path: string): Promise<Map<string, Buffer>> {
+  const out = new Map<string, Buffer>();
+  for (const name of await listXattrs(path)) {
+    const value = await getXattr(path, name);
+    if (value !== undefined) out.set(name, value);
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------- libc via koffi
+
+interface Libc {
+  koffi: typeof KoffiModule;
+  mknod: (path: string, mode: number, dev: number) => number;
+  mount: (
+    src: string | null,
+    target: string,
+    fstype: string | null,
+    flags: number,
+    data: string | null,
+  ) => number;
+  umount2: (target: string, flags: number) => number;
+  fsopen: (fsname: string, flags: number) => number;
+  fsconfig: (
+    fd: number,
+    cmd: number,
+    key: string | null,
+    value: string | null,
+    aux: number,
+  ) => number;
+  fsmount: (fd: number, flags: number, attrFlags: number) => number;
+  moveMount: (
+    fromDfd: number,
+    fromPath: string,
+    toDfd: number,
+    toPath: string,
+    flags: number,
+  ) => number;
+  close: (fd: number) => number;
+}
+
+let libcBinding: Libc | undefined;
+
+function libc(syscall: string): Libc {
+  if (libcBinding) return libcBinding;
+  try {
+    const koffi = require('koffi') as typeof KoffiModule;
+    const lib = koffi.load('libc.so.6');
+    // koffi's handles are untyped; each is given its C signature's type once, here.
+    const fn = <T>(proto: string): T => lib.func(proto) as unknown as T;
+    libcBinding = {
+      koffi,
+      mknod: fn('int mknod(const char *path, uint32_t mode, uint64_t dev)'),
+      mount: fn(
+        'int mount(const char *src, const char *target, const char *fstype, unsigned long flags, const char *data)',
+      ),
+      umount2: fn('int umount2(const char *target, int flags)'),
+      fsopen: fn('int fsopen(const char *fsname, unsigned int flags)'),
+      fsconfig: fn(
+        'int fsconfig(int fd, unsigned int cmd, const char *key, const char *value, int aux)',
+      ),
+      fsmount: fn('int fsmount(int fd, unsigned int flags, unsigned int attr_flags)'),
+      moveMount: fn(
+        'int move_mount(int from_dfd, const char *from_path, int to_dfd, const char *to_path, unsigned int flags)',
+      ),
+      close: fn('int close(int fd)'),
+    };
+    return libcBinding;
+  } catch (cause) {
+    throw new SysError(syscall, undefined, `The ${syscall} system call is unavailable here`, {
+      cause,
+      hint: 'day11 needs Linux with glibc and the koffi package; fall back to the mount(8)/mknod(1) commands',
+    });
+  }
+}
+
+/** True when the libc bindings load on this platform (Linux + glibc). */
+export function libcAvailable(): boolean {
+  try {
+    libc('probe');
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+const ERRNO_NAMES = new Map<number, string>(
+  Object.entries(osConstants.errno).map(([name, num]) => [num, name]),
+);
+
+/** Symbolic name of an errno number, e.g. 16 → `EBUSY`. */
+export function errnoName(num: number): string {
+  return ERRNO_NAMES.get(num) ?? `errno ${num}`;
+}
+
+function check(syscall: string, ret: number, what: string, path?: string): number {
+  if (ret >= 0) return ret;
+  const errno = errnoName(libc(syscall).koffi.errno());
+  throw new SysError(syscall, errno, `${what} failed: ${errno}`, {
+    path,
+    hint: errno === 'EPERM' ? 'This needs root (CAP_SYS_ADMIN / CAP_MKNOD)' : undefined,
+  });
+}
+
+/** `makedev(3)`: the kernel's encoding of a device number. */
+export function makedev(major: number, minor: number): number {
+  // Low 20 bits of minor and 12 of major, the glibc layout; day11 never sees
+  // device numbers above 2^32, where JavaScript numbers would lose bits.
+  return (
+    ((major & 0xfff) << 8) + (minor & 0xff) + ((minor & 0xfff00) << 12) + (major & ~0xfff) * 2 ** 32
+  );
+}
+
+/** File type bits for {@link mknod}. */
+export const S_IFCHR = 0o020000;
+export const S_IFBLK = 0o060000;
+export const S_IFIFO = 0o010000;
+
+/**
+ * Creates a device node or fifo, e.g. an overlayfs whiteout:
+ * `mknod(path, S_IFCHR | 0o000, 0, 0)`.
+ */
+export function mknod(path: string, mode: number, major = 0, minor = 0): void {
+  const lib = libc('mknod');
+  check('mknod', lib.mknod(path, mode, makedev(major, minor)), `mknod ${path}`, path);
+}
+
+/** Classic `mount(2)`. `data` is the comma-separated option string. */
+export function mount(opts: {
+  source: string | null;
+  target: string;
+  fstype: string | null;
+  flags?: number;
+  data?: string | null;
+}): void {
+  const lib = libc('mount');
+  const ret = lib.mount(opts.source, opts.target, opts.fstype, opts.flags ?? 0, opts.data ?? null);
+  check('mount', ret, `mount ${opts.fstype ?? ''} on ${opts.target}`, opts.target);
+}
+
+/** `MNT_DETACH` for {@link umount}: lazy unmount. */
+export const MNT_DETACH = 2;
+
+/** `umount2(2)`. */
+export function umount(target: string, flags = 0): void {
+  const lib = libc('umount2');
+  check('umount2', lib.umount2(target, flags), `umount ${target}`, target);
+}
+
+/** Constants of the new mount API (linux/mount.h). */
+export const FsConfig = {
+  FSOPEN_CLOEXEC: 0x1,
+  FSMOUNT_CLOEXEC: 0x1,
+  SET_FLAG: 0,
+  SET_STRING: 1,
+  CMD_CREATE: 6,
+  MOVE_MOUNT_F_EMPTY_PATH: 0x4,
+  AT_FDCWD: -100,
+} as const;
+
+/**
+ * Mounts a filesystem with the new mount API: fsopen, one fsconfig per option
+ * (so no option string is limited to a page), fsmount, move_mount.
+ *
+ * `options` are applied in order; a `true` value sets a flag, a string sets a
+ * string option (repeated keys such as overlayfs's `lowerdir+` are allowed).
+ * The kernel's message for a rejected option is not read; the error names the
+ * option that failed.
+ */
+export function mountWithFsconfig(opts: {
+  fstype: string;
+  target: string;
+  options: ReadonlyArray<readonly [key: string, value: string | true]>;
+}): void {
+  const lib = libc('fsopen');
+  const fsfd = check(
+    'fsopen',
+    lib.fsopen(opts.fstype, FsConfig.FSOPEN_CLOEXEC),
+    `fsopen ${opts.fstype}`,
+  );
+  let mfd = -1;
+  try {
+    for (const [key, value] of opts.options) {
+      const ret =
+        value === true
+          ? lib.fsconfig(fsfd, FsConfig.SET_FLAG, key, null, 0)
+          : lib.fsconfig(fsfd, FsConfig.SET_STRING, key, value, 0);
+      check('fsconfig', ret, `fsconfig ${key}${value === true ? '' : `=${value}`}`, opts.target);
+    }
+    check(
+      'fsconfig',
+      lib.fsconfig(fsfd, FsConfig.CMD_CREATE, null, null, 0),
+      `create ${opts.fstype}`,
+      opts.target,
+    );
+    mfd = check(
+      'fsmount',
+      lib.fsmount(fsfd, FsConfig.FSMOUNT_CLOEXEC, 0),
+      `fsmount ${opts.fstype}`,
+      opts.target,
+    );
+    const moved = lib.moveMount(
+      mfd,
+      '',
+      FsConfig.AT_FDCWD,
+      opts.target,
+      FsConfig.MOVE_MOUNT_F_EMPTY_PATH,
+    );
+    check('move_mount', moved, `move_mount to ${opts.target}`, opts.target);
+  } finally {
+    if (mfd >= 0) lib.close(mfd);
+    lib.close(fsfd);
+  }
+}
+
+// ---------------------------------------------------------------- helpers
+
+function errnoOf(err: unknown): string | undefined {
+  if (typeof err !== 'object' || err === null) return undefined;
+  const code = (err as { code?: unknown }).code;
+  if (typeof code === 'string' && /^E[A-Z]+$/.test(code)) return code;
+  // napi-rs errors carry the OS message; map the common ones back to errno names.
+  const message = messageOf(err);
+  if (/No data available|ENODATA/.test(message)) return 'ENODATA';
+  if (/Operation not permitted/.test(message)) return 'EPERM';
+  if (/Operation not supported/.test(message)) return 'EOPNOTSUPP';
+  if (/No such file or directory/.test(message)) return 'ENOENT';
+  if (/Permission denied/.test(message)) return 'EACCES';
+  return undefined;
+}
+
+function messageOf(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}

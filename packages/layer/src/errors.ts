@@ -1,0 +1,67 @@
+/**
+ * Errors of `@day11/layer`. Every one is a `Day11Error` with a stable code
+ * from {@link LayerCodes}, the path involved, and a hint.
+ */
+import { Day11Error, type Day11ErrorOptions } from '@day11/exec';
+
+/** Stable codes of the errors thrown by `@day11/layer`. */
+export const LayerCodes = {
+  /** A hash is not 12–64 lowercase hex characters. */
+  BAD_HASH: 'LAYER_BAD_HASH',
+  /** `layer.json` does not exist. */
+  META_MISSING: 'LAYER_META_MISSING',
+  /** `layer.json` is not valid JSON or does not match the schema. */
+  META_CORRUPT: 'LAYER_META_CORRUPT',
+  /** A sidecar name or value is not acceptable. */
+  SIDECAR_INVALID: 'LAYER_SIDECAR_INVALID',
+  /** A sidecar file does not exist. */
+  SIDECAR_MISSING: 'LAYER_SIDECAR_MISSING',
+  /** A sidecar file is not a JSON object. */
+  SIDECAR_CORRUPT: 'LAYER_SIDECAR_CORRUPT',
+  /** A registry id contains `/`, `..`, NUL or is empty. */
+  BAD_ID: 'LAYER_BAD_ID',
+  /** A filesystem write failed. */
+  WRITE_FAILED: 'LAYER_WRITE_FAILED',
+  /** Merging layers into one directory failed. */
+  MERGE_FAILED: 'LAYER_MERGE_FAILED',
+  /** An import source (tarball, directory, Docker image) is unusable. */
+  IMPORT_FAILED: 'LAYER_IMPORT_FAILED',
+  /** A tar entry would escape the target: `..`, an absolute path, or a write through a symlink. */
+  IMPORT_UNSAFE_PATH: 'LAYER_IMPORT_UNSAFE_PATH',
+  /** No Docker engine is reachable. */
+  NO_DOCKER: 'LAYER_NO_DOCKER',
+  /** A lock could not be taken in time. */
+  LOCK_TIMEOUT: 'LAYER_LOCK_TIMEOUT',
+  /** A held lock was lost (its file removed or not refreshed in time). */
+  LOCK_COMPROMISED: 'LAYER_LOCK_COMPROMISED',
+  /** Commit could not turn an upper into a layer. */
+  COMMIT_FAILED: 'LAYER_COMMIT_FAILED',
+  /** A garbage-collection option is invalid, or a deletion failed. */
+  GC_FAILED: 'LAYER_GC_FAILED',
+  /** An argument is out of range or malformed. */
+  BAD_ARGUMENT: 'LAYER_BAD_ARGUMENT',
+} as const;
+
+/** A stable code from {@link LayerCodes}. */
+export type LayerCode = (typeof LayerCodes)[keyof typeof LayerCodes];
+
+/** Any error thrown by `@day11/layer`. */
+export class LayerError extends Day11Error {
+  override name = 'LayerError';
+  declare readonly code: LayerCode;
+
+  constructor(code: LayerCode, message: string, options: Day11ErrorOptions = {}) {
+    super(code, message, options);
+  }
+}
+
+/** `err.message` for unknown errors. */
+export function messageOf(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+/** The errno code (`ENOENT`, ...) of a Node fs error, if any. */
+export function errnoCode(err: unknown): string | undefined {
+  const code = (err as { code?: unknown } | null)?.code;
+  return typeof code === 'string' ? code : undefined;
+}

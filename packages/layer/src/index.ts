@@ -1,0 +1,20 @@
+/**
+ * `@day11/layer`: content-addressed build layers on disk.
+ *
+ * @example
+ * ```ts
+ * import { Hash, LayerDir, LayerMeta } from '@day11/layer';
+ * const hash = Hash.layerHash({ baseHash, depHashes: [a, b], pkg: 'hello.1.0' });
+ * const dir = LayerDir.path({ osDir: '/var/cache/day11', hash });
+ * const meta = await LayerMeta.load(dir);
+ * ```
+ */
+export * as Hash from './hash.js';
+export * as LayerDir from './layer-dir.js';
+export * as LayerMeta from './layer-meta.js';
+export * as Sidecar from './sidecar.js';
+export * as LastUsed from './last-used.js';
+export type { Base } from './types.js';
+export type { LayerMeta as LayerMetaRecord, Timing } from './layer-meta.js';
+export type { SidecarValue } from './sidecar.js';
+export { LayerCodes, LayerError, type LayerCode } from './errors.js';

@@ -1,0 +1,114 @@
+/**
+ * `layer.json`: the generic per-layer record (seed 000's `Layer_meta.t`).
+ * Keys stay snake_case so caches written by other day11 implementations read
+ * back; keys this version does not know are kept through a load/save.
+ */
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { z } from 'zod';
+import { writeFileAtomic } from './atomic.js';
+import { errnoCode, LayerCodes, LayerError, messageOf } from './errors.js';
+import { FILES } from './layer-dir.js';
+
+/** `[phase, seconds]` pairs, in the order the phases ran. */
+export const TimingSchema = z.array(z.tuple([z.string(), z.number()]));
+
+/** Schema of `layer.json`. Unknown keys pass through. */
+export const Schema = z.looseObject({
+  exit_status: z.number().int(),
+  parent_hashes: z.array(z.string()),
+  uid: z.number().int().nonnegative(),
+  gid: z.number().int().nonnegative(),
+  base_hash: z.string(),
+  disk_usage: z.number().int().nonnegative(),
+  timing: TimingSchema,
+  created_at: z.string(),
+  failed_dep: z.string().nullable(),
+});
+
+/** The record stored in `layer.json`. */
+export type LayerMeta = z.infer<typeof Schema>;
+/** `[phase, seconds]` pairs. */
+export type Timing = z.infer<typeof TimingSchema>;
+
+/** The `layer.json` path of a layer directory. */
+export function file(dir: string): string {
+  return join(dir, FILES.meta);
+}
+
+/**
+ * Writes `layer.json` atomically. `created_at` is taken from `createdAt`, else
+ * from `meta.created_at` when set, else the current time (ISO-8601 UTC).
+ */
+export async function save(
+  dir: string,
+  meta: Omit<LayerMeta, 'created_at'> & { created_at?: string },
+  options: { createdAt?: string } = {},
+): Promise<void> {
+  const record = {
+    ...meta,
+    created_at: options.createdAt ?? (meta.created_at || new Date().toISOString()),
+  };
+  const parsed = Schema.safeParse(record);
+  if (!parsed.success) {
+    throw new LayerError(
+      LayerCodes.BAD_ARGUMENT,
+      `Refusing to write an invalid ${file(dir)}: ${z.prettifyError(parsed.error)}`,
+      { path: file(dir) },
+    );
+  }
+  await writeFileAtomic(file(dir), `${JSON.stringify(parsed.data, null, 2)}\n`);
+}
+
+/** Parses the text of a `layer.json`; `path` is used in error messages. */
+export function parse(text: string, path: string): LayerMeta {
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (cause) {
+    throw corrupt(path, `not valid JSON (${messageOf(cause)})`, cause);
+  }
+  const parsed = Schema.safeParse(json);
+  if (!parsed.success) throw corrupt(path, z.prettifyError(parsed.error), parsed.error);
+  return parsed.data;
+}
+
+/**
+ * Reads `layer.json` of a layer directory.
+ * @throws {LayerError} `LAYER_META_MISSING` when absent, `LAYER_META_CORRUPT` when unreadable.
+ */
+export async function load(dir: string): Promise<LayerMeta> {
+  const path = file(dir);
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (cause) {
+    if (errnoCode(cause) === 'ENOENT') {
+      throw new LayerError(LayerCodes.META_MISSING, `No layer metadata at ${path}`, {
+        path,
+        cause,
+        hint: 'The directory is not a committed layer; rebuild it, or remove it with Gc/Recover',
+      });
+    }
+    throw corrupt(path, messageOf(cause), cause);
+  }
+  return parse(text, path);
+}
+
+/** Reads `layer.json`, or `undefined` when the layer has none. Corrupt files still throw. */
+export async function find(dir: string): Promise<LayerMeta | undefined> {
+  try {
+    return await load(dir);
+  } catch (err) {
+    if (err instanceof LayerError && err.code === LayerCodes.META_MISSING) return undefined;
+    throw err;
+  }
+}
+
+function corrupt(path: string, why: string, cause: unknown): LayerError {
+  return new LayerError(LayerCodes.META_CORRUPT, `Corrupt layer metadata in ${path}: ${why}`, {
+    path,
+    cause,
+    hint: 'Delete this layer directory so it is rebuilt; other layers are unaffected',
+  });
+}

@@ -1,0 +1,96 @@
+/**
+ * Sidecars: JSON objects beside `layer.json`, owned by domain code
+ * (`build.json`, `doc.json`, ...). A layer's kind is which sidecars it has.
+ * This module reads and writes any of them without knowing their schema.
+ */
+import { readdir, readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { writeFileAtomic } from './atomic.js';
+import { errnoCode, LayerCodes, LayerError, messageOf } from './errors.js';
+import { FILES } from './layer-dir.js';
+
+/** A sidecar's content: a JSON object. */
+export type SidecarValue = Record<string, unknown>;
+
+const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]*\.json$/;
+
+/** Throws unless `name` is a plain `*.json` file name other than `layer.json`. */
+export function assertName(name: string): void {
+  if (!NAME_RE.test(name) || name === FILES.meta) {
+    throw new LayerError(
+      LayerCodes.SIDECAR_INVALID,
+      `Invalid sidecar name ${JSON.stringify(name)}`,
+      {
+        hint: 'A sidecar is a file name ending in .json (letters, digits, . _ -), not layer.json',
+      },
+    );
+  }
+}
+
+function isObject(value: unknown): value is SidecarValue {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+/**
+ * Reads sidecar `name` of layer `dir`, or `undefined` when the layer has none.
+ * @throws {LayerError} `LAYER_SIDECAR_CORRUPT` when it is not a JSON object.
+ */
+export async function read(dir: string, name: string): Promise<SidecarValue | undefined> {
+  assertName(name);
+  const path = join(dir, name);
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (cause) {
+    if (errnoCode(cause) === 'ENOENT') return undefined;
+    throw corrupt(path, messageOf(cause), cause);
+  }
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (cause) {
+    throw corrupt(path, `not valid JSON (${messageOf(cause)})`, cause);
+  }
+  if (!isObject(value)) throw corrupt(path, 'the top level is not a JSON object', undefined);
+  return value;
+}
+
+/** Writes sidecar `name` atomically. `value` must be a JSON object. */
+export async function write(dir: string, name: string, value: unknown): Promise<void> {
+  assertName(name);
+  const path = join(dir, name);
+  if (!isObject(value)) {
+    throw new LayerError(LayerCodes.SIDECAR_INVALID, `Sidecar ${path} must be a JSON object`, {
+      path,
+      hint: 'Wrap the value in an object, e.g. { "value": ... }',
+    });
+  }
+  let text: string;
+  try {
+    text = JSON.stringify(value, null, 2);
+  } catch (cause) {
+    throw new LayerError(
+      LayerCodes.SIDECAR_INVALID,
+      `Sidecar ${path} is not serialisable: ${messageOf(cause)}`,
+      {
+        path,
+        cause,
+      },
+    );
+  }
+  await writeFileAtomic(path, `${text}\n`);
+}
+
+/** Names of the sidecars in layer `dir`, sorted (every `*.json` but `layer.json`). */
+export async function list(dir: string): Promise<string[]> {
+  const names = await readdir(dir);
+  return names.filter((n) => n !== FILES.meta && NAME_RE.test(n)).sort();
+}
+
+function corrupt(path: string, why: string, cause: unknown): LayerError {
+  return new LayerError(LayerCodes.SIDECAR_CORRUPT, `Corrupt sidecar ${path}: ${why}`, {
+    path,
+    cause,
+    hint: 'Rewrite it with Sidecar.write, or delete the layer so it is rebuilt',
+  });
+}
