@@ -60,33 +60,40 @@ export async function run(
   args: readonly string[] = [],
   opts: RunOptions = {},
 ): Promise<RunResult> {
-  const [file, argv] = withSudo(cmd, args, opts.privileged === true);
+  const privileged = opts.privileged === true;
+  const [file, argv] = withSudo(cmd, args, privileged);
   const started = performance.now();
   const onOutput = opts.onOutput;
+  const subprocess = execa(file, argv, {
+    cwd: opts.cwd,
+    env: opts.env,
+    input: opts.input,
+    stdin: opts.input === undefined ? 'ignore' : 'pipe',
+    ...(onOutput && {
+      stdout: lineTap(onOutput, 'stdout'),
+      stderr: lineTap(onOutput, 'stderr'),
+    }),
+    // Its own process group, so a timeout or abort kills grandchildren too:
+    // a shell's child holding the output pipe open must not outlive the kill.
+    detached: true,
+    cleanup: false,
+    reject: opts.allowNonZeroExit !== true,
+    stripFinalNewline: false,
+  });
+  const killer = new GroupKiller(subprocess.pid, opts.killGraceMs ?? 2000);
+  const stop = killer.arm(opts.timeoutMs, opts.signal);
   let result;
   try {
-    result = await execa(file, argv, {
-      cwd: opts.cwd,
-      env: opts.env,
-      input: opts.input,
-      stdin: opts.input === undefined ? 'ignore' : 'pipe',
-      ...(onOutput && {
-        stdout: lineTap(onOutput, 'stdout'),
-        stderr: lineTap(onOutput, 'stderr'),
-      }),
-      ...(opts.signal && { cancelSignal: opts.signal }),
-      ...(opts.timeoutMs !== undefined && { timeout: opts.timeoutMs }),
-      forceKillAfterDelay: opts.killGraceMs ?? 2000,
-      reject: opts.allowNonZeroExit !== true,
-      stripFinalNewline: false,
-    });
+    result = await subprocess;
   } catch (err) {
-    throw toCommandError(cmd, args, err as ExecaError, opts.privileged === true);
+    throw toCommandError({ cmd, args, err: err as ExecaError, privileged, killer });
+  } finally {
+    stop();
   }
   // With allowNonZeroExit a non-zero exit resolves, but death by signal,
   // timeout or abort is never a result a caller can use.
-  if (result.failed && result.exitCode === undefined) {
-    throw toCommandError(cmd, args, result as unknown as ExecaError, opts.privileged === true);
+  if (result.failed && (result.exitCode === undefined || killer.reason)) {
+    throw toCommandError({ cmd, args, err: result as unknown as ExecaError, privileged, killer });
   }
   return {
     stdout: result.stdout,
@@ -94,6 +101,64 @@ export async function run(
     exitCode: result.exitCode ?? 0,
     durationMs: performance.now() - started,
   };
+}
+
+/** Process groups still running, killed if this process exits first. */
+const liveGroups = new Set<number>();
+let exitHookInstalled = false;
+
+function installExitHook(): void {
+  if (exitHookInstalled) return;
+  exitHookInstalled = true;
+  process.on('exit', () => {
+    for (const pgid of liveGroups) killGroup(pgid, 'SIGKILL');
+  });
+}
+
+function killGroup(pgid: number, signal: NodeJS.Signals): void {
+  try {
+    process.kill(-pgid, signal);
+  } catch {
+    // Already gone.
+  }
+}
+
+/** Kills a subprocess's whole process group on timeout or abort: SIGTERM, then SIGKILL. */
+class GroupKiller {
+  reason: 'timeout' | 'abort' | undefined;
+  private graceTimer: NodeJS.Timeout | undefined;
+
+  constructor(
+    private readonly pgid: number | undefined,
+    private readonly graceMs: number,
+  ) {
+    if (pgid !== undefined) {
+      installExitHook();
+      liveGroups.add(pgid);
+    }
+  }
+
+  /** Starts watching; returns the function that stops watching once the process is done. */
+  arm(timeoutMs: number | undefined, signal: AbortSignal | undefined): () => void {
+    const timer = timeoutMs === undefined ? undefined : setTimeout(() => this.kill('timeout'), timeoutMs);
+    const onAbort = (): void => this.kill('abort');
+    if (signal?.aborted) onAbort();
+    else signal?.addEventListener('abort', onAbort, { once: true });
+    return () => {
+      clearTimeout(timer);
+      clearTimeout(this.graceTimer);
+      signal?.removeEventListener('abort', onAbort);
+      if (this.pgid !== undefined) liveGroups.delete(this.pgid);
+    };
+  }
+
+  private kill(reason: 'timeout' | 'abort'): void {
+    if (this.reason || this.pgid === undefined) return;
+    this.reason = reason;
+    killGroup(this.pgid, 'SIGTERM');
+    const pgid = this.pgid;
+    this.graceTimer = setTimeout(() => killGroup(pgid, 'SIGKILL'), this.graceMs);
+  }
 }
 
 function withSudo(
@@ -119,12 +184,19 @@ function tail(text: string): string {
   return text.length <= STDERR_TAIL_BYTES ? text : text.slice(-STDERR_TAIL_BYTES);
 }
 
-function toCommandError(
-  cmd: string,
-  args: readonly string[],
-  err: ExecaError,
-  privileged: boolean,
-): CommandError {
+function toCommandError({
+  cmd,
+  args,
+  err,
+  privileged,
+  killer,
+}: {
+  cmd: string;
+  args: readonly string[];
+  err: ExecaError;
+  privileged: boolean;
+  killer: GroupKiller;
+}): CommandError {
   const stderr = typeof err.stderr === 'string' ? err.stderr : '';
   const base = {
     command: cmd,
@@ -132,16 +204,16 @@ function toCommandError(
     exitCode: err.exitCode,
     signal: err.signal,
     stderrTail: tail(stderr),
-    timedOut: err.timedOut === true,
-    aborted: err.isCanceled === true,
+    timedOut: killer.reason === 'timeout',
+    aborted: killer.reason === 'abort',
     cause: err,
   };
   const spawnCode = (err.cause as NodeJS.ErrnoException | undefined)?.code;
-  if (spawnCode === 'ENOENT') {
+  if (err.exitCode === undefined && (spawnCode === 'ENOENT' || spawnCode === 'EACCES')) {
     const missing = privileged && !isRoot() ? 'sudo' : cmd;
     return new CommandError(ExecCodes.COMMAND_NOT_FOUND, {
       ...base,
-      hint: `\`${missing}\` is not installed or not on PATH; install it (e.g. apt-get install -y ${missing})`,
+      hint: `\`${missing}\` is not installed, not on PATH or not executable; install it (e.g. apt-get install -y ${missing})`,
     });
   }
   if (

@@ -1,2 +1,62 @@
-// Placeholder: being written now; replaced before this is used.
-export {};
+/**
+ * The symlink registry: `packages/{id}/build-{hash}` → the layer directory.
+ * The id is opaque ("name.version" for opam callers, anything for others);
+ * it lets a caller find every layer built for one id without reading them all.
+ */
+import { mkdir, rename, rm, symlink } from 'node:fs/promises';
+import { join, relative } from 'node:path';
+import { tempPathFor } from './atomic.js';
+import { LayerCodes, LayerError, messageOf } from './errors.js';
+import { isLayerName } from './layer-dir.js';
+
+/** Throws unless `id` can name one directory: not empty, no `/`, no NUL, not `.` or `..`. */
+export function assertId(id: string): void {
+  if (id === '' || id === '.' || id === '..' || id.includes('/') || id.includes('\0') || id.includes('..')) {
+    throw new LayerError(LayerCodes.BAD_ID, `Invalid registry id ${JSON.stringify(id)}`, {
+      hint: 'An id names one directory: it must be non-empty and contain no "/", ".." or NUL',
+    });
+  }
+}
+
+/**
+ * Makes `{packagesDir}/{id}/{layerName}` a symlink to the layer directory
+ * `{packagesDir}/../{layerName}` (relative, so the cache can be moved),
+ * replacing any existing link atomically.
+ *
+ * @example
+ * ```ts
+ * await LayerSymlinks.ensure({ packagesDir: `${osDir}/packages`, id: 'hello.1.0', layerName: 'build-0123456789ab' });
+ * ```
+ */
+export async function ensure({
+  packagesDir,
+  id,
+  layerName,
+}: {
+  packagesDir: string;
+  id: string;
+  layerName: string;
+}): Promise<void> {
+  assertId(id);
+  if (!isLayerName(layerName)) {
+    throw new LayerError(LayerCodes.BAD_ARGUMENT, `Invalid layer name ${JSON.stringify(layerName)}`, {
+      hint: 'Pass LayerDir.name(hash), e.g. "build-0123456789ab"',
+    });
+  }
+  const idDir = join(packagesDir, id);
+  const link = join(idDir, layerName);
+  const target = relative(idDir, join(packagesDir, '..', layerName));
+  const temp = tempPathFor(link);
+  try {
+    await mkdir(idDir, { recursive: true });
+    await symlink(target, temp);
+    await rename(temp, link);
+  } catch (cause) {
+    await rm(temp, { force: true });
+    throw new LayerError(LayerCodes.WRITE_FAILED, `Cannot register ${link}: ${messageOf(cause)}`, {
+      path: link,
+      cause,
+      hint: 'Check that the packages directory is writable',
+    });
+  }
+}

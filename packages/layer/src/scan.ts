@@ -1,2 +1,127 @@
-// Placeholder: being written now; replaced before this is used.
-export {};
+/**
+ * Directory enumeration: the layers of a cache and the symlink registry.
+ * Generic: the caller filters and interprets. A layer that cannot be read is
+ * listed with the reason, never skipped silently and never fatal to the scan.
+ */
+import { readdir, readlink, stat } from 'node:fs/promises';
+import { join, resolve, dirname } from 'node:path';
+import { errnoCode, LayerCodes, LayerError, messageOf } from './errors.js';
+import * as LastUsed from './last-used.js';
+import { hashPrefix } from './layer-dir.js';
+import * as LayerMeta from './layer-meta.js';
+import * as Sidecar from './sidecar.js';
+
+/** One layer directory found by {@link layers}. */
+export interface ScannedLayer {
+  /** Absolute path of the layer directory. */
+  dir: string;
+  /** Its name, `build-` + 12 hex. */
+  name: string;
+  /** The 12 hex characters of the name. */
+  hashPrefix: string;
+  /** Parsed `layer.json`, when it could be read. */
+  meta: LayerMeta.LayerMeta | undefined;
+  /** Why `layer.json` could not be read (missing or corrupt), when it could not. */
+  metaError: LayerError | undefined;
+  /** Sidecar file names, sorted. */
+  sidecars: string[];
+  /** `last_used` mtime (epoch ms), when recorded. */
+  lastUsed: number | undefined;
+}
+
+/** How many layers are read at once: enough to keep the thread pool busy. */
+const CONCURRENCY = 64;
+
+/**
+ * Lists every `build-xxxxxxxxxxxx` directory of `osDir`, sorted by name.
+ * Temporary and lock directories are not listed. A missing `osDir` gives `[]`.
+ */
+export async function layers(osDir: string): Promise<ScannedLayer[]> {
+  const names = await layerNames(osDir);
+  const out = new Array<ScannedLayer>(names.length);
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    while (next < names.length) {
+      const i = next++;
+      out[i] = await scanOne(join(osDir, names[i]!), names[i]!);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(CONCURRENCY, names.length) }, worker));
+  return out;
+}
+
+async function layerNames(osDir: string): Promise<string[]> {
+  try {
+    const entries = await readdir(osDir, { withFileTypes: true });
+    return entries
+      .filter((e) => e.isDirectory() && hashPrefix(e.name) !== undefined)
+      .map((e) => e.name)
+      .sort();
+  } catch (cause) {
+    if (errnoCode(cause) === 'ENOENT') return [];
+    throw new LayerError(LayerCodes.BAD_ARGUMENT, `Cannot list the cache ${osDir}: ${messageOf(cause)}`, {
+      path: osDir,
+      cause,
+      hint: 'Pass the cache directory (the one holding build-* directories)',
+    });
+  }
+}
+
+async function scanOne(dir: string, name: string): Promise<ScannedLayer> {
+  const [metaResult, sidecars, lastUsed] = await Promise.all([
+    readMeta(dir),
+    Sidecar.list(dir).catch(() => []),
+    LastUsed.get(dir),
+  ]);
+  return { dir, name, hashPrefix: hashPrefix(name)!, ...metaResult, sidecars, lastUsed };
+}
+
+async function readMeta(dir: string): Promise<Pick<ScannedLayer, 'meta' | 'metaError'>> {
+  try {
+    return { meta: await LayerMeta.load(dir), metaError: undefined };
+  } catch (err) {
+    if (err instanceof LayerError) return { meta: undefined, metaError: err };
+    throw err;
+  }
+}
+
+/** One registry link found by {@link symlinks}. */
+export interface ScannedSymlink {
+  /** The registry id (the directory under `packages/`). */
+  id: string;
+  /** The link's name, `build-` + 12 hex. */
+  name: string;
+  /** Absolute path of the link. */
+  path: string;
+  /** What the link points to, resolved to an absolute path. */
+  target: string;
+  /** Whether the target exists (a collected layer leaves a dangling link). */
+  exists: boolean;
+}
+
+/** Lists the registry links under `packagesDir`, sorted by id then name. Missing dir gives `[]`. */
+export async function symlinks(packagesDir: string): Promise<ScannedSymlink[]> {
+  const ids = await readdir(packagesDir, { withFileTypes: true }).catch((cause: unknown) => {
+    if (errnoCode(cause) === 'ENOENT') return [];
+    throw cause;
+  });
+  const out: ScannedSymlink[] = [];
+  for (const idEntry of ids.filter((e) => e.isDirectory()).sort(byName)) {
+    const idDir = join(packagesDir, idEntry.name);
+    const links = await readdir(idDir, { withFileTypes: true });
+    for (const link of links.filter((e) => e.isSymbolicLink() && hashPrefix(e.name)).sort(byName)) {
+      const path = join(idDir, link.name);
+      const target = resolve(dirname(path), await readlink(path));
+      const exists = await stat(target).then(
+        () => true,
+        () => false,
+      );
+      out.push({ id: idEntry.name, name: link.name, path, target, exists });
+    }
+  }
+  return out;
+}
+
+function byName(a: { name: string }, b: { name: string }): number {
+  return a.name < b.name ? -1 : a.name > b.name ? 1 : 0;
+}

@@ -1,0 +1,116 @@
+import { execFile } from 'node:child_process';
+import { mkdtemp, rm, chmod } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { promisify } from 'node:util';
+import { describe, expect, it } from 'vitest';
+import { CommandError, ExecCodes } from './errors.js';
+import { isRoot, run } from './exec.js';
+
+describe('Exec.run', () => {
+  it('resolves stdout, stderr, exit code and duration', async () => {
+    const r = await run('sh', ['-c', 'echo out; echo err >&2']);
+    expect(r).toMatchObject({ stdout: 'out\n', stderr: 'err\n', exitCode: 0 });
+    expect(r.durationMs).toBeGreaterThan(0);
+  });
+
+  it('passes cwd, env and input', async () => {
+    const r = await run('sh', ['-c', 'pwd; echo "$DAY11_X"; cat'], {
+      cwd: '/tmp',
+      env: { DAY11_X: 'hello' },
+      input: 'from stdin',
+    });
+    expect(r.stdout).toBe('/tmp\nhello\nfrom stdin');
+  });
+
+  it('streams output line by line with the stream name', async () => {
+    const lines: string[] = [];
+    await run('sh', ['-c', 'echo a; echo b >&2; printf "c\\nd"'], {
+      onOutput: (line, stream) => lines.push(`${stream}:${line}`),
+    });
+    expect(lines.sort()).toEqual(['stderr:b', 'stdout:a', 'stdout:c', 'stdout:d']);
+  });
+
+  it('rejects a non-zero exit with a CommandError carrying command, args, code and stderr tail', async () => {
+    const err = await run('sh', ['-c', 'echo boom >&2; exit 3']).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(CommandError);
+    expect(err).toMatchObject({
+      code: ExecCodes.COMMAND_FAILED,
+      command: 'sh',
+      args: ['-c', 'echo boom >&2; exit 3'],
+      exitCode: 3,
+      stderrTail: 'boom\n',
+      timedOut: false,
+      aborted: false,
+    });
+    expect((err as Error).message).toContain('exited with code 3: boom');
+    expect((err as Error).cause).toBeDefined();
+  });
+
+  it('keeps only the tail of a huge stderr', async () => {
+    const err = (await run('sh', ['-c', 'head -c 100000 /dev/zero | tr "\\0" x >&2; echo END >&2; exit 1']).catch(
+      (e: unknown) => e,
+    )) as CommandError;
+    expect(err.stderrTail.length).toBeLessThanOrEqual(4096);
+    expect(err.stderrTail).toContain('END');
+  });
+
+  it('resolves a non-zero exit when allowed', async () => {
+    await expect(run('sh', ['-c', 'exit 7'], { allowNonZeroExit: true })).resolves.toMatchObject({ exitCode: 7 });
+  });
+
+  it('reports a missing command with a hint', async () => {
+    await expect(run('day11-no-such-command')).rejects.toMatchObject({
+      code: ExecCodes.COMMAND_NOT_FOUND,
+      exitCode: undefined,
+      message: expect.stringContaining('not installed') as unknown,
+    });
+  });
+
+  it('kills on timeout, even when the command ignores SIGTERM', async () => {
+    const started = Date.now();
+    const err = await run('sh', ['-c', 'trap "" TERM; sleep 30'], { timeoutMs: 200, killGraceMs: 300 }).catch(
+      (e: unknown) => e,
+    );
+    expect(err).toMatchObject({ code: ExecCodes.TIMED_OUT, timedOut: true });
+    expect(Date.now() - started).toBeLessThan(5000);
+  });
+
+  it('kills on abort', async () => {
+    const controller = new AbortController();
+    setTimeout(() => controller.abort(), 100);
+    const err = await run('sleep', ['30'], { signal: controller.signal }).catch((e: unknown) => e);
+    expect(err).toMatchObject({ code: ExecCodes.ABORTED, aborted: true });
+  });
+
+  it('reports death by signal even when non-zero exits are allowed', async () => {
+    await expect(run('sh', ['-c', 'kill -9 $$'], { allowNonZeroExit: true })).rejects.toMatchObject({
+      signal: 'SIGKILL',
+    });
+  });
+
+  it('runs privileged commands directly as root', async () => {
+    if (!isRoot()) return;
+    await expect(run('id', ['-u'], { privileged: true })).resolves.toMatchObject({ stdout: '0\n' });
+  });
+
+  it('never prompts for a password when not root: a clear typed error instead', async () => {
+    if (!isRoot()) return;
+    // Run a tiny program as `nobody` that asks for a privileged step.
+    const dir = await mkdtemp(join(tmpdir(), 'day11-exec-'));
+    try {
+      await chmod(dir, 0o755);
+      const entry = resolve(import.meta.dirname, '../dist/index.js');
+      const script = `import('${entry}').then(({ Exec }) => Exec.run('id', [], { privileged: true }))
+        .then(() => console.log('ran'), (e) => console.log(e.code + ' ' + e.message))`;
+      const { stdout } = await promisify(execFile)('runuser', ['-u', 'nobody', '--', process.execPath, '-e', script], {
+        cwd: dir,
+        timeout: 20_000,
+      });
+      expect(stdout).toMatch(/^EXEC_(NO_PRIVILEGE|COMMAND_NOT_FOUND) /);
+      expect(stdout).toMatch(/sudo/);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});

@@ -1,0 +1,140 @@
+import { lstat, mkdtemp, rm, symlink, writeFile, mkdir, readdir } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { ExecCodes, SysError } from './errors.js';
+import { isRoot } from './exec.js';
+import * as Sys from './sys.js';
+
+let dir: string;
+beforeEach(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'day11-sys-'));
+});
+afterEach(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+
+describe('Sys xattrs', () => {
+  it('sets, gets, lists and removes user xattrs', async () => {
+    const f = join(dir, 'f');
+    await writeFile(f, '');
+    await Sys.setXattr(f, 'user.day11', 'v1');
+    Sys.setXattrSync(f, 'user.other', Buffer.from([0, 1, 2]));
+    expect((await Sys.getXattr(f, 'user.day11'))?.toString()).toBe('v1');
+    expect(Sys.getXattrSync(f, 'user.other')).toEqual(Buffer.from([0, 1, 2]));
+    expect((await Sys.listXattrs(f)).sort()).toEqual(['user.day11', 'user.other']);
+    expect([...(await Sys.readAllXattrs(f)).keys()].sort()).toEqual(['user.day11', 'user.other']);
+    await Sys.removeXattr(f, 'user.day11');
+    await Sys.removeXattr(f, 'user.day11');
+    expect(await Sys.getXattr(f, 'user.day11')).toBeUndefined();
+    expect(Sys.getXattrSync(f, 'user.day11')).toBeUndefined();
+  });
+
+  it('does not follow symlinks', async () => {
+    const f = join(dir, 'f');
+    await writeFile(f, '');
+    await Sys.setXattr(f, 'user.a', '1');
+    await symlink(f, join(dir, 'l'));
+    expect(await Sys.listXattrs(join(dir, 'l'))).toEqual([]);
+    expect(await Sys.getXattr(join(dir, 'l'), 'user.a')).toBeUndefined();
+  });
+
+  it('sets trusted.overlay.opaque as root', async () => {
+    if (!isRoot()) return;
+    await mkdir(join(dir, 'd'));
+    await Sys.setXattr(join(dir, 'd'), 'trusted.overlay.opaque', 'y');
+    expect((await Sys.getXattr(join(dir, 'd'), 'trusted.overlay.opaque'))?.toString()).toBe('y');
+  });
+
+  it('reports a missing file as a typed SysError naming the path', async () => {
+    const err = await Sys.listXattrs(join(dir, 'missing')).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(SysError);
+    expect(err).toMatchObject({ code: ExecCodes.SYSCALL_FAILED, path: join(dir, 'missing') });
+  });
+});
+
+describe('Sys.mknod', () => {
+  it('creates an overlay whiteout (character device 0/0) and a fifo', async () => {
+    if (!isRoot()) return;
+    Sys.mknod(join(dir, 'wh'), Sys.S_IFCHR, 0, 0);
+    const st = await lstat(join(dir, 'wh'));
+    expect(st.isCharacterDevice()).toBe(true);
+    expect(st.rdev).toBe(0);
+    Sys.mknod(join(dir, 'fifo'), Sys.S_IFIFO | 0o640);
+    expect((await lstat(join(dir, 'fifo'))).isFIFO()).toBe(true);
+    expect((await lstat(join(dir, 'fifo'))).mode & 0o777).toBe(0o640 & ~process.umask());
+  });
+
+  it('encodes device numbers like glibc makedev', async () => {
+    if (!isRoot()) return;
+    Sys.mknod(join(dir, 'null'), Sys.S_IFCHR | 0o666, 1, 3);
+    expect((await lstat(join(dir, 'null'))).rdev).toBe(Sys.makedev(1, 3));
+    expect(Sys.makedev(1, 3)).toBe(0x103);
+    expect(Sys.makedev(259, 65536)).toBe(0x1001_0300);
+    expect(Sys.makedev(4096, 0)).toBe(2 ** 44);
+  });
+
+  it('fails with errno and path when the file exists', () => {
+    if (!isRoot()) return;
+    Sys.mknod(join(dir, 'x'), Sys.S_IFIFO | 0o600);
+    expect(() => Sys.mknod(join(dir, 'x'), Sys.S_IFIFO | 0o600)).toThrow(
+      expect.objectContaining({ errno: 'EEXIST', syscall: 'mknod', path: join(dir, 'x') }),
+    );
+  });
+});
+
+describe('Sys mounts', () => {
+  it('mounts overlayfs with fsconfig (one lowerdir+ each) and unmounts it', async () => {
+    if (!isRoot()) return;
+    const lowers = ['l1', 'l2', 'l3'].map((n) => join(dir, n));
+    for (const [i, l] of lowers.entries()) {
+      await mkdir(l);
+      await writeFile(join(l, `f${i}`), String(i));
+    }
+    const target = join(dir, 'merged');
+    await mkdir(target);
+    Sys.mountWithFsconfig({
+      fstype: 'overlay',
+      target,
+      options: lowers.map((l) => ['lowerdir+', l] as const),
+    });
+    try {
+      expect((await readdir(target)).sort()).toEqual(['f0', 'f1', 'f2']);
+    } finally {
+      Sys.umount(target);
+    }
+    expect(await readdir(target)).toEqual([]);
+  });
+
+  it('names the option the kernel refused', async () => {
+    if (!isRoot()) return;
+    const target = join(dir, 'm');
+    await mkdir(target);
+    expect(() =>
+      Sys.mountWithFsconfig({ fstype: 'overlay', target, options: [['lowerdir+', join(dir, 'missing')]] }),
+    ).toThrow(/lowerdir\+=.*missing/);
+  });
+
+  it('mounts and unmounts a tmpfs with classic mount(2)', async () => {
+    if (!isRoot()) return;
+    const target = join(dir, 't');
+    await mkdir(target);
+    Sys.mount({ source: 'day11-test', target, fstype: 'tmpfs', data: 'size=1m' });
+    try {
+      await writeFile(join(target, 'x'), 'y');
+    } finally {
+      Sys.umount(target, Sys.MNT_DETACH);
+    }
+    expect(await readdir(target)).toEqual([]);
+  });
+
+  it('reports EINVAL/ENOENT for an unmount of something not mounted', () => {
+    if (!isRoot()) return;
+    expect(() => Sys.umount(dir)).toThrow(expect.objectContaining({ errno: 'EINVAL' }));
+  });
+
+  it('names errno numbers', () => {
+    expect(Sys.errnoName(16)).toBe('EBUSY');
+    expect(Sys.libcAvailable()).toBe(true);
+  });
+});

@@ -1,0 +1,62 @@
+import { mkdir, mkdtemp, readdir, readlink, rm, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { LayerCodes } from './errors.js';
+import { ensure } from './layer-symlinks.js';
+import { symlinks } from './scan.js';
+
+let osDir: string;
+let packagesDir: string;
+beforeEach(async () => {
+  osDir = await mkdtemp(join(tmpdir(), 'day11-links-'));
+  packagesDir = join(osDir, 'packages');
+});
+afterEach(async () => {
+  await rm(osDir, { recursive: true, force: true });
+});
+
+describe('LayerSymlinks.ensure', () => {
+  it('links packages/{id}/build-x to the layer, relatively', async () => {
+    await mkdir(join(osDir, 'build-0123456789ab'));
+    await ensure({ packagesDir, id: 'hello.1.0', layerName: 'build-0123456789ab' });
+    const link = join(packagesDir, 'hello.1.0', 'build-0123456789ab');
+    expect(await readlink(link)).toBe('../../build-0123456789ab');
+    expect((await stat(link)).isDirectory()).toBe(true);
+  });
+
+  it('is idempotent and leaves no temporary names', async () => {
+    for (let i = 0; i < 3; i++) await ensure({ packagesDir, id: 'a', layerName: 'build-0123456789ab' });
+    expect(await readdir(join(packagesDir, 'a'))).toEqual(['build-0123456789ab']);
+  });
+
+  it.each(['', '.', '..', 'a/b', '../x', 'a\0b', 'x..y'])('refuses the id %j', async (id) => {
+    await expect(ensure({ packagesDir, id, layerName: 'build-0123456789ab' })).rejects.toMatchObject({
+      code: LayerCodes.BAD_ID,
+    });
+  });
+
+  it('refuses a layer name that is not build-{12 hex}', async () => {
+    await expect(ensure({ packagesDir, id: 'a', layerName: '../etc' })).rejects.toMatchObject({
+      code: LayerCodes.BAD_ARGUMENT,
+    });
+  });
+});
+
+describe('Scan.symlinks', () => {
+  it('lists links with their targets and whether they dangle', async () => {
+    await mkdir(join(osDir, 'build-0123456789ab'));
+    await ensure({ packagesDir, id: 'b.2', layerName: 'build-0123456789ab' });
+    await ensure({ packagesDir, id: 'a.1', layerName: 'build-ffffffffffff' });
+    const found = await symlinks(packagesDir);
+    expect(found.map((l) => [l.id, l.name, l.exists])).toEqual([
+      ['a.1', 'build-ffffffffffff', false],
+      ['b.2', 'build-0123456789ab', true],
+    ]);
+    expect(found[1]!.target).toBe(join(osDir, 'build-0123456789ab'));
+  });
+
+  it('gives [] for a missing registry', async () => {
+    expect(await symlinks(join(osDir, 'nope'))).toEqual([]);
+  });
+});

@@ -1,0 +1,64 @@
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { LayerCodes } from './errors.js';
+import { touch } from './last-used.js';
+import { save } from './layer-meta.js';
+import { layers } from './scan.js';
+import { write } from './sidecar.js';
+
+let osDir: string;
+beforeEach(async () => {
+  osDir = await mkdtemp(join(tmpdir(), 'day11-scan-'));
+});
+afterEach(async () => {
+  await rm(osDir, { recursive: true, force: true });
+});
+
+const meta = {
+  exit_status: 0,
+  parent_hashes: [],
+  uid: 0,
+  gid: 0,
+  base_hash: 'b',
+  disk_usage: 0,
+  timing: [],
+  failed_dep: null,
+};
+
+describe('Scan.layers', () => {
+  it('lists every layer with meta, sidecars and last use, and says why a layer is unreadable', async () => {
+    const good = join(osDir, 'build-aaaaaaaaaaaa');
+    const corrupt = join(osDir, 'build-bbbbbbbbbbbb');
+    const missing = join(osDir, 'build-cccccccccccc');
+    for (const d of [good, corrupt, missing]) await mkdir(d);
+    await save(good, meta);
+    await write(good, 'build.json', { pkg: 'x' });
+    await touch(good, new Date(1_700_000_000_000));
+    await writeFile(join(corrupt, 'layer.json'), '{');
+    // Not layers: temp dirs, the registry, stray files.
+    await mkdir(join(osDir, '.day11-tmp-1-ab-build-dddddddddddd'));
+    await mkdir(join(osDir, 'packages'));
+    await writeFile(join(osDir, 'build-eeeeeeeeeeee'), '');
+
+    const found = await layers(osDir);
+    expect(found.map((l) => l.name)).toEqual(['build-aaaaaaaaaaaa', 'build-bbbbbbbbbbbb', 'build-cccccccccccc']);
+    expect(found[0]).toMatchObject({
+      dir: good,
+      hashPrefix: 'aaaaaaaaaaaa',
+      sidecars: ['build.json'],
+      lastUsed: 1_700_000_000_000,
+      metaError: undefined,
+    });
+    expect(found[0]!.meta?.base_hash).toBe('b');
+    expect(found[1]!.metaError?.code).toBe(LayerCodes.META_CORRUPT);
+    expect(found[2]!.metaError?.code).toBe(LayerCodes.META_MISSING);
+  });
+
+  it('gives [] for a missing cache and a typed error for a file', async () => {
+    expect(await layers(join(osDir, 'nope'))).toEqual([]);
+    await writeFile(join(osDir, 'file'), '');
+    await expect(layers(join(osDir, 'file'))).rejects.toMatchObject({ code: LayerCodes.BAD_ARGUMENT });
+  });
+});
