@@ -1,0 +1,157 @@
+/**
+ * The one-way dependency rules of SPEC §2, checked from the files themselves:
+ * package.json `workspace:*` dependencies, tsconfig project references, and
+ * the `@day11/*` imports of every source file must agree with each other and
+ * with {@link ALLOWED}.
+ */
+import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { basename, join, relative, resolve } from 'node:path';
+
+/** Which workspace packages each library may depend on (by directory name). */
+export const ALLOWED: Readonly<Record<string, readonly string[]>> = {
+  exec: [],
+  layer: ['exec'],
+  container: ['exec'],
+  runner: ['layer', 'container', 'exec'],
+  'oci-export': ['layer', 'exec'],
+  cli: ['exec', 'layer', 'container', 'runner', 'oci-export'],
+};
+
+const SCOPE = '@day11/';
+
+interface PackageJson {
+  name?: string;
+  dependencies?: Record<string, string>;
+  devDependencies?: Record<string, string>;
+  peerDependencies?: Record<string, string>;
+}
+
+function readJson<T>(path: string): T {
+  return JSON.parse(readFileSync(path, 'utf8')) as T;
+}
+
+function workspaceDeps(pkg: PackageJson): Map<string, string> {
+  const out = new Map<string, string>();
+  for (const deps of [pkg.dependencies, pkg.devDependencies, pkg.peerDependencies]) {
+    for (const [name, range] of Object.entries(deps ?? {})) {
+      if (name.startsWith(SCOPE)) out.set(name.slice(SCOPE.length), range);
+    }
+  }
+  return out;
+}
+
+function tsReferences(pkgDir: string): string[] {
+  const tsconfig = readJson<{ references?: { path: string }[] }>(join(pkgDir, 'tsconfig.json'));
+  return (tsconfig.references ?? []).map((r) => basename(resolve(pkgDir, r.path)));
+}
+
+function sourceFiles(dir: string): string[] {
+  if (!existsSync(dir)) return [];
+  return readdirSync(dir).flatMap((name) => {
+    const path = join(dir, name);
+    if (statSync(path).isDirectory()) return sourceFiles(path);
+    return /\.(ts|mts|cts|js|mjs)$/.test(name) ? [path] : [];
+  });
+}
+
+const IMPORT_RE =
+  /(?:\bfrom\s*|\bimport\s*\(\s*|\bimport\s+|\brequire\s*\(\s*|\bexport\s+\*\s+from\s*)['"]([^'"]+)['"]/g;
+
+/** Every module specifier a source text imports, re-exports or requires. */
+export function importsOf(text: string): string[] {
+  return [...text.matchAll(IMPORT_RE)].map((m) => m[1]!);
+}
+
+function packageOfSpecifier(spec: string): string | undefined {
+  if (!spec.startsWith(SCOPE)) return undefined;
+  return spec.slice(SCOPE.length).split('/')[0];
+}
+
+/** Checks one library package; returns human-readable violations. */
+function checkPackage(root: string, name: string): string[] {
+  const pkgDir = join(root, 'packages', name);
+  const allowed = new Set(ALLOWED[name]);
+  const problems: string[] = [];
+  if (!(name in ALLOWED)) {
+    return [
+      `packages/${name}: not in the dependency rules (scripts/src/deps.ts ALLOWED); add it there first`,
+    ];
+  }
+  const deps = workspaceDeps(readJson<PackageJson>(join(pkgDir, 'package.json')));
+  for (const [dep, range] of deps) {
+    if (!allowed.has(dep))
+      problems.push(
+        `packages/${name}/package.json: depends on @day11/${dep}, which ${name} may not use`,
+      );
+    if (range !== 'workspace:*')
+      problems.push(
+        `packages/${name}/package.json: @day11/${dep} must be "workspace:*", not "${range}"`,
+      );
+  }
+  const refs = new Set(tsReferences(pkgDir));
+  for (const dep of deps.keys()) {
+    if (!refs.has(dep))
+      problems.push(
+        `packages/${name}/tsconfig.json: no project reference to ../${dep}, but package.json depends on it`,
+      );
+  }
+  for (const ref of refs) {
+    if (!deps.has(ref))
+      problems.push(
+        `packages/${name}/tsconfig.json: references ../${ref}, but package.json does not depend on @day11/${ref}`,
+      );
+  }
+  for (const file of sourceFiles(join(pkgDir, 'src'))) {
+    problems.push(...checkImports(root, name, file, deps));
+  }
+  return problems;
+}
+
+function checkImports(
+  root: string,
+  name: string,
+  file: string,
+  deps: Map<string, string>,
+): string[] {
+  const rel = relative(root, file);
+  const problems: string[] = [];
+  for (const spec of importsOf(readFileSync(file, 'utf8'))) {
+    const target = packageOfSpecifier(spec);
+    if (target !== undefined && target !== name) {
+      if (!ALLOWED[name]!.includes(target))
+        problems.push(`${rel}: imports ${spec}, but ${name} may not depend on @day11/${target}`);
+      else if (!deps.has(target))
+        problems.push(
+          `${rel}: imports ${spec}, which packages/${name}/package.json does not declare`,
+        );
+    }
+    if (
+      spec.startsWith('.') &&
+      !resolve(file, '..', spec).startsWith(join(root, 'packages', name) + '/')
+    ) {
+      problems.push(
+        `${rel}: relative import ${spec} reaches outside packages/${name}; import the package instead`,
+      );
+    }
+  }
+  return problems;
+}
+
+/**
+ * Checks the whole workspace at `root`; returns every violation (empty when
+ * the rules hold).
+ */
+export function checkWorkspace(root: string): string[] {
+  const problems: string[] = [];
+  const rootPkg = readJson<PackageJson>(join(root, 'package.json'));
+  for (const dep of workspaceDeps(rootPkg).keys()) {
+    problems.push(
+      `package.json: the root lists @day11/${dep}; the root must list no workspace package`,
+    );
+  }
+  const names = readdirSync(join(root, 'packages')).filter((n) =>
+    existsSync(join(root, 'packages', n, 'package.json')),
+  );
+  for (const name of names.sort()) problems.push(...checkPackage(root, name));
+  return problems;
+}
