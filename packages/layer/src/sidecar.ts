@@ -14,6 +14,11 @@ export type SidecarValue = Record<string, unknown>;
 
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]*\.json$/;
 
+/** True when `name` is a sidecar file name: `*.json`, not `layer.json`. */
+export function isSidecarName(name: string): boolean {
+  return name !== FILES.meta && NAME_RE.test(name);
+}
+
 /** Throws unless `name` is a plain `*.json` file name other than `layer.json`. */
 export function assertName(name: string): void {
   if (!NAME_RE.test(name) || name === FILES.meta) {
@@ -84,7 +89,7 @@ export async function write(dir: string, name: string, value: unknown): Promise<
 /** Names of the sidecars in layer `dir`, sorted (every `*.json` but `layer.json`). */
 export async function list(dir: string): Promise<string[]> {
   const names = await readdir(dir);
-  return names.filter((n) => n !== FILES.meta && NAME_RE.test(n)).sort();
+  return names.filter(isSidecarName).sort();
 }
 
 function corrupt(path: string, why: string, cause: unknown): LayerError {
