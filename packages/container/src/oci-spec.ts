@@ -1,0 +1,2 @@
+// Placeholder: being written now; replaced before this is used.
+export {};
