@@ -1,2 +1,326 @@
-// Placeholder: being written now; replaced before this is used.
-export {};
+/**
+ * Commit: turn a finished overlay upper into a layer, atomically.
+ *
+ * Everything is assembled in a temporary directory of `osDir`
+ * (`.day11-tmp-<pid>-<hex>-build-xxxxxxxxxxxx`): the upper is moved in as `fs/`
+ * (a rename, nothing is copied), then `layer.log`, the sidecars, `last_used`
+ * and last `layer.json` are written. One rename under the layer's lock makes
+ * the layer visible. A process killed at any point leaves at most the
+ * temporary directory and a lock, which `Recover.sweep` removes; never a
+ * partial `build-*` directory (OBuilder's rule: on failure nothing is recorded).
+ *
+ * Durability: the files commit writes and the renames are fsynced. The build's
+ * own files in the upper are not (a killed process loses nothing, the page
+ * cache survives it); a caller that must survive power loss syncs them first.
+ */
+import { copyFile, lstat, mkdir, open, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { fsyncDir, tempPathFor } from './atomic.js';
+import { measure } from './disk-usage.js';
+import { errnoCode, LayerCodes, LayerError, messageOf } from './errors.js';
+import * as InUse from './in-use.js';
+import * as LastUsed from './last-used.js';
+import { FILES, path as layerPath } from './layer-dir.js';
+import * as LayerMeta from './layer-meta.js';
+import * as Lock from './lock.js';
+import * as Sidecar from './sidecar.js';
+
+/** `layer.json` as given to {@link commit}: `created_at` and `disk_usage` may be left out. */
+export type CommitMeta = Omit<LayerMeta.LayerMeta, 'created_at' | 'disk_usage'> & {
+  created_at?: string;
+  disk_usage?: number;
+};
+
+/** The build log: its text, or a file to copy (the caller keeps that file). */
+export type CommitLog = string | Uint8Array | { file: string };
+
+/** Points of a commit reported to {@link CommitOptions.onStep}. */
+export type CommitStep = 'assembling' | 'assembled' | 'locked' | 'renamed';
+
+/** Options of {@link commit}. */
+export interface CommitOptions {
+  /** The cache directory; created if missing. */
+  osDir: string;
+  /** The layer hash (12–64 lowercase hex). */
+  hash: string;
+  /**
+   * The finished upper directory, on the same filesystem as `osDir`. Commit
+   * takes ownership: it becomes the layer's `fs/`, or is deleted when the layer
+   * already exists. If commit rejects, the upper is put back where it was.
+   */
+  upper: string;
+  /**
+   * `layer.json`. `created_at` defaults to now. `disk_usage` left out or 0 is
+   * replaced by the real disk usage of the upper (`st_blocks × 512`, each
+   * hardlinked inode once); a positive value is kept as given.
+   */
+  meta: CommitMeta;
+  /** `layer.log`: text or bytes, or `{ file }` to copy; left out gives an empty log. */
+  log?: CommitLog;
+  /** Sidecars to write, by file name (`build.json`, ...); each value a JSON object. */
+  sidecars?: Readonly<Record<string, unknown>>;
+  /** Options for the layer lock. */
+  lock?: Lock.LockOptions;
+  /** Called as the commit passes each step (progress reporting, crash tests). */
+  onStep?: (step: CommitStep) => void | Promise<void>;
+}
+
+/** What {@link commit} did. */
+export interface CommitResult {
+  /** The layer directory, `{osDir}/build-{hash[:12]}`. */
+  dir: string;
+  /** True when this call made the layer; false when it already existed. */
+  committed: boolean;
+}
+
+/**
+ * Makes the layer `hash` from `upper`, atomically and at most once: when another
+ * process (or an earlier call) already committed it, resolves with
+ * `committed: false`, deletes `upper` and marks the existing layer used. A
+ * `build-*` directory without a readable `layer.json` (which commit never
+ * makes) is replaced, unless a live lease protects it.
+ *
+ * @example
+ * ```ts
+ * const { dir, committed } = await Commit.commit({
+ *   osDir, hash, upper: '/var/cache/day11/.day11-tmp-123-ab-upper',
+ *   meta: { exit_status: 0, parent_hashes: deps, uid: 0, gid: 0, base_hash, timing, failed_dep: null },
+ *   log: { file: logPath },
+ *   sidecars: { 'build.json': { pkg: 'hello.1.0' } },
+ * });
+ * ```
+ * @throws {LayerError} `LAYER_COMMIT_FAILED` (upper missing, on another filesystem,
+ *   a write failed), `LAYER_BAD_ARGUMENT` / `LAYER_BAD_HASH` / `LAYER_SIDECAR_INVALID`
+ *   for bad input, `LAYER_LOCK_TIMEOUT`, `LAYER_LOCK_COMPROMISED`.
+ */
+export async function commit(options: CommitOptions): Promise<CommitResult> {
+  const dir = layerPath({ osDir: options.osDir, hash: options.hash });
+  validate(options);
+  await prepare(options);
+  if (await isCommitted(dir)) return alreadyThere(dir, options.upper);
+
+  const temp = tempPathFor(dir);
+  const progress: Progress = { upperMoved: false, published: false };
+  let committed: boolean;
+  try {
+    await step(options, 'assembling');
+    await assemble(options, temp, progress);
+    await step(options, 'assembled');
+    committed = await Lock.withLayer(
+      { osDir: options.osDir, hash: options.hash, ...options.lock },
+      (held) => publish({ options, temp, dir, held, progress }),
+    );
+  } catch (err) {
+    // After the rename the layer is complete and visible: a later failure
+    // (a lock lost on the way out, a hook) does not undo the commit.
+    if (progress.published) return { dir, committed: true };
+    await undo(options.upper, temp, progress.upperMoved);
+    throw wrap(err, `Cannot commit ${options.upper} as ${dir}`, dir);
+  }
+  // Lost the race: our copy (holding the upper) is surplus.
+  if (!committed) await alreadyThere(dir, temp);
+  return { dir, committed };
+}
+
+/** How far a commit got, for cleaning up after a failure. */
+interface Progress {
+  upperMoved: boolean;
+  published: boolean;
+}
+
+interface Publish {
+  options: CommitOptions;
+  temp: string;
+  dir: string;
+  held: Lock.HeldLock;
+  progress: Progress;
+}
+
+function validate(options: CommitOptions): void {
+  for (const [name, value] of Object.entries(options.sidecars ?? {})) {
+    Sidecar.assertName(name);
+    if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+      throw new LayerError(LayerCodes.SIDECAR_INVALID, `Sidecar ${name} must be a JSON object`, {
+        hint: 'Wrap the value in an object, e.g. { "value": ... }',
+      });
+    }
+  }
+  const record = { created_at: new Date().toISOString(), ...options.meta, disk_usage: 0 };
+  const parsed = LayerMeta.Schema.safeParse(record);
+  const problems = parsed.success
+    ? []
+    : parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`);
+  if ((options.meta.disk_usage ?? 0) < 0) problems.push('disk_usage: must not be negative');
+  if (problems.length > 0) {
+    const why = problems.join('; ');
+    throw new LayerError(
+      LayerCodes.BAD_ARGUMENT,
+      `Invalid layer metadata for ${options.hash}: ${why}`,
+      {
+        cause: parsed.error,
+        hint: 'Pass meta with the LayerMeta fields (exit_status, parent_hashes, uid, gid, base_hash, timing, failed_dep)',
+      },
+    );
+  }
+}
+
+/** Checks the upper and makes `osDir`; fails before anything moves. */
+async function prepare({ osDir, upper }: CommitOptions): Promise<void> {
+  const fail = (why: string, hint: string, cause?: unknown) =>
+    new LayerError(LayerCodes.COMMIT_FAILED, `Cannot commit ${upper}: ${why}`, {
+      path: upper,
+      cause,
+      hint,
+    });
+  let upperStat;
+  try {
+    upperStat = await lstat(upper);
+  } catch (cause) {
+    throw fail(messageOf(cause), 'Pass the upper directory of a finished build', cause);
+  }
+  if (!upperStat.isDirectory())
+    throw fail('not a directory', 'Pass the upper directory of a finished build');
+  try {
+    await mkdir(osDir, { recursive: true });
+  } catch (cause) {
+    throw fail(
+      `cannot create ${osDir}: ${messageOf(cause)}`,
+      'Check that the cache directory is writable',
+      cause,
+    );
+  }
+  if ((await stat(osDir)).dev !== upperStat.dev) {
+    throw fail(
+      `it is on another filesystem than ${osDir}`,
+      'Create the upper inside the cache (e.g. a temp dir in osDir) so it can be renamed, not copied',
+    );
+  }
+}
+
+async function isCommitted(dir: string): Promise<boolean> {
+  try {
+    return (await LayerMeta.find(dir)) !== undefined;
+  } catch {
+    return false; // corrupt: publish() decides what to do, under the lock
+  }
+}
+
+async function alreadyThere(dir: string, upper: string): Promise<CommitResult> {
+  await removeTree(upper);
+  await LastUsed.touch(dir);
+  return { dir, committed: false };
+}
+
+async function assemble(options: CommitOptions, temp: string, progress: Progress): Promise<void> {
+  await mkdir(temp);
+  const fsDir = join(temp, FILES.fs);
+  await rename(options.upper, fsDir);
+  progress.upperMoved = true;
+  await writeLog(join(temp, FILES.log), options.log);
+  for (const [name, value] of Object.entries(options.sidecars ?? {}))
+    await Sidecar.write(temp, name, value);
+  await writeEmpty(join(temp, FILES.lastUsed));
+  const given = options.meta.disk_usage ?? 0;
+  const diskUsage = given > 0 ? given : await measure(fsDir);
+  // layer.json last: a layer directory with it is complete by construction.
+  await LayerMeta.save(temp, { ...options.meta, disk_usage: diskUsage });
+  await fsyncDir(temp);
+}
+
+async function writeLog(path: string, log: CommitLog | undefined): Promise<void> {
+  if (log === undefined) return writeEmpty(path);
+  if (typeof log === 'string' || log instanceof Uint8Array)
+    return writeFile(path, log, { flag: 'wx' });
+  await copyFile(log.file, path);
+}
+
+async function writeEmpty(path: string): Promise<void> {
+  const handle = await open(path, 'wx');
+  await handle.close();
+}
+
+/**
+ * Under the layer lock: re-check, then one rename. Returns false when the
+ * layer is already there (another process won the race).
+ */
+async function publish({ options, temp, dir, held, progress }: Publish): Promise<boolean> {
+  await step(options, 'locked');
+  if (await isCommitted(dir)) return false;
+  await clearBroken(dir);
+  held.assertHeld();
+  try {
+    await rename(temp, dir);
+    progress.published = true;
+  } catch (err) {
+    // A non-empty target means someone committed it without our lock (a lost lock).
+    const code = errnoCode(err);
+    if ((code === 'ENOTEMPTY' || code === 'EEXIST') && (await isCommitted(dir))) return false;
+    throw err;
+  }
+  await fsyncDir(options.osDir);
+  await step(options, 'renamed');
+  return true;
+}
+
+/**
+ * A `build-*` directory without a readable `layer.json` was not made by
+ * commit (which renames complete layers only); replace it unless leased.
+ */
+async function clearBroken(dir: string): Promise<void> {
+  try {
+    await lstat(dir);
+  } catch {
+    return;
+  }
+  if (await InUse.isInUse(dir)) {
+    throw new LayerError(
+      LayerCodes.COMMIT_FAILED,
+      `Cannot replace the incomplete layer ${dir}: it is in use`,
+      {
+        path: dir,
+        hint: 'Wait for the builds using it to finish, then commit again',
+      },
+    );
+  }
+  const aside = tempPathFor(dir);
+  await rename(dir, aside);
+  await removeTree(aside);
+}
+
+/** Puts the upper back if it was moved, and removes the temp dir; best effort. */
+async function undo(upper: string, temp: string, upperMoved: boolean): Promise<void> {
+  if (upperMoved) await rename(join(temp, FILES.fs), upper).catch(() => undefined);
+  await rm(temp, { recursive: true, force: true }).catch(() => undefined);
+}
+
+async function removeTree(path: string): Promise<void> {
+  try {
+    await rm(path, { recursive: true, force: true });
+  } catch (cause) {
+    throw new LayerError(LayerCodes.COMMIT_FAILED, `Cannot remove ${path}: ${messageOf(cause)}`, {
+      path,
+      cause,
+      hint: 'Check permissions; remove it by hand',
+    });
+  }
+}
+
+async function step(options: CommitOptions, name: CommitStep): Promise<void> {
+  await options.onStep?.(name);
+}
+
+/** Lock errors and our own keep their code; anything else (a failed write, EXDEV...) is COMMIT_FAILED. */
+const KEPT_CODES: readonly string[] = [
+  LayerCodes.LOCK_TIMEOUT,
+  LayerCodes.LOCK_COMPROMISED,
+  LayerCodes.COMMIT_FAILED,
+];
+
+function wrap(err: unknown, what: string, path: string): LayerError {
+  if (err instanceof LayerError && KEPT_CODES.includes(err.code)) return err;
+  return new LayerError(LayerCodes.COMMIT_FAILED, `${what}: ${messageOf(err)}`, {
+    path,
+    cause: err,
+    hint: 'Nothing was recorded and the upper was left in place; fix the cause and commit again',
+  });
+}

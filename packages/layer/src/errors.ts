@@ -40,6 +40,8 @@ export const LayerCodes = {
   GC_FAILED: 'LAYER_GC_FAILED',
   /** An argument is out of range or malformed. */
   BAD_ARGUMENT: 'LAYER_BAD_ARGUMENT',
+  /** A layer the operation needs does not exist (never committed, or garbage-collected). */
+  NOT_FOUND: 'LAYER_NOT_FOUND',
 } as const;
 
 /** A stable code from {@link LayerCodes}. */

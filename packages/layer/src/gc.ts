@@ -1,2 +1,317 @@
-// Placeholder: being written now; replaced before this is used.
-export {};
+/**
+ * Garbage collection: remove least-recently-used layers, never one in use.
+ *
+ * Disk usage is real usage (`st_blocks × 512`), and a file hardlinked into
+ * several layers (as `Stack.merge` and imports do) is counted once in the
+ * total. A shared inode is attributed to the layer whose deletion frees it:
+ * the last of its layers deleted, in plan order. So a planned layer's `bytes`
+ * is exactly what deleting it frees after the layers before it in the plan,
+ * and the planned `bytes` add up to `totalBytes - totalAfterBytes`. An inode
+ * also linked from outside the cache is never freed, so never attributed.
+ */
+import { rename, rm, stat } from 'node:fs/promises';
+import { fsyncDir, tempPathFor } from './atomic.js';
+import { measure, walk } from './disk-usage.js';
+import { errnoCode, LayerCodes, LayerError, messageOf } from './errors.js';
+import * as InUse from './in-use.js';
+import * as LastUsed from './last-used.js';
+import * as Lock from './lock.js';
+import * as Scan from './scan.js';
+
+/** Options of {@link plan}. */
+export interface GcOptions {
+  /** The cache directory. */
+  osDir: string;
+  /** Only layers last used before this (a Date or epoch ms) are candidates. */
+  before?: Date | number;
+  /** Delete the oldest candidates until the layers' total real disk usage is at most this. */
+  keepBytes?: number;
+}
+
+/** Options of {@link prune}. */
+export interface PruneOptions extends GcOptions {
+  /** Only plan: delete nothing. */
+  dryRun?: boolean;
+  /** How long to wait for a layer's lock before skipping it as busy (default 2 s). */
+  lockTimeoutMs?: number;
+}
+
+/** A layer the plan deletes. */
+export interface PlannedDeletion {
+  /** The layer directory. */
+  dir: string;
+  /** Its name, `build-xxxxxxxxxxxx`. */
+  name: string;
+  /** Its LRU time (epoch ms): `last_used`, else `layer.json` `created_at`, else the dir's mtime. */
+  lastUsed: number;
+  /** Bytes its deletion frees, after the deletions before it (see the module doc). */
+  bytes: number;
+}
+
+/** What {@link plan} decided. */
+export interface GcPlan {
+  /** Real disk usage of all layers now. */
+  totalBytes: number;
+  /** Real disk usage of all layers once the plan is carried out. */
+  totalAfterBytes: number;
+  /** The layers to delete, least recently used first. */
+  deletions: PlannedDeletion[];
+  /** Layers that a live lease protects. */
+  inUse: string[];
+}
+
+/** A layer prune did not delete although planned. */
+export interface SkippedLayer {
+  /** The layer directory, still in place. */
+  dir: string;
+  /** `'in-use'`, `'busy'` (its lock was held), `'used-since-plan'`, or `'vanished'`. */
+  reason: 'in-use' | 'busy' | 'used-since-plan' | 'vanished';
+}
+
+/** What {@link prune} did. `deletions` and `totalAfterBytes` describe what was actually deleted. */
+export interface PruneResult extends GcPlan {
+  /** True when nothing was deleted because `dryRun` was asked for. */
+  dryRun: boolean;
+  /** Candidates left in place because something changed since the plan. */
+  skipped: SkippedLayer[];
+}
+
+interface Survey {
+  layers: SurveyedLayer[];
+  inodes: Map<string, InodeInfo>;
+  totalBytes: number;
+}
+
+interface SurveyedLayer {
+  dir: string;
+  name: string;
+  hashPrefix: string;
+  lastUsed: number;
+  inUse: boolean;
+  /** Links to each inode inside this layer. */
+  links: Map<string, number>;
+}
+
+interface InodeInfo {
+  bytes: number;
+  nlink: number;
+  /** Links to it in all layers. */
+  links: number;
+  /** Links left once the deletions so far are done. */
+  remaining: number;
+}
+
+/**
+ * Decides which layers a prune would delete, deleting nothing.
+ *
+ * @example
+ * ```ts
+ * const p = await Gc.plan({ osDir, keepBytes: 50e9, before: Date.now() - 7 * 86400_000 });
+ * console.log(`would free ${p.totalBytes - p.totalAfterBytes} bytes`, p.deletions);
+ * ```
+ * @throws {LayerError} `LAYER_BAD_ARGUMENT` for a bad `before`/`keepBytes` or when
+ *   neither is given; `LAYER_GC_FAILED` when the cache cannot be read.
+ */
+export async function plan(options: GcOptions): Promise<GcPlan> {
+  return run(options, async () => undefined);
+}
+
+/**
+ * Deletes least-recently-used layers as {@link plan} decides, re-checking each
+ * under its lock: a layer leased, locked, or used since the plan is skipped
+ * and the next candidate is tried. A deleted layer first disappears with one
+ * rename to a temporary name, then is removed.
+ *
+ * @example
+ * ```ts
+ * const r = await Gc.prune({ osDir, keepBytes: 50e9 });
+ * for (const d of r.deletions) console.log(`removed ${d.name} (${d.bytes} bytes)`);
+ * ```
+ * @throws {LayerError} as {@link plan}, and `LAYER_GC_FAILED` when a deletion fails.
+ */
+export async function prune(options: PruneOptions): Promise<PruneResult> {
+  if (options.dryRun) return { ...(await plan(options)), dryRun: true, skipped: [] };
+  const skipped: SkippedLayer[] = [];
+  const result = await run(options, async (layer) => {
+    const reason = await deleteLayer(options, layer);
+    if (reason) skipped.push({ dir: layer.dir, reason });
+    return reason;
+  });
+  return { ...result, dryRun: false, skipped };
+}
+
+/** Real disk usage of the tree at `path` in bytes, each hardlinked inode once. */
+export async function diskUsage(path: string): Promise<number> {
+  return measure(path);
+}
+
+/**
+ * The LRU walk shared by plan and prune: candidates oldest first, each handed
+ * to `tryDelete` (which returns why it was not deleted, or undefined).
+ */
+async function run(
+  options: GcOptions,
+  tryDelete: (layer: SurveyedLayer) => Promise<SkippedLayer['reason'] | undefined>,
+): Promise<GcPlan> {
+  const { before, keepBytes } = checkOptions(options);
+  const survey = await surveyCache(options.osDir);
+  const candidates = survey.layers
+    .filter((l) => !l.inUse && (before === undefined || l.lastUsed < before))
+    .sort((a, b) => a.lastUsed - b.lastUsed || (a.name < b.name ? -1 : 1));
+  let total = survey.totalBytes;
+  const deletions: PlannedDeletion[] = [];
+  for (const layer of candidates) {
+    if (keepBytes !== undefined && total <= keepBytes) break;
+    if ((await tryDelete(layer)) !== undefined) continue;
+    const bytes = release(survey.inodes, layer);
+    total -= bytes;
+    deletions.push({ dir: layer.dir, name: layer.name, lastUsed: layer.lastUsed, bytes });
+  }
+  const inUse = survey.layers.filter((l) => l.inUse).map((l) => l.dir);
+  return { totalBytes: survey.totalBytes, totalAfterBytes: total, deletions, inUse };
+}
+
+/** Drops a deleted layer's links; returns the bytes of the inodes left with none. */
+function release(inodes: Map<string, InodeInfo>, layer: SurveyedLayer): number {
+  let freed = 0;
+  for (const [key, links] of layer.links) {
+    const info = inodes.get(key)!;
+    info.remaining -= links;
+    // Freed only when no layer links it and nothing outside the cache does.
+    if (info.remaining === 0 && info.nlink <= info.links) freed += info.bytes;
+  }
+  return freed;
+}
+
+function checkOptions(options: GcOptions): {
+  before: number | undefined;
+  keepBytes: number | undefined;
+} {
+  const { before, keepBytes } = options;
+  const beforeMs = before instanceof Date ? before.getTime() : before;
+  if (before !== undefined && (typeof beforeMs !== 'number' || !Number.isFinite(beforeMs))) {
+    throw badOption(
+      `before is not a valid date: ${String(before)}`,
+      'Pass a valid Date or epoch milliseconds',
+    );
+  }
+  if (keepBytes !== undefined && !(Number.isFinite(keepBytes) && keepBytes >= 0)) {
+    throw badOption(
+      `keepBytes must be a non-negative number, got ${keepBytes}`,
+      'Pass the bytes to keep, e.g. 50e9',
+    );
+  }
+  if (before === undefined && keepBytes === undefined) {
+    throw badOption(
+      'neither before nor keepBytes given',
+      'Pass before (only layers last used before it go) and/or keepBytes (the size to shrink to); nothing is deleted by default',
+    );
+  }
+  return { before: beforeMs, keepBytes };
+}
+
+function badOption(why: string, hint: string): LayerError {
+  return new LayerError(LayerCodes.BAD_ARGUMENT, `Invalid garbage-collection options: ${why}`, {
+    hint,
+  });
+}
+
+async function surveyCache(osDir: string): Promise<Survey> {
+  let scanned: Scan.ScannedLayer[];
+  try {
+    scanned = await Scan.layers(osDir);
+  } catch (cause) {
+    throw gcFailed(`Cannot list the layers of ${osDir}`, osDir, cause);
+  }
+  const inodes = new Map<string, InodeInfo>();
+  const layers: SurveyedLayer[] = [];
+  // One layer at a time: walk() is already parallel inside a layer.
+  for (const s of scanned) {
+    const links = new Map<string, number>();
+    try {
+      await walk(s.dir, ({ key, bytes, nlink }) => {
+        links.set(key, (links.get(key) ?? 0) + 1);
+        const info = inodes.get(key) ?? { bytes, nlink, links: 0, remaining: 0 };
+        info.links++;
+        info.remaining++;
+        inodes.set(key, info);
+      });
+    } catch (cause) {
+      throw gcFailed(`Cannot measure the layer ${s.dir}`, s.dir, cause);
+    }
+    const [lastUsed, inUse] = await Promise.all([lruTime(s), InUse.isInUse(s.dir)]);
+    layers.push({ dir: s.dir, name: s.name, hashPrefix: s.hashPrefix, lastUsed, inUse, links });
+  }
+  let totalBytes = 0;
+  for (const info of inodes.values()) totalBytes += info.bytes;
+  return { layers, inodes, totalBytes };
+}
+
+async function lruTime(layer: Scan.ScannedLayer): Promise<number> {
+  if (layer.lastUsed !== undefined) return layer.lastUsed;
+  const created = layer.meta ? Date.parse(layer.meta.created_at) : NaN;
+  if (Number.isFinite(created)) return created;
+  try {
+    return (await stat(layer.dir)).mtimeMs;
+  } catch {
+    return 0;
+  }
+}
+
+type Outcome = { skipped: SkippedLayer['reason'] } | { aside: string };
+
+/** Under the layer's lock: re-check, then make it disappear with one rename, then remove it. */
+async function deleteLayer(
+  options: PruneOptions,
+  layer: SurveyedLayer,
+): Promise<SkippedLayer['reason'] | undefined> {
+  let outcome: Outcome;
+  try {
+    outcome = await Lock.withLayer(
+      { osDir: options.osDir, hash: layer.hashPrefix, timeoutMs: options.lockTimeoutMs ?? 2000 },
+      (held) => hideLayer(options.osDir, layer, held),
+    );
+  } catch (err) {
+    if (err instanceof LayerError && err.code === LayerCodes.LOCK_TIMEOUT) return 'busy';
+    throw gcFailed(`Cannot delete the layer ${layer.dir}`, layer.dir, err);
+  }
+  if ('skipped' in outcome) return outcome.skipped;
+  try {
+    await rm(outcome.aside, { recursive: true, force: true });
+  } catch (cause) {
+    throw gcFailed(
+      `Removed the layer ${layer.dir} from view but cannot delete ${outcome.aside}`,
+      outcome.aside,
+      cause,
+    );
+  }
+  return undefined;
+}
+
+async function hideLayer(
+  osDir: string,
+  layer: SurveyedLayer,
+  held: Lock.HeldLock,
+): Promise<Outcome> {
+  if (await InUse.isInUse(layer.dir)) return { skipped: 'in-use' };
+  const now = await LastUsed.get(layer.dir);
+  if (now !== undefined && now > layer.lastUsed) return { skipped: 'used-since-plan' };
+  held.assertHeld();
+  const aside = tempPathFor(layer.dir);
+  try {
+    await rename(layer.dir, aside);
+  } catch (err) {
+    if (errnoCode(err) === 'ENOENT') return { skipped: 'vanished' };
+    throw err;
+  }
+  await fsyncDir(osDir);
+  return { aside };
+}
+
+function gcFailed(what: string, path: string, cause: unknown): LayerError {
+  return new LayerError(LayerCodes.GC_FAILED, `${what}: ${messageOf(cause)}`, {
+    path,
+    cause,
+    hint: 'Check permissions and retry; leftover .day11-tmp-* directories are removed by Recover.sweep',
+  });
+}

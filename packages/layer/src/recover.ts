@@ -1,2 +1,173 @@
-// Placeholder: being written now; replaced before this is used.
-export {};
+/**
+ * Recovery: remove what killed processes left in a cache. Safe to run at any
+ * time, also while other day11 processes work in the same cache: it never
+ * touches what a live process owns.
+ *
+ * - temporary entries `.day11-tmp-<pid>-...` (from `tempPathFor`: a commit's
+ *   assembly directory, a layer set aside by Gc, a half-written file) whose
+ *   process is dead, or whose pid now belongs to a process started after the
+ *   entry was last changed. Looked for in `osDir`, in each layer directory
+ *   (not inside `fs/`, which is build output), in `.locks/` and `packages/*`.
+ * - lock directories in `.locks/` that are stale by proper-lockfile's rule
+ *   (not refreshed within `staleMs`), whose recorded owner is dead, or that
+ *   never got an owner (see `Lock.staleness`).
+ * - leases of dead processes.
+ *
+ * All processes sharing the cache are assumed to share one pid namespace.
+ */
+import { lstat, readdir, rename, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { TEMP_PREFIX, tempPathFor } from './atomic.js';
+import { errnoCode, LayerCodes, LayerError, messageOf } from './errors.js';
+import * as InUse from './in-use.js';
+import { FILES, isLayerName } from './layer-dir.js';
+import * as Lock from './lock.js';
+import * as Proc from './proc.js';
+
+/** What {@link sweep} removed (absolute paths), and what it found but left alone. */
+export interface SweepReport {
+  /** Temporary files and directories of dead processes. */
+  temps: string[];
+  /** Stale lock directories. */
+  locks: string[];
+  /** Leases of dead processes. */
+  leases: string[];
+  /**
+   * `build-*` directories without `layer.json`. Commit never makes one, so they
+   * come from elsewhere (an older tool, a hand edit); reported, not removed.
+   */
+  incompleteLayers: string[];
+}
+
+/** Options of {@link sweep}. */
+export interface SweepOptions {
+  /** A lock not refreshed for this long is stale (default and minimum as in `Lock`). */
+  staleMs?: number;
+}
+
+/**
+ * A process that started more than this after a temp entry last changed cannot
+ * have made it. The margin absorbs tick granularity and clock adjustments.
+ */
+const PID_REUSE_MARGIN_MS = 60_000;
+
+const TEMP_RE = new RegExp(`^${TEMP_PREFIX.replace(/[.]/g, '\\.')}(\\d+)-`);
+
+/**
+ * Removes the leftovers of killed processes from cache `osDir` (see the module
+ * doc). A missing `osDir` gives an empty report.
+ *
+ * @example
+ * ```ts
+ * const report = await Recover.sweep('/var/cache/day11');
+ * if (report.temps.length) console.warn(`removed ${report.temps.length} leftovers`);
+ * ```
+ * @throws {LayerError} `LAYER_WRITE_FAILED` when a leftover cannot be removed.
+ */
+export async function sweep(osDir: string, options: SweepOptions = {}): Promise<SweepReport> {
+  const report: SweepReport = { temps: [], locks: [], leases: [], incompleteLayers: [] };
+  const top = await entries(osDir);
+  const layerDirs = top.filter((n) => isLayerName(n)).map((n) => join(osDir, n));
+  const packageDirs = (await entries(join(osDir, 'packages'))).map((n) =>
+    join(osDir, 'packages', n),
+  );
+  for (const dir of [osDir, ...layerDirs, join(osDir, Lock.LOCKS_DIR), ...packageDirs]) {
+    report.temps.push(...(await sweepTemps(dir)));
+  }
+  report.locks.push(...(await sweepLocks(join(osDir, Lock.LOCKS_DIR), options)));
+  for (const dir of layerDirs) {
+    report.leases.push(...(await guard(dir, () => InUse.sweep(dir))));
+    if (!(await exists(join(dir, FILES.meta))) && (await exists(dir)))
+      report.incompleteLayers.push(dir);
+  }
+  return report;
+}
+
+async function sweepTemps(dir: string): Promise<string[]> {
+  const removed: string[] = [];
+  for (const name of await entries(dir)) {
+    const pid = Number(TEMP_RE.exec(name)?.[1]);
+    if (!pid) continue;
+    const path = join(dir, name);
+    if (!(await ownerDead(pid, path))) continue;
+    await guard(path, () => rm(path, { recursive: true, force: true }));
+    removed.push(path);
+  }
+  return removed;
+}
+
+/** Temp names carry only the pid, so pid reuse is detected by start time versus ctime. */
+async function ownerDead(pid: number, path: string): Promise<boolean> {
+  if (!(await Proc.isAlive({ pid, start: undefined }))) return true;
+  const [started, st] = await Promise.all([
+    Proc.startedAt(pid),
+    lstat(path).catch(() => undefined),
+  ]);
+  if (!st) return false; // gone already
+  return started !== undefined && started > st.ctimeMs + PID_REUSE_MARGIN_MS;
+}
+
+async function sweepLocks(locksDir: string, options: SweepOptions): Promise<string[]> {
+  const removed: string[] = [];
+  for (const name of await entries(locksDir)) {
+    if (!name.endsWith(Lock.LOCK_SUFFIX)) continue;
+    const path = join(locksDir, name);
+    if (await removeStaleLock(path, options)) removed.push(path);
+  }
+  return removed;
+}
+
+/**
+ * Moves a stale lock aside before deleting it, and re-checks what moved: between
+ * the check and the rename a waiter may have taken over the dead lock with a
+ * fresh one, which is then put back.
+ */
+async function removeStaleLock(path: string, options: SweepOptions): Promise<boolean> {
+  if (!(await Lock.staleness(path, options))) return false;
+  const aside = tempPathFor(path);
+  try {
+    await rename(path, aside);
+  } catch (err) {
+    if (errnoCode(err) === 'ENOENT') return false;
+    throw cannotRemove(path, err);
+  }
+  if (!(await Lock.staleness(aside, options))) {
+    await rename(aside, path).catch(() => undefined);
+    return false;
+  }
+  await guard(aside, () => rm(aside, { recursive: true, force: true }));
+  return true;
+}
+
+/** Names in `dir`, or `[]` when it does not exist. */
+async function entries(dir: string): Promise<string[]> {
+  try {
+    return await readdir(dir);
+  } catch (err) {
+    if (errnoCode(err) === 'ENOENT' || errnoCode(err) === 'ENOTDIR') return [];
+    throw cannotRemove(dir, err);
+  }
+}
+
+async function exists(path: string): Promise<boolean> {
+  return lstat(path).then(
+    () => true,
+    () => false,
+  );
+}
+
+async function guard<T>(path: string, fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (err) {
+    throw err instanceof LayerError ? err : cannotRemove(path, err);
+  }
+}
+
+function cannotRemove(path: string, cause: unknown): LayerError {
+  return new LayerError(LayerCodes.WRITE_FAILED, `Cannot sweep ${path}: ${messageOf(cause)}`, {
+    path,
+    cause,
+    hint: 'Check permissions on the cache directory; run the sweep as the user that owns it',
+  });
+}

@@ -1,0 +1,108 @@
+import { mkdir, readdir, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { commit } from './commit.js';
+import { LayerCodes } from './errors.js';
+import { DEAD_PID, META, hashOf, makeUpper, tempDir } from './fixtures/cache.js';
+import { acquire, holders, isInUse, LEASE_DIR, sweep } from './in-use.js';
+import { get } from './last-used.js';
+import { path as layerPath } from './layer-dir.js';
+import * as Proc from './proc.js';
+
+let osDir: string;
+beforeEach(async () => {
+  osDir = await tempDir('inuse');
+});
+afterEach(async () => {
+  await rm(osDir, { recursive: true, force: true });
+});
+
+async function layer(n: number): Promise<string> {
+  const upper = await makeUpper(osDir, { [`f${n}`]: 'x' });
+  return (await commit({ osDir, hash: hashOf(n), upper, meta: META })).dir;
+}
+
+async function fakeLease(dir: string, name: string, record: unknown): Promise<void> {
+  await mkdir(join(dir, LEASE_DIR), { recursive: true });
+  await writeFile(join(dir, LEASE_DIR, name), JSON.stringify(record));
+}
+
+describe('InUse.acquire / release', () => {
+  it('leases layers for this process, marks them used, and releases idempotently', async () => {
+    const a = await layer(1);
+    const b = await layer(2);
+    const before = Date.now();
+    const lease = await acquire({ osDir, dirs: [b, a, a] });
+    expect(lease.dirs).toEqual([a, b]);
+    expect(await isInUse(a)).toBe(true);
+    const [h] = await holders(a);
+    expect(h).toMatchObject({ pid: process.pid, start: (await Proc.self()).start, alive: true });
+    expect(Date.parse(h!.acquiredAt!)).toBeGreaterThanOrEqual(before - 1000);
+    expect(await get(a)).toBeGreaterThanOrEqual(before - 1000);
+
+    await lease.release();
+    await lease.release();
+    expect(await isInUse(a)).toBe(false);
+    expect(await isInUse(b)).toBe(false);
+    expect(await readdir(join(a, LEASE_DIR))).toEqual([]);
+  });
+
+  it('keeps a layer in use while any of several leases is held', async () => {
+    const a = await layer(1);
+    const one = await acquire({ osDir, dirs: [a] });
+    const two = await acquire({ osDir, dirs: [a] });
+    await one.release();
+    expect(await isInUse(a)).toBe(true);
+    await two.release();
+    expect(await isInUse(a)).toBe(false);
+  });
+
+  it('fails with LAYER_NOT_FOUND for a missing layer and keeps no partial lease', async () => {
+    const a = await layer(1);
+    const missing = layerPath({ osDir, hash: hashOf(9) });
+    const err = await acquire({ osDir, dirs: [a, missing] }).catch((e: unknown) => e);
+    expect(err).toMatchObject({ code: LayerCodes.NOT_FOUND, path: missing });
+    expect(await isInUse(a)).toBe(false);
+  });
+
+  it('refuses directories that are not layers of osDir', async () => {
+    await expect(acquire({ osDir, dirs: [join(osDir, 'fs')] })).rejects.toMatchObject({
+      code: LayerCodes.BAD_ARGUMENT,
+    });
+    await expect(
+      acquire({ osDir, dirs: [join(osDir, 'sub', 'build-000000000001')] }),
+    ).rejects.toMatchObject({ code: LayerCodes.BAD_ARGUMENT });
+  });
+});
+
+describe('InUse.holders / isInUse / sweep', () => {
+  it('ignores leases of dead processes and of reused pids, and sweep removes them', async () => {
+    const a = await layer(1);
+    const me = await Proc.self();
+    await fakeLease(a, `${DEAD_PID}-aa.lease`, { pid: DEAD_PID, start: '1' });
+    // Our pid, but another start time: the process that took it is gone.
+    await fakeLease(a, `${me.pid}-bb.lease`, { pid: me.pid, start: `${me.start}0` });
+    // Still being written by a live process: the pid in the name counts.
+    await writeFile(join(a, LEASE_DIR, `${me.pid}-cc.lease`), '');
+
+    const found = await holders(a);
+    expect(found.map((h) => [h.pid, h.alive]).sort()).toEqual(
+      [
+        [DEAD_PID, false],
+        [me.pid, false],
+        [me.pid, true],
+      ].sort(),
+    );
+    expect(await isInUse(a)).toBe(true);
+    const removed = await sweep(a);
+    expect(removed).toHaveLength(2);
+    expect(await readdir(join(a, LEASE_DIR))).toEqual([`${me.pid}-cc.lease`]);
+  });
+
+  it('gives [] and false for a layer without leases or a missing layer', async () => {
+    const a = await layer(1);
+    expect(await holders(a)).toEqual([]);
+    expect(await isInUse(join(osDir, 'build-ffffffffffff'))).toBe(false);
+    expect(await sweep(join(osDir, 'build-ffffffffffff'))).toEqual([]);
+  });
+});

@@ -1,0 +1,181 @@
+import { access, mkdir, readdir, readFile, rm, utimes, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { LayerCodes } from './errors.js';
+import { DEAD_PID, hashOf, tempDir } from './fixtures/cache.js';
+import { layerLockPath, ORPHAN_GRACE_MS, owner, staleness, withLayer, withPath } from './lock.js';
+import * as Proc from './proc.js';
+import { layers } from './scan.js';
+
+let osDir: string;
+beforeEach(async () => {
+  osDir = await tempDir('lock');
+});
+afterEach(async () => {
+  await rm(osDir, { recursive: true, force: true });
+});
+
+const hash = hashOf(1);
+const exists = (p: string) =>
+  access(p).then(
+    () => true,
+    () => false,
+  );
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+describe('Lock.withLayer', () => {
+  it('holds {osDir}/.locks/build-*.lock with an owner file, invisible to Scan, gone after', async () => {
+    const lockPath = layerLockPath({ osDir, hash });
+    expect(lockPath).toBe(join(osDir, '.locks', 'build-000000000001.lock'));
+    const result = await withLayer({ osDir, hash }, async (held) => {
+      expect(held.path).toBe(lockPath);
+      expect(await exists(lockPath)).toBe(true);
+      expect(await owner(lockPath)).toEqual(await Proc.self());
+      expect(await layers(osDir)).toEqual([]);
+      held.assertHeld();
+      return 42;
+    });
+    expect(result).toBe(42);
+    expect(await readdir(join(osDir, '.locks'))).toEqual([]);
+  });
+
+  it('serialises holders of the same layer, not of different layers', async () => {
+    const events: string[] = [];
+    const hold = (h: string, tag: string) =>
+      withLayer({ osDir, hash: h }, async () => {
+        events.push(`${tag}+`);
+        await sleep(100);
+        events.push(`${tag}-`);
+      });
+    await Promise.all([hold(hash, 'a'), hold(hash, 'b')]);
+    expect(['a+a-b+b-', 'b+b-a+a-']).toContain(events.join(''));
+
+    events.length = 0;
+    await Promise.all([hold(hash, 'a'), hold(hashOf(2), 'c')]);
+    expect(events.slice(0, 2).sort()).toEqual(['a+', 'c+']);
+  });
+
+  it('is re-entrant within one call chain', async () => {
+    const inner = await withLayer({ osDir, hash }, () =>
+      withLayer({ osDir, hash, timeoutMs: 100 }, async () => 'nested'),
+    );
+    expect(inner).toBe('nested');
+  });
+
+  it('times out with LAYER_LOCK_TIMEOUT naming the lock and what to do', async () => {
+    let release!: () => void;
+    const holding = withLayer({ osDir, hash }, () => new Promise<void>((r) => (release = r)));
+    await sleep(50);
+    const err = await withLayer({ osDir, hash, timeoutMs: 150 }, async () => 'never').catch(
+      (e: unknown) => e,
+    );
+    release();
+    await holding;
+    expect(err).toMatchObject({
+      code: LayerCodes.LOCK_TIMEOUT,
+      path: layerLockPath({ osDir, hash }),
+    });
+    expect((err as Error).message).toContain(layerLockPath({ osDir, hash }));
+    expect((err as Error).message).toMatch(/Recover\.sweep/);
+  });
+
+  it('stops waiting when the signal aborts', async () => {
+    let release!: () => void;
+    const holding = withLayer({ osDir, hash }, () => new Promise<void>((r) => (release = r)));
+    await sleep(50);
+    const waiting = withLayer({ osDir, hash, signal: AbortSignal.timeout(100) }, async () => 'x');
+    await expect(waiting).rejects.toMatchObject({ name: 'TimeoutError' });
+    release();
+    await holding;
+  });
+
+  it('takes over a stale lock (not refreshed within staleMs)', async () => {
+    const lockPath = layerLockPath({ osDir, hash });
+    await mkdir(lockPath, { recursive: true });
+    await writeFile(join(lockPath, 'owner'), JSON.stringify({ pid: DEAD_PID }));
+    const old = new Date(Date.now() - 60_000);
+    await utimes(lockPath, old, old);
+    await expect(withLayer({ osDir, hash, timeoutMs: 2000 }, async () => 'mine')).resolves.toBe(
+      'mine',
+    );
+    expect(await exists(lockPath)).toBe(false);
+  });
+
+  it('fails cleanly with LAYER_LOCK_COMPROMISED when the lock is removed while held', async () => {
+    const lockPath = layerLockPath({ osDir, hash });
+    let aborted = false;
+    const err = await withLayer({ osDir, hash, staleMs: 2000 }, async (held) => {
+      await rm(lockPath, { recursive: true });
+      // proper-lockfile notices at its next refresh (staleMs / 2).
+      await sleep(1500);
+      aborted = held.signal.aborted;
+      expect(() => held.assertHeld()).toThrow(/Lost the lock/);
+    }).catch((e: unknown) => e);
+    expect(aborted).toBe(true);
+    expect(err).toMatchObject({ code: LayerCodes.LOCK_COMPROMISED, path: lockPath });
+  });
+
+  it('releases the lock when the function throws, and passes the error on', async () => {
+    await expect(
+      withLayer({ osDir, hash }, async () => {
+        throw new Error('boom');
+      }),
+    ).rejects.toThrow('boom');
+    expect(await readdir(join(osDir, '.locks'))).toEqual([]);
+  });
+
+  it('rejects a bad hash and a bad timeout with typed errors', async () => {
+    await expect(withLayer({ osDir, hash: 'xyz' }, async () => 1)).rejects.toMatchObject({
+      code: LayerCodes.BAD_HASH,
+    });
+    await expect(withLayer({ osDir, hash, timeoutMs: -1 }, async () => 1)).rejects.toMatchObject({
+      code: LayerCodes.BAD_ARGUMENT,
+    });
+  });
+});
+
+describe('Lock.withPath', () => {
+  it('locks `${path}.lock` (the path need not exist) and removes it after', async () => {
+    const target = join(osDir, 'index.json');
+    await withPath(target, async (held) => {
+      expect(held.path).toBe(`${target}.lock`);
+      expect(await exists(`${target}.lock`)).toBe(true);
+    });
+    expect(await exists(`${target}.lock`)).toBe(false);
+  });
+
+  it('fails with LAYER_WRITE_FAILED when the lock cannot be created', async () => {
+    await expect(withPath(join(osDir, 'no', 'such', 'file'), async () => 1)).rejects.toMatchObject({
+      code: LayerCodes.WRITE_FAILED,
+    });
+  });
+});
+
+describe('Lock.staleness', () => {
+  it('calls a lock without owner orphaned only after the grace period', async () => {
+    const lockPath = join(osDir, 'x.lock');
+    await mkdir(lockPath);
+    expect(await staleness(lockPath)).toBeUndefined();
+    await writeFile(join(lockPath, 'owner'), ''); // half-written
+    expect(await staleness(lockPath)).toBeUndefined();
+    await sleep(ORPHAN_GRACE_MS + 100);
+    expect(await staleness(lockPath)).toBe('orphaned');
+  });
+
+  it('says expired, owner-dead, or nothing for a live or missing lock', async () => {
+    const lockPath = join(osDir, 'x.lock');
+    expect(await staleness(lockPath)).toBeUndefined();
+    await mkdir(lockPath);
+    expect(await staleness(lockPath)).toBeUndefined(); // fresh, owner not written yet
+    await writeFile(join(lockPath, 'owner'), JSON.stringify(await Proc.self()));
+    expect(await staleness(lockPath)).toBeUndefined();
+    await writeFile(join(lockPath, 'owner'), JSON.stringify({ pid: DEAD_PID, start: '1' }));
+    expect(await staleness(lockPath)).toBe('owner-dead');
+    const old = new Date(Date.now() - 30_000);
+    await utimes(lockPath, old, old);
+    expect(await staleness(lockPath, { staleMs: 10_000 })).toBe('expired');
+    expect(JSON.parse(await readFile(join(lockPath, 'owner'), 'utf8'))).toMatchObject({
+      pid: DEAD_PID,
+    });
+  });
+});

@@ -1,0 +1,92 @@
+import { access, mkdir, readdir, rm, utimes, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { TEMP_PREFIX } from './atomic.js';
+import { commit } from './commit.js';
+import { DEAD_PID, META, hashOf, makeUpper, tempDir } from './fixtures/cache.js';
+import { acquire, LEASE_DIR } from './in-use.js';
+import { layerLockPath, withLayer } from './lock.js';
+import * as Proc from './proc.js';
+import { sweep } from './recover.js';
+
+let osDir: string;
+beforeEach(async () => {
+  osDir = await tempDir('recover');
+});
+afterEach(async () => {
+  await rm(osDir, { recursive: true, force: true });
+});
+
+const exists = (p: string) =>
+  access(p).then(
+    () => true,
+    () => false,
+  );
+
+async function layer(n: number): Promise<string> {
+  const upper = await makeUpper(osDir, { f: 'x' });
+  return (await commit({ osDir, hash: hashOf(n), upper, meta: META })).dir;
+}
+
+describe('Recover.sweep', () => {
+  it('removes temp entries of dead processes, keeps live ones and everything else', async () => {
+    const dir = await layer(1);
+    const deadDir = join(osDir, `${TEMP_PREFIX}${DEAD_PID}-0a0b0c0d-build-000000000002`);
+    const deadFile = join(dir, `${TEMP_PREFIX}${DEAD_PID}-0a0b0c0d-layer.json`);
+    const deadPkg = join(osDir, 'packages', 'hello.1.0', `${TEMP_PREFIX}${DEAD_PID}-01-build-x`);
+    const live = join(osDir, `${TEMP_PREFIX}${process.pid}-0a0b0c0d-build-000000000003`);
+    const userFile = join(dir, 'fs', `${TEMP_PREFIX}${DEAD_PID}-0a0b0c0d-mine`); // build output
+    const unparsable = join(osDir, `${TEMP_PREFIX}nopid`);
+    await mkdir(join(deadDir, 'fs'), { recursive: true });
+    await mkdir(join(osDir, 'packages', 'hello.1.0'), { recursive: true });
+    for (const f of [deadFile, deadPkg, userFile, unparsable]) await writeFile(f, '');
+    await mkdir(live);
+
+    const report = await sweep(osDir);
+    expect(report.temps.sort()).toEqual([deadDir, deadFile, deadPkg].sort());
+    for (const p of [deadDir, deadFile, deadPkg]) expect(await exists(p)).toBe(false);
+    for (const p of [live, userFile, unparsable, join(dir, 'layer.json')]) {
+      expect(await exists(p)).toBe(true);
+    }
+  });
+
+  it('removes stale locks (owner dead, or not refreshed) and keeps held ones', async () => {
+    const deadOwner = layerLockPath({ osDir, hash: hashOf(1) });
+    const expired = layerLockPath({ osDir, hash: hashOf(2) });
+    const fresh = layerLockPath({ osDir, hash: hashOf(3) });
+    for (const p of [deadOwner, expired, fresh]) await mkdir(p, { recursive: true });
+    await writeFile(join(deadOwner, 'owner'), JSON.stringify({ pid: DEAD_PID, start: '7' }));
+    await writeFile(join(expired, 'owner'), JSON.stringify(await Proc.self()));
+    const old = new Date(Date.now() - 60_000);
+    await utimes(expired, old, old);
+
+    const report = await withLayer({ osDir, hash: hashOf(4) }, () => sweep(osDir));
+    expect(report.locks.sort()).toEqual([deadOwner, expired].sort());
+    expect(await readdir(join(osDir, '.locks'))).toEqual(['build-000000000003.lock']);
+    // The held lock (hash 4) was kept while held, and released after.
+    expect(await exists(fresh)).toBe(true);
+  });
+
+  it('removes dead leases, keeps live ones, and reports incomplete layers', async () => {
+    const a = await layer(1);
+    const lease = await acquire({ osDir, dirs: [a] });
+    const dead = join(a, LEASE_DIR, `${DEAD_PID}-ff.lease`);
+    await writeFile(dead, JSON.stringify({ pid: DEAD_PID, start: '1' }));
+    const broken = join(osDir, 'build-00000000000b');
+    await mkdir(join(broken, 'fs'), { recursive: true });
+
+    const report = await sweep(osDir);
+    expect(report.leases).toEqual([dead]);
+    expect(report.incompleteLayers).toEqual([broken]);
+    expect(await readdir(join(a, LEASE_DIR))).toHaveLength(1);
+    expect(await exists(broken)).toBe(true); // reported, not removed
+    await lease.release();
+  });
+
+  it('gives an empty report for a missing or clean cache', async () => {
+    const empty = { temps: [], locks: [], leases: [], incompleteLayers: [] };
+    expect(await sweep(join(osDir, 'missing'))).toEqual(empty);
+    await layer(1);
+    expect(await sweep(osDir)).toEqual(empty);
+  });
+});
