@@ -7,7 +7,9 @@ import { toMarkdown, type BenchRow } from './table.js';
 
 const suites: Record<string, () => Promise<{ run: () => Promise<BenchRow[]> }>> = {
   merge: () => import('./merge.js'),
+  mount: () => import('./mount.js'),
   scan: () => import('./scan.js'),
+  runtime: () => import('./runtime.js'),
 };
 
 const only = process.argv.slice(2);

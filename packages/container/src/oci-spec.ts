@@ -1,2 +1,589 @@
-// Placeholder: being written now; replaced before this is used.
-export {};
+/**
+ * The part of the OCI runtime spec (`config.json`) that day11 emits, as a zod
+ * schema, with defaults matching OBuilder's runc sandbox and runc's own
+ * `runc spec` (masked and read-only paths).
+ *
+ * day11 writes a {@link Template} per layer (a spec without `root.path`) and
+ * fills in the rootfs at run time with {@link instantiate}.
+ *
+ * @example
+ * ```ts
+ * import { OciSpec } from '@day11/container';
+ * const template = OciSpec.template(
+ *   OciSpec.make({ args: ['sh', '-c', 'make install'], cwd: '/src', resources: { pidsLimit: 512 } }),
+ * );
+ * const spec = OciSpec.instantiate(template, { rootfs: '/tmp/day11-x/merged', cgroupsPath: id });
+ * await OciSpec.write('/tmp/day11-x', spec); // bundle/config.json, atomically
+ * ```
+ */
+import { randomBytes } from 'node:crypto';
+import { open, rename, rm } from 'node:fs/promises';
+import { isAbsolute, join } from 'node:path';
+import { z } from 'zod';
+import { ContainerCodes, ContainerError, messageOf } from './errors.js';
+
+// ---------------------------------------------------------------- defaults
+
+/** The OCI runtime spec version written to `ociVersion` (what runc 1.1 and crun 1.8 accept). */
+export const OCI_VERSION = '1.0.2-dev';
+
+/** `PATH` given to the process unless `env` sets one. */
+export const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
+
+/** Default hostname (OBuilder's). */
+export const DEFAULT_HOSTNAME = 'builder';
+
+/**
+ * The 12 capabilities OBuilder grants: Docker's defaults minus NET_RAW and
+ * NET_BIND_SERVICE (builds need neither, and may share the host's network).
+ */
+export const DEFAULT_CAPABILITIES: readonly string[] = [
+  'CAP_CHOWN',
+  'CAP_DAC_OVERRIDE',
+  'CAP_FSETID',
+  'CAP_FOWNER',
+  'CAP_MKNOD',
+  'CAP_SETGID',
+  'CAP_SETUID',
+  'CAP_SETFCAP',
+  'CAP_SETPCAP',
+  'CAP_SYS_CHROOT',
+  'CAP_KILL',
+  'CAP_AUDIT_WRITE',
+];
+
+/** `runc spec`'s masked paths: hidden from the container (bind of /dev/null or an empty tmpfs). */
+export const DEFAULT_MASKED_PATHS: readonly string[] = [
+  '/proc/acpi',
+  '/proc/asound',
+  '/proc/kcore',
+  '/proc/keys',
+  '/proc/latency_stats',
+  '/proc/timer_list',
+  '/proc/timer_stats',
+  '/proc/sched_debug',
+  '/sys/firmware',
+  '/proc/scsi',
+];
+
+/** `runc spec`'s read-only paths. */
+export const DEFAULT_READONLY_PATHS: readonly string[] = [
+  '/proc/bus',
+  '/proc/fs',
+  '/proc/irq',
+  '/proc/sys',
+  '/proc/sysrq-trigger',
+];
+
+/** The syscalls {@link MakeOptions.fastSync} turns into no-ops (OBuilder's list). */
+export const SYNC_SYSCALLS: readonly string[] = [
+  'fsync',
+  'fdatasync',
+  'msync',
+  'sync',
+  'syncfs',
+  'sync_file_range',
+];
+
+// ---------------------------------------------------------------- schema
+
+const noNul = (s: string): boolean => !s.includes('\0');
+const absolutePath = z
+  .string()
+  .refine((p) => isAbsolute(p) && noNul(p), { message: 'must be an absolute path' });
+/** uid/gid: a 32-bit id; 4294967295 is (uid_t)-1, "no change", never a real id. */
+const id32 = z.number().int().min(0).max(4294967294);
+
+const MountSchema = z.looseObject({
+  destination: absolutePath,
+  type: z.string().optional(),
+  source: z.string().optional(),
+  options: z.array(z.string()).optional(),
+});
+
+const CapabilitiesSchema = z.looseObject({
+  bounding: z.array(z.string()).optional(),
+  effective: z.array(z.string()).optional(),
+  inheritable: z.array(z.string()).optional(),
+  permitted: z.array(z.string()).optional(),
+  ambient: z.array(z.string()).optional(),
+});
+
+const ProcessSchema = z.looseObject({
+  terminal: z.boolean(),
+  user: z.looseObject({
+    uid: id32,
+    gid: id32,
+    additionalGids: z.array(id32).optional(),
+  }),
+  args: z.array(z.string()).min(1, 'must name the program to run'),
+  env: z.array(z.string().regex(/^[^=\0]+=[^\0]*$/, 'must be KEY=VALUE')),
+  cwd: absolutePath,
+  capabilities: CapabilitiesSchema,
+  rlimits: z.array(
+    z.looseObject({ type: z.string(), hard: z.number().int(), soft: z.number().int() }),
+  ),
+  noNewPrivileges: z.boolean(),
+});
+
+const SeccompSchema = z.looseObject({
+  defaultAction: z.string(),
+  architectures: z.array(z.string()).optional(),
+  syscalls: z.array(
+    z.looseObject({
+      names: z.array(z.string()).min(1),
+      action: z.string(),
+      errnoRet: z.number().int().nonnegative().optional(),
+    }),
+  ),
+});
+
+const ResourcesSchema = z.looseObject({
+  devices: z.array(z.looseObject({ allow: z.boolean(), access: z.string().optional() })).optional(),
+  memory: z
+    .looseObject({ limit: z.number().int().positive(), swap: z.number().int().optional() })
+    .optional(),
+  cpu: z.looseObject({ cpus: z.string().optional(), mems: z.string().optional() }).optional(),
+  pids: z.looseObject({ limit: z.number().int().positive() }).optional(),
+});
+
+const LinuxSchema = z.looseObject({
+  namespaces: z.array(z.looseObject({ type: z.string(), path: z.string().optional() })),
+  maskedPaths: z.array(absolutePath),
+  readonlyPaths: z.array(absolutePath),
+  resources: ResourcesSchema.optional(),
+  seccomp: SeccompSchema.optional(),
+  cgroupsPath: z.string().min(1).optional(),
+});
+
+/** Schema of the spec we emit. Unknown keys pass through, so callers may add their own. */
+export const Schema = z.looseObject({
+  ociVersion: z.string(),
+  process: ProcessSchema,
+  root: z.looseObject({
+    path: z.string().min(1).refine(noNul, { message: 'must not contain NUL' }),
+    readonly: z.boolean(),
+  }),
+  hostname: z.string(),
+  mounts: z.array(MountSchema),
+  linux: LinuxSchema,
+});
+
+/** Schema of a {@link Template}: a spec with no rootfs and no cgroup of its own yet. */
+export const TemplateSchema = Schema.extend({
+  root: z.looseObject({ path: z.undefined().optional(), readonly: z.boolean() }),
+  linux: LinuxSchema.extend({ cgroupsPath: z.undefined().optional() }),
+});
+
+/** An OCI runtime spec (`config.json`) as day11 writes it. */
+export type Spec = z.infer<typeof Schema>;
+/** A spec with no `root.path` and no `linux.cgroupsPath`: one per layer, JSON-serialisable. */
+export type Template = z.infer<typeof TemplateSchema>;
+/** One entry of `mounts`. */
+export type Mount = z.infer<typeof MountSchema>;
+
+// ---------------------------------------------------------------- options
+
+/** `none`: own network namespace with loopback only. `host`: the host's network and resolv.conf. */
+export type Network = 'none' | 'host';
+
+/** A host directory or file bind-mounted into the container. */
+export interface BindMount {
+  /** Absolute path on the host. */
+  source: string;
+  /** Absolute path in the container. */
+  destination: string;
+  /** Mount read-only (default false). */
+  readonly?: boolean;
+}
+
+/** cgroup limits of the container. */
+export interface Resources {
+  /** cpuset CPUs the container may use, e.g. `"0-3"` or `"0,2"`. */
+  cpus?: string;
+  /** cpuset memory nodes, e.g. `"0"`. */
+  mems?: string;
+  /** Memory limit in bytes; swap is capped to the same total, so the limit is real. */
+  memoryBytes?: number;
+  /** Maximum number of processes (and threads) in the container. */
+  pidsLimit?: number;
+}
+
+/** Options of {@link make}. Only `args` is required. */
+export interface MakeOptions {
+  /** The program and its arguments; `args[0]` is looked up on the container's PATH. */
+  args: readonly string[];
+  /** Absolute working directory in the container (default `/`). */
+  cwd?: string;
+  /** Environment; `PATH` defaults to {@link DEFAULT_PATH} unless set here. */
+  env?: Readonly<Record<string, string>>;
+  /** Default {@link DEFAULT_HOSTNAME}. */
+  hostname?: string;
+  /** Default 0. */
+  uid?: number;
+  /** Default 0. */
+  gid?: number;
+  additionalGids?: readonly number[];
+  /** Default `none`. */
+  network?: Network;
+  /** Extra bind mounts, after the standard ones. */
+  mounts?: readonly BindMount[];
+  /** Mount the rootfs read-only (default false: builds write to it). */
+  readonlyRoot?: boolean;
+  /** Set `no_new_privs`: setuid binaries and file capabilities stop working (default false). */
+  noNewPrivileges?: boolean;
+  resources?: Resources;
+  /**
+   * Make fsync, fdatasync, msync, sync, syncfs and sync_file_range succeed
+   * without doing anything (seccomp), as OBuilder's `--fast-sync`: a build
+   * interrupted by a crash is thrown away anyway. Default false.
+   */
+  fastSync?: boolean;
+  /** Mount a fresh tmpfs on /tmp, so scratch files stay out of the layer (default true). */
+  tmpfsTmp?: boolean;
+  /** `root.path`, resolved against the bundle when relative (default `rootfs`). */
+  rootfs?: string;
+  /** Node-style CPU architecture picking seccomp's architectures (default `process.arch`). */
+  arch?: string;
+}
+
+const envKey = /^[^=\0]+$/;
+const cpuList = /^\d+(-\d+)?(,\d+(-\d+)?)*$/;
+
+const OptionsSchema = z.object({
+  args: z
+    .array(z.string().refine(noNul, { message: 'must not contain NUL' }))
+    .min(1, 'must name the program to run'),
+  cwd: absolutePath.optional(),
+  env: z
+    .record(
+      z.string().regex(envKey, 'names must be non-empty and contain no "="'),
+      z.string().refine(noNul, { message: 'must not contain NUL' }),
+    )
+    .optional(),
+  hostname: z
+    .string()
+    .regex(/^[A-Za-z0-9]([A-Za-z0-9.-]{0,62})$/, 'must be a valid hostname')
+    .optional(),
+  uid: id32.optional(),
+  gid: id32.optional(),
+  additionalGids: z.array(id32).optional(),
+  network: z.enum(['none', 'host']).optional(),
+  mounts: z
+    .array(
+      z.object({
+        source: absolutePath,
+        destination: absolutePath,
+        readonly: z.boolean().optional(),
+      }),
+    )
+    .optional(),
+  readonlyRoot: z.boolean().optional(),
+  noNewPrivileges: z.boolean().optional(),
+  resources: z
+    .object({
+      cpus: z.string().regex(cpuList, 'must be a CPU list such as "0-3" or "0,2"').optional(),
+      mems: z.string().regex(cpuList, 'must be a node list such as "0" or "0-1"').optional(),
+      memoryBytes: z.number().int().positive('must be a positive number of bytes').optional(),
+      pidsLimit: z.number().int().positive('must be a positive integer').optional(),
+    })
+    .optional(),
+  fastSync: z.boolean().optional(),
+  tmpfsTmp: z.boolean().optional(),
+  rootfs: z.string().min(1).refine(noNul, { message: 'must not contain NUL' }).optional(),
+  arch: z.string().optional(),
+});
+
+// ---------------------------------------------------------------- make
+
+/**
+ * Builds a spec from options, with OBuilder's defaults: the 12 capabilities in
+ * the bounding, effective, inheritable and permitted sets, /proc, /dev, /dev/pts,
+ * /dev/shm, /dev/mqueue, read-only /sys and /sys/fs/cgroup, a /tmp tmpfs,
+ * runc's masked and read-only paths, RLIMIT_NOFILE 1024, no terminal.
+ *
+ * @example
+ * ```ts
+ * const spec = OciSpec.make({
+ *   args: ['sh', '-c', 'make'],
+ *   cwd: '/src',
+ *   env: { HOME: '/root' },
+ *   network: 'host',
+ *   mounts: [{ source: '/var/cache/dl', destination: '/dl', readonly: true }],
+ *   resources: { memoryBytes: 4 * 2 ** 30, pidsLimit: 1024 },
+ *   fastSync: true,
+ * });
+ * ```
+ * @throws {ContainerError} `CONTAINER_BAD_SPEC` naming the bad option.
+ */
+export function make(opts: MakeOptions): Spec {
+  const o = validateOptions(opts);
+  const caps = [...DEFAULT_CAPABILITIES];
+  const spec: Spec = {
+    ociVersion: OCI_VERSION,
+    process: {
+      terminal: false,
+      user: {
+        uid: o.uid ?? 0,
+        gid: o.gid ?? 0,
+        ...(o.additionalGids?.length ? { additionalGids: o.additionalGids } : {}),
+      },
+      args: o.args,
+      env: envList(o.env),
+      cwd: o.cwd ?? '/',
+      // OBuilder's sets. Ambient stays empty: for a non-root user it would
+      // keep capabilities across execve, which a build never needs.
+      capabilities: { bounding: caps, effective: caps, inheritable: caps, permitted: caps },
+      rlimits: [{ type: 'RLIMIT_NOFILE', hard: 1024, soft: 1024 }],
+      noNewPrivileges: o.noNewPrivileges ?? false,
+    },
+    root: { path: o.rootfs ?? 'rootfs', readonly: o.readonlyRoot ?? false },
+    hostname: o.hostname ?? DEFAULT_HOSTNAME,
+    mounts: [
+      ...standardMounts(o.tmpfsTmp ?? true),
+      ...networkMounts(o.network ?? 'none'),
+      ...(o.mounts ?? []).map(bindMount),
+    ],
+    linux: {
+      namespaces: namespaces(o.network ?? 'none'),
+      maskedPaths: [...DEFAULT_MASKED_PATHS],
+      readonlyPaths: [...DEFAULT_READONLY_PATHS],
+      resources: resources(o.resources),
+      ...(o.fastSync ? { seccomp: fastSyncSeccomp(o.arch ?? process.arch) } : {}),
+    },
+  };
+  return parse(spec);
+}
+
+function validateOptions(opts: MakeOptions): z.infer<typeof OptionsSchema> {
+  const parsed = OptionsSchema.safeParse(opts);
+  if (!parsed.success) throw badSpec('Invalid OCI spec option', parsed.error);
+  return parsed.data;
+}
+
+function envList(env: Readonly<Record<string, string>> | undefined): string[] {
+  const all = { PATH: DEFAULT_PATH, ...env };
+  return Object.entries(all).map(([k, v]) => `${k}=${v}`);
+}
+
+function mount(destination: string, type: string, source: string, options: string[]): Mount {
+  return { destination, type, source, options };
+}
+
+function standardMounts(tmpfsTmp: boolean): Mount[] {
+  const nosuidNoexecNodev = ['nosuid', 'noexec', 'nodev'];
+  return [
+    mount('/proc', 'proc', 'proc', nosuidNoexecNodev),
+    mount('/dev', 'tmpfs', 'tmpfs', ['nosuid', 'strictatime', 'mode=755', 'size=65536k']),
+    mount('/dev/pts', 'devpts', 'devpts', [
+      'nosuid',
+      'noexec',
+      'newinstance',
+      'ptmxmode=0666',
+      'mode=0620',
+      'gid=5', // tty
+    ]),
+    mount('/dev/shm', 'tmpfs', 'shm', [...nosuidNoexecNodev, 'mode=1777', 'size=65536k']),
+    mount('/dev/mqueue', 'mqueue', 'mqueue', nosuidNoexecNodev),
+    // A fresh sysfs as Docker and OBuilder mount it (runc's default is the same).
+    mount('/sys', 'sysfs', 'sysfs', [...nosuidNoexecNodev, 'ro']),
+    mount('/sys/fs/cgroup', 'cgroup', 'cgroup', [...nosuidNoexecNodev, 'relatime', 'ro']),
+    ...(tmpfsTmp ? [mount('/tmp', 'tmpfs', 'tmpfs', ['nosuid', 'nodev', 'mode=1777'])] : []),
+  ];
+}
+
+function networkMounts(network: Network): Mount[] {
+  // With the host's network the host's resolver config is needed too; read-only
+  // so a build cannot change the host's DNS.
+  return network === 'host'
+    ? [mount('/etc/resolv.conf', 'bind', '/etc/resolv.conf', ['ro', 'rbind', 'rprivate'])]
+    : [];
+}
+
+function bindMount(m: BindMount): Mount {
+  const options = ['bind', 'nosuid', 'nodev'];
+  return mount(m.destination, 'bind', m.source, m.readonly ? ['ro', ...options] : options);
+}
+
+function namespaces(network: Network): { type: string }[] {
+  const types = network === 'none' ? ['network'] : [];
+  return [...types, 'pid', 'ipc', 'uts', 'mount'].map((type) => ({ type }));
+}
+
+function resources(r: Resources | undefined): NonNullable<z.infer<typeof ResourcesSchema>> {
+  const cpu = r?.cpus !== undefined || r?.mems !== undefined;
+  return {
+    // Deny every device; runc and crun then allow the standard ones (null, zero, tty, ...).
+    devices: [{ allow: false, access: 'rwm' }],
+    ...(r?.memoryBytes !== undefined && {
+      // OCI `swap` is memory+swap: equal to the limit means no swap on top.
+      memory: { limit: r.memoryBytes, swap: r.memoryBytes },
+    }),
+    ...(cpu && {
+      cpu: {
+        ...(r.cpus !== undefined && { cpus: r.cpus }),
+        ...(r.mems !== undefined && { mems: r.mems }),
+      },
+    }),
+    ...(r?.pidsLimit !== undefined && { pids: { limit: r.pidsLimit } }),
+  };
+}
+
+/** seccomp architectures for a Node `process.arch` (native plus its compat ABIs), as OBuilder. */
+export function seccompArchitectures(arch: string): string[] {
+  if (arch === 'x64') return ['SCMP_ARCH_X86_64', 'SCMP_ARCH_X86', 'SCMP_ARCH_X32'];
+  if (arch === 'arm64') return ['SCMP_ARCH_AARCH64', 'SCMP_ARCH_ARM'];
+  return [];
+}
+
+function fastSyncSeccomp(arch: string): NonNullable<Spec['linux']['seccomp']> {
+  const architectures = seccompArchitectures(arch);
+  return {
+    defaultAction: 'SCMP_ACT_ALLOW',
+    ...(architectures.length ? { architectures } : {}),
+    // ERRNO with errnoRet 0 is "return success"; needs runc >= 1.0.0-rc92.
+    syscalls: [{ names: [...SYNC_SYSCALLS], action: 'SCMP_ACT_ERRNO', errnoRet: 0 }],
+  };
+}
+
+// ---------------------------------------------------------------- parse, template, write
+
+/**
+ * Validates a spec (e.g. read back from JSON).
+ *
+ * @example
+ * ```ts
+ * const spec = OciSpec.parse(JSON.parse(await readFile('config.json', 'utf8')));
+ * ```
+ * @throws {ContainerError} `CONTAINER_BAD_SPEC`.
+ */
+export function parse(value: unknown): Spec {
+  const parsed = Schema.safeParse(value);
+  if (!parsed.success) throw badSpec('Invalid OCI runtime spec', parsed.error);
+  return parsed.data;
+}
+
+/**
+ * Validates a template (e.g. read back from a layer's JSON).
+ *
+ * @example
+ * ```ts
+ * const template = OciSpec.parseTemplate(JSON.parse(text));
+ * ```
+ * @throws {ContainerError} `CONTAINER_BAD_SPEC`.
+ */
+export function parseTemplate(value: unknown): Template {
+  const parsed = TemplateSchema.safeParse(value);
+  if (!parsed.success) throw badSpec('Invalid OCI spec template', parsed.error);
+  return parsed.data;
+}
+
+/**
+ * A spec without its per-run parts (`root.path`, `linux.cgroupsPath`): what a
+ * layer stores, to be filled by {@link instantiate}. A deep copy; `JSON.stringify`
+ * it to store it.
+ *
+ * @example
+ * ```ts
+ * await writeFile('spec.json', JSON.stringify(OciSpec.template(OciSpec.make({ args: ['true'] }))));
+ * ```
+ */
+export function template(spec: Spec): Template {
+  const copy: Spec = structuredClone(parse(spec));
+  const root: Record<string, unknown> = copy.root;
+  const linux: Record<string, unknown> = copy.linux;
+  delete root['path'];
+  delete linux['cgroupsPath'];
+  return parseTemplate(copy);
+}
+
+/** Options of {@link instantiate}. */
+export interface InstantiateOptions {
+  /** The container's root filesystem, e.g. the merged overlay directory. */
+  rootfs: string;
+  /**
+   * The container's cgroup, relative to the runtime's own cgroup unless
+   * absolute. Pass the container id (e.g. `Runc.newId()`) so each run has its
+   * own; when omitted, runc and crun derive it from the container id.
+   */
+  cgroupsPath?: string;
+}
+
+/**
+ * Fills a template with a rootfs (and optionally a cgroup) for one run.
+ *
+ * @example
+ * ```ts
+ * const id = Runc.newId();
+ * const spec = OciSpec.instantiate(template, { rootfs: merged, cgroupsPath: id });
+ * ```
+ * @throws {ContainerError} `CONTAINER_BAD_SPEC` for an empty rootfs or a bad cgroup path.
+ */
+export function instantiate(tpl: Template, opts: InstantiateOptions): Spec {
+  const base = structuredClone(parseTemplate(tpl));
+  if (!opts.rootfs || !noNul(opts.rootfs)) {
+    throw new ContainerError(ContainerCodes.BAD_SPEC, 'The rootfs of an OCI spec must be a path', {
+      hint: 'Pass the container root directory, e.g. the merged overlay directory',
+    });
+  }
+  const cgroupsPath = opts.cgroupsPath;
+  if (cgroupsPath !== undefined) checkCgroupsPath(cgroupsPath);
+  return parse({
+    ...base,
+    root: { ...base.root, path: opts.rootfs },
+    linux: { ...base.linux, ...(cgroupsPath !== undefined && { cgroupsPath }) },
+  });
+}
+
+function checkCgroupsPath(path: string): void {
+  const parts = path.split('/').filter(Boolean);
+  if (!parts.length || parts.some((p) => p === '..' || p === '.') || !noNul(path)) {
+    throw new ContainerError(
+      ContainerCodes.BAD_SPEC,
+      `Invalid cgroupsPath ${JSON.stringify(path)}: it must name a cgroup without "." or ".." segments`,
+      { hint: 'Use the container id, e.g. Runc.newId()' },
+    );
+  }
+}
+
+/**
+ * Writes `config.json` into a bundle directory atomically (temporary file,
+ * fsync, rename), so a runtime never reads a torn file. Returns its path.
+ *
+ * @example
+ * ```ts
+ * await OciSpec.write('/tmp/day11-bundle', spec); // '/tmp/day11-bundle/config.json'
+ * ```
+ * @throws {ContainerError} `CONTAINER_BAD_SPEC` for an invalid spec,
+ *   `CONTAINER_BAD_ARGUMENT` when the file cannot be written.
+ */
+export async function write(bundleDir: string, spec: Spec): Promise<string> {
+  const text = `${JSON.stringify(parse(spec), null, 2)}\n`;
+  const target = join(bundleDir, 'config.json');
+  const temp = join(bundleDir, `.config.json.${process.pid}-${randomBytes(4).toString('hex')}`);
+  try {
+    const handle = await open(temp, 'wx', 0o644);
+    try {
+      await handle.writeFile(text);
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
+    await rename(temp, target);
+  } catch (cause) {
+    await rm(temp, { force: true });
+    throw new ContainerError(
+      ContainerCodes.BAD_ARGUMENT,
+      `Cannot write ${target}: ${messageOf(cause)}`,
+      { path: target, cause, hint: 'Check that the bundle directory exists and is writable' },
+    );
+  }
+  return target;
+}
+
+function badSpec(what: string, error: z.ZodError): ContainerError {
+  const problems = error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`);
+  return new ContainerError(ContainerCodes.BAD_SPEC, `${what}: ${problems.join('; ')}`, {
+    cause: error,
+  });
+}

@@ -1,0 +1,305 @@
+/**
+ * runc and crun for real, as root, on a busybox-static rootfs: a plain
+ * directory and an overlay mounted here (Overlay is tested on its own).
+ */
+import { existsSync } from 'node:fs';
+import {
+  copyFile,
+  lstat,
+  mkdir,
+  mkdtemp,
+  readFile,
+  readdir,
+  rm,
+  symlink,
+  writeFile,
+} from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Exec, Sys } from '@day11/exec';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ContainerCodes } from './errors.js';
+import * as OciSpec from './oci-spec.js';
+import * as Runc from './runc.js';
+
+const RUNTIMES = ['runc', 'crun'] as const;
+let work: string;
+let rootfs: string;
+
+/** A minimal rootfs: busybox-static and its applets, passwd/group, mount points. */
+async function makeBusyboxRootfs(dir: string): Promise<void> {
+  for (const d of ['bin', 'etc', 'proc', 'dev', 'sys', 'tmp', 'root']) {
+    await mkdir(join(dir, d), { recursive: true });
+  }
+  await copyFile('/bin/busybox', join(dir, 'bin/busybox'));
+  const { stdout } = await Exec.run('/bin/busybox', ['--list']);
+  for (const applet of stdout.split('\n').filter((a) => a && a !== 'busybox')) {
+    await symlink('busybox', join(dir, 'bin', applet));
+  }
+  await writeFile(
+    join(dir, 'etc/passwd'),
+    'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/:/bin/sh\n',
+  );
+  await writeFile(join(dir, 'etc/group'), 'root:x:0:\nnogroup:x:65534:\n');
+}
+
+interface Ran extends Runc.RunResult {
+  stdout: string;
+  stderr: string;
+}
+
+let bundles = 0;
+/** Writes a bundle for `opts` over `root` and runs it; collects the output by stream. */
+async function runIn(
+  root: string,
+  opts: OciSpec.MakeOptions,
+  run: Omit<Runc.RunOptions, 'bundle' | 'id'> = {},
+): Promise<Ran> {
+  const bundle = join(work, `bundle-${++bundles}`);
+  await mkdir(bundle);
+  const id = Runc.newId();
+  const template = OciSpec.template(OciSpec.make(opts));
+  await OciSpec.write(bundle, OciSpec.instantiate(template, { rootfs: root, cgroupsPath: id }));
+  const out = { stdout: '', stderr: '' };
+  const r = await Runc.run({
+    bundle,
+    id,
+    ...run,
+    onOutput: (line, stream) => {
+      out[stream] += `${line}\n`;
+      run.onOutput?.(line, stream);
+    },
+  });
+  return { ...r, ...out };
+}
+
+/** Mounts an overlay of `lower` at a fresh merged dir; returns its dirs and an unmount. */
+async function overlay(lower: string) {
+  const dir = await mkdtemp(join(work, 'ovl-'));
+  const [upper, workdir, merged] = ['upper', 'work', 'merged'].map((d) => join(dir, d)) as [
+    string,
+    string,
+    string,
+  ];
+  for (const d of [upper, workdir, merged]) await mkdir(d);
+  Sys.mountWithFsconfig({
+    fstype: 'overlay',
+    target: merged,
+    options: [
+      ['lowerdir+', lower],
+      ['upperdir', upper],
+      ['workdir', workdir],
+    ],
+  });
+  return { upper, merged, unmount: () => Sys.umount(merged) };
+}
+
+async function leftovers(): Promise<{
+  runc: string[];
+  crun: string[];
+  mounts: number;
+  cgroups: string[];
+}> {
+  const ids = async (runtime: string) => (await Runc.list({ runtime })).map((c) => c.id);
+  const mounts = (await readFile('/proc/mounts', 'utf8'))
+    .split('\n')
+    .filter((l) => l.includes('day11'));
+  const { stdout } = await Exec.run('find', [
+    '/sys/fs/cgroup',
+    '-maxdepth',
+    '4',
+    '-name',
+    'day11-*',
+  ]);
+  return {
+    runc: await ids('runc'),
+    crun: await ids('crun'),
+    mounts: mounts.length,
+    cgroups: stdout.split('\n').filter(Boolean),
+  };
+}
+
+beforeAll(async () => {
+  // crun 1.8 refuses a hybrid layout whose cgroup2 still offers hugetlb.
+  await Runc.prepareCrunCgroups();
+  work = await mkdtemp(join(tmpdir(), 'day11-runc-it-'));
+  rootfs = join(work, 'rootfs');
+  await makeBusyboxRootfs(rootfs);
+});
+
+afterAll(async () => {
+  if (work) await rm(work, { recursive: true, force: true });
+});
+
+describe.each(RUNTIMES)('%s', (runtime) => {
+  it('runs a command on a directory rootfs: exit code, stdout, stderr, log file', async () => {
+    const logFile = join(work, `${runtime}.log`);
+    const r = await runIn(
+      rootfs,
+      { args: ['sh', '-c', 'echo "out $(hostname) $(id -u)"; echo err >&2; exit 7'] },
+      { runtime, logFile },
+    );
+    expect(r).toMatchObject({ exitCode: 7, signal: undefined, timedOut: false, aborted: false });
+    expect(r.stdout).toBe('out builder 0\n');
+    expect(r.stderr).toBe('err\n');
+    expect((await readFile(logFile, 'utf8')).split('\n').sort()).toEqual([
+      '',
+      'err',
+      'out builder 0',
+    ]);
+  });
+
+  it('runs on an overlay rootfs: writes land in the upper, deletions become 0/0 whiteouts', async () => {
+    const o = await overlay(rootfs);
+    try {
+      const r = await runIn(
+        o.merged,
+        {
+          args: ['sh', '-c', 'echo built > /root/new && rm /etc/group && cat /etc/passwd | wc -l'],
+          env: { HOME: '/root' },
+          cwd: '/root',
+        },
+        { runtime },
+      );
+      expect(r).toMatchObject({ exitCode: 0, stdout: '2\n' });
+    } finally {
+      o.unmount();
+    }
+    expect(await readFile(join(o.upper, 'root/new'), 'utf8')).toBe('built\n');
+    const whiteout = await lstat(join(o.upper, 'etc/group'));
+    expect(whiteout.isCharacterDevice()).toBe(true);
+    expect(whiteout.rdev).toBe(0);
+    expect(existsSync(join(rootfs, 'etc/group'))).toBe(true);
+    expect(await readdir(o.upper)).toEqual(expect.arrayContaining(['root', 'etc']));
+  });
+
+  it('a timeout kills `sleep 1000` on an overlay within a second or two; no container, no mount left', async () => {
+    const o = await overlay(rootfs);
+    let r;
+    try {
+      r = await runIn(o.merged, { args: ['sleep', '1000'] }, { runtime, timeoutMs: 300 });
+    } finally {
+      o.unmount(); // EBUSY here would mean a container process still uses it
+    }
+    expect(r).toMatchObject({ timedOut: true, aborted: false, exitCode: 137, signal: 'SIGKILL' });
+    expect(r.durationMs).toBeLessThan(2500);
+    expect(await Runc.list({ runtime })).toEqual([]);
+    expect(await readFile('/proc/mounts', 'utf8')).not.toContain(o.merged);
+  });
+
+  it('an AbortSignal kills `sleep 1000` and its parent shell within a second or two, no container left', async () => {
+    const ac = new AbortController();
+    const r = await runIn(
+      rootfs,
+      { args: ['sh', '-c', 'sleep 1000 & echo ready; wait'] },
+      // Abort once the container is surely up: it said so.
+      { runtime, signal: ac.signal, onOutput: (line) => line === 'ready' && ac.abort() },
+    );
+    expect(r).toMatchObject({ aborted: true, timedOut: false, exitCode: 137, signal: 'SIGKILL' });
+    expect(r.durationMs).toBeLessThan(2500);
+    expect(await Runc.list({ runtime })).toEqual([]);
+  });
+
+  it('reports a runtime that cannot start the container as RUNTIME_FAILED', async () => {
+    await expect(runIn(rootfs, { args: ['/no/such/program'] }, { runtime })).rejects.toMatchObject({
+      code: ContainerCodes.RUNTIME_FAILED,
+      message: expect.stringMatching(/no\/such\/program/) as string,
+    });
+    expect(await Runc.list({ runtime })).toEqual([]);
+  });
+
+  it('pidsLimit stops a fork bomb that runs fine without it', async () => {
+    const bomb = 'for i in $(seq 1 200); do sleep 1 & done; wait; echo done';
+    const limited = await runIn(
+      rootfs,
+      { args: ['sh', '-c', bomb], resources: { pidsLimit: 20 } },
+      { runtime, timeoutMs: 30_000 },
+    );
+    // busybox sh gives up (exit 2) at the first fork the pids cgroup refuses.
+    expect(limited).toMatchObject({ exitCode: 2, stdout: '' });
+    expect(limited.stderr).toMatch(/can't fork: Resource temporarily unavailable/);
+    const free = await runIn(rootfs, { args: ['sh', '-c', bomb] }, { runtime, timeoutMs: 30_000 });
+    expect(free).toMatchObject({ exitCode: 0, stdout: 'done\n', stderr: '' });
+  });
+
+  it('memoryBytes stops a memory hog: OOM-killed, 137 / SIGKILL', async () => {
+    const r = await runIn(
+      rootfs,
+      {
+        // The shell itself holds 512 MiB read from a pipe.
+        args: ['sh', '-c', 'x=$(head -c 536870912 /dev/zero | tr "\\0" a); echo survived ${#x}'],
+        resources: { memoryBytes: 32 * 2 ** 20 },
+      },
+      { runtime, timeoutMs: 60_000 },
+    );
+    expect(r).toMatchObject({ exitCode: 137, signal: 'SIGKILL', timedOut: false });
+    expect(r.stdout).not.toMatch(/survived/);
+  });
+
+  it("network 'none' sees only lo; 'host' sees the host's interfaces and resolv.conf", async () => {
+    const none = await runIn(rootfs, { args: ['ls', '/sys/class/net'] }, { runtime });
+    expect(none.stdout.split(/\s+/).filter(Boolean)).toEqual(['lo']);
+    const hostIfaces = (await readdir('/sys/class/net')).sort();
+    const host = await runIn(
+      rootfs,
+      { args: ['ls', '/sys/class/net'], network: 'host' },
+      { runtime },
+    );
+    expect(host.stdout.split(/\s+/).filter(Boolean).sort()).toEqual(hostIfaces);
+  });
+
+  it('fastSync installs the seccomp filter and sync still succeeds (errnoRet 0)', async () => {
+    const r = await runIn(
+      rootfs,
+      {
+        args: ['sh', '-c', 'grep Seccomp: /proc/self/status; sync && sync -f / && echo synced'],
+        fastSync: true,
+      },
+      { runtime },
+    );
+    expect(r.stdout).toMatch(/Seccomp:\s+2\nsynced\n/);
+    expect(r.exitCode).toBe(0);
+  });
+
+  it('runs as a non-root uid with a read-only root and no new privileges', async () => {
+    const r = await runIn(
+      rootfs,
+      {
+        args: ['sh', '-c', 'id -u; id -g; grep NoNewPrivs /proc/self/status; touch /x || echo ro'],
+        uid: 65534,
+        gid: 65534,
+        readonlyRoot: true,
+        noNewPrivileges: true,
+      },
+      { runtime },
+    );
+    expect(r.stdout).toMatch(/^65534\n65534\nNoNewPrivs:\s+1\nro\n$/);
+  });
+});
+
+describe('Runc.sweep', () => {
+  it("deletes a container whose owner died, and leaves others' alone", async () => {
+    const bundle = join(work, 'bundle-sweep');
+    await mkdir(bundle);
+    await OciSpec.write(bundle, OciSpec.make({ args: ['sleep', '1000'], rootfs }));
+    const orphan = `day11-${2 ** 22 + 1}-1-deadbe`;
+    // Detached, with stdio away from us, as a killed day11 process would leave it.
+    await Exec.run('sh', [
+      '-c',
+      `runc run -d --bundle ${bundle} ${orphan} </dev/null >/dev/null 2>&1`,
+    ]);
+    expect((await Runc.state(orphan))?.status).toBe('running');
+    expect(await Runc.sweep()).toEqual([orphan]);
+    expect(await Runc.state(orphan)).toBeUndefined();
+  });
+});
+
+describe('afterwards', () => {
+  it('no container, no day11 mount and no container cgroup is left', async () => {
+    expect(await leftovers()).toEqual({ runc: [], crun: [], mounts: 0, cgroups: [] });
+  });
+
+  it('prepareCrunCgroups is idempotent', async () => {
+    expect(await Runc.prepareCrunCgroups()).toEqual([]);
+  });
+});
