@@ -28,7 +28,8 @@ export function toMarkdown(rows: readonly BenchRow[]): string {
   for (const r of rows) {
     const unit = r.unit ?? 'ms';
     const ratio = r.baseline ? fmt(r.value / r.baseline) : '';
-    const met = r.target !== undefined && r.baseline ? (r.value / r.baseline <= r.target ? ' ✓' : ' ✗') : '';
+    const met =
+      r.target !== undefined && r.baseline ? (r.value / r.baseline <= r.target ? ' ✓' : ' ✗') : '';
     lines.push(
       `| ${r.name} | ${fmt(r.value)} ${unit} | ${r.baselineName ?? ''} | ${r.baseline === undefined ? '' : `${fmt(r.baseline)} ${unit}`} | ${ratio} | ${r.target === undefined ? '' : `≤ ${r.target}${met}`} |`,
     );
