@@ -1,4 +1,5 @@
-import { lstat, mkdtemp, rm, symlink, writeFile, mkdir, readdir } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { lstat, mkdtemp, open, rm, symlink, writeFile, mkdir, readdir } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -111,8 +112,65 @@ describe('Sys mounts', () => {
     const target = join(dir, 'm');
     await mkdir(target);
     expect(() =>
-      Sys.mountWithFsconfig({ fstype: 'overlay', target, options: [['lowerdir+', join(dir, 'missing')]] }),
+      Sys.mountWithFsconfig({
+        fstype: 'overlay',
+        target,
+        options: [['lowerdir+', join(dir, 'missing')]],
+      }),
     ).toThrow(/lowerdir\+=.*missing/);
+  });
+
+  it("carries the kernel's own message for a refused option", async () => {
+    if (!isRoot()) return;
+    const target = join(dir, 'm');
+    await mkdir(target);
+    expect(() =>
+      Sys.mountWithFsconfig({ fstype: 'overlay', target, options: [['lowerdirx+', dir]] }),
+    ).toThrow(/EINVAL \(overlay: Unknown parameter 'lowerdirx\+'\)/);
+  });
+
+  it('passes a directory as a file descriptor (FSCONFIG_SET_FD)', async () => {
+    if (!isRoot()) return;
+    // The kernel copies at most 255 bytes of a string value; an fd has no such limit.
+    const long = join(dir, 'd'.repeat(200), 'e'.repeat(100));
+    await mkdir(long, { recursive: true });
+    await writeFile(join(long, 'f'), '');
+    await mkdir(join(dir, 'l2'));
+    const target = join(dir, 'm');
+    await mkdir(target);
+    const handle = await open(long, constants.O_RDONLY | constants.O_DIRECTORY);
+    try {
+      Sys.mountWithFsconfig({
+        fstype: 'overlay',
+        target,
+        options: [
+          ['lowerdir+', { fd: handle.fd }],
+          ['lowerdir+', join(dir, 'l2')],
+        ],
+      });
+    } finally {
+      await handle.close();
+    }
+    try {
+      expect(await readdir(target)).toEqual(['f']);
+    } finally {
+      Sys.umount(target);
+    }
+  });
+
+  it('probes options without mounting', () => {
+    if (!isRoot()) return;
+    const probe = Sys.probeFsconfig({
+      fstype: 'overlay',
+      options: Array.from({ length: 501 }, () => ['lowerdir+', '/'] as const),
+    });
+    expect(probe.accepted).toBe(500);
+    expect(probe.error?.message).toMatch(/limit is 500/);
+    expect(Sys.probeFsconfig({ fstype: 'overlay', options: [['index', 'off']] })).toEqual({
+      accepted: 1,
+      error: undefined,
+    });
+    expect(Sys.probeFsconfig({ fstype: 'no-such-fs', options: [] }).error?.errno).toBe('ENODEV');
   });
 
   it('mounts and unmounts a tmpfs with classic mount(2)', async () => {

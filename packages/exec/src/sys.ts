@@ -164,6 +164,7 @@ interface Libc {
     flags: number,
   ) => number;
   close: (fd: number) => number;
+  read: (fd: number, buf: Buffer, count: number) => number;
 }
 
 let libcBinding: Libc | undefined;
@@ -191,6 +192,7 @@ function libc(syscall: string): Libc {
         'int move_mount(int from_dfd, const char *from_path, int to_dfd, const char *to_path, unsigned int flags)',
       ),
       close: fn('int close(int fd)'),
+      read: fn('long read(int fd, void *buf, unsigned long count)'),
     };
     return libcBinding;
   } catch (cause) {
@@ -280,25 +282,98 @@ export const FsConfig = {
   FSMOUNT_CLOEXEC: 0x1,
   SET_FLAG: 0,
   SET_STRING: 1,
+  SET_FD: 5,
   CMD_CREATE: 6,
   MOVE_MOUNT_F_EMPTY_PATH: 0x4,
   AT_FDCWD: -100,
 } as const;
 
 /**
+ * One fsconfig option: `true` sets a flag, a string sets a string option (the
+ * kernel copies at most 255 bytes of it), `{ fd }` passes an open file
+ * descriptor (`FSCONFIG_SET_FD`, e.g. a directory for overlayfs's `lowerdir+`
+ * on Linux >= 6.13, which has no length limit).
+ */
+export type FsConfigValue = string | true | { readonly fd: number };
+
+/** Options of {@link mountWithFsconfig} and {@link probeFsconfig}. */
+export interface FsConfigOptions {
+  fstype: string;
+  /** Applied in order; repeated keys such as overlayfs's `lowerdir+` are allowed. */
+  options: ReadonlyArray<readonly [key: string, value: FsConfigValue]>;
+}
+
+/** The messages the kernel logged on an fs context fd (`e overlay: ...`), prefix stripped. */
+function kernelMessages(lib: Libc, fsfd: number): string[] {
+  const messages: string[] = [];
+  const buf = Buffer.alloc(1024);
+  // Each read returns one message; ENODATA ends the log. Bounded in case of a chatty driver.
+  for (let i = 0; i < 16; i++) {
+    const n = Number(lib.read(fsfd, buf, buf.length));
+    if (n <= 0) break;
+    messages.push(
+      buf
+        .subarray(0, n)
+        .toString('utf8')
+        .trim()
+        .replace(/^[ewi] /, ''),
+    );
+  }
+  return messages;
+}
+
+/** {@link check} for calls on an fs context: a failure carries the kernel's own explanation. */
+function checkFs(
+  lib: Libc,
+  fsfd: number,
+  call: { syscall: string; ret: number; what: string; path?: string },
+): number {
+  if (call.ret >= 0) return call.ret;
+  const errno = errnoName(lib.koffi.errno());
+  const said = kernelMessages(lib, fsfd);
+  const why = said.length > 0 ? ` (${said.join('; ')})` : '';
+  throw new SysError(call.syscall, errno, `${call.what} failed: ${errno}${why}`, {
+    path: call.path,
+    hint: errno === 'EPERM' ? 'This needs root (CAP_SYS_ADMIN)' : undefined,
+  });
+}
+
+function describeOption(key: string, value: FsConfigValue): string {
+  if (value === true) return key;
+  return typeof value === 'string' ? `${key}=${value}` : `${key}=<fd ${value.fd}>`;
+}
+
+function setOption(lib: Libc, fsfd: number, key: string, value: FsConfigValue): number {
+  if (value === true) return lib.fsconfig(fsfd, FsConfig.SET_FLAG, key, null, 0);
+  if (typeof value === 'string') return lib.fsconfig(fsfd, FsConfig.SET_STRING, key, value, 0);
+  return lib.fsconfig(fsfd, FsConfig.SET_FD, key, null, value.fd);
+}
+
+function applyOptions(lib: Libc, fsfd: number, opts: FsConfigOptions, path?: string): void {
+  for (const [key, value] of opts.options) {
+    const what = `fsconfig ${describeOption(key, value)}`;
+    checkFs(lib, fsfd, { syscall: 'fsconfig', ret: setOption(lib, fsfd, key, value), what, path });
+  }
+}
+
+/**
  * Mounts a filesystem with the new mount API: fsopen, one fsconfig per option
  * (so no option string is limited to a page), fsmount, move_mount.
  *
- * `options` are applied in order; a `true` value sets a flag, a string sets a
- * string option (repeated keys such as overlayfs's `lowerdir+` are allowed).
- * The kernel's message for a rejected option is not read; the error names the
- * option that failed.
+ * A rejected option names the option and carries the kernel's own message,
+ * read from the fs context (e.g. `overlay: too many lower directories, limit
+ * is 500`). Nothing stays mounted when any step fails.
+ *
+ * @example
+ * ```ts
+ * Sys.mountWithFsconfig({
+ *   fstype: 'overlay',
+ *   target: '/tmp/merged',
+ *   options: [['lowerdir+', '/tmp/l1'], ['lowerdir+', '/tmp/l2']],
+ * });
+ * ```
  */
-export function mountWithFsconfig(opts: {
-  fstype: string;
-  target: string;
-  options: ReadonlyArray<readonly [key: string, value: string | true]>;
-}): void {
+export function mountWithFsconfig(opts: FsConfigOptions & { target: string }): void {
   const lib = libc('fsopen');
   const fsfd = check(
     'fsopen',
@@ -307,25 +382,19 @@ export function mountWithFsconfig(opts: {
   );
   let mfd = -1;
   try {
-    for (const [key, value] of opts.options) {
-      const ret =
-        value === true
-          ? lib.fsconfig(fsfd, FsConfig.SET_FLAG, key, null, 0)
-          : lib.fsconfig(fsfd, FsConfig.SET_STRING, key, value, 0);
-      check('fsconfig', ret, `fsconfig ${key}${value === true ? '' : `=${value}`}`, opts.target);
-    }
-    check(
-      'fsconfig',
-      lib.fsconfig(fsfd, FsConfig.CMD_CREATE, null, null, 0),
-      `create ${opts.fstype}`,
-      opts.target,
-    );
-    mfd = check(
-      'fsmount',
-      lib.fsmount(fsfd, FsConfig.FSMOUNT_CLOEXEC, 0),
-      `fsmount ${opts.fstype}`,
-      opts.target,
-    );
+    applyOptions(lib, fsfd, opts, opts.target);
+    checkFs(lib, fsfd, {
+      syscall: 'fsconfig',
+      ret: lib.fsconfig(fsfd, FsConfig.CMD_CREATE, null, null, 0),
+      what: `create ${opts.fstype}`,
+      path: opts.target,
+    });
+    mfd = checkFs(lib, fsfd, {
+      syscall: 'fsmount',
+      ret: lib.fsmount(fsfd, FsConfig.FSMOUNT_CLOEXEC, 0),
+      what: `fsmount ${opts.fstype}`,
+      path: opts.target,
+    });
     const moved = lib.moveMount(
       mfd,
       '',
@@ -336,6 +405,59 @@ export function mountWithFsconfig(opts: {
     check('move_mount', moved, `move_mount to ${opts.target}`, opts.target);
   } finally {
     if (mfd >= 0) lib.close(mfd);
+    lib.close(fsfd);
+  }
+}
+
+/** What {@link probeFsconfig} found. */
+export interface FsConfigProbe {
+  /** How many of the options, in order, the kernel accepted before the first refusal. */
+  accepted: number;
+  /** Why the first refused option (or fsopen itself) failed; `undefined` when all were accepted. */
+  error: SysError | undefined;
+}
+
+/**
+ * Asks the kernel which options a filesystem accepts, without mounting
+ * anything: fsopen, then fsconfig for each option in order until one is
+ * refused; the context is then closed, never created.
+ *
+ * @example
+ * ```ts
+ * // Does this kernel know overlayfs's `lowerdir+`, and how deep may a stack be?
+ * const { accepted, error } = Sys.probeFsconfig({
+ *   fstype: 'overlay',
+ *   options: Array.from({ length: 501 }, () => ['lowerdir+', '/'] as const),
+ * });
+ * // accepted === 500, error.message ends "(overlay: too many lower directories, limit is 500)"
+ * ```
+ */
+export function probeFsconfig(opts: FsConfigOptions): FsConfigProbe {
+  const lib = libc('fsopen');
+  let fsfd: number;
+  try {
+    fsfd = check(
+      'fsopen',
+      lib.fsopen(opts.fstype, FsConfig.FSOPEN_CLOEXEC),
+      `fsopen ${opts.fstype}`,
+    );
+  } catch (err) {
+    return { accepted: 0, error: err as SysError };
+  }
+  try {
+    let accepted = 0;
+    for (const [key, value] of opts.options) {
+      const what = `fsconfig ${describeOption(key, value)}`;
+      const ret = setOption(lib, fsfd, key, value);
+      try {
+        checkFs(lib, fsfd, { syscall: 'fsconfig', ret, what });
+      } catch (err) {
+        return { accepted, error: err as SysError };
+      }
+      accepted++;
+    }
+    return { accepted, error: undefined };
+  } finally {
     lib.close(fsfd);
   }
 }

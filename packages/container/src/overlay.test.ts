@@ -1,0 +1,367 @@
+/**
+ * Unit tests of the overlay module: option strings, escaping, de-duplication,
+ * common parents, the page budget, mountinfo parsing and strategy planning.
+ * Nothing here mounts.
+ */
+import fc from 'fast-check';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { ContainerCodes } from './errors.js';
+import { mountsUnder, parseMountinfo, unescapeOctal } from './mountinfo.js';
+import * as Overlay from './overlay.js';
+import {
+  DEFAULT_FEATURES,
+  byteLength,
+  classicMaxLowers,
+  classicOptions,
+  commonParent,
+  dedupeLowers,
+  escapeClassic,
+  escapeFsconfigUpper,
+  featureOptions,
+  fitsPage,
+  relativeTo,
+  type ClassicParts,
+} from './overlay-options.js';
+
+const DEFAULTS = ',redirect_dir=off,metacopy=off,index=off';
+
+describe('escaping', () => {
+  it('escapes \\ : and , for classic option values', () => {
+    expect(escapeClassic('/a,b:c\\d e')).toBe('/a\\,b\\:c\\\\d e');
+    expect(escapeClassic('/plain/path')).toBe('/plain/path');
+  });
+
+  it('escapes only \\ for fsconfig upperdir/workdir', () => {
+    expect(escapeFsconfigUpper('/a,b:c\\d')).toBe('/a,b:c\\\\d');
+  });
+
+  it('counts bytes, not UTF-16 units', () => {
+    expect(byteLength('/ü')).toBe(3);
+  });
+});
+
+describe('featureOptions', () => {
+  it('defaults to redirect_dir=off, metacopy=off, index=off', () => {
+    expect(featureOptions()).toEqual([
+      ['redirect_dir', 'off'],
+      ['metacopy', 'off'],
+      ['index', 'off'],
+    ]);
+    expect(DEFAULT_FEATURES).toEqual({ redirect_dir: 'off', metacopy: 'off', index: 'off' });
+  });
+
+  it('overrides a default, drops one with false, and adds flags', () => {
+    expect(featureOptions({ metacopy: 'on', index: false, userxattr: true })).toEqual([
+      ['redirect_dir', 'off'],
+      ['metacopy', 'on'],
+      ['userxattr', true],
+    ]);
+  });
+
+  it('refuses layer keys and values that would break the option string', () => {
+    const bads: Array<Record<string, string>> = [
+      { lowerdir: '/x' },
+      { upperdir: '/x' },
+      { 'a,b': 'on' },
+      { xino: 'on,index=on' },
+    ];
+    for (const bad of bads) {
+      expect(() => featureOptions(bad)).toThrow(
+        expect.objectContaining({ code: ContainerCodes.BAD_ARGUMENT }),
+      );
+    }
+  });
+});
+
+describe('classicOptions', () => {
+  it('builds lowerdir (topmost first), upperdir, workdir and features', () => {
+    const options = classicOptions({
+      lowers: ['/l/top', '/l/a,b'],
+      upper: '/u:1',
+      work: '/w',
+      features: featureOptions({ userxattr: true }),
+    });
+    expect(options).toBe(
+      'lowerdir=/l/top:/l/a\\,b,upperdir=/u\\:1,workdir=/w,redirect_dir=off,metacopy=off,index=off,userxattr',
+    );
+  });
+
+  it('appends a data-only lower after ::', () => {
+    expect(classicOptions({ lowers: ['a'], dataLower: '/tmp/d', features: [] })).toBe(
+      'lowerdir=a::/tmp/d',
+    );
+  });
+});
+
+describe('dedupeLowers', () => {
+  it('keeps the first occurrence of each directory, comparing normalized absolute paths', () => {
+    const { lowers, removed } = dedupeLowers(['/a', '/b/', '/a', '/c/../b', '/d//e', '/d/e']);
+    expect(lowers).toEqual(['/a', '/b', '/d/e']);
+    expect(removed).toEqual(['/a', '/c/../b', '/d/e']);
+  });
+
+  it('resolves relative lowers against the working directory', () => {
+    expect(dedupeLowers(['x']).lowers).toEqual([join(process.cwd(), 'x')]);
+  });
+});
+
+describe('commonParent', () => {
+  it('is the deepest directory containing every path strictly', () => {
+    expect(commonParent(['/a/x/l1', '/a/y/l2'])).toBe('/a');
+    expect(commonParent(['/a/b/l1', '/a/b/l2', '/a/b/l3'])).toBe('/a/b');
+    expect(commonParent(['/a/b'])).toBe('/a');
+    expect(commonParent(['/a', '/b'])).toBe('/');
+  });
+
+  it('keeps every relative path non-empty when one lower contains another', () => {
+    const parent = commonParent(['/a/b', '/a/b/c']);
+    expect(parent).toBe('/a');
+    expect(relativeTo(parent, ['/a/b', '/a/b/c'])).toEqual(['b', 'b/c']);
+  });
+
+  it('compares whole components, not string prefixes', () => {
+    expect(commonParent(['/data/abc/l', '/data/abd/l'])).toBe('/data');
+  });
+
+  it('refuses an empty list', () => {
+    expect(() => commonParent([])).toThrow(RangeError);
+  });
+});
+
+describe('page budget', () => {
+  /** Lowers that make the option string exactly `total` bytes long. */
+  function partsOfLength(total: number): ClassicParts {
+    const base: ClassicParts = { lowers: [], upper: '/u', work: '/w', features: featureOptions() };
+    const fixed = classicOptions({ ...base, lowers: [''] }).length;
+    const lowers = Array.from({ length: 40 }, (_, i) => `/layers/l${String(i).padStart(4, '0')}`);
+    const used = lowers.reduce((n, l) => n + l.length + 1, fixed);
+    lowers.push('/z'.padEnd(total - used, 'z'));
+    return { ...base, lowers };
+  }
+
+  it('fits an option string of 4095 bytes in a 4096-byte page, not one of 4096', () => {
+    const exact = partsOfLength(4095);
+    expect(classicOptions(exact)).toHaveLength(4095);
+    expect(fitsPage(classicOptions(exact), 4096)).toBe(true);
+    expect(classicMaxLowers(exact, { pageBytes: 4096 })).toBe(41);
+    const over = partsOfLength(4096);
+    expect(fitsPage(classicOptions(over), 4096)).toBe(false);
+    expect(classicMaxLowers(over, { pageBytes: 4096 })).toBe(40);
+  });
+
+  it('counts escapes and multi-byte characters', () => {
+    const parts = { lowers: ['/a,b', '/ü'], features: [] };
+    // 'lowerdir=' 9 + '/a\,b' 5 + ':' 1 + '/ü' 3 + NUL 1 = 19
+    expect(classicMaxLowers(parts, { pageBytes: 19 })).toBe(2);
+    expect(classicMaxLowers(parts, { pageBytes: 18 })).toBe(1);
+    expect(classicMaxLowers(parts, { pageBytes: 14 })).toBe(0);
+  });
+
+  it('charges the data lower and caps at the kernel limit', () => {
+    const parts = { lowers: ['/a'], dataLower: '/dd', features: [] };
+    // 'lowerdir=/a::/dd' is 16 bytes + NUL
+    expect(classicMaxLowers(parts, { pageBytes: 17 })).toBe(1);
+    expect(classicMaxLowers(parts, { pageBytes: 16 })).toBe(0);
+    const many = { lowers: Array.from({ length: 600 }, (_, i) => String(i)), features: [] };
+    expect(classicMaxLowers(many, { pageBytes: 1 << 20 })).toBe(500);
+    expect(classicMaxLowers(many, { pageBytes: 1 << 20, limit: 7 })).toBe(7);
+  });
+
+  it('is the largest prefix whose option string fits (property)', () => {
+    const segment = fc.stringMatching(/^[a-z,:\\ü]{1,12}$/);
+    fc.assert(
+      fc.property(
+        fc.array(segment, { minLength: 1, maxLength: 30 }),
+        fc.integer({ min: 10, max: 300 }),
+        (names, pageBytes) => {
+          const parts = {
+            lowers: names.map((n) => `/${n}`),
+            upper: '/u',
+            work: '/w',
+            features: [],
+          };
+          const k = classicMaxLowers(parts, { pageBytes });
+          const fits = (n: number): boolean =>
+            fitsPage(classicOptions({ ...parts, lowers: parts.lowers.slice(0, n) }), pageBytes);
+          if (k > 0) expect(fits(k)).toBe(true);
+          if (k < parts.lowers.length) expect(fits(k + 1)).toBe(false);
+        },
+      ),
+    );
+  });
+});
+
+describe('mountinfo', () => {
+  const text = [
+    '22 1 0:21 / / rw,relatime shared:1 - ext4 /dev/vda rw',
+    '45 22 0:40 / /tmp/day11\\040x/m\\012n rw,relatime shared:7 master:2 - overlay overlay rw,lowerdir+=/l/a\\054b:c\\134d,lowerdir+=/l/2,upperdir=/u,workdir=/w,uuid=on',
+    '46 45 0:41 / /tmp/day11\\040x/m\\012n/proc rw - proc proc rw',
+    '47 22 0:42 / /tmp/day11\\040x/m\\012n rw - tmpfs tmp\\011fs rw,size=4k',
+    '48 22 0:43 / /tmp/day11\\040xy rw - tmpfs tmpfs rw',
+    'garbage line',
+  ].join('\n');
+
+  it('unescapes octal sequences', () => {
+    expect(unescapeOctal('a\\040b\\011c\\012d\\134e\\054f')).toBe('a b\tc\nd\\e,f');
+  });
+
+  it('parses fields, optional fields, and escaped option values', () => {
+    const entries = parseMountinfo(text);
+    expect(entries).toHaveLength(5);
+    expect(entries[1]).toEqual({
+      id: 45,
+      parentId: 22,
+      root: '/',
+      mountPoint: '/tmp/day11 x/m\nn',
+      mountOptions: ['rw', 'relatime'],
+      fstype: 'overlay',
+      source: 'overlay',
+      superOptions: [
+        'rw',
+        'lowerdir+=/l/a,b:c\\d',
+        'lowerdir+=/l/2',
+        'upperdir=/u',
+        'workdir=/w',
+        'uuid=on',
+      ],
+    });
+    expect(entries[3]?.source).toBe('tmp\tfs');
+  });
+
+  it('lists mounts at or under a directory, deepest first, stacked ones newest first', () => {
+    const under = mountsUnder(parseMountinfo(text), '/tmp/day11 x');
+    expect(under.map((e) => e.id)).toEqual([46, 47, 45]);
+    expect(mountsUnder(parseMountinfo(text), '/tmp/day11 x/m\nn').map((e) => e.id)).toEqual([
+      46, 47, 45,
+    ]);
+    expect(mountsUnder(parseMountinfo(text), '/').map((e) => e.id)).toEqual([46, 47, 45, 48, 22]);
+  });
+});
+
+describe('Overlay.plan', () => {
+  const available = (
+    extra: Partial<Overlay.StrategyCapability> = {},
+  ): Overlay.StrategyCapability => ({
+    available: true,
+    maxLowers: 500,
+    pageBytes: 4096,
+    ...extra,
+  });
+  const caps = (over: Partial<Overlay.Capabilities> = {}): Overlay.Capabilities => ({
+    root: true,
+    strategies: ['fsconfig', 'classic', 'relative'],
+    fsconfig: available({ longPaths: true }),
+    classic: available(),
+    relative: available(),
+    ...over,
+  });
+  const noFsconfig = { fsconfig: { available: false, maxLowers: 0, reason: 'old kernel' } };
+  /** `n` lowers under a long common directory: classic fits few, relative fits many. */
+  const deep = (n: number): string[] =>
+    Array.from({ length: n }, (_, i) => `/srv/${'long-directory-name/'.repeat(4)}l${i}`);
+
+  it('prefers fsconfig, then classic, then relative', async () => {
+    const stack = { lowers: deep(3), upper: '/u', work: '/w', target: '/m' };
+    expect((await Overlay.plan(stack, caps())).strategy).toBe('fsconfig');
+    expect((await Overlay.plan(stack, caps(noFsconfig))).strategy).toBe('classic');
+    const many = { ...stack, lowers: deep(200) };
+    const plan = await Overlay.plan(many, caps(noFsconfig));
+    expect(plan.strategy).toBe('relative');
+    expect(plan.fits.map((f) => [f.strategy, f.maxLowers])).toEqual([
+      ['fsconfig', 0],
+      ['classic', 45],
+      ['relative', 200],
+    ]);
+  });
+
+  it('reports how many fit when nothing fits everything', async () => {
+    const plan = await Overlay.plan({ lowers: deep(501), target: '/m' }, caps());
+    expect(plan.strategy).toBeUndefined();
+    expect(plan.fits.map((f) => [f.strategy, f.maxLowers, f.problem?.kind])).toEqual([
+      ['fsconfig', 500, 'too-many-lowers'],
+      ['classic', 45, 'too-many-lowers'],
+      ['relative', 500, 'too-many-lowers'],
+    ]);
+  });
+
+  it('de-duplicates before counting', async () => {
+    const lowers = [...deep(2), ...deep(2)];
+    expect((await Overlay.plan({ lowers, target: '/m' }, caps())).lowers).toEqual(deep(2));
+  });
+
+  it('needs fds for paths over 255 bytes with fsconfig', async () => {
+    const long = `/srv/${'x'.repeat(300)}`;
+    const stack = { lowers: ['/a', long], target: '/m' };
+    expect((await Overlay.plan(stack, caps())).strategy).toBe('fsconfig');
+    const old = caps({ fsconfig: available({ longPaths: false }) });
+    const plan = await Overlay.plan(stack, old);
+    expect(plan.fits[0]?.problem).toMatchObject({ kind: 'bad-path', path: long });
+    expect(plan.strategy).toBe('classic');
+  });
+
+  it('keeps paths with a double quote away from mount(8)', async () => {
+    const stack = { lowers: ['/a"b', '/c'], target: '/m' };
+    const plan = await Overlay.plan(stack, caps(noFsconfig));
+    expect(plan.strategy).toBe('classic'); // a direct mount(2) as root
+    expect(plan.fits[2]?.problem).toMatchObject({ kind: 'bad-path', path: '/a"b' });
+    const user = await Overlay.plan(stack, caps({ ...noFsconfig, root: false }));
+    expect(user.strategy).toBeUndefined();
+  });
+
+  it('plans a data-only lower for a single read-only lower', async () => {
+    const plan = await Overlay.plan({ lowers: ['/only'], target: '/m' }, caps(noFsconfig));
+    expect(plan.strategy).toBe('classic');
+    // lowerdir=/only::{tmpdir}/day11-ovl-data-XXXXXX plus the defaults, and the NUL
+    const cost = `lowerdir=/only::${join(tmpdir(), 'day11-ovl-data-XXXXXX')}${DEFAULTS}`.length + 1;
+    const tight = caps({ ...noFsconfig, classic: available({ pageBytes: cost }) });
+    expect(
+      (await Overlay.plan({ lowers: ['/only'], target: '/m' }, tight)).fits[1]?.maxLowers,
+    ).toBe(1);
+    const tighter = caps({ ...noFsconfig, classic: available({ pageBytes: cost - 1 }) });
+    expect(
+      (await Overlay.plan({ lowers: ['/only'], target: '/m' }, tighter)).fits[1]?.maxLowers,
+    ).toBe(0);
+  });
+
+  it('validates requests', async () => {
+    const reject = (opts: unknown): Promise<unknown> =>
+      Overlay.plan(opts as Overlay.MountOptions, caps()).catch((e: unknown) => e);
+    expect(await reject({ lowers: [], target: '/m' })).toMatchObject({
+      code: ContainerCodes.BAD_ARGUMENT,
+    });
+    expect(await reject({ lowers: ['/a'], upper: '/u', target: '/m' })).toMatchObject({
+      code: ContainerCodes.BAD_ARGUMENT,
+    });
+    expect(await reject({ lowers: ['/a\0b'], target: '/m' })).toMatchObject({
+      code: ContainerCodes.BAD_PATH,
+      path: '/a\0b',
+    });
+    expect(
+      await reject({ lowers: ['/a'], target: '/m', options: { workdir: '/x' } }),
+    ).toMatchObject({ code: ContainerCodes.BAD_ARGUMENT });
+  });
+});
+
+describe('TooManyLowersError', () => {
+  it('carries maxLowers (the best strategy) and says what to merge', () => {
+    const err = new Overlay.TooManyLowersError({
+      target: '/m',
+      requested: 501,
+      fits: [
+        { strategy: 'fsconfig', maxLowers: 500, problem: undefined },
+        { strategy: 'classic', maxLowers: 45, problem: undefined },
+      ],
+    });
+    expect(err).toMatchObject({
+      code: ContainerCodes.TOO_MANY_LOWERS,
+      maxLowers: 500,
+      requested: 501,
+    });
+    expect(err.message).toMatch(
+      /501 lower layers on \/m: at most 500 fit \(fsconfig: 500, classic: 45\)/,
+    );
+    expect(err.message).toMatch(/Merge the deepest 2 layers/);
+  });
+});
