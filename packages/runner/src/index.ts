@@ -1,0 +1,2 @@
+// Placeholder: the package is being written now.
+export {};
