@@ -1,0 +1,406 @@
+import { lstat, mkdir, readdir, readFile, readlink, stat, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Readable } from 'node:stream';
+import { gzipSync } from 'node:zlib';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { Sys } from '@day11/exec';
+import { LayerCodes, LayerError } from './errors.js';
+import {
+  isRoot,
+  packTar,
+  paxBody,
+  removeAll,
+  snapshot,
+  tempDir,
+  type TestEntry,
+} from './import.test-utils.js';
+import { extractStream, extractTarball, sniffCompression } from './tar-extract.js';
+import { parsePaxRecords } from './tar-pax.js';
+
+const dirs: string[] = [];
+let work: string;
+let dest: string;
+
+beforeEach(async () => {
+  work = await tempDir();
+  dirs.push(work);
+  dest = join(work, 'dest');
+  await mkdir(dest, { mode: 0o700 });
+});
+afterEach(() => removeAll(dirs));
+
+const T = (s: number) => new Date(s * 1000);
+const LONG_100 = `long-${'x'.repeat(120)}.txt`;
+const LONG_255 = `${'d'.repeat(200)}/${'f'.repeat(200)}`;
+const BINARY = Buffer.from([0x00, 0xff, 0x80, 0x0a, 0x3d, 0x20, 0xc3]);
+const BIG_UID = 2 ** 31 + 5;
+
+/** A rootfs exercising every property the extractor keeps. */
+function goodEntries(): TestEntry[] {
+  return [
+    { header: { name: './', type: 'directory', mode: 0o755, mtime: T(1000) } },
+    {
+      header: {
+        name: './etc/',
+        type: 'directory',
+        mode: 0o750,
+        uid: 1000,
+        gid: 1001,
+        mtime: T(2000),
+      },
+    },
+    {
+      header: { name: './etc/passwd', mode: 0o644, uid: 0, gid: 42, mtime: T(3000) },
+      body: 'root:x:0:0::/root:/bin/sh\n',
+    },
+    { header: { name: './tmp/', type: 'directory', mode: 0o1777, mtime: T(4000) } },
+    { header: { name: './bin/su', mode: 0o4755, uid: 0, gid: 0, mtime: T(5000) }, body: 'setuid' },
+    { header: { name: './bin/sg', mode: 0o2711, uid: 3, gid: 4, mtime: T(5001) }, body: 'setgid' },
+    {
+      header: {
+        name: './bin/sh',
+        type: 'symlink',
+        linkname: '/bin/busybox',
+        uid: 7,
+        gid: 8,
+        mtime: T(6000),
+      },
+    },
+    { header: { name: './bin/link', type: 'link', linkname: './bin/su' } },
+    {
+      header: {
+        name: './dev/null',
+        type: 'character-device',
+        mode: 0o666,
+        devmajor: 1,
+        devminor: 3,
+      },
+    },
+    {
+      header: {
+        name: './dev/loop0',
+        type: 'block-device',
+        mode: 0o660,
+        devmajor: 7,
+        devminor: 0,
+        gid: 6,
+      },
+    },
+    { header: { name: './run/fifo', type: 'fifo', mode: 0o640, mtime: T(7000) } },
+    {
+      header: { name: './big-ids', uid: 0, gid: 0, pax: { uid: String(BIG_UID), gid: '3000000' } },
+      body: 'big',
+    },
+    { header: { name: LONG_100 }, body: 'long name' },
+    { header: { name: LONG_255 }, body: 'very long name' },
+    { header: { name: './données/ünïcødé-名前.txt' }, body: 'utf8' },
+    { header: { name: './with-xattr', pax: { 'SCHILY.xattr.user.note': 'hello' } }, body: 'x' },
+    { rawPax: paxBody({ 'SCHILY.xattr.user.bin': BINARY }) },
+    { header: { name: './binary-xattr' }, body: 'y' },
+    { header: { name: './late/child', mtime: T(8000) }, body: 'c' },
+    // A directory entry after its contents: its mtime must still be the archive's.
+    { header: { name: './late/', type: 'directory', mode: 0o700, mtime: T(9000) } },
+    { header: { name: './precise', pax: { mtime: '1700000000.25' } }, body: 'p' },
+  ];
+}
+
+async function extractBuffer(bytes: Buffer) {
+  return extractStream({
+    source: Readable.from([bytes]),
+    dest,
+    archive: { label: 'test archive' },
+  });
+}
+
+async function expectRefused(
+  entries: TestEntry[],
+  code: string,
+  pattern: RegExp,
+): Promise<LayerError> {
+  const err: unknown = await extractBuffer(await packTar(entries)).catch((e: unknown) => e);
+  expect(err).toBeInstanceOf(LayerError);
+  expect((err as LayerError).code).toBe(code);
+  expect((err as LayerError).message).toMatch(pattern);
+  return err as LayerError;
+}
+
+describe.skipIf(!isRoot)('extract a good rootfs (root)', () => {
+  it('keeps contents, owners, modes, times, links, devices, long names and xattrs', async () => {
+    const { entries } = await extractBuffer(await packTar(goodEntries()));
+    expect(entries).toBe(goodEntries().length - 1); // the raw PAX header is not an entry
+    const snap = await snapshot(dest);
+    const at = (rel: string) => {
+      const info = snap.get(rel);
+      if (!info) throw new Error(`missing ${rel}`);
+      return info;
+    };
+    expect(at('.')).toMatchObject({ type: 'dir', mode: 0o755, mtime: 1000 });
+    expect(at('etc')).toMatchObject({
+      type: 'dir',
+      mode: 0o750,
+      uid: 1000,
+      gid: 1001,
+      mtime: 2000,
+    });
+    expect(await readFile(join(dest, 'etc/passwd'), 'utf8')).toBe('root:x:0:0::/root:/bin/sh\n');
+    expect(at('etc/passwd')).toMatchObject({ mode: 0o644, gid: 42, mtime: 3000 });
+    expect(at('tmp')).toMatchObject({ mode: 0o1777, mtime: 4000 });
+    expect(at('bin/su')).toMatchObject({ mode: 0o4755, uid: 0, mtime: 5000 });
+    expect(at('bin/sg')).toMatchObject({ mode: 0o2711, uid: 3, gid: 4 });
+    expect(at('bin/sh')).toMatchObject({
+      type: 'symlink',
+      detail: '/bin/busybox',
+      uid: 7,
+      gid: 8,
+      mtime: 6000,
+    });
+    expect((await stat(join(dest, 'bin/link'))).ino).toBe((await stat(join(dest, 'bin/su'))).ino);
+    expect(at('bin')).toMatchObject({ type: 'dir', mode: 0o755, uid: 0 }); // implied parent
+    expect(at('dev/null')).toMatchObject({ type: 'char', mode: 0o666, detail: '1:3' });
+    expect(at('dev/loop0')).toMatchObject({ type: 'block', mode: 0o660, detail: '7:0', gid: 6 });
+    expect(at('run/fifo')).toMatchObject({ type: 'fifo', mode: 0o640, mtime: 7000 });
+    expect(at('big-ids')).toMatchObject({ uid: BIG_UID, gid: 3000000 });
+    expect(await readFile(join(dest, LONG_100), 'utf8')).toBe('long name');
+    expect(await readFile(join(dest, LONG_255), 'utf8')).toBe('very long name');
+    expect(await readdir(join(dest, 'données'))).toEqual(['ünïcødé-名前.txt']);
+    expect(at('with-xattr').xattrs).toEqual({ 'user.note': Buffer.from('hello').toString('hex') });
+    expect(await Sys.getXattr(join(dest, 'binary-xattr'), 'user.bin')).toEqual(BINARY);
+    expect(at('late')).toMatchObject({ mode: 0o700, mtime: 9000 });
+    expect((await lstat(join(dest, 'precise'))).mtimeMs).toBe(1700000000250);
+  });
+
+  it('reads gzip tarballs, detected by magic bytes, whatever the file name', async () => {
+    const tarball = join(work, 'rootfs.tar'); // gzip content despite the name
+    await writeFile(tarball, gzipSync(await packTar(goodEntries())));
+    expect(await sniffCompression(tarball)).toBe('gzip');
+    const { entries, sha256 } = await extractTarball({ tarball, dest });
+    expect(entries).toBe(goodEntries().length - 1);
+    expect(sha256).toMatch(/^[0-9a-f]{64}$/);
+    expect(await readFile(join(dest, 'etc/passwd'), 'utf8')).toContain('root');
+  });
+
+  it('replaces a symlink planted earlier instead of writing through it', async () => {
+    const outside = join(work, 'outside');
+    await writeFile(outside, 'host file');
+    await extractBuffer(
+      await packTar([
+        { header: { name: 'evil', type: 'symlink', linkname: outside } },
+        { header: { name: 'evil' }, body: 'archive file' },
+        { header: { name: 'evil-dir', type: 'symlink', linkname: work } },
+        { header: { name: 'evil-dir/', type: 'directory' } },
+        { header: { name: 'evil-dir/inside' }, body: 'inside' },
+      ]),
+    );
+    expect(await readFile(outside, 'utf8')).toBe('host file');
+    expect(await readFile(join(dest, 'evil'), 'utf8')).toBe('archive file');
+    expect((await lstat(join(dest, 'evil-dir'))).isDirectory()).toBe(true);
+    expect(await readdir(work)).toEqual(['dest', 'outside']);
+  });
+
+  it('lets a later entry replace a directory, and a directory entry update an existing one', async () => {
+    await extractBuffer(
+      await packTar([
+        { header: { name: 'a/b/c' }, body: 'c' },
+        { header: { name: 'a', type: 'symlink', linkname: '/nowhere' } },
+        { header: { name: 'd/', type: 'directory', mode: 0o700 } },
+        { header: { name: 'd/e' }, body: 'e' },
+        { header: { name: 'd/', type: 'directory', mode: 0o711, uid: 5 } },
+      ]),
+    );
+    expect(await readlink(join(dest, 'a'))).toBe('/nowhere');
+    const d = await lstat(join(dest, 'd'));
+    expect([d.mode & 0o7777, d.uid]).toEqual([0o711, 5]);
+    expect(await readFile(join(dest, 'd/e'), 'utf8')).toBe('e');
+  });
+
+  it('gives the root 0755 when the archive has no ./ entry', async () => {
+    await extractBuffer(await packTar([{ header: { name: 'only' }, body: '1' }]));
+    expect((await stat(dest)).mode & 0o7777).toBe(0o755);
+  });
+});
+
+describe.skipIf(!isRoot)('refuse hostile entries (root: entries are chowned)', () => {
+  const U = LayerCodes.IMPORT_UNSAFE_PATH;
+
+  it('refuses ".." components, naming the entry and the archive', async () => {
+    const err = await expectRefused(
+      [{ header: { name: '../escape' }, body: 'x' }],
+      U,
+      /"\.\.\/escape".*test archive/,
+    );
+    expect(err.hint).toMatch(/relative member names/);
+    await expectRefused([{ header: { name: 'a/../../escape' }, body: 'x' }], U, /".." component/);
+    expect(await readdir(work)).toEqual(['dest']);
+  });
+
+  it('refuses absolute names', async () => {
+    await expectRefused(
+      [{ header: { name: '/etc/evil' }, body: 'x' }],
+      U,
+      /"\/etc\/evil".*absolute path/,
+    );
+  });
+
+  it('refuses writes through a symlink created earlier in the archive', async () => {
+    const outside = join(work, 'outside');
+    await mkdir(outside);
+    await expectRefused(
+      [
+        { header: { name: 'evil', type: 'symlink', linkname: outside } },
+        { header: { name: 'evil/file' }, body: 'pwned' },
+      ],
+      U,
+      /"evil\/file".*through the symlink "evil"/,
+    );
+    expect(await readdir(outside)).toEqual([]);
+  });
+
+  it('refuses a relative symlink escape too', async () => {
+    await expectRefused(
+      [
+        { header: { name: 'a/', type: 'directory' } },
+        { header: { name: 'a/up', type: 'symlink', linkname: '../..' } },
+        { header: { name: 'a/up/escaped' }, body: 'pwned' },
+      ],
+      U,
+      /through the symlink "a\/up"/,
+    );
+    expect(await readdir(work)).toEqual(['dest']);
+  });
+
+  it('refuses hardlinks to outside, absolute or through-symlink targets', async () => {
+    await expectRefused(
+      [{ header: { name: 'h', type: 'link', linkname: '../outside' } }],
+      U,
+      /".." component/,
+    );
+    await expectRefused(
+      [{ header: { name: 'h', type: 'link', linkname: '/etc/passwd' } }],
+      U,
+      /absolute path/,
+    );
+    await expectRefused(
+      [
+        { header: { name: 'evil', type: 'symlink', linkname: '/etc' } },
+        { header: { name: 'h', type: 'link', linkname: 'evil/passwd' } },
+      ],
+      U,
+      /through the symlink "evil"/,
+    );
+  });
+
+  it('refuses a non-directory entry for the root', async () => {
+    await expectRefused(
+      [{ header: { name: './', type: 'symlink', linkname: '/' } }],
+      U,
+      /root directory/,
+    );
+  });
+});
+
+describe.skipIf(!isRoot)('refuse corrupt archives (root)', () => {
+  const F = LayerCodes.IMPORT_FAILED;
+
+  async function tarballError(bytes: Buffer): Promise<LayerError> {
+    const tarball = join(work, 'bad.tar');
+    await writeFile(tarball, bytes);
+    const err: unknown = await extractTarball({ tarball, dest }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(LayerError);
+    expect((err as LayerError).code).toBe(F);
+    expect((err as LayerError).path).toBe(tarball);
+    expect((err as LayerError).message).toContain(tarball);
+    return err as LayerError;
+  }
+
+  const big = (): Promise<Buffer> =>
+    packTar([
+      { header: { name: 'a' }, body: 'a' },
+      { header: { name: 'big' }, body: Buffer.alloc(200_000, 1) },
+    ]);
+
+  it('reports a truncated tar', async () => {
+    const err = await tarballError((await big()).subarray(0, 50_000));
+    expect(err.message).toMatch(/Unexpected end of data/);
+    expect(err.hint).toMatch(/truncated/);
+  });
+
+  it('reports a truncated gzip', async () => {
+    const gz = gzipSync(await big());
+    await tarballError(gz.subarray(0, Math.floor(gz.length / 2)));
+  });
+
+  it('reports garbage that is not a tar', async () => {
+    await tarballError(Buffer.from('this is not a tarball\n'.repeat(100)));
+  });
+
+  it('reports a compression it cannot read', async () => {
+    const err = await tarballError(Buffer.from([0x28, 0xb5, 0x2f, 0xfd, 0, 0, 0, 0]));
+    expect(err.message).toMatch(/zstd-compressed/);
+  });
+
+  it('tells bzip2 by its block magic, not by a name that starts with BZh', async () => {
+    const err = await tarballError(Buffer.from('BZh91AY&SY\x00\x00', 'latin1'));
+    expect(err.message).toMatch(/bzip2-compressed/);
+    const tarball = join(work, 'plain.tar');
+    await writeFile(tarball, await packTar([{ header: { name: 'BZh-notes' }, body: 'n' }]));
+    expect(await sniffCompression(tarball)).toBe('none');
+  });
+
+  it('reports a missing tarball', async () => {
+    const err: unknown = await extractTarball({ tarball: join(work, 'nope.tar'), dest }).catch(
+      (e: unknown) => e,
+    );
+    expect((err as LayerError).code).toBe(F);
+    expect((err as LayerError).message).toMatch(/nope\.tar.*ENOENT/);
+  });
+
+  it('reports a hardlink to an entry that is not there', async () => {
+    await expectRefused(
+      [{ header: { name: 'h', type: 'link', linkname: 'missing' } }],
+      F,
+      /not in the archive/,
+    );
+  });
+});
+
+describe('PAX records', () => {
+  it.skipIf(!isRoot)('keeps raw xattrs in step with tar-stream across global headers', async () => {
+    await extractBuffer(
+      await packTar([
+        { rawPax: paxBody({ 'SCHILY.xattr.user.global': 'G' }), global: true },
+        { header: { name: 'a', pax: { 'SCHILY.xattr.user.local': 'L' } }, body: 'a'.repeat(700) },
+        { header: { name: 'b' }, body: 'b' },
+        { rawPax: paxBody({ 'SCHILY.xattr.user.bin': BINARY }) },
+        { header: { name: 'c' }, body: 'c' },
+      ]),
+    );
+    // Like tar-stream, global records apply to entries that have a local PAX header.
+    expect(await Sys.getXattr(join(dest, 'a'), 'user.global')).toEqual(Buffer.from('G'));
+    expect(await Sys.getXattr(join(dest, 'a'), 'user.local')).toEqual(Buffer.from('L'));
+    expect(await Sys.listXattrs(join(dest, 'b'))).toEqual([]);
+    expect(await Sys.getXattr(join(dest, 'c'), 'user.bin')).toEqual(BINARY);
+  });
+
+  it('keeps binary xattr values and the size record', () => {
+    const records = parsePaxRecords(
+      paxBody({ path: 'x', size: '12', 'SCHILY.xattr.security.capability': BINARY }),
+    );
+    expect(records.size).toBe(12);
+    expect(records.xattrs.get('security.capability')).toEqual(BINARY);
+  });
+});
+
+describe('cancellation', () => {
+  it('stops when the signal is aborted', async () => {
+    const controller = new AbortController();
+    controller.abort();
+    const bytes = await packTar([{ header: { name: 'a' }, body: 'a' }]);
+    const err: unknown = await extractStream({
+      source: Readable.from([bytes]),
+      dest,
+      archive: { label: 'x' },
+      signal: controller.signal,
+    }).catch((e: unknown) => e);
+    expect((err as Error).name).toBe('AbortError');
+  });
+});
