@@ -3,7 +3,7 @@
  * device node, each inode counted once however many hardlinks it has. This is
  * what `du` reports, not the apparent size, and not a directory's inode size.
  */
-import { lstat, readdir } from 'node:fs/promises';
+import { lstatSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { errnoCode } from './errors.js';
 
@@ -17,49 +17,48 @@ export interface InodeVisit {
   nlink: number;
 }
 
-/** How many `lstat`/`readdir` calls are in flight at once: enough to keep libuv's pool busy. */
-const CONCURRENCY = 32;
+/**
+ * Entries visited between yields to the event loop. The walk uses synchronous
+ * calls (several times faster than one thread-pool hop per lstat here) and an
+ * explicit stack, so memory stays proportional to the tree's depth and width,
+ * not to a promise per entry.
+ */
+const SLICE = 2048;
 
 /**
  * Calls `visit` for `root` and every entry below it, without following
  * symlinks. Entries that vanish during the walk are skipped; other errors reject.
  */
 export async function walk(root: string, visit: (entry: InodeVisit) => void): Promise<void> {
-  const limit = limiter(CONCURRENCY);
-  const visitPath = async (path: string): Promise<void> => {
-    const st = await limit(() => lstat(path, { bigint: true })).catch(skipVanished);
-    if (!st) return;
-    const isDir = st.isDirectory();
-    const nlink = isDir ? 1 : Number(st.nlink);
-    visit({ key: `${st.dev}:${st.ino}`, bytes: Number(st.blocks) * 512, nlink });
-    if (!isDir) return;
-    const names = await limit(() => readdir(path)).catch(skipVanished);
-    await Promise.all((names ?? []).map((name) => visitPath(join(path, name))));
-  };
-  await visitPath(root);
-}
-
-function skipVanished(err: unknown): undefined {
-  if (errnoCode(err) === 'ENOENT') return undefined;
-  throw err;
-}
-
-/** Runs at most `max` of the given tasks at once. */
-function limiter(max: number): <T>(task: () => Promise<T>) => Promise<T> {
-  let active = 0;
-  const waiting: (() => void)[] = [];
-  return async (task) => {
-    // A finishing task hands its slot straight to a waiter, so `active` never exceeds `max`.
-    if (active >= max) await new Promise<void>((resolve) => waiting.push(resolve));
-    else active++;
-    try {
-      return await task();
-    } finally {
-      const next = waiting.shift();
-      if (next) next();
-      else active--;
+  const pending = [root];
+  let sinceYield = 0;
+  while (pending.length > 0) {
+    if (++sinceYield >= SLICE) {
+      sinceYield = 0;
+      await new Promise((resolve) => setImmediate(resolve));
     }
-  };
+    const path = pending.pop()!;
+    const st = orSkipVanished(() => lstatSync(path, { bigint: true }));
+    if (!st) continue;
+    const isDir = st.isDirectory();
+    visit({
+      key: `${st.dev}:${st.ino}`,
+      bytes: Number(st.blocks) * 512,
+      nlink: isDir ? 1 : Number(st.nlink),
+    });
+    if (!isDir) continue;
+    for (const name of orSkipVanished(() => readdirSync(path)) ?? [])
+      pending.push(join(path, name));
+  }
+}
+
+function orSkipVanished<T>(read: () => T): T | undefined {
+  try {
+    return read();
+  } catch (err) {
+    if (errnoCode(err) === 'ENOENT' || errnoCode(err) === 'ENOTDIR') return undefined;
+    throw err;
+  }
 }
 
 /**
@@ -73,9 +72,12 @@ function limiter(max: number): <T>(task: () => Promise<T>) => Promise<T> {
 export async function measure(root: string): Promise<number> {
   const seen = new Set<string>();
   let total = 0;
-  await walk(root, ({ key, bytes }) => {
-    if (seen.has(key)) return;
-    seen.add(key);
+  await walk(root, ({ key, bytes, nlink }) => {
+    // Only inodes with other links can be met twice; tracking just those keeps memory small.
+    if (nlink > 1) {
+      if (seen.has(key)) return;
+      seen.add(key);
+    }
     total += bytes;
   });
   return total;
