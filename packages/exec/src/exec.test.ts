@@ -5,7 +5,7 @@ import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
 import { CommandError, ExecCodes } from './errors.js';
-import { isRoot, run } from './exec.js';
+import { isRoot, run, runSync } from './exec.js';
 
 describe('Exec.run', () => {
   it('resolves stdout, stderr, exit code and duration', async () => {
@@ -112,5 +112,76 @@ describe('Exec.run', () => {
     } finally {
       await rm(dir, { recursive: true, force: true });
     }
+  });
+});
+
+describe('Exec.runSync', () => {
+  it('returns stdout, stderr, exit code and duration', () => {
+    const r = runSync('sh', ['-c', 'echo out; echo err >&2']);
+    expect(r).toMatchObject({ stdout: 'out\n', stderr: 'err\n', exitCode: 0 });
+    expect(r.durationMs).toBeGreaterThan(0);
+  });
+
+  it('passes cwd, env and input', () => {
+    const r = runSync('sh', ['-c', 'pwd; echo "$DAY11_X"; cat'], {
+      cwd: '/tmp',
+      env: { DAY11_X: 'hello' },
+      input: 'from stdin',
+    });
+    expect(r.stdout).toBe('/tmp\nhello\nfrom stdin');
+  });
+
+  it('throws a CommandError on a non-zero exit, with the stderr tail', () => {
+    let err: unknown;
+    try {
+      runSync('sh', ['-c', 'echo boom >&2; exit 3']);
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(CommandError);
+    expect(err).toMatchObject({
+      code: ExecCodes.COMMAND_FAILED,
+      command: 'sh',
+      exitCode: 3,
+      stderrTail: 'boom\n',
+      timedOut: false,
+      aborted: false,
+    });
+    expect((err as Error).message).toContain('exited with code 3: boom');
+  });
+
+  it('returns a non-zero exit when allowed', () => {
+    expect(runSync('sh', ['-c', 'exit 7'], { allowNonZeroExit: true })).toMatchObject({
+      exitCode: 7,
+    });
+  });
+
+  it('reports a missing command with a hint', () => {
+    expect(() => runSync('day11-no-such-command')).toThrow(
+      expect.objectContaining({
+        code: ExecCodes.COMMAND_NOT_FOUND,
+        exitCode: undefined,
+        message: expect.stringContaining('not installed') as unknown,
+      }),
+    );
+  });
+
+  it('kills on timeout, even when the command ignores SIGTERM', () => {
+    const started = Date.now();
+    expect(() =>
+      runSync('sh', ['-c', 'trap "" TERM; sleep 30'], { timeoutMs: 200, allowNonZeroExit: true }),
+    ).toThrow(expect.objectContaining({ code: ExecCodes.TIMED_OUT, timedOut: true }));
+    expect(Date.now() - started).toBeLessThan(5000);
+  });
+
+  it('reports death by signal even when non-zero exits are allowed', () => {
+    expect(() => runSync('sh', ['-c', 'kill -9 $$'], { allowNonZeroExit: true })).toThrow(
+      expect.objectContaining({ code: ExecCodes.COMMAND_FAILED, signal: 'SIGKILL' }),
+    );
+  });
+
+  it('runs privileged commands directly as root', () => {
+    if (!isRoot()) return;
+    expect(runSync('id', ['-u'], { privileged: true })).toMatchObject({ stdout: '0\n' });
   });
 });

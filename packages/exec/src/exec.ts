@@ -2,8 +2,9 @@
  * Run subprocesses. Every subprocess in day11 goes through {@link run}, so
  * sudo, cancellation, timeouts and error reporting behave the same everywhere.
  */
+import { spawnSync } from 'node:child_process';
 import { execa, type ExecaError } from 'execa';
-import { CommandError, ExecCodes } from './errors.js';
+import { CommandError, ExecCodes, type CommandErrorDetails } from './errors.js';
 
 /** Which stream a line of output came from. */
 export type OutputStream = 'stdout' | 'stderr';
@@ -161,6 +162,96 @@ class GroupKiller {
   }
 }
 
+/** Options of {@link runSync}: the subset of {@link RunOptions} that needs no event loop. */
+export interface RunSyncOptions {
+  /** Needs root: when not root, the command runs as `sudo -n CMD ...` (never prompts). */
+  privileged?: boolean;
+  /** Kill the process (SIGKILL) after this many milliseconds. */
+  timeoutMs?: number;
+  cwd?: string;
+  /** Extra environment variables, added to the current environment. */
+  env?: Record<string, string | undefined>;
+  /** Written to the process's standard input. */
+  input?: string | Uint8Array;
+  /** Return (instead of throw) when the command exits non-zero. Default false. */
+  allowNonZeroExit?: boolean;
+}
+
+/** Output of a synchronous command is capped: {@link runSync} is for short control commands. */
+const SYNC_MAX_BUFFER = 16 * 1024 * 1024;
+
+/**
+ * Runs `cmd args` synchronously, blocking the event loop until it exits: for
+ * the few places that cannot wait for a promise, such as a signal handler or
+ * a `process.on('exit')` hook that must stop a container before the process
+ * dies. Everything else should use {@link run}.
+ *
+ * @example
+ * ```ts
+ * // In a SIGTERM handler: stop the container before the process goes.
+ * Exec.runSync('runc', ['delete', '--force', id], { privileged: true, allowNonZeroExit: true, timeoutMs: 10_000 });
+ * ```
+ * @throws {CommandError} on a non-zero exit (unless `allowNonZeroExit`), death by
+ *   a signal, a timeout (`EXEC_TIMED_OUT`), or when the command cannot be started.
+ */
+export function runSync(
+  cmd: string,
+  args: readonly string[] = [],
+  opts: RunSyncOptions = {},
+): RunResult {
+  const privileged = opts.privileged === true;
+  const [file, argv] = withSudo(cmd, args, privileged);
+  const started = performance.now();
+  const r = spawnSync(file, argv, {
+    cwd: opts.cwd,
+    env: { ...process.env, ...opts.env },
+    input: opts.input,
+    stdio: [opts.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'],
+    timeout: opts.timeoutMs,
+    // A hung control command must not hang its caller: no grace period.
+    killSignal: 'SIGKILL',
+    maxBuffer: SYNC_MAX_BUFFER,
+    encoding: 'utf8',
+  });
+  const stdout = r.stdout ?? '';
+  const stderr = r.stderr ?? '';
+  const timedOut = (r.error as NodeJS.ErrnoException | undefined)?.code === 'ETIMEDOUT';
+  const failed = r.error !== undefined || r.status === null || r.signal !== null;
+  if (failed || (r.status !== 0 && opts.allowNonZeroExit !== true)) {
+    throw syncError({ cmd, args, privileged, r: { ...r, stderr }, timedOut });
+  }
+  return { stdout, stderr, exitCode: r.status ?? 0, durationMs: performance.now() - started };
+}
+
+function syncError(ctx: {
+  cmd: string;
+  args: readonly string[];
+  privileged: boolean;
+  r: { status: number | null; signal: NodeJS.Signals | null; error?: Error; stderr: string };
+  timedOut: boolean;
+}): CommandError {
+  const { cmd, args, privileged, r } = ctx;
+  const spawnCode = (r.error as NodeJS.ErrnoException | undefined)?.code;
+  // spawnSync reports a command it could not start as an error with no status.
+  const notStarted = r.status === null && r.signal === null && !ctx.timedOut;
+  return classify({
+    cmd,
+    privileged,
+    stderr: r.stderr,
+    spawnCode: notStarted ? spawnCode : undefined,
+    base: {
+      command: cmd,
+      args,
+      exitCode: r.status ?? undefined,
+      signal: r.signal ?? undefined,
+      stderrTail: tail(r.stderr),
+      timedOut: ctx.timedOut,
+      aborted: false,
+      cause: r.error,
+    },
+  });
+}
+
 function withSudo(
   cmd: string,
   args: readonly string[],
@@ -198,18 +289,36 @@ function toCommandError({
   killer: GroupKiller;
 }): CommandError {
   const stderr = typeof err.stderr === 'string' ? err.stderr : '';
-  const base = {
-    command: cmd,
-    args,
-    exitCode: err.exitCode,
-    signal: err.signal,
-    stderrTail: tail(stderr),
-    timedOut: killer.reason === 'timeout',
-    aborted: killer.reason === 'abort',
-    cause: err,
-  };
   const spawnCode = (err.cause as NodeJS.ErrnoException | undefined)?.code;
-  if (err.exitCode === undefined && (spawnCode === 'ENOENT' || spawnCode === 'EACCES')) {
+  return classify({
+    cmd,
+    privileged,
+    stderr,
+    spawnCode: err.exitCode === undefined ? spawnCode : undefined,
+    base: {
+      command: cmd,
+      args,
+      exitCode: err.exitCode,
+      signal: err.signal,
+      stderrTail: tail(stderr),
+      timedOut: killer.reason === 'timeout',
+      aborted: killer.reason === 'abort',
+      cause: err,
+    },
+  });
+}
+
+/** The typed error for a failed command, shared by {@link run} and {@link runSync}. */
+function classify(ctx: {
+  cmd: string;
+  privileged: boolean;
+  stderr: string;
+  /** The spawn error code when the command never started. */
+  spawnCode: string | undefined;
+  base: CommandErrorDetails;
+}): CommandError {
+  const { cmd, privileged, stderr, base } = ctx;
+  if (ctx.spawnCode === 'ENOENT' || ctx.spawnCode === 'EACCES') {
     const missing = privileged && !isRoot() ? 'sudo' : cmd;
     return new CommandError(ExecCodes.COMMAND_NOT_FOUND, {
       ...base,

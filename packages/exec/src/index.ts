@@ -10,7 +10,7 @@
  */
 export * as Exec from './exec.js';
 export * as Sys from './sys.js';
-export type { OutputStream, RunOptions, RunResult } from './exec.js';
+export type { OutputStream, RunOptions, RunResult, RunSyncOptions } from './exec.js';
 export {
   CommandError,
   Day11Error,
