@@ -47,6 +47,22 @@ describe('InUse.acquire / release', () => {
     expect(await readdir(join(a, LEASE_DIR))).toEqual([]);
   });
 
+  it('releases synchronously too (signal handlers, exit hooks), once whichever way', async () => {
+    const a = await layer(1);
+    const b = await layer(2);
+    const lease = await acquire({ osDir, dirs: [a, b] });
+    lease.releaseSync();
+    expect(await isInUse(a)).toBe(false);
+    expect(await isInUse(b)).toBe(false);
+    lease.releaseSync();
+    await lease.release();
+    // A later lease on the same layer is not touched by the released one.
+    const other = await acquire({ osDir, dirs: [a] });
+    lease.releaseSync();
+    expect(await isInUse(a)).toBe(true);
+    await other.release();
+  });
+
   it('keeps a layer in use while any of several leases is held', async () => {
     const a = await layer(1);
     const one = await acquire({ osDir, dirs: [a] });

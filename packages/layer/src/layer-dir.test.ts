@@ -10,17 +10,27 @@ describe('LayerDir', () => {
     expect(path({ osDir: '/cache', hash: HASH })).toBe('/cache/build-0123456789ab');
   });
 
-  it.each(['', 'xyz', HASH.toUpperCase(), '0123456789a', `${HASH}0`, '../../etc', `${HASH.slice(0, 20)}/x`])(
-    'refuses the malformed hash %j with a typed error',
-    (bad) => {
-      expect(() => name(bad)).toThrow(expect.objectContaining({ code: LayerCodes.BAD_HASH }));
-    },
-  );
+  it.each([
+    '',
+    'xyz',
+    HASH.toUpperCase(),
+    '0123456789a',
+    `${HASH}0`,
+    '../../etc',
+    `${HASH.slice(0, 20)}/x`,
+  ])('refuses the malformed hash %j with a typed error', (bad) => {
+    expect(() => name(bad)).toThrow(expect.objectContaining({ code: LayerCodes.BAD_HASH }));
+  });
 
   it('recognises layer directory names', () => {
     expect(isLayerName('build-0123456789ab')).toBe(true);
     expect(hashPrefix('build-0123456789ab')).toBe('0123456789ab');
-    for (const other of ['build-0123456789a', 'packages', '.day11-tmp-1-build-0123456789ab', 'build-0123456789abc'])
+    for (const other of [
+      'build-0123456789a',
+      'packages',
+      '.day11-tmp-1-build-0123456789ab',
+      'build-0123456789abc',
+    ])
       expect(isLayerName(other)).toBe(false);
   });
 });

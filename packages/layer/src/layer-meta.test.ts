@@ -41,7 +41,10 @@ describe('LayerMeta', () => {
   });
 
   it('keeps unknown keys through a load and save', async () => {
-    await writeFile(file(dir), JSON.stringify({ ...meta, written_by: 'day11-ocaml', extra: { a: 1 } }));
+    await writeFile(
+      file(dir),
+      JSON.stringify({ ...meta, written_by: 'day11-ocaml', extra: { a: 1 } }),
+    );
     const loaded = await load(dir);
     await save(dir, { ...loaded, exit_status: 2 });
     const raw = JSON.parse(await readFile(file(dir), 'utf8')) as Record<string, unknown>;
@@ -49,7 +52,10 @@ describe('LayerMeta', () => {
   });
 
   it('rejects a missing file with LAYER_META_MISSING naming it', async () => {
-    await expect(load(dir)).rejects.toMatchObject({ code: LayerCodes.META_MISSING, path: file(dir) });
+    await expect(load(dir)).rejects.toMatchObject({
+      code: LayerCodes.META_MISSING,
+      path: file(dir),
+    });
     expect(await find(dir)).toBeUndefined();
   });
 
@@ -69,7 +75,9 @@ describe('LayerMeta', () => {
 
   it('refuses to write an invalid record and keeps the old file', async () => {
     await save(dir, meta);
-    await expect(save(dir, { ...meta, uid: -1 })).rejects.toMatchObject({ code: LayerCodes.BAD_ARGUMENT });
+    await expect(save(dir, { ...meta, uid: -1 })).rejects.toMatchObject({
+      code: LayerCodes.BAD_ARGUMENT,
+    });
     expect(await load(dir)).toEqual(meta);
   });
 
@@ -80,6 +88,8 @@ describe('LayerMeta', () => {
   });
 
   it('fails with a typed error when the directory does not exist', async () => {
-    await expect(save(join(dir, 'nope'), meta)).rejects.toMatchObject({ code: LayerCodes.WRITE_FAILED });
+    await expect(save(join(dir, 'nope'), meta)).rejects.toMatchObject({
+      code: LayerCodes.WRITE_FAILED,
+    });
   });
 });

@@ -26,12 +26,15 @@ describe('LayerSymlinks.ensure', () => {
   });
 
   it('is idempotent and leaves no temporary names', async () => {
-    for (let i = 0; i < 3; i++) await ensure({ packagesDir, id: 'a', layerName: 'build-0123456789ab' });
+    for (let i = 0; i < 3; i++)
+      await ensure({ packagesDir, id: 'a', layerName: 'build-0123456789ab' });
     expect(await readdir(join(packagesDir, 'a'))).toEqual(['build-0123456789ab']);
   });
 
   it.each(['', '.', '..', 'a/b', '../x', 'a\0b', 'x..y'])('refuses the id %j', async (id) => {
-    await expect(ensure({ packagesDir, id, layerName: 'build-0123456789ab' })).rejects.toMatchObject({
+    await expect(
+      ensure({ packagesDir, id, layerName: 'build-0123456789ab' }),
+    ).rejects.toMatchObject({
       code: LayerCodes.BAD_ID,
     });
   });

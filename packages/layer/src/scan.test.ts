@@ -43,7 +43,11 @@ describe('Scan.layers', () => {
     await writeFile(join(osDir, 'build-eeeeeeeeeeee'), '');
 
     const found = await layers(osDir);
-    expect(found.map((l) => l.name)).toEqual(['build-aaaaaaaaaaaa', 'build-bbbbbbbbbbbb', 'build-cccccccccccc']);
+    expect(found.map((l) => l.name)).toEqual([
+      'build-aaaaaaaaaaaa',
+      'build-bbbbbbbbbbbb',
+      'build-cccccccccccc',
+    ]);
     expect(found[0]).toMatchObject({
       dir: good,
       hashPrefix: 'aaaaaaaaaaaa',
@@ -59,6 +63,8 @@ describe('Scan.layers', () => {
   it('gives [] for a missing cache and a typed error for a file', async () => {
     expect(await layers(join(osDir, 'nope'))).toEqual([]);
     await writeFile(join(osDir, 'file'), '');
-    await expect(layers(join(osDir, 'file'))).rejects.toMatchObject({ code: LayerCodes.BAD_ARGUMENT });
+    await expect(layers(join(osDir, 'file'))).rejects.toMatchObject({
+      code: LayerCodes.BAD_ARGUMENT,
+    });
   });
 });

@@ -27,15 +27,22 @@ describe('Sidecar', () => {
     expect(await read(dir, 'none.json')).toBeUndefined();
   });
 
-  it.each([[[1, 2]], [null], ['text'], [3]])('refuses to write %j, which is not an object', async (value) => {
-    await expect(write(dir, 'x.json', value)).rejects.toMatchObject({ code: LayerCodes.SIDECAR_INVALID });
-    expect(await readdir(dir)).toEqual([]);
-  });
+  it.each([[[1, 2]], [null], ['text'], [3]])(
+    'refuses to write %j, which is not an object',
+    async (value) => {
+      await expect(write(dir, 'x.json', value)).rejects.toMatchObject({
+        code: LayerCodes.SIDECAR_INVALID,
+      });
+      expect(await readdir(dir)).toEqual([]);
+    },
+  );
 
   it.each(['layer.json', '../x.json', 'x.txt', '.hidden.json', 'a/b.json', ''])(
     'refuses the sidecar name %j',
     async (name) => {
-      await expect(write(dir, name, {})).rejects.toMatchObject({ code: LayerCodes.SIDECAR_INVALID });
+      await expect(write(dir, name, {})).rejects.toMatchObject({
+        code: LayerCodes.SIDECAR_INVALID,
+      });
     },
   );
 
