@@ -11,7 +11,14 @@ import { isLayerName } from './layer-dir.js';
 
 /** Throws unless `id` can name one directory: not empty, no `/`, no NUL, not `.` or `..`. */
 export function assertId(id: string): void {
-  if (id === '' || id === '.' || id === '..' || id.includes('/') || id.includes('\0') || id.includes('..')) {
+  if (
+    id === '' ||
+    id === '.' ||
+    id === '..' ||
+    id.includes('/') ||
+    id.includes('\0') ||
+    id.includes('..')
+  ) {
     throw new LayerError(LayerCodes.BAD_ID, `Invalid registry id ${JSON.stringify(id)}`, {
       hint: 'An id names one directory: it must be non-empty and contain no "/", ".." or NUL',
     });
@@ -39,9 +46,13 @@ export async function ensure({
 }): Promise<void> {
   assertId(id);
   if (!isLayerName(layerName)) {
-    throw new LayerError(LayerCodes.BAD_ARGUMENT, `Invalid layer name ${JSON.stringify(layerName)}`, {
-      hint: 'Pass LayerDir.name(hash), e.g. "build-0123456789ab"',
-    });
+    throw new LayerError(
+      LayerCodes.BAD_ARGUMENT,
+      `Invalid layer name ${JSON.stringify(layerName)}`,
+      {
+        hint: 'Pass LayerDir.name(hash), e.g. "build-0123456789ab"',
+      },
+    );
   }
   const idDir = join(packagesDir, id);
   const link = join(idDir, layerName);
