@@ -1,0 +1,91 @@
+/** Argument parsing on `node:util` parseArgs, with errors a user can act on. */
+import type { ParseArgsConfig } from 'node:util';
+import { CliCodes, CliError } from './errors.js';
+
+/** Options every command accepts. */
+export const COMMON_OPTIONS = {
+  help: { type: 'boolean', short: 'h' },
+  debug: { type: 'boolean' },
+} as const satisfies ParseArgsConfig['options'];
+
+/**
+ * Runs a `parseArgs` call for `command`, turning its errors into usage errors
+ * that point at `--help`. (The call stays at the caller so option types infer.)
+ */
+export function parse<R>(command: string, parseCall: () => R): R {
+  try {
+    return parseCall();
+  } catch (cause) {
+    throw usage(command, (cause as Error).message.replace(/\. To specify a positional.*$/s, ''));
+  }
+}
+
+/** A usage error for `command`. */
+export function usage(command: string, message: string): CliError {
+  return new CliError(CliCodes.USAGE, `day11 ${command}: ${message}`, {
+    hint: `See \`day11 ${command} --help\``,
+  });
+}
+
+/** A positive integer option within bounds. */
+export function intOption(
+  command: string,
+  name: string,
+  value: string | undefined,
+  bounds: { min: number; max: number; def: number },
+): number {
+  if (value === undefined) return bounds.def;
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < bounds.min || n > bounds.max) {
+    throw usage(
+      command,
+      `--${name} must be an integer from ${bounds.min} to ${bounds.max}, got ${JSON.stringify(value)}`,
+    );
+  }
+  return n;
+}
+
+/** A non-negative number option (e.g. days), within bounds. */
+export function numberOption(
+  command: string,
+  name: string,
+  value: string | undefined,
+  max: number,
+): number | undefined {
+  if (value === undefined) return undefined;
+  const n = Number(value);
+  if (!Number.isFinite(n) || n < 0 || n > max) {
+    throw usage(
+      command,
+      `--${name} must be a number from 0 to ${max}, got ${JSON.stringify(value)}`,
+    );
+  }
+  return n;
+}
+
+const SIZE_UNITS: Record<string, number> = {
+  '': 1,
+  b: 1,
+  k: 2 ** 10,
+  m: 2 ** 20,
+  g: 2 ** 30,
+  t: 2 ** 40,
+};
+
+/** `500M`, `10G`, `1.5t`, `4096` → bytes. */
+export function sizeOption(
+  command: string,
+  name: string,
+  value: string | undefined,
+): number | undefined {
+  if (value === undefined) return undefined;
+  const match = /^(\d+(?:\.\d+)?)\s*([bkmgt]?)(?:i?b)?$/i.exec(value.trim());
+  const bytes = match ? Number(match[1]) * SIZE_UNITS[match[2]!.toLowerCase()]! : NaN;
+  if (!Number.isSafeInteger(Math.round(bytes))) {
+    throw usage(
+      command,
+      `--${name} must be a size like 4096, 500M or 10G, got ${JSON.stringify(value)}`,
+    );
+  }
+  return Math.round(bytes);
+}

@@ -1,0 +1,62 @@
+/** Checks and option helpers shared by the commands. */
+import { readFile } from 'node:fs/promises';
+import { Exec, isDay11Error, ExecCodes } from '@day11/exec';
+import type { Runc } from '@day11/container';
+import { usage } from '../args.js';
+import { CliCodes, CliError } from '../errors.js';
+
+/** `--runtime`: runc, crun, or an absolute path. */
+export function runtimeOption(value: string | undefined): Runc.Runtime {
+  if (value === undefined || value === 'runc' || value === 'crun' || value.startsWith('/'))
+    return value ?? 'runc';
+  throw usage(
+    'build',
+    `--runtime must be runc, crun or an absolute path, got ${JSON.stringify(value)}`,
+  );
+}
+
+/** What running containers over overlayfs needs: root, overlayfs, the runtime. Clear errors, no stack traces. */
+export async function checkRequirements(runtime: Runc.Runtime): Promise<void> {
+  if (!Exec.isRoot()) {
+    throw new CliError(
+      CliCodes.MISSING_REQUIREMENT,
+      'day11 mounts overlayfs and runs containers, which needs root',
+      {
+        hint: 'Run it as root (e.g. with sudo)',
+      },
+    );
+  }
+  const filesystems = await readFile('/proc/filesystems', 'utf8').catch(() => '');
+  if (!/\boverlay\b/.test(filesystems)) {
+    await Exec.run('modprobe', ['overlay']).catch(() => undefined);
+    const again = await readFile('/proc/filesystems', 'utf8').catch(() => '');
+    if (!/\boverlay\b/.test(again)) {
+      throw new CliError(CliCodes.MISSING_REQUIREMENT, 'This kernel has no overlayfs', {
+        hint: 'Load it with `modprobe overlay`, or use a kernel built with CONFIG_OVERLAY_FS',
+      });
+    }
+  }
+  try {
+    await Exec.run(runtime, ['--version']);
+  } catch (err) {
+    if (isDay11Error(err, ExecCodes.COMMAND_NOT_FOUND)) {
+      throw new CliError(
+        CliCodes.MISSING_REQUIREMENT,
+        `The container runtime ${runtime} is not installed`,
+        {
+          cause: err,
+          hint: `Install it: apt-get install -y ${runtime.startsWith('/') ? 'runc' : runtime}`,
+        },
+      );
+    }
+    throw err;
+  }
+}
+
+/** Whether a command is on PATH (for optional validators such as umoci and skopeo). */
+export async function hasCommand(cmd: string): Promise<boolean> {
+  return Exec.run(cmd, ['--version']).then(
+    () => true,
+    () => false,
+  );
+}

@@ -1,0 +1,53 @@
+/** `day11 import --cache DIR --image NAME (--tarball F | --dir D | --docker)` */
+import { parseArgs } from 'node:util';
+import { resolve } from 'node:path';
+import { Import, LayerDir } from '@day11/layer';
+import { COMMON_OPTIONS, parse, usage } from '../args.js';
+import { cacheDir } from '../cache.js';
+
+export const summary = 'import a base layer from a rootfs tarball, a directory or a Docker image';
+
+export const help = `Usage: day11 import --cache DIR --image NAME (--tarball FILE | --dir DIR | --docker)
+
+Creates the base layer NAME (its hash is derived from NAME) from:
+  --tarball FILE     a rootfs tarball, plain or gzip (e.g. the output of docker export)
+  --dir DIR          a root filesystem directory (copied; owners, modes, xattrs kept)
+  --docker           the Docker image NAME (needs a Docker engine)
+Importing an existing base does nothing. Hostile tarballs (.. paths, absolute
+paths, symlink escapes) are refused and nothing is left behind.
+
+Example:
+  day11 import --cache /var/cache/day11 --image debian:12 --tarball debian-12.tar.gz
+`;
+
+export async function run(argv: string[]): Promise<number> {
+  const { values } = parse('import', () =>
+    parseArgs({
+      args: argv,
+      allowPositionals: true,
+      options: {
+        ...COMMON_OPTIONS,
+        cache: { type: 'string' },
+        image: { type: 'string' },
+        tarball: { type: 'string' },
+        dir: { type: 'string' },
+        docker: { type: 'boolean' },
+      },
+    }),
+  );
+  const osDir = cacheDir('import', values.cache);
+  const sources = [values.tarball, values.dir, values.docker].filter(
+    (v) => v !== undefined && v !== false,
+  );
+  if (sources.length !== 1)
+    throw usage('import', 'give exactly one of --tarball FILE, --dir DIR, --docker');
+  if (!values.image && values.docker) throw usage('import', '--docker needs --image NAME');
+  const image = values.image;
+  const base = values.tarball
+    ? await Import.fromTarball({ osDir, tarball: resolve(values.tarball), image })
+    : values.dir
+      ? await Import.fromDirectory({ osDir, dir: resolve(values.dir), image })
+      : await Import.fromDocker({ osDir, image: image! });
+  console.log(`${LayerDir.name(base.hash)}  ${base.image}  (base hash ${base.hash})`);
+  return 0;
+}

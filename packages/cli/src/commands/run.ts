@@ -1,0 +1,103 @@
+/** `day11 run --cache DIR [--layer HASH ...] -- CMD...` */
+import { parseArgs } from 'node:util';
+import { rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { OciSpec } from '@day11/container';
+import { Commit, Hash, LayerDir } from '@day11/layer';
+import { runInLayers } from '@day11/runner';
+import { COMMON_OPTIONS, parse, usage } from '../args.js';
+import { resolveBase } from '../base.js';
+import { baseOf, cacheDir, layerDirOf } from '../cache.js';
+import { checkRequirements, runtimeOption } from './common.js';
+
+export const summary =
+  'run a command over layers, for debugging (the upper is thrown away unless --commit)';
+
+export const help = `Usage: day11 run --cache DIR [--layer HASH ...] [options] -- CMD [ARG...]
+
+Runs CMD in a container whose root is the overlay of the given layers (bottom
+to top; the base comes from them, or is the busybox base when none is given).
+Output goes to this terminal; the exit status is CMD's.
+
+Options:
+  --layer HASH       a layer to stack (repeat; bottom to top)
+  --runtime R        runc (default), crun, or a path
+  --network N        none (default: loopback only) or host
+  --commit           keep what CMD wrote as a new layer and print its name
+  --cache DIR        the layer cache (default $DAY11_CACHE)
+
+Example:
+  day11 run --cache /var/cache/day11 --layer 0123456789ab -- /bin/sh -c 'ls -l /opt'
+`;
+
+export async function run(argv: string[]): Promise<number> {
+  const { values, positionals } = parse('run', () =>
+    parseArgs({
+      args: argv,
+      allowPositionals: true,
+      options: {
+        ...COMMON_OPTIONS,
+        cache: { type: 'string' },
+        layer: { type: 'string', multiple: true },
+        runtime: { type: 'string' },
+        network: { type: 'string' },
+        commit: { type: 'boolean' },
+      },
+    }),
+  );
+  if (positionals.length === 0) throw usage('run', 'give the command after --');
+  if (values.network !== undefined && values.network !== 'none' && values.network !== 'host') {
+    throw usage('run', '--network must be none or host');
+  }
+  const osDir = cacheDir('run', values.cache);
+  const runtime = runtimeOption(values.runtime);
+  await checkRequirements(runtime);
+  const layers = await Promise.all((values.layer ?? []).map((h) => layerDirOf(osDir, h)));
+  const base =
+    layers.length > 0
+      ? await baseOf(osDir, layers.at(-1)!)
+      : await resolveBase({ kind: 'busybox' }, osDir);
+  const buildDirs = layers.filter((d) => d !== base.dir).reverse();
+  const spec = OciSpec.template(
+    OciSpec.make({
+      args: positionals,
+      network: (values.network as 'none' | 'host' | undefined) ?? 'none',
+    }),
+  );
+  const result = await runInLayers({
+    base,
+    buildDirs,
+    spec,
+    runtime,
+    onOutput: (line, stream) =>
+      (stream === 'stderr' ? process.stderr : process.stdout).write(`${line}\n`),
+  });
+  const exitCode = result.run.exitCode ?? 128 + 9;
+  if (!values.commit) {
+    await rm(result.upper, { recursive: true, force: true });
+    return exitCode;
+  }
+  const depHashes = buildDirs.map((d) => LayerDir.hashPrefix(d.split('/').pop()!)!);
+  const hash = Hash.layerHash({
+    baseHash: base.hash,
+    depHashes,
+    pkg: `day11-run:${JSON.stringify(positionals)}`,
+  });
+  const { dir, committed } = await Commit.commit({
+    osDir,
+    hash,
+    upper: result.upper,
+    meta: {
+      exit_status: exitCode,
+      parent_hashes: depHashes,
+      uid: 0,
+      gid: 0,
+      base_hash: base.hash,
+      timing: result.timing,
+      failed_dep: null,
+    },
+    sidecars: { 'run.json': { argv: positionals } },
+  });
+  process.stderr.write(`${committed ? 'committed' : 'already existed:'} ${join(dir)}\n`);
+  return exitCode;
+}

@@ -1,0 +1,41 @@
+/**
+ * Errors of the `day11` command. Library errors (`Day11Error`) pass through
+ * unchanged; these cover what only the CLI knows: bad arguments and bad plans.
+ */
+import { Day11Error, type Day11ErrorOptions } from '@day11/exec';
+
+/** Stable codes of the errors thrown by `@day11/cli`. */
+export const CliCodes = {
+  /** Unknown command or option, or a missing or malformed argument. */
+  USAGE: 'CLI_USAGE',
+  /** The plan file cannot be read, is not JSON, or breaks a rule (cycle, unknown dep, ...). */
+  BAD_PLAN: 'CLI_BAD_PLAN',
+  /** The cache directory is unusable. */
+  BAD_CACHE: 'CLI_BAD_CACHE',
+  /** A layer named on the command line does not exist (or is ambiguous). */
+  NO_SUCH_LAYER: 'CLI_NO_SUCH_LAYER',
+  /** Something this machine lacks: root, a runtime, a kernel feature, a tool. */
+  MISSING_REQUIREMENT: 'CLI_MISSING_REQUIREMENT',
+  /** A build finished with failed steps. */
+  BUILD_FAILED: 'CLI_BUILD_FAILED',
+  /** The demo's own checks failed. */
+  DEMO_FAILED: 'CLI_DEMO_FAILED',
+} as const;
+
+/** A stable code from {@link CliCodes}. */
+export type CliCode = (typeof CliCodes)[keyof typeof CliCodes];
+
+/** An error the `day11` command reports as one line (plus hint) and a non-zero exit. */
+export class CliError extends Day11Error {
+  override name = 'CliError';
+  declare readonly code: CliCode;
+
+  constructor(code: CliCode, message: string, options: Day11ErrorOptions = {}) {
+    super(code, message, options);
+  }
+}
+
+/** Exit status for an error: 2 for usage errors, 1 for everything else. */
+export function exitCodeOf(err: unknown): number {
+  return err instanceof CliError && err.code === CliCodes.USAGE ? 2 : 1;
+}

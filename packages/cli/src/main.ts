@@ -1,0 +1,83 @@
+#!/usr/bin/env node
+/** The `day11` command. Composed only of the libraries' public APIs. */
+import { isDay11Error } from '@day11/exec';
+import * as buildCmd from './commands/build.js';
+import * as demoCmd from './commands/demo.js';
+import * as exportCmd from './commands/export.js';
+import * as importCmd from './commands/import.js';
+import * as layersCmd from './commands/layers.js';
+import * as recoverCmd from './commands/recover.js';
+import * as runCmd from './commands/run.js';
+import { CliCodes, CliError, exitCodeOf } from './errors.js';
+
+interface Command {
+  summary: string;
+  help: string;
+  run(argv: string[]): Promise<number>;
+}
+
+const COMMANDS: Record<string, Command> = {
+  build: buildCmd,
+  run: runCmd,
+  layers: layersCmd,
+  export: exportCmd,
+  import: importCmd,
+  recover: recoverCmd,
+  demo: demoCmd,
+};
+
+function mainHelp(): string {
+  const width = Math.max(...Object.keys(COMMANDS).map((n) => n.length));
+  const lines = Object.entries(COMMANDS).map(
+    ([name, c]) => `  ${name.padEnd(width)}  ${c.summary}`,
+  );
+  return `Usage: day11 <command> [options]
+
+Content-addressed build layers: run build steps in runc/crun containers over
+overlayfs stacks of cached layers, and export them as OCI images.
+
+Commands:
+${lines.join('\n')}
+
+Every command takes --help (its options, with an example) and --debug
+(stack traces on errors).
+
+Example:
+  day11 demo
+  day11 build plan.json --cache /var/cache/day11 --jobs 4 --oci /srv/oci
+`;
+}
+
+async function main(argv: string[]): Promise<number> {
+  const [name, ...rest] = argv;
+  if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
+    console.log(mainHelp());
+    return name === undefined ? 2 : 0;
+  }
+  if (name === '--version') {
+    console.log('day11 0.1.0');
+    return 0;
+  }
+  const command = COMMANDS[name];
+  if (!command)
+    throw new CliError(CliCodes.USAGE, `day11: unknown command ${JSON.stringify(name)}`, {
+      hint: 'See `day11 --help`',
+    });
+  if (rest.includes('--help') || rest.includes('-h')) {
+    console.log(command.help);
+    return 0;
+  }
+  return command.run(rest);
+}
+
+const debug = process.argv.includes('--debug');
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (err: unknown) => {
+    if (debug || !isDay11Error(err)) console.error(err);
+    else console.error(err.message.startsWith('day11') ? err.message : `day11: ${err.message}`);
+    process.exitCode = exitCodeOf(err);
+  },
+);
