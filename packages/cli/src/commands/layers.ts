@@ -155,7 +155,8 @@ async function gc(opts: {
     console.log(`kept ${LayerDir.hashPrefix(s.dir.split('/').pop()!) ?? s.dir}: ${s.reason}`);
   if (result.inUse.length) console.log(`${result.inUse.length} layers in use were not considered`);
   console.log(
-    `${opts.dryRun ? 'Dry run: ' : ''}${result.deletions.length} layers ${verb}; cache ${formatBytes(result.totalBytes)} → ${formatBytes(result.totalAfterBytes)}`,
+    `${opts.dryRun ? 'Dry run: would delete' : 'Deleted'} ${result.deletions.length} layers; ` +
+      `cache ${formatBytes(result.totalBytes)} → ${formatBytes(result.totalAfterBytes)}`,
   );
   return 0;
 }

@@ -61,7 +61,7 @@ export async function run(argv: string[]): Promise<number> {
   const spec = OciSpec.template(
     OciSpec.make({
       args: positionals,
-      network: (values.network as 'none' | 'host' | undefined) ?? 'none',
+      network: values.network ?? 'none',
     }),
   );
   const result = await runInLayers({

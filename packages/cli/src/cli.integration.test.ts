@@ -1,0 +1,194 @@
+/**
+ * The built `day11` binary, spawned as a user would: builds, failures with
+ * failed_dep, gc, export + umoci unpack, help and error output.
+ */
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Exec } from '@day11/exec';
+
+const BIN = resolve(import.meta.dirname, '../dist/main.js');
+let work: string;
+let cache: string;
+
+async function day11(...args: string[]) {
+  return Exec.run(process.execPath, [BIN, ...args], { allowNonZeroExit: true, timeoutMs: 120_000 });
+}
+
+interface LsLine {
+  name: string;
+  meta: { exit_status: number; failed_dep: string | null } | null;
+  sidecars: string[];
+}
+
+async function ls(): Promise<LsLine[]> {
+  const { stdout } = await day11('layers', 'ls', '--cache', cache, '--json');
+  return stdout
+    .trim()
+    .split('\n')
+    .filter(Boolean)
+    .map((l) => JSON.parse(l) as LsLine);
+}
+
+const PLAN = {
+  base: 'busybox',
+  steps: [
+    { id: 'lib', run: 'mkdir -p /opt/lib && echo lib > /opt/lib/v' },
+    { id: 'broken', deps: ['lib'], run: 'echo about to fail; exit 3' },
+    { id: 'app', deps: ['broken'], run: 'echo never' },
+    { id: 'tool', deps: ['lib'], run: 'cat /opt/lib/v > /opt/tool && rm /etc/passwd' },
+  ],
+};
+
+beforeAll(async () => {
+  work = await mkdtemp(join(tmpdir(), 'day11-cli-'));
+  cache = join(work, 'cache');
+  await writeFile(join(work, 'plan.json'), JSON.stringify(PLAN));
+});
+
+afterAll(async () => {
+  await rm(work, { recursive: true, force: true });
+});
+
+describe('day11 build', () => {
+  it('builds, records the failure and its dependents with failed_dep, and exits 1', async () => {
+    const r = await day11('build', join(work, 'plan.json'), '--cache', cache, '--jobs', '2');
+    expect(r.exitCode).toBe(1);
+    expect(r.stdout).toMatch(/failed\s+broken.*exit 3/);
+    expect(r.stdout).toMatch(/skipped\s+app.*dependency broken failed/);
+    expect(r.stdout).toMatch(/Summary: 2 built, 0 cached, 1 failed, 1 skipped/);
+    const layers = await ls();
+    const byStep = new Map<number | string | null, LsLine[]>();
+    for (const l of layers)
+      byStep.set(l.meta?.failed_dep ?? l.meta?.exit_status ?? null, [
+        ...(byStep.get(l.meta?.failed_dep ?? l.meta?.exit_status ?? null) ?? []),
+        l,
+      ]);
+    expect(byStep.get(3)).toHaveLength(1); // broken, with its exit status
+    expect(byStep.get('broken')).toHaveLength(1); // app, not run
+    expect(byStep.get(0)).toHaveLength(3); // base, lib, tool
+    const broken = byStep.get(3)![0]!;
+    expect(await readFile(join(cache, broken.name, 'layer.log'), 'utf8')).toContain(
+      'about to fail',
+    );
+  });
+
+  it('finds everything cached the second time, failures included', async () => {
+    const r = await day11('build', join(work, 'plan.json'), '--cache', cache, '--json');
+    const events = r.stdout
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as { type: string; status?: string; cached?: number });
+    const summary = events.find((e) => e.type === 'summary')!;
+    expect(summary).toMatchObject({ built: 0, cached: 2, failed: 1, skipped: 1 });
+    expect(events.filter((e) => e.status === 'running')).toEqual([]);
+  });
+
+  it('explains a bad plan in one line with no stack trace', async () => {
+    await writeFile(
+      join(work, 'cycle.json'),
+      JSON.stringify({ base: 'busybox', steps: [{ id: 'a', deps: ['a'], run: 'x' }] }),
+    );
+    const r = await day11('build', join(work, 'cycle.json'), '--cache', cache);
+    expect(r.exitCode).toBe(1);
+    expect(r.stderr.trim().split('\n')).toHaveLength(1);
+    expect(r.stderr).toContain('step "a" depends on itself');
+    expect(r.stderr).not.toMatch(/\n\s+at /);
+  });
+});
+
+describe('day11 export', () => {
+  it('exports layers as an image that umoci unpacks to what the build saw', async () => {
+    const tool = (await ls()).find(
+      (l) => l.sidecars.includes('step.json') && l.meta?.exit_status === 0 && !l.meta.failed_dep,
+    );
+    expect(tool).toBeDefined();
+    const steps = await Promise.all(
+      (await ls())
+        .filter((l) => l.sidecars.includes('step.json'))
+        .map(async (l) => ({
+          l,
+          step: JSON.parse(await readFile(join(cache, l.name, 'step.json'), 'utf8')) as {
+            id: string;
+          },
+        })),
+    );
+    const lib = steps.find((s) => s.step.id === 'lib')!.l.name;
+    const toolLayer = steps.find((s) => s.step.id === 'tool')!.l.name;
+    const layout = join(work, 'oci');
+    const r = await day11(
+      'export',
+      '--cache',
+      cache,
+      '--oci',
+      layout,
+      '--tag',
+      'tool',
+      lib,
+      toolLayer,
+    );
+    expect(r.exitCode).toBe(0);
+    const bundle = join(work, 'bundle');
+    await Exec.run('umoci', ['unpack', '--image', `${layout}:tool`, bundle]);
+    expect(await readFile(join(bundle, 'rootfs/opt/tool'), 'utf8')).toBe('lib\n');
+    await expect(readFile(join(bundle, 'rootfs/etc/passwd'))).rejects.toThrow(/ENOENT/);
+    expect(await readFile(join(bundle, 'rootfs/etc/group'), 'utf8')).toContain('root');
+  });
+});
+
+describe('day11 layers gc', () => {
+  it('deletes nothing on a dry run, then collects for real', async () => {
+    const before = await ls();
+    const dry = await day11('layers', 'gc', '--cache', cache, '--keep-bytes', '0', '--dry-run');
+    expect(dry.exitCode).toBe(0);
+    expect(dry.stdout).toContain(`Dry run: would delete ${before.length} layers`);
+    expect(await ls()).toEqual(before);
+    const real = await day11('layers', 'gc', '--cache', cache, '--keep-bytes', '0');
+    expect(real.exitCode).toBe(0);
+    expect(await ls()).toEqual([]);
+  });
+
+  it('refuses gc without a limit, and absurd values', async () => {
+    expect((await day11('layers', 'gc', '--cache', cache)).stderr).toMatch(
+      /--before DAYS and\/or --keep-bytes/,
+    );
+    expect((await day11('layers', 'gc', '--cache', cache, '--before', '-3')).exitCode).toBe(2);
+    expect((await day11('layers', 'ls', '--cache', join(work, 'nope'))).stderr).toMatch(
+      /No cache directory at/,
+    );
+  });
+});
+
+describe('day11 demo', () => {
+  it('builds, exports, validates and runs the demo; the second run is all cache hits', async () => {
+    const demoCache = join(work, 'demo');
+    const first = await day11('demo', '--cache', demoCache);
+    expect(first.exitCode, first.stderr).toBe(0);
+    expect(first.stdout).toMatch(/Summary: 5 built, 0 cached, 0 failed/);
+    expect(first.stdout).toContain('the image shows what the build saw');
+    const second = await day11('demo', '--cache', demoCache);
+    expect(second.exitCode, second.stderr).toBe(0);
+    expect(second.stdout).toMatch(/Summary: 0 built, 5 cached, 0 failed/);
+    expect(second.stdout).toContain('Every step was a cache hit');
+  });
+});
+
+describe('day11 --help', () => {
+  it.each(['build', 'run', 'layers', 'export', 'import', 'recover', 'demo'])(
+    'documents %s with an example',
+    async (cmd) => {
+      const r = await day11(cmd, '--help');
+      expect(r.exitCode).toBe(0);
+      expect(r.stdout).toMatch(/^Usage: day11 /);
+      expect(r.stdout).toContain('Example');
+    },
+  );
+
+  it('lists every command', async () => {
+    const r = await day11('--help');
+    for (const cmd of ['build', 'run', 'layers', 'export', 'import', 'recover', 'demo'])
+      expect(r.stdout).toContain(`  ${cmd}`);
+    expect((await day11('frobnicate')).exitCode).toBe(2);
+  });
+});
