@@ -10,6 +10,8 @@ const suites: Record<string, () => Promise<{ run: () => Promise<BenchRow[]> }>> 
   mount: () => import('./mount.js'),
   scan: () => import('./scan.js'),
   runtime: () => import('./runtime.js'),
+  runner: () => import('./runner.js'),
+  export: () => import('./export.js'),
 };
 
 const only = process.argv.slice(2);

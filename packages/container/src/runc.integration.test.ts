@@ -208,6 +208,26 @@ describe.each(RUNTIMES)('%s', (runtime) => {
     expect(await Runc.list({ runtime })).toEqual([]);
   });
 
+  it('leaves no state behind when the runtime deletes the container itself', async () => {
+    const r = await runIn(rootfs, { args: ['true'] }, { runtime });
+    expect(r.exitCode).toBe(0);
+    expect(await Runc.list({ runtime })).toEqual([]);
+    // What Runc.run relied on to skip its own delete: the state directory is gone.
+    const dirs = await readdir(runtime === 'runc' ? '/run/runc' : '/run/crun').catch(() => []);
+    expect(dirs.filter((d) => d.startsWith(`day11-${process.pid}-`))).toEqual([]);
+  });
+
+  it('writes the runtime log where runtimeLog says, and still reads errors from it', async () => {
+    const runtimeLog = join(work, `${runtime}-runtime.log`);
+    await expect(
+      runIn(rootfs, { args: ['/no/such/program'] }, { runtime, runtimeLog }),
+    ).rejects.toMatchObject({ code: ContainerCodes.RUNTIME_FAILED });
+    expect(await readFile(runtimeLog, 'utf8')).toMatch(/no\/such\/program/);
+    const ok = await runIn(rootfs, { args: ['true'] }, { runtime, runtimeLog });
+    expect(ok.exitCode).toBe(0);
+    expect(existsSync(runtimeLog)).toBe(true); // the caller's file: kept
+  });
+
   it('pidsLimit stops a fork bomb that runs fine without it', async () => {
     const bomb = 'for i in $(seq 1 200); do sleep 1 & done; wait; echo done';
     const limited = await runIn(

@@ -26,6 +26,17 @@ describe('Runc.newId', () => {
   });
 });
 
+describe('Runc.stateDir', () => {
+  it("knows runc's and crun's state directories, and no other runtime's", () => {
+    expect(Runc.stateDir('day11-1-2-abc')).toBe('/run/runc/day11-1-2-abc');
+    expect(Runc.stateDir('day11-1-2-abc', { runtime: 'crun' })).toBe('/run/crun/day11-1-2-abc');
+    expect(Runc.stateDir('day11-1-2-abc', { runtime: '/opt/bin/runc' })).toBeUndefined();
+    expect(() => Runc.stateDir('../x')).toThrow(
+      expect.objectContaining({ code: ContainerCodes.BAD_ID }) as Error,
+    );
+  });
+});
+
 describe('Runc.assertId', () => {
   it.each(['a', 'day11-1-2-abc', 'A_b.c-9', 'x'.repeat(128)])('accepts %s', (id) => {
     expect(Runc.assertId(id)).toBe(id);
@@ -95,12 +106,12 @@ esac
     return { dir, runtime, calls };
   }
 
-  it('deletes first, runs in the foreground, streams and logs output, deletes after', async () => {
+  it('deletes a stale container first, runs in the foreground, streams and logs output, deletes after', async () => {
     const f = await fake({ run: 'echo out; echo err >&2; printf "no newline"; exit 5' });
     const logFile = join(f.dir, 'build.log');
     await writeFile(logFile, 'heading\n');
     const lines: string[] = [];
-    const id = Runc.newId();
+    const id = 'day11-given-1';
     const r = await Runc.run({
       bundle: '/b',
       id,
@@ -117,6 +128,21 @@ esac
     expect(calls[0]).toBe(`delete --force ${id}`);
     expect(calls[1]).toMatch(new RegExp(`^--log \\S+ --log-format json run --bundle /b ${id}$`));
     expect(calls[2]).toBe(`delete --force ${id}`);
+  });
+
+  it('skips the stale delete for an id fresh from newId, once', async () => {
+    const f = await fake({ run: 'exit 0' });
+    const id = Runc.newId();
+    await Runc.run({ bundle: '/b', id, runtime: f.runtime });
+    await Runc.run({ bundle: '/b', id, runtime: f.runtime });
+    const calls = (await f.calls()).map((c) => c.replace(/^--log \S+ --log-format json /, ''));
+    expect(calls).toEqual([
+      `run --bundle /b ${id}`,
+      `delete --force ${id}`, // another runtime than runc/crun: deleted after, always
+      `delete --force ${id}`, // run again: no longer fresh
+      `run --bundle /b ${id}`,
+      `delete --force ${id}`,
+    ]);
   });
 
   it('refuses a log file it cannot open (BAD_ARGUMENT) without running anything', async () => {

@@ -18,7 +18,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { createWriteStream, type WriteStream } from 'node:fs';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { access, mkdtemp, readFile, rm } from 'node:fs/promises';
 import { constants as osConstants, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
@@ -55,6 +55,14 @@ const COMMAND_TIMEOUT_MS = 30_000;
 let counter = 0;
 /** Ids of the containers this process is running now (never swept). */
 const active = new Set<string>();
+/**
+ * Ids made by {@link newId} and not run yet. No stale container can have
+ * one (the pid is ours, the counter never repeats, plus 24 random bits), so
+ * {@link run} skips its delete-before for them: one runtime process less.
+ */
+const fresh = new Set<string>();
+/** Bound on {@link fresh}, for callers that make ids they never run. */
+const FRESH_MAX = 10_000;
 
 /**
  * A container id unique to this process and call: `<prefix>-<pid>-<n>-<random>`.
@@ -69,7 +77,10 @@ const active = new Set<string>();
  */
 export function newId(prefix = 'day11'): string {
   counter += 1;
-  return assertId(`${prefix}-${process.pid}-${counter}-${randomBytes(3).toString('hex')}`);
+  const id = assertId(`${prefix}-${process.pid}-${counter}-${randomBytes(3).toString('hex')}`);
+  if (fresh.size >= FRESH_MAX) fresh.clear(); // forgetting only costs a delete
+  fresh.add(id);
+  return id;
 }
 
 /**
@@ -111,6 +122,14 @@ export interface RunOptions extends RuntimeOptions {
   logFile?: string;
   /** The container's standard input (default: empty, /dev/null; never a terminal). */
   stdin?: string | Uint8Array;
+  /**
+   * Where the runtime writes its own JSON log (`--log`), read to tell a
+   * container that never started from a failing command. Default: a file in
+   * a temporary directory removed after the run. Give a path inside a
+   * directory you clean up (e.g. the bundle) when a crash of this process
+   * must leave nothing in the system temp directory.
+   */
+  runtimeLog?: string;
 }
 
 /** How a container run ended. */
@@ -132,8 +151,10 @@ export interface RunResult {
 
 /**
  * Runs the container of `bundle` as `id` in the foreground and waits for it.
- * Deletes a stale container with that id first and the container after, on
- * every path. On abort or timeout it sends TERM (`runc kill id TERM`), then
+ * Deletes a stale container with that id first (unless `id` is fresh from
+ * {@link newId}) and the container after, on every path (unless the runtime
+ * exited by itself and has removed it already, as `runc run` and `crun run`
+ * do). On abort or timeout it sends TERM (`runc kill id TERM`), then
  * KILL to every process (`runc kill --all id KILL`) after `killGraceMs`.
  *
  * @example
@@ -157,24 +178,31 @@ export async function run(opts: RunOptions): Promise<RunResult> {
   assertId(id);
   const started = performance.now();
   const elapsed = (): number => performance.now() - started;
+  const isFresh = fresh.delete(id);
   active.add(id);
   try {
-    await remove(id, opts);
+    if (!isFresh) await remove(id, opts);
     if (opts.signal?.aborted) return outcome({ exitCode: null, reason: 'abort', ms: elapsed() });
-    const logDir = await mkdtemp(join(tmpdir(), 'day11-runtime-'));
+    const logDir =
+      opts.runtimeLog === undefined ? await mkdtemp(join(tmpdir(), 'day11-runtime-')) : undefined;
+    const runtimeLog = opts.runtimeLog ?? join(logDir!, 'runtime.log');
     let failure: unknown;
+    let exitedByItself = false;
     try {
-      const { exitCode, reason } = await runForeground(opts, join(logDir, 'runtime.log'));
+      const { exitCode, reason } = await runForeground(opts, runtimeLog);
+      exitedByItself = exitCode !== null;
       return outcome({ exitCode, reason, ms: elapsed() });
     } catch (err) {
       failure = err;
       throw err;
     } finally {
-      await rm(logDir, { recursive: true, force: true });
+      if (logDir !== undefined) await rm(logDir, { recursive: true, force: true });
       // Delete on every path; a failed delete matters only when nothing else failed.
-      await remove(id, opts).catch((err: unknown) => {
-        if (failure === undefined) throw err;
-      });
+      if (!(exitedByItself && (await removedByRuntime(id, opts)))) {
+        await remove(id, opts).catch((err: unknown) => {
+          if (failure === undefined) throw err;
+        });
+      }
     }
   } finally {
     active.delete(id);
@@ -426,6 +454,38 @@ async function kill(
 /** KILL every process of the container; plain `kill` when `--all` is refused. */
 async function killAll(id: string, opts: RuntimeOptions): Promise<void> {
   if (!(await kill(id, 'KILL', opts, true))) await kill(id, 'KILL', opts);
+}
+
+/**
+ * Where `runc` and `crun` keep a container's state when run as root (the
+ * default `--root`), or `undefined` for another runtime, whose layout is unknown.
+ *
+ * @example
+ * ```ts
+ * Runc.stateDir('day11-1-2-abc', { runtime: 'crun' }); // '/run/crun/day11-1-2-abc'
+ * ```
+ */
+export function stateDir(id: string, opts: RuntimeOptions = {}): string | undefined {
+  const root = STATE_ROOTS[binary(opts)];
+  return root === undefined ? undefined : join(root, assertId(id));
+}
+
+const STATE_ROOTS: Readonly<Record<string, string>> = { runc: '/run/runc', crun: '/run/crun' };
+
+/**
+ * A foreground `runc run`/`crun run` that exits by itself has deleted its
+ * container; its state directory says so without starting another process.
+ * Anything uncertain (another runtime, no permission to look) is "no".
+ */
+async function removedByRuntime(id: string, opts: RuntimeOptions): Promise<boolean> {
+  const dir = stateDir(id, opts);
+  if (dir === undefined) return false;
+  try {
+    await access(dir);
+    return false;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'ENOENT';
+  }
 }
 
 // ---------------------------------------------------------------- state, list, delete, sweep

@@ -48,15 +48,18 @@ describe('Exec.run', () => {
   });
 
   it('keeps only the tail of a huge stderr', async () => {
-    const err = (await run('sh', ['-c', 'head -c 100000 /dev/zero | tr "\\0" x >&2; echo END >&2; exit 1']).catch(
-      (e: unknown) => e,
-    )) as CommandError;
+    const err = (await run('sh', [
+      '-c',
+      'head -c 100000 /dev/zero | tr "\\0" x >&2; echo END >&2; exit 1',
+    ]).catch((e: unknown) => e)) as CommandError;
     expect(err.stderrTail.length).toBeLessThanOrEqual(4096);
     expect(err.stderrTail).toContain('END');
   });
 
   it('resolves a non-zero exit when allowed', async () => {
-    await expect(run('sh', ['-c', 'exit 7'], { allowNonZeroExit: true })).resolves.toMatchObject({ exitCode: 7 });
+    await expect(run('sh', ['-c', 'exit 7'], { allowNonZeroExit: true })).resolves.toMatchObject({
+      exitCode: 7,
+    });
   });
 
   it('reports a missing command with a hint', async () => {
@@ -69,9 +72,10 @@ describe('Exec.run', () => {
 
   it('kills on timeout, even when the command ignores SIGTERM', async () => {
     const started = Date.now();
-    const err = await run('sh', ['-c', 'trap "" TERM; sleep 30'], { timeoutMs: 200, killGraceMs: 300 }).catch(
-      (e: unknown) => e,
-    );
+    const err = await run('sh', ['-c', 'trap "" TERM; sleep 30'], {
+      timeoutMs: 200,
+      killGraceMs: 300,
+    }).catch((e: unknown) => e);
     expect(err).toMatchObject({ code: ExecCodes.TIMED_OUT, timedOut: true });
     expect(Date.now() - started).toBeLessThan(5000);
   });
@@ -84,9 +88,11 @@ describe('Exec.run', () => {
   });
 
   it('reports death by signal even when non-zero exits are allowed', async () => {
-    await expect(run('sh', ['-c', 'kill -9 $$'], { allowNonZeroExit: true })).rejects.toMatchObject({
-      signal: 'SIGKILL',
-    });
+    await expect(run('sh', ['-c', 'kill -9 $$'], { allowNonZeroExit: true })).rejects.toMatchObject(
+      {
+        signal: 'SIGKILL',
+      },
+    );
   });
 
   it('runs privileged commands directly as root', async () => {
@@ -103,10 +109,14 @@ describe('Exec.run', () => {
       const entry = resolve(import.meta.dirname, '../dist/index.js');
       const script = `import('${entry}').then(({ Exec }) => Exec.run('id', [], { privileged: true }))
         .then(() => console.log('ran'), (e) => console.log(e.code + ' ' + e.message))`;
-      const { stdout } = await promisify(execFile)('runuser', ['-u', 'nobody', '--', process.execPath, '-e', script], {
-        cwd: dir,
-        timeout: 20_000,
-      });
+      const { stdout } = await promisify(execFile)(
+        'runuser',
+        ['-u', 'nobody', '--', process.execPath, '-e', script],
+        {
+          cwd: dir,
+          timeout: 20_000,
+        },
+      );
       expect(stdout).toMatch(/^EXEC_(NO_PRIVILEGE|COMMAND_NOT_FOUND) /);
       expect(stdout).toMatch(/sudo/);
     } finally {

@@ -141,7 +141,8 @@ class GroupKiller {
 
   /** Starts watching; returns the function that stops watching once the process is done. */
   arm(timeoutMs: number | undefined, signal: AbortSignal | undefined): () => void {
-    const timer = timeoutMs === undefined ? undefined : setTimeout(() => this.kill('timeout'), timeoutMs);
+    const timer =
+      timeoutMs === undefined ? undefined : setTimeout(() => this.kill('timeout'), timeoutMs);
     const onAbort = (): void => this.kill('abort');
     if (signal?.aborted) onAbort();
     else signal?.addEventListener('abort', onAbort, { once: true });
@@ -215,7 +216,7 @@ export function runSync(
   });
   const stdout = r.stdout ?? '';
   const stderr = r.stderr ?? '';
-  const timedOut = (r.error as NodeJS.ErrnoException | undefined)?.code === 'ETIMEDOUT';
+  const timedOut = errnoOf(r.error) === 'ETIMEDOUT';
   const failed = r.error !== undefined || r.status === null || r.signal !== null;
   if (failed || (r.status !== 0 && opts.allowNonZeroExit !== true)) {
     throw syncError({ cmd, args, privileged, r: { ...r, stderr }, timedOut });
@@ -227,11 +228,16 @@ function syncError(ctx: {
   cmd: string;
   args: readonly string[];
   privileged: boolean;
-  r: { status: number | null; signal: NodeJS.Signals | null; error?: Error; stderr: string };
+  r: {
+    status: number | null;
+    signal: NodeJS.Signals | null;
+    error?: Error | undefined;
+    stderr: string;
+  };
   timedOut: boolean;
 }): CommandError {
   const { cmd, args, privileged, r } = ctx;
-  const spawnCode = (r.error as NodeJS.ErrnoException | undefined)?.code;
+  const spawnCode = errnoOf(r.error);
   // spawnSync reports a command it could not start as an error with no status.
   const notStarted = r.status === null && r.signal === null && !ctx.timedOut;
   return classify({
@@ -250,6 +256,12 @@ function syncError(ctx: {
       cause: r.error,
     },
   });
+}
+
+/** The errno code (`ENOENT`, `ETIMEDOUT`, ...) of a spawn error. */
+function errnoOf(err: Error | undefined): string | undefined {
+  const code = (err as { code?: unknown } | undefined)?.code;
+  return typeof code === 'string' ? code : undefined;
 }
 
 function withSudo(

@@ -15,6 +15,7 @@
  * layer survives, or the layer is collected first and acquire fails.
  */
 import { randomBytes } from 'node:crypto';
+import { rmSync } from 'node:fs';
 import { access, mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { errnoCode, LayerCodes, LayerError, messageOf } from './errors.js';
@@ -34,6 +35,12 @@ export interface Lease {
   readonly dirs: readonly string[];
   /** Removes the lease files. Idempotent. */
   release(): Promise<void>;
+  /**
+   * {@link release}, synchronously: for a signal handler or a
+   * `process.on('exit')` hook, where nothing can be awaited. Idempotent, and
+   * a no-op after `release()` (and vice versa).
+   */
+  releaseSync(): void;
 }
 
 /** One lease found on a layer. */
@@ -96,6 +103,11 @@ function leaseOf(dirs: readonly string[], files: string[]): Lease {
       released = true;
       await Promise.all(files.map(removeLease));
     },
+    releaseSync() {
+      if (released) return;
+      released = true;
+      for (const file of files) removeLeaseSync(file);
+    },
   };
 }
 
@@ -147,16 +159,28 @@ async function removeLease(file: string): Promise<void> {
   try {
     await rm(file, { force: true });
   } catch (cause) {
-    throw new LayerError(
-      LayerCodes.WRITE_FAILED,
-      `Cannot remove the lease ${file}: ${messageOf(cause)}`,
-      {
-        path: file,
-        cause,
-        hint: 'The lease stops counting when this process exits; Recover.sweep then removes it',
-      },
-    );
+    throw cannotRemoveLease(file, cause);
   }
+}
+
+function removeLeaseSync(file: string): void {
+  try {
+    rmSync(file, { force: true });
+  } catch (cause) {
+    throw cannotRemoveLease(file, cause);
+  }
+}
+
+function cannotRemoveLease(file: string, cause: unknown): LayerError {
+  return new LayerError(
+    LayerCodes.WRITE_FAILED,
+    `Cannot remove the lease ${file}: ${messageOf(cause)}`,
+    {
+      path: file,
+      cause,
+      hint: 'The lease stops counting when this process exits; Recover.sweep then removes it',
+    },
+  );
 }
 
 function checkLayerDir(osDir: string, dir: string): string {

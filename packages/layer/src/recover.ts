@@ -13,10 +13,15 @@
  *   never got an owner (see `Lock.staleness`).
  * - leases of dead processes.
  *
+ * A temporary directory with a mount at or below it (a killed runner's
+ * overlay, say) is never removed: a recursive removal would walk into the
+ * mounted filesystem and delete through it. It is reported in `mounted`;
+ * unmount it first (`recover()` of `@day11/runner` does), then sweep again.
+ *
  * All processes sharing the cache are assumed to share one pid namespace.
  */
-import { lstat, readdir, rename, rm } from 'node:fs/promises';
-import { join } from 'node:path';
+import { lstat, readdir, readFile, realpath, rename, rm } from 'node:fs/promises';
+import { join, resolve, sep } from 'node:path';
 import { TEMP_PREFIX, tempPathFor } from './atomic.js';
 import { errnoCode, LayerCodes, LayerError, messageOf } from './errors.js';
 import * as InUse from './in-use.js';
@@ -32,6 +37,11 @@ export interface SweepReport {
   locks: string[];
   /** Leases of dead processes. */
   leases: string[];
+  /**
+   * Temporary entries of dead processes left in place because something is
+   * mounted at or below them (see the module doc).
+   */
+  mounted: string[];
   /**
    * `build-*` directories without `layer.json`. Commit never makes one, so they
    * come from elsewhere (an older tool, a hand edit); reported, not removed.
@@ -65,14 +75,22 @@ const TEMP_RE = new RegExp(`^${TEMP_PREFIX.replace(/[.]/g, '\\.')}(\\d+)-`);
  * @throws {LayerError} `LAYER_WRITE_FAILED` when a leftover cannot be removed.
  */
 export async function sweep(osDir: string, options: SweepOptions = {}): Promise<SweepReport> {
-  const report: SweepReport = { temps: [], locks: [], leases: [], incompleteLayers: [] };
+  const report: SweepReport = {
+    temps: [],
+    locks: [],
+    leases: [],
+    mounted: [],
+    incompleteLayers: [],
+  };
   const top = await entries(osDir);
   const layerDirs = top.filter((n) => isLayerName(n)).map((n) => join(osDir, n));
   const packageDirs = (await entries(join(osDir, 'packages'))).map((n) =>
     join(osDir, 'packages', n),
   );
   for (const dir of [osDir, ...layerDirs, join(osDir, Lock.LOCKS_DIR), ...packageDirs]) {
-    report.temps.push(...(await sweepTemps(dir)));
+    const { removed, mounted } = await sweepTemps(dir);
+    report.temps.push(...removed);
+    report.mounted.push(...mounted);
   }
   report.locks.push(...(await sweepLocks(join(osDir, Lock.LOCKS_DIR), options)));
   for (const dir of layerDirs) {
@@ -83,17 +101,52 @@ export async function sweep(osDir: string, options: SweepOptions = {}): Promise<
   return report;
 }
 
-async function sweepTemps(dir: string): Promise<string[]> {
+async function sweepTemps(dir: string): Promise<{ removed: string[]; mounted: string[] }> {
   const removed: string[] = [];
+  const mounted: string[] = [];
   for (const name of await entries(dir)) {
     const pid = Number(TEMP_RE.exec(name)?.[1]);
     if (!pid) continue;
     const path = join(dir, name);
     if (!(await ownerDead(pid, path))) continue;
+    // Read per entry, not per sweep: a mount made since must not be missed.
+    if (await hasMountAtOrBelow(path)) {
+      mounted.push(path);
+      continue;
+    }
     await guard(path, () => rm(path, { recursive: true, force: true }));
     removed.push(path);
   }
-  return removed;
+  return { removed, mounted };
+}
+
+/**
+ * True when a mount point in `/proc/self/mountinfo` is `path` or lies below
+ * it. Without `/proc` nothing can be known, and nothing is assumed mounted.
+ */
+async function hasMountAtOrBelow(path: string): Promise<boolean> {
+  let text: string;
+  try {
+    text = await readFile('/proc/self/mountinfo', 'utf8');
+  } catch {
+    return false;
+  }
+  const dir = await realpath(path).catch(() => resolve(path));
+  const prefix = dir === sep ? sep : dir + sep;
+  return mountPoints(text).some((m) => m === dir || m.startsWith(prefix));
+}
+
+/** The mount points (field 5, octal escapes undone) of a mountinfo text. */
+function mountPoints(mountinfo: string): string[] {
+  return mountinfo
+    .split('\n')
+    .map((line) => line.split(' ')[4])
+    .filter((field): field is string => field !== undefined)
+    .map((field) =>
+      field.replace(/\\([0-3][0-7]{2})/g, (_, octal: string) =>
+        String.fromCharCode(parseInt(octal, 8)),
+      ),
+    );
 }
 
 /** Temp names carry only the pid, so pid reuse is detected by start time versus ctime. */

@@ -1,0 +1,183 @@
+/**
+ * `runInLayers` of `true` over a 50-layer stack (49 dependency layers on a
+ * busybox-static base) against a bare `runc run` of `true` on an
+ * already-prepared rootfs (the same busybox tree as a plain directory), in
+ * the same script, rounds alternating; the same with crun.
+ *
+ * runInLayers does everything a build step needs that the bare run does not:
+ * leases on the 50 layers, an overlay of 50 lowers through the new mount
+ * API, /etc/hosts in the upper, the unmount, and the upper moved out for a
+ * commit. With the default lingerMs, back-to-back runs share the leases and
+ * reuse the scratch directory, as a builder's consecutive steps do; a third
+ * row measures the cold path (lingerMs 0) against the same runc baseline.
+ */
+import { chmod, copyFile, mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { OciSpec, Runc } from '@day11/container';
+import { Exec } from '@day11/exec';
+import { Commit, Hash, Import, type Base } from '@day11/layer';
+import { PHASES, recover, runInLayers } from '@day11/runner';
+import { median, toMarkdown, type BenchRow } from './table.js';
+
+const ROUNDS = 30;
+const STACK = 50;
+const RUNTIMES = ['runc', 'crun'] as const;
+type Runtime = (typeof RUNTIMES)[number];
+
+async function makeBusyboxRootfs(dir: string): Promise<void> {
+  for (const d of ['bin', 'etc', 'proc', 'dev', 'sys', 'tmp', 'root']) {
+    await mkdir(join(dir, d), { recursive: true });
+  }
+  await chmod(join(dir, 'tmp'), 0o1777);
+  await copyFile('/bin/busybox', join(dir, 'bin/busybox'));
+  const { stdout } = await Exec.run('/bin/busybox', ['--list']);
+  for (const applet of stdout.split('\n').filter((a) => a && a !== 'busybox')) {
+    await symlink('busybox', join(dir, 'bin', applet));
+  }
+  await writeFile(join(dir, 'etc/passwd'), 'root:x:0:0:root:/root:/bin/sh\n');
+  await writeFile(join(dir, 'etc/group'), 'root:x:0:\n');
+}
+
+/** `count` committed layers of one small file each, topmost first. */
+async function makeLayers(osDir: string, base: Base, count: number): Promise<string[]> {
+  const dirs: string[] = [];
+  for (let n = 0; n < count; n++) {
+    const upper = join(osDir, `.day11-tmp-${process.pid}-bench-${n}`);
+    await mkdir(join(upper, 'layers'), { recursive: true });
+    await writeFile(join(upper, 'layers', String(n)), `layer ${n}\n`);
+    const { dir } = await Commit.commit({
+      osDir,
+      hash: Hash.ofStrings(['bench-runner', String(n)]),
+      upper,
+      meta: {
+        exit_status: 0,
+        parent_hashes: [],
+        uid: 0,
+        gid: 0,
+        base_hash: base.hash,
+        timing: [],
+        failed_dep: null,
+      },
+    });
+    dirs.unshift(dir);
+  }
+  return dirs;
+}
+
+async function time(fn: () => Promise<unknown>): Promise<number> {
+  const started = performance.now();
+  await fn();
+  return performance.now() - started;
+}
+
+/** The baseline: `runc run` alone on a prepared bundle (it deletes a container that exits by itself). */
+function bare(bundle: string, runtime: Runtime): Promise<unknown> {
+  return Exec.run(runtime, ['run', '--bundle', bundle, Runc.newId('day11-bench')], {
+    privileged: true,
+  });
+}
+
+interface Setup {
+  osDir: string;
+  base: Base;
+  deps: string[];
+  bundle: string;
+  spec: OciSpec.Template;
+}
+
+async function setUp(work: string): Promise<Setup> {
+  const rootfs = join(work, 'rootfs');
+  await makeBusyboxRootfs(rootfs);
+  const osDir = join(work, 'cache');
+  const base = await Import.fromDirectory({ osDir, dir: rootfs, image: 'bench-busybox' });
+  const deps = await makeLayers(osDir, base, STACK - 1);
+  const bundle = join(work, 'bundle');
+  await mkdir(bundle);
+  await OciSpec.write(bundle, OciSpec.make({ args: ['true'], rootfs }));
+  const spec = OciSpec.template(OciSpec.make({ args: ['true'] }));
+  return { osDir, base, deps, bundle, spec };
+}
+
+/** One runInLayers of `true`; the upper is thrown away (outside the timing). */
+async function layered(
+  s: Setup,
+  runtime: Runtime,
+  phases: Map<string, number[]>,
+  lingerMs?: number,
+): Promise<number> {
+  const started = performance.now();
+  const { run, upper, timing } = await runInLayers({
+    base: s.base,
+    buildDirs: s.deps,
+    spec: s.spec,
+    runtime,
+    ...(lingerMs !== undefined && { lingerMs }),
+  });
+  const ms = performance.now() - started;
+  if (run.exitCode !== 0)
+    throw new Error(`runInLayers with ${runtime}: true exited ${run.exitCode}`);
+  for (const [phase, seconds] of timing) phases.get(phase)?.push(seconds * 1000);
+  await rm(upper, { recursive: true, force: true });
+  return ms;
+}
+
+/** Runs the benchmark; returns its rows (and prints the phase breakdown to stderr). */
+export async function run(): Promise<BenchRow[]> {
+  await Runc.prepareCrunCgroups();
+  const work = await mkdtemp(join(tmpdir(), 'day11-bench-runner-'));
+  try {
+    const s = await setUp(work);
+    const bareMs: Record<Runtime, number[]> = { runc: [], crun: [] };
+    const layeredMs: Record<Runtime, number[]> = { runc: [], crun: [] };
+    const cold = { bare: [] as number[], layered: [] as number[] };
+    const phases = Object.fromEntries(
+      RUNTIMES.map((r) => [r, new Map(PHASES.map((p) => [p as string, [] as number[]]))]),
+    ) as Record<Runtime, Map<string, number[]>>;
+    for (const runtime of RUNTIMES) {
+      await bare(s.bundle, runtime); // warm the page cache
+      await layered(s, runtime, new Map());
+    }
+    for (let i = 0; i < ROUNDS; i++) {
+      for (const runtime of i % 2 ? [...RUNTIMES].reverse() : RUNTIMES) {
+        bareMs[runtime].push(await time(() => bare(s.bundle, runtime)));
+        layeredMs[runtime].push(await layered(s, runtime, phases[runtime]));
+      }
+    }
+    // Apart, so that it does not release the leases of the rounds above:
+    // every run leases its 50 layers and makes its directories anew.
+    for (let i = 0; i < ROUNDS; i++) {
+      cold.bare.push(await time(() => bare(s.bundle, 'runc')));
+      cold.layered.push(await layered(s, 'runc', new Map(), 0));
+    }
+    for (const runtime of RUNTIMES) {
+      const breakdown = [...phases[runtime]]
+        .map(([p, ms]) => `${p} ${median(ms).toFixed(2)}`)
+        .join(', ');
+      process.stderr.write(`runInLayers phases with ${runtime} (median ms): ${breakdown}\n`);
+    }
+    await recover({ osDir: s.osDir });
+    return [
+      ...RUNTIMES.map((runtime) => ({
+        name: `runInLayers(true), ${STACK}-layer stack, ${runtime} (median of ${ROUNDS})`,
+        value: median(layeredMs[runtime]),
+        baselineName: `${runtime} run true, prepared rootfs`,
+        baseline: median(bareMs[runtime]),
+        target: 1.2,
+      })),
+      {
+        name: `runInLayers(true), ${STACK}-layer stack, runc, lingerMs 0: cold leases, new dirs (median of ${ROUNDS})`,
+        value: median(cold.layered),
+        baselineName: 'runc run true, prepared rootfs',
+        baseline: median(cold.bare),
+      },
+    ];
+  } finally {
+    await Exec.run('rm', ['-rf', work]);
+  }
+}
+
+if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
+  console.log(toMarkdown(await run()));
+}

@@ -1,0 +1,68 @@
+import { mkdir, readdir, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { OciSpec } from '@day11/container';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { RunnerCodes, RunnerError } from './errors.js';
+import { tempDir } from './fixtures/cache.js';
+import { runInLayers, type RunInLayersOptions } from './run-in-layers.js';
+
+let osDir: string;
+let options: RunInLayersOptions;
+beforeEach(async () => {
+  osDir = await tempDir('opts');
+  options = {
+    base: { hash: 'a'.repeat(64), dir: join(osDir, 'build-aaaaaaaaaaaa'), image: 'x' },
+    buildDirs: [],
+    spec: OciSpec.template(OciSpec.make({ args: ['true'] })),
+  };
+});
+afterEach(async () => {
+  await rm(osDir, { recursive: true, force: true });
+});
+
+describe('runInLayers option checks', () => {
+  it.each([
+    ['base', { base: undefined }],
+    ['base', { base: { hash: 'a', image: 'x' } }],
+    ['buildDirs', { buildDirs: 'build-x' }],
+    ['buildDirs', { buildDirs: [''] }],
+    ['timeoutMs', { timeoutMs: 0 }],
+    ['prepUpper', { prepUpper: 'not a function' }],
+    ['tmpDir', { tmpDir: '' }],
+    ['lingerMs', { lingerMs: -1 }],
+  ])('refuses a bad %s with RUNNER_BAD_ARGUMENT, touching nothing', async (option, bad) => {
+    const err = await runInLayers({ ...options, ...(bad as object) }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(RunnerError);
+    expect(err).toMatchObject({ code: RunnerCodes.BAD_ARGUMENT });
+    expect((err as Error).message).toContain(option);
+    expect(await readdir(osDir)).toEqual([]);
+  });
+
+  it('refuses a tmpDir on another filesystem than the cache, before leasing anything', async () => {
+    await mkdir(options.base.dir);
+    const err = await runInLayers({ ...options, tmpDir: '/dev/shm' }).catch((e: unknown) => e);
+    expect(err).toMatchObject({ code: RunnerCodes.BAD_ARGUMENT, path: '/dev/shm' });
+    expect((err as Error).message).toMatch(/another filesystem/);
+    expect((await readdir('/dev/shm')).filter((n) => n.startsWith('.day11-tmp-'))).toEqual([]);
+  });
+
+  it('refuses a spec that is not a template with CONTAINER_BAD_SPEC', async () => {
+    const spec = OciSpec.make({ args: ['true'] }) as unknown as OciSpec.Template;
+    await expect(runInLayers({ ...options, spec })).rejects.toMatchObject({
+      code: 'CONTAINER_BAD_SPEC',
+    });
+    expect(await readdir(osDir)).toEqual([]);
+  });
+
+  it('rejects an already aborted signal with RUNNER_ABORTED before making anything', async () => {
+    await expect(runInLayers({ ...options, signal: AbortSignal.abort() })).rejects.toMatchObject({
+      code: RunnerCodes.ABORTED,
+    });
+    expect(await readdir(osDir)).toEqual([]);
+  });
+
+  it('fails on a base that is not a layer, leaving nothing behind', async () => {
+    await expect(runInLayers(options)).rejects.toMatchObject({ code: 'LAYER_NOT_FOUND' });
+    expect(await readdir(osDir)).toEqual(['.locks']);
+  });
+});

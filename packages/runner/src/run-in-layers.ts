@@ -1,0 +1,492 @@
+/**
+ * `runInLayers`: a command in a runc/crun container whose root filesystem is
+ * an overlay of a base layer, dependency layers and a fresh upper — the one
+ * place where `@day11/layer` and `@day11/container` meet (seed 001).
+ */
+import {
+  chmodSync,
+  lstatSync,
+  mkdirSync,
+  renameSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { OciSpec, Overlay, Runc } from '@day11/container';
+import type { OutputStream } from '@day11/exec';
+import { Stack, type Base } from '@day11/layer';
+import { RunnerCodes, RunnerError, messageOf } from './errors.js';
+import { chownLike, writeHosts } from './hosts.js';
+import { leaseAll, releaseIdleLeases, type LeaseSet } from './leases.js';
+import { planLowers } from './lowers.js';
+import { mountsUnderSync, removeTree, unmountBelow } from './mounts.js';
+import { register, unregister, type ActiveRun } from './registry.js';
+import { giveBack, makeRunDir, removeAllSparesSync, takeSpare } from './scratch.js';
+import { runPaths } from './temp.js';
+import { PhaseClock, type PhaseTiming } from './timing.js';
+
+/** The merged lower inside a run directory, when the stack is too deep (SPEC §5). */
+const MERGED_LOWER = 'lower';
+
+/**
+ * Prefix of the runner's container ids: `day11-run-<pid>-<n>-<hex>` (see
+ * `Runc.newId`); `recover` sweeps the ones whose pid is dead.
+ *
+ * @example
+ * ```ts
+ * const mine = (await Runc.list()).filter((c) => c.id.startsWith(`${CONTAINER_PREFIX}-`));
+ * ```
+ */
+export const CONTAINER_PREFIX = 'day11-run';
+
+/**
+ * What `prepUpper` is given.
+ *
+ * @example
+ * ```ts
+ * const prepUpper = async ({ upper }: PrepUpperContext) => {
+ *   await mkdir(join(upper, 'home/opam'), { recursive: true });
+ * };
+ * ```
+ */
+export interface PrepUpperContext {
+  /** The upper directory, not mounted yet: what is put here is in the container and in the layer. */
+  upper: string;
+  /** The lower directories that will be mounted under it, topmost first (read them, never write). */
+  lowers: readonly string[];
+}
+
+/**
+ * Options of {@link runInLayers}.
+ *
+ * @example
+ * ```ts
+ * const options: RunInLayersOptions = { base, buildDirs: [dep.dir], spec, runtime: 'crun' };
+ * ```
+ */
+export interface RunInLayersOptions {
+  /** The base layer (from `Import` of `@day11/layer`); its `dir/fs` is the bottom of the stack. */
+  base: Base;
+  /** Dependency layer directories (`{osDir}/build-*`), nearest first: topmost in the stack first. */
+  buildDirs: readonly string[];
+  /**
+   * Seeds the upper before the overlay is mounted (files, mkdirs, chowns the
+   * container needs). If it throws, the run is abandoned and nothing is left.
+   */
+  prepUpper?: (ctx: PrepUpperContext) => void | Promise<void>;
+  /** The container: an `OciSpec` template (`OciSpec.template(OciSpec.make({...}))`). */
+  spec: OciSpec.Template;
+  /** `runc` (default), `crun`, or the path of a runtime with runc's command line. */
+  runtime?: Runc.Runtime;
+  /**
+   * Aborting stops the run. Before the container starts, `runInLayers`
+   * rejects with `RUNNER_ABORTED` and leaves nothing; once it runs, the
+   * container is stopped and the result has `aborted: true`.
+   */
+  signal?: AbortSignal;
+  /** Stop the container after this many milliseconds (`timedOut: true`); the set-up is not counted. */
+  timeoutMs?: number;
+  /** Milliseconds between SIGTERM and SIGKILL when stopping the container (default 1000). */
+  killGraceMs?: number;
+  /**
+   * Where the run's temporary directory goes (default: the cache directory,
+   * the parent of `base.dir`). It must be on the cache's filesystem: the
+   * merged lower is hardlinked from the layers, and `Commit.commit` renames
+   * the upper into the cache.
+   */
+  tmpDir?: string;
+  /** Called with each line the container writes. */
+  onOutput?: (line: string, stream: OutputStream) => void;
+  /** Appends every output line of the container to this file. */
+  logFile?: string;
+  /**
+   * Keep the in-use leases and the scratch directory this long after the run
+   * (default 1000 ms; 0 releases and removes them at once), for the next run
+   * of this process: a builder running step after step over the same
+   * dependencies then leases them once and makes one directory per step.
+   * `releaseIdle()` ends the wait early (e.g. before `Gc.prune` in the same
+   * process). Nothing lingers past the process.
+   */
+  lingerMs?: number;
+}
+
+/**
+ * What {@link runInLayers} returns.
+ *
+ * @example
+ * ```ts
+ * const { run, upper, timing }: RunInLayersResult = await runInLayers(options);
+ * ```
+ */
+export interface RunInLayersResult {
+  /** How the container ended: exit code, signal, timedOut, aborted, duration. */
+  run: Runc.RunResult;
+  /**
+   * The upper, now the caller's: on the cache's filesystem, ready for
+   * `Commit.commit`, or to be removed. Its name carries this process's pid,
+   * so `Recover.sweep` or {@link recover} removes it if the process dies first.
+   */
+  upper: string;
+  /** `[phase, seconds]` for every phase, in order (see `PHASES`). */
+  timing: PhaseTiming;
+}
+
+/** The state of one run, as the synchronous teardown also sees it. */
+interface Run extends ActiveRun {
+  readonly upper: string;
+  readonly work: string;
+  mount: Overlay.OverlayMount | undefined;
+  leases: LeaseSet | undefined;
+  /** The runtime was asked to run the container: an abort is a result from then on. */
+  started: boolean;
+}
+
+/** Validated options. */
+interface Checked extends RunInLayersOptions {
+  spec: OciSpec.Template;
+  tmpDir: string;
+  tmpDirGiven: boolean;
+  runtime: Runc.Runtime;
+  lingerMs: number;
+}
+
+/**
+ * Default of {@link RunInLayersOptions.lingerMs}, in milliseconds.
+ *
+ * @example
+ * ```ts
+ * await runInLayers({ base, buildDirs, spec, lingerMs: DEFAULT_LINGER_MS * 10 });
+ * ```
+ */
+export const DEFAULT_LINGER_MS = 1000;
+
+/**
+ * Runs the container of `spec` over an overlay of `buildDirs` (nearest
+ * first) on `base`, with a fresh upper, and hands the upper to the caller:
+ *
+ * 1. makes `{tmpDir}/.day11-tmp-<pid>-<hex>-run/` with `upper/`, `work/`, `merged/`;
+ * 2. leases every layer (base included) for the whole run, marking each used,
+ *    so `Gc` never deletes one under the mount;
+ * 3. plans the lowers: each layer its own lowerdir, unless more are given
+ *    than the kernel takes, when the deepest are merged (`Stack.merge`);
+ * 4. calls `prepUpper`, then writes `/etc/hosts` into the upper;
+ * 5. mounts the overlay on `merged/`, writes the bundle, runs the runtime;
+ * 6. unmounts, moves the upper out, removes the rest — in every outcome:
+ *    a non-zero exit, an exception, an abort, a timeout, SIGINT/SIGTERM.
+ *
+ * It never writes `layer.json` or a sidecar: the caller commits the upper
+ * (`Commit.commit` of `@day11/layer`) or throws it away. When it rejects,
+ * nothing is left, not even the upper.
+ *
+ * @example
+ * ```ts
+ * import { Commit } from '@day11/layer';
+ * import { OciSpec } from '@day11/container';
+ * import { runInLayers } from '@day11/runner';
+ *
+ * const spec = OciSpec.template(OciSpec.make({ args: ['sh', '-c', 'make install'], cwd: '/src' }));
+ * const { run, upper, timing } = await runInLayers({ base, buildDirs: [depB.dir, depA.dir], spec });
+ * if (run.exitCode === 0) {
+ *   await Commit.commit({ osDir, hash, upper, meta: { exit_status: 0, timing, ... } });
+ * } else {
+ *   await rm(upper, { recursive: true, force: true });
+ * }
+ * ```
+ * @throws {RunnerError} `RUNNER_BAD_ARGUMENT`, `RUNNER_PREP_UPPER_FAILED`,
+ *   `RUNNER_ABORTED` (before the container started), `RUNNER_INTERRUPTED`
+ *   (a signal tore the run down), `RUNNER_CLEANUP_FAILED`.
+ * @throws {LayerError} `LAYER_NOT_FOUND` when a layer does not exist (or was
+ *   collected), `LAYER_MERGE_FAILED`, `LAYER_LOCK_TIMEOUT`.
+ * @throws {ContainerError} `CONTAINER_BAD_SPEC`, `CONTAINER_MOUNT_FAILED`,
+ *   `CONTAINER_RUNTIME_FAILED` (the container could not start), ...
+ */
+export async function runInLayers(opts: RunInLayersOptions): Promise<RunInLayersResult> {
+  const o = check(opts);
+  const clock = new PhaseClock();
+  if (o.signal?.aborted) throw aborted(o.signal, undefined);
+  const run = newRun(o);
+  register(run);
+  try {
+    await clock.time('mkdirs', () => makeDirs(run, o));
+    const result = await execute(run, o, clock);
+    await clock.time('cleanup', () => handOver(run, o));
+    if (run.interrupted) throw interrupted(run, undefined);
+    return { run: result, upper: run.handover, timing: clock.timing() };
+  } catch (err) {
+    await abandon(run);
+    throw classify(err, run, o);
+  } finally {
+    unregister(run);
+  }
+}
+
+/**
+ * Ends the lingering now (see {@link RunInLayersOptions.lingerMs}): releases
+ * the leases no run of this process holds any more, and removes the spare
+ * scratch directories. Runs in progress are not affected.
+ *
+ * @example
+ * ```ts
+ * await releaseIdle();
+ * await Gc.prune({ osDir, keepBytes: 50e9 }); // the layers just used are collectable again
+ * ```
+ */
+export async function releaseIdle(): Promise<void> {
+  removeAllSparesSync();
+  await releaseIdleLeases();
+}
+
+function newRun(o: Checked): Run & { spare: boolean } {
+  const fresh = runPaths(o.tmpDir);
+  const spare = takeSpare(o.tmpDir);
+  const runDir = spare ?? fresh.runDir;
+  // The handover name is always new: the caller may still hold the last one.
+  const handover = fresh.handover;
+  return {
+    spare: spare !== undefined,
+    runDir,
+    merged: join(runDir, 'merged'),
+    upper: join(runDir, 'upper'),
+    work: join(runDir, 'work'),
+    handover,
+    runtime: o.runtime,
+    containerId: undefined,
+    interrupted: undefined,
+    mount: undefined,
+    leases: undefined,
+    started: false,
+  };
+}
+
+/**
+ * The run's directories. Synchronous, as are the other few-syscall steps
+ * here: each call takes microseconds, a thread-pool round trip far more.
+ */
+function makeDirs(run: Run & { spare: boolean }, o: Checked): void {
+  if (!run.spare) {
+    mkdirSync(o.tmpDir, { recursive: true });
+    if (o.tmpDirGiven) assertSameFilesystem(o.tmpDir, o.base.dir);
+    makeRunDir(run.runDir);
+  }
+  mkdirSync(run.upper);
+}
+
+/** The upper must be renamed into the cache, and the merged lower hardlinks the layers. */
+function assertSameFilesystem(tmpDir: string, layerDir: string): void {
+  if (statSync(tmpDir).dev === statSync(layerDir).dev) return;
+  throw new RunnerError(
+    RunnerCodes.BAD_ARGUMENT,
+    `Invalid runInLayers option tmpDir: ${tmpDir} is on another filesystem than the cache ${dirname(layerDir)}`,
+    {
+      path: tmpDir,
+      hint: 'Leave tmpDir out (the cache directory is the default), or pick a directory on the same filesystem',
+    },
+  );
+}
+
+/** Steps 2 to 5 and the unmount; the caller cleans up. */
+async function execute(run: Run, o: Checked, clock: PhaseClock): Promise<Runc.RunResult> {
+  const layerDirs = [...o.buildDirs, o.base.dir];
+  run.leases = await clock.time('touch', () => leaseAll(layerDirs, { lingerMs: o.lingerMs }));
+  stopIfAsked(run, o);
+  const plan = await clock.time('plan', () =>
+    planLowers({
+      layerDirs,
+      upper: run.upper,
+      work: run.work,
+      target: run.merged,
+      mergeTarget: join(run.runDir, MERGED_LOWER),
+    }),
+  );
+  if (plan.mergeTarget !== undefined) {
+    const target = plan.mergeTarget;
+    await clock.time('merge', () =>
+      Stack.merge({ layerDirs: plan.merge, target, signal: o.signal }),
+    );
+  }
+  stopIfAsked(run, o);
+  await clock.time('prep_upper', () => prepareUpper(run, o, plan.lowers));
+  stopIfAsked(run, o);
+  run.mount = await clock.time('overlay_mount', () =>
+    Overlay.mount({
+      lowers: plan.lowers,
+      upper: run.upper,
+      work: run.work,
+      target: run.merged,
+      signal: o.signal,
+    }),
+  );
+  stopIfAsked(run, o);
+  const result = await clock.time('runc_run', () => runContainer(run, o));
+  await clock.time('overlay_umount', () => unmount(run));
+  return result;
+}
+
+/** The upper root as a copy-up would make it, then the caller's files, then /etc/hosts. */
+async function prepareUpper(run: Run, o: Checked, lowers: readonly string[]): Promise<void> {
+  copyRootAttributes(lowers[0], run.upper);
+  if (o.prepUpper) {
+    try {
+      await o.prepUpper({ upper: run.upper, lowers });
+    } catch (cause) {
+      throw new RunnerError(
+        RunnerCodes.PREP_UPPER_FAILED,
+        `prepUpper failed for ${run.upper}: ${messageOf(cause)}`,
+        {
+          path: run.upper,
+          cause,
+          hint: 'The run was abandoned and its files removed; fix the callback and run again',
+        },
+      );
+    }
+  }
+  writeHosts({ upper: run.upper, lowers, hostname: o.spec.hostname });
+}
+
+/**
+ * The merged root shows the upper root's mode and owner: give it those of
+ * the stack's root, or every layer would record (and export) a changed `/`.
+ */
+function copyRootAttributes(topLower: string | undefined, upper: string): void {
+  if (topLower === undefined) return;
+  const st = lstatSync(topLower);
+  chownLike(upper, st);
+  chmodSync(upper, st.mode & 0o7777);
+}
+
+async function runContainer(run: Run, o: Checked): Promise<Runc.RunResult> {
+  const id = Runc.newId(CONTAINER_PREFIX);
+  const spec = OciSpec.instantiate(o.spec, { rootfs: run.merged, cgroupsPath: id });
+  // Not OciSpec.write: its temp file, fsync and rename protect readers of a
+  // shared bundle across a crash; this one is private, read once, and thrown
+  // away with the run. instantiate() has validated the spec.
+  writeFileSync(join(run.runDir, 'config.json'), JSON.stringify(spec));
+  run.containerId = id;
+  run.started = true;
+  try {
+    return await Runc.run({
+      bundle: run.runDir,
+      id,
+      runtime: o.runtime,
+      runtimeLog: join(run.runDir, 'runtime.log'),
+      ...(o.signal && { signal: o.signal }),
+      ...(o.timeoutMs !== undefined && { timeoutMs: o.timeoutMs }),
+      ...(o.killGraceMs !== undefined && { killGraceMs: o.killGraceMs }),
+      ...(o.onOutput && { onOutput: o.onOutput }),
+      ...(o.logFile !== undefined && { logFile: o.logFile }),
+    });
+  } finally {
+    // Runc.run deletes the container on every path.
+    run.containerId = undefined;
+  }
+}
+
+async function unmount(run: Run): Promise<void> {
+  // Lazily if still busy after the retries: the container is gone by now, so
+  // only a stray host process can hold it, and it must not keep the run alive.
+  await run.mount?.unmount({ lazy: true });
+  run.mount = undefined;
+}
+
+/**
+ * Step 6 on success: the upper moves out (a rename), the run's own files
+ * go, and the directory is kept for the next run or removed.
+ */
+async function handOver(run: Run, o: Checked): Promise<void> {
+  // Nothing may stay mounted below the run (the unmount succeeded, but a
+  // stray bind mount would be deleted through): one read of mountinfo.
+  if (mountsUnderSync(run.runDir).length > 0) await unmountBelow(run.runDir);
+  renameSync(run.upper, run.handover);
+  for (const name of ['config.json', 'runtime.log', MERGED_LOWER]) {
+    rmSync(join(run.runDir, name), { recursive: true, force: true });
+  }
+  giveBack({ tmpDir: o.tmpDir, runDir: run.runDir, lingerMs: o.lingerMs, unmounted: true });
+  await run.leases?.release();
+  run.leases = undefined;
+}
+
+/** Step 6 on failure: everything goes, the upper too. Best effort, never throws. */
+async function abandon(run: Run): Promise<void> {
+  await run.mount?.unmount({ lazy: true }).catch(() => undefined);
+  run.mount = undefined;
+  await removeTree(run.runDir).catch(() => undefined);
+  await removeTree(run.handover).catch(() => undefined);
+  await run.leases?.release().catch(() => undefined);
+  run.leases = undefined;
+}
+
+function stopIfAsked(run: Run, o: Checked): void {
+  if (run.interrupted) throw interrupted(run, undefined);
+  if (o.signal?.aborted) throw aborted(o.signal, undefined);
+}
+
+/** The error a failed run rejects with: interruption and abort take precedence. */
+function classify(err: unknown, run: Run, o: Checked): unknown {
+  if (err instanceof RunnerError) return err;
+  if (run.interrupted) return interrupted(run, err);
+  if (o.signal?.aborted && !run.started) return aborted(o.signal, err);
+  return err;
+}
+
+function aborted(signal: AbortSignal, cause: unknown): RunnerError {
+  return new RunnerError(
+    RunnerCodes.ABORTED,
+    'runInLayers was aborted before the container started',
+    {
+      cause: cause ?? signal.reason,
+      hint: 'Nothing was left behind; run it again when wanted',
+    },
+  );
+}
+
+function interrupted(run: Run, cause: unknown): RunnerError {
+  return new RunnerError(
+    RunnerCodes.INTERRUPTED,
+    `runInLayers was interrupted by ${run.interrupted ?? 'a signal'}: the container, the overlay and ${run.runDir} were removed`,
+    { path: run.runDir, cause },
+  );
+}
+
+// ---------------------------------------------------------------- options
+
+function check(opts: RunInLayersOptions): Checked {
+  const base = opts?.base as Partial<Base> | undefined;
+  if (typeof base?.dir !== 'string' || !base.dir || typeof base.hash !== 'string') {
+    throw badArgument('base must be a Base ({ hash, dir, image }) from @day11/layer', 'base');
+  }
+  if (!Array.isArray(opts.buildDirs) || opts.buildDirs.some((d) => typeof d !== 'string' || !d)) {
+    throw badArgument('buildDirs must be an array of layer directories', 'buildDirs');
+  }
+  if (opts.timeoutMs !== undefined && !(opts.timeoutMs > 0)) {
+    throw badArgument(`timeoutMs must be a positive number, got ${opts.timeoutMs}`, 'timeoutMs');
+  }
+  if (opts.prepUpper !== undefined && typeof opts.prepUpper !== 'function') {
+    throw badArgument('prepUpper must be a function', 'prepUpper');
+  }
+  if (opts.tmpDir !== undefined && (typeof opts.tmpDir !== 'string' || opts.tmpDir === '')) {
+    throw badArgument('tmpDir must be a directory path', 'tmpDir');
+  }
+  const tmpDir = resolve(opts.tmpDir ?? dirname(resolve(base.dir)));
+  if (opts.lingerMs !== undefined && !(opts.lingerMs >= 0)) {
+    throw badArgument(`lingerMs must be a number >= 0, got ${opts.lingerMs}`, 'lingerMs');
+  }
+  return {
+    ...opts,
+    spec: OciSpec.parseTemplate(opts.spec),
+    tmpDir,
+    tmpDirGiven: opts.tmpDir !== undefined,
+    runtime: opts.runtime ?? 'runc',
+    lingerMs: opts.lingerMs ?? DEFAULT_LINGER_MS,
+  };
+}
+
+function badArgument(message: string, option: string): RunnerError {
+  return new RunnerError(
+    RunnerCodes.BAD_ARGUMENT,
+    `Invalid runInLayers option ${option}: ${message}`,
+    {
+      hint: 'See the RunInLayersOptions documentation',
+    },
+  );
+}
