@@ -1,0 +1,298 @@
+/**
+ * The whole round trip on real overlayfs and real OCI tools: a DAG of layers
+ * is built by running shell commands (busybox, chroot) on overlay mounts of
+ * its dependencies; each upper is committed as a layer; the top image is
+ * exported; then `umoci unpack` of the tag must give exactly the merged view
+ * the last build saw, and oci-image-tool and skopeo must accept the layout.
+ *
+ * The builds here stand in for `runInLayers` (@day11/runner), which this
+ * package may not depend on: the same mounts (`lowerdir+` per layer,
+ * redirect_dir=off, metacopy=off), the same commit. A runInLayers-based version
+ * of this test belongs with the runner or the CLI.
+ */
+import { execFileSync } from 'node:child_process';
+import { lstatSync } from 'node:fs';
+import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Exec, Sys } from '@day11/exec';
+import { Commit, Hash, LayerDir, type Base } from '@day11/layer';
+import { makeBusyboxRootfs } from './fixtures/busybox.js';
+import { cleanup, tempDir } from './fixtures/layers.js';
+import { snapshot } from './fixtures/view.js';
+import { exportImage } from './export.js';
+import * as Layout from './layout.js';
+
+interface Step {
+  id: string;
+  deps: string[];
+  run: string;
+}
+
+/** Steps in install order; each one's dependencies come before it. */
+const PLAN: Step[] = [
+  {
+    id: 'libs',
+    deps: [],
+    run: [
+      'mkdir -p /usr/lib/libs /opt/shared /var/cache/old',
+      'echo one > /usr/lib/libs/a.so && echo two > /usr/lib/libs/b.so',
+      'ln /usr/lib/libs/a.so /usr/lib/libs/a.so.hard && ln -s a.so /usr/lib/libs/a.so.1',
+      'echo x > /var/cache/old/x && echo y > /var/cache/old/y',
+      'mkfifo /opt/shared/fifo && chmod 4755 /usr/lib/libs/b.so && chown 1000:1000 /opt/shared',
+      `mkdir -p /opt/${'d'.repeat(120)} && echo long > /opt/${'d'.repeat(120)}/${'f'.repeat(150)}`,
+      "echo unicode > '/opt/shared/données-文件.txt'",
+      'echo file > /opt/filedir',
+    ].join(' && '),
+  },
+  {
+    id: 'tools',
+    deps: [],
+    run: [
+      'mkdir -p /opt/tools && printf "#!/bin/sh\\necho tool\\n" > /opt/tools/t && chmod 755 /opt/tools/t',
+      'chown 3000000:3000001 /opt/tools/t && rm /etc/issue',
+    ].join(' && '),
+  },
+  {
+    id: 'app',
+    deps: ['libs', 'tools'],
+    run: [
+      'echo changed >> /usr/lib/libs/b.so', // modify a lower file (copy-up)
+      'rm /usr/lib/libs/a.so.hard', // delete: a whiteout
+      'rm -rf /var/cache/old && mkdir /var/cache/old && echo new > /var/cache/old/z', // opaque dir
+      'mkdir -p /opt/app && echo app > /opt/app/main',
+      'ln /opt/app/main /opt/app/main2 && ln /opt/app/main /opt/app/main3', // hardlinks
+      'ln -s /opt/app/main /opt/app/link && ln -s ../tools/t /opt/app/tool', // symlinks
+      'rm /opt/tools/t && echo replaced > /opt/tools/t', // a file of another layer replaced
+      'mknod /opt/app/null c 1 3',
+      'rm /bin/vi /bin/less /bin/more', // several whiteouts (overlayfs may share one inode)
+    ].join(' && '),
+  },
+  {
+    id: 'final',
+    deps: ['app'],
+    run: [
+      'rm -rf /opt/shared && echo final > /opt/final && ln -s /opt/final /opt/final.link',
+      'rm /usr/lib/libs/a.so.1 && mkdir -p /usr/lib/libs/sub && touch /usr/lib/libs/sub/new',
+      'ln /usr/lib/libs/b.so /usr/lib/libs/b.so.hard', // a hardlink to a lower file: copied up, then linked
+      'rm -rf /opt/tools && echo now-a-file > /opt/tools', // a directory replaced by a file
+      'rm /opt/filedir && mkdir /opt/filedir && echo g > /opt/filedir/file', // a file replaced by a directory
+      'chmod 700 /root && chown 42:43 /opt/app/main',
+    ].join(' && '),
+  },
+];
+
+const TAG = 'dag.final';
+
+let osDir: string;
+let base: Base;
+const built = new Map<string, string>(); // step id → layer dir
+const mounts: string[] = [];
+
+/** Mounts an overlay of `lowers` (topmost first) at `target`, with an upper when given. */
+async function mountOverlay(
+  target: string,
+  lowers: string[],
+  upper?: { upper: string; work: string },
+) {
+  await mkdir(target, { recursive: true });
+  Sys.mountWithFsconfig({
+    fstype: 'overlay',
+    target,
+    options: [
+      ...lowers.map((l) => ['lowerdir+', l] as const),
+      ...(upper
+        ? ([
+            ['upperdir', upper.upper],
+            ['workdir', upper.work],
+          ] as const)
+        : []),
+      ['redirect_dir', 'off'],
+      ['metacopy', 'off'],
+    ],
+  });
+  mounts.push(target);
+}
+
+function unmount(target: string): void {
+  Sys.umount(target);
+  mounts.splice(mounts.indexOf(target), 1);
+}
+
+/** Layer dirs of every transitive dependency of `step`, in install order (bottom first). */
+function stackOf(step: Step): string[] {
+  const seen = new Set<string>();
+  const visit = (s: Step) => {
+    for (const id of s.deps) {
+      if (!seen.has(id)) {
+        seen.add(id);
+        visit(PLAN.find((p) => p.id === id)!);
+      }
+    }
+  };
+  visit(step);
+  return PLAN.filter((p) => seen.has(p.id)).map((p) => built.get(p.id)!);
+}
+
+/** `fs/` of `layers` (bottom first) and the base below them, topmost first as lowerdir+ wants them. */
+const lowersOf = (layers: string[]) => [base.dir, ...layers].reverse().map((d) => join(d, 'fs'));
+
+async function build(step: Step): Promise<void> {
+  const deps = stackOf(step);
+  const work = await mkdtemp(join(osDir, `.day11-tmp-${process.pid}-dag-`));
+  const merged = join(work, 'merged');
+  await mkdir(join(work, 'upper'));
+  await mkdir(join(work, 'work'));
+  await mountOverlay(merged, lowersOf(deps), {
+    upper: join(work, 'upper'),
+    work: join(work, 'work'),
+  });
+  try {
+    await Exec.run('chroot', [merged, '/bin/sh', '-c', `set -e; ${step.run}`]);
+  } finally {
+    unmount(merged);
+  }
+  const hash = Hash.layerHash({
+    baseHash: base.hash,
+    depHashes: deps.map((d) => d.slice(-12)),
+    pkg: step.run,
+  });
+  const { dir } = await Commit.commit({
+    osDir,
+    hash,
+    upper: join(work, 'upper'),
+    meta: {
+      exit_status: 0,
+      parent_hashes: [],
+      uid: 0,
+      gid: 0,
+      base_hash: base.hash,
+      timing: [],
+      failed_dep: null,
+    },
+  });
+  await rm(work, { recursive: true, force: true });
+  built.set(step.id, dir);
+}
+
+async function makeBase(): Promise<Base> {
+  const image = 'busybox-static';
+  const hash = Hash.baseHash({ image });
+  const rootfs = join(osDir, `.day11-tmp-${process.pid}-rootfs`);
+  await makeBusyboxRootfs(rootfs);
+  const meta = {
+    exit_status: 0,
+    parent_hashes: [],
+    uid: 0,
+    gid: 0,
+    base_hash: hash,
+    timing: [],
+    failed_dep: null,
+  };
+  const { dir } = await Commit.commit({ osDir, hash, upper: rootfs, meta });
+  return { hash, dir, image };
+}
+
+describe('export of a DAG built on overlayfs', () => {
+  let root: string;
+  let layout: string;
+  let layers: string[];
+
+  beforeAll(async () => {
+    if (!Exec.isRoot()) throw new Error('the integration tests mount overlayfs: run them as root');
+    root = await tempDir('dag');
+    osDir = join(root, 'cache');
+    layout = join(root, 'oci');
+    await mkdir(osDir);
+    base = await makeBase();
+    for (const step of PLAN) await build(step);
+    layers = PLAN.map((s) => built.get(s.id)!);
+    await exportImage({
+      layout,
+      tag: TAG,
+      base,
+      layers,
+      config: { Cmd: ['/bin/sh'], Env: ['PATH=/bin'] },
+    });
+  }, 120_000);
+
+  afterAll(async () => {
+    for (const target of [...mounts].reverse()) Sys.umount(target, Sys.MNT_DETACH);
+    await cleanup();
+    const count = (await readFile('/proc/mounts', 'utf8'))
+      .split('\n')
+      .filter((l) => l.includes('day11')).length;
+    expect(count).toBe(0);
+  });
+
+  it('umoci unpack gives exactly the merged overlay view the last build saw', async () => {
+    const view = join(root, 'view');
+    // The last build's view: all its lowers and its own (now committed) upper, read-only.
+    await mountOverlay(view, lowersOf(layers));
+    let expected;
+    try {
+      expected = snapshot(view);
+    } finally {
+      unmount(view);
+    }
+    const bundle = join(root, 'bundle');
+    execFileSync('umoci', ['unpack', '--image', `${layout}:${TAG}`, bundle], { stdio: 'pipe' });
+    const actual = snapshot(join(bundle, 'rootfs'));
+
+    // Spot checks first, for a readable failure; then everything.
+    expect(actual.paths['var/cache/old/x']).toBeUndefined();
+    expect(actual.paths['var/cache/old/z']).toMatchObject({ type: 'file' });
+    expect(actual.paths['opt/tools']).toMatchObject({ type: 'file' });
+    expect(actual.paths['opt/filedir']).toMatchObject({ type: 'dir' });
+    expect(actual.paths['bin/vi']).toBeUndefined();
+    expect(actual.paths['opt/app/null']).toMatchObject({ type: 'char' });
+    // final's chown copied main up alone: overlayfs (without index=on) breaks that link.
+    expect(actual.hardlinks).toContainEqual(['opt/app/main2', 'opt/app/main3']);
+    expect(actual.hardlinks).toContainEqual(['usr/lib/libs/b.so', 'usr/lib/libs/b.so.hard']);
+    expect(actual).toEqual(expected);
+  });
+
+  it('passes oci-image-tool validate', () => {
+    const out = execFileSync(
+      'oci-image-tool',
+      ['validate', '--type', 'image', '--ref', `name=${TAG}`, layout],
+      {
+        stdio: 'pipe',
+      },
+    ).toString();
+    expect(out).toContain('Validation succeeded');
+  });
+
+  it('passes skopeo inspect and skopeo copy to another layout', async () => {
+    const info = JSON.parse(
+      execFileSync('skopeo', ['inspect', `oci:${layout}:${TAG}`]).toString(),
+    ) as {
+      Layers: string[];
+      Os: string;
+    };
+    expect(info.Layers).toHaveLength(PLAN.length + 1);
+    expect(info.Os).toBe('linux');
+    const other = join(root, 'copy');
+    execFileSync('skopeo', ['copy', `oci:${layout}:${TAG}`, `oci:${other}:${TAG}`], {
+      stdio: 'pipe',
+    });
+    expect(await Layout.verify(other)).toEqual([]);
+    expect((await Layout.tags(other)).map((t) => t.tag)).toEqual([TAG]);
+  });
+
+  it('had real overlay whiteouts and an opaque directory to convert', async () => {
+    const app = join(built.get('app')!, 'fs');
+    const vi = lstatSync(join(app, 'bin/vi'));
+    expect(vi.isCharacterDevice() && vi.rdev === 0).toBe(true);
+    // Since Linux 5.8 overlayfs links one whiteout inode for many deletions; the tar must not.
+    expect(lstatSync(join(app, 'bin/less')).ino).toBe(vi.ino);
+    expect(Sys.getXattrSync(join(app, 'var/cache/old'), 'trusted.overlay.opaque')?.toString()).toBe(
+      'y',
+    );
+  });
+
+  it('verifies, and the layer dirs are proper layers', async () => {
+    expect(await Layout.verify(layout)).toEqual([]);
+    for (const dir of layers) expect(LayerDir.isLayerName(dir.split('/').pop()!)).toBe(true);
+  });
+});

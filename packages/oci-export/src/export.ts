@@ -1,0 +1,430 @@
+/**
+ * `exportImage`: a stack of day11 layers as a multi-layer OCI image, one blob
+ * per layer (base first, the target last), tagged in an image layout.
+ *
+ * 1. Lease every layer (so `Gc.prune` leaves them alone while they are read).
+ * 2. Make sure each layer's blob is cached in its directory (`LayerBlob.ensure`),
+ *    compressing the missing ones in parallel on a shared pool of slots.
+ * 3. Stage the blobs in the layout (hardlinks from the cache; a copy across
+ *    filesystems), outside the lock.
+ * 4. Under the layout lock: move the staged blobs into place (re-staging any
+ *    that a concurrent `Layout.gc` removed), write config and manifest, and
+ *    replace the tag's entry in `index.json`.
+ */
+import { copyFile, link, lstat, rename, rm } from 'node:fs/promises';
+import { basename, dirname, resolve } from 'node:path';
+import { InUse, LayerMeta, type Base } from '@day11/layer';
+import { OciExportCodes, OciExportError, errnoCode, fsError } from './errors.js';
+import { fsyncFile, tempName, writeAtomic } from './files.js';
+import { levelOf } from './gzip.js';
+import * as LayerBlob from './layer-blob.js';
+import * as Layout from './layout.js';
+import {
+  MediaTypes,
+  assertTag,
+  buildConfig,
+  buildManifest,
+  defaultArchitecture,
+  sha256,
+  type Descriptor,
+  type HistoryEntry,
+  type ImageConfigInput,
+} from './oci.js';
+import { compressionSlots, concurrencyOf, mapLimit } from './pool.js';
+import type { WalkWarning } from './walk.js';
+
+/** Progress of an export, reported to {@link ExportOptions.onProgress}. */
+export type ExportProgress =
+  | { phase: 'compress'; index: number; dir: string; tarBytes: number }
+  | {
+      phase: 'layer';
+      index: number;
+      total: number;
+      dir: string;
+      digest: string;
+      size: number;
+      cached: boolean;
+    }
+  | { phase: 'tagged'; tag: string; manifestDigest: string };
+
+/** Options of {@link exportImage}. */
+export interface ExportOptions {
+  /** The OCI image layout directory; created when missing. */
+  layout: string;
+  /** The tag (`org.opencontainers.image.ref.name`), e.g. `0install.2.18`. */
+  tag: string;
+  /** The base layer: the image's first layer. */
+  base: Base;
+  /** Layer directories above the base, bottom to top (install order, the target last). */
+  layers: readonly string[];
+  /** Runtime config of the image: Env, Cmd, Entrypoint, WorkingDir, User, Labels. */
+  config?: ImageConfigInput | undefined;
+  /** Default: this machine's, in OCI terms (`amd64`, `arm64`, ...). */
+  architecture?: string | undefined;
+  /** Default `linux`. */
+  os?: string | undefined;
+  /**
+   * The image's creation time. Default: `SOURCE_DATE_EPOCH` when set, else the
+   * newest layer's `created_at`, so re-exporting the same layers gives the same image.
+   */
+  created?: Date | string | undefined;
+  /** gzip level 0–9, default 6. */
+  gzipLevel?: number | undefined;
+  /** Chunks (of any layer) compressed at once; default the number of cores. */
+  concurrency?: number | undefined;
+  /** Aborting stops the export; nothing half-written stays visible. */
+  signal?: AbortSignal | undefined;
+  onProgress?: ((event: ExportProgress) => void) | undefined;
+  /** Called for each file skipped (sockets); default `process.emitWarning`. */
+  onWarning?: ((warning: WalkWarning) => void) | undefined;
+  /** How long to wait for the layout lock (default 5 minutes). */
+  lockTimeoutMs?: number | undefined;
+}
+
+/** One layer of an exported image. */
+export interface ExportedLayer {
+  dir: string;
+  /** Blob digest (of the gzip). */
+  digest: string;
+  /** Digest of the uncompressed tar. */
+  diffId: string;
+  /** Blob size in bytes. */
+  size: number;
+  /** True when the blob came from the layer's cache (nothing compressed). */
+  cached: boolean;
+}
+
+/** What {@link exportImage} made. */
+export interface ExportResult {
+  manifestDigest: string;
+  configDigest: string;
+  /** Base first, the target last. */
+  layers: ExportedLayer[];
+}
+
+/**
+ * Exports `base` + `layers` as image `tag` in `layout`.
+ *
+ * @example
+ * ```ts
+ * const { manifestDigest, layers } = await exportImage({
+ *   layout: '/tmp/oci',
+ *   tag: '0install.2.18',
+ *   base,                       // from Import.fromDirectory / fromDocker
+ *   layers: [ocamlDir, duneDir, appDir],
+ *   config: { Env: ['PATH=/usr/bin:/bin'], Cmd: ['/bin/sh'] },
+ * });
+ * // skopeo copy oci:/tmp/oci:0install.2.18 docker://registry.example/0install:2.18
+ * ```
+ * @throws {OciExportError} `OCI_BAD_TAG`, `OCI_BAD_ARGUMENT`, `OCI_LAYER_NOT_FOUND`,
+ *   `OCI_UNSUPPORTED_UPPER`, `OCI_INDEX_CORRUPT`, `OCI_LAYOUT_INVALID`, `OCI_WRITE_FAILED`, ...;
+ *   `LayerError`s for leases and locks; the signal's reason when aborted.
+ */
+export async function exportImage(options: ExportOptions): Promise<ExportResult> {
+  const dirs = checkOptions(options);
+  await Layout.init(options.layout);
+  const leases = await leaseAll(dirs);
+  try {
+    const blobs = await ensureBlobs(dirs, options);
+    const config = await configBlob(dirs, blobs, options);
+    const manifestDigest = await publish(options, blobs, config);
+    options.onProgress?.({ phase: 'tagged', tag: options.tag, manifestDigest });
+    return {
+      manifestDigest,
+      configDigest: sha256(config),
+      layers: blobs.map(({ dir, digest, diffId, size, cached }) => ({
+        dir,
+        digest,
+        diffId,
+        size,
+        cached,
+      })),
+    };
+  } finally {
+    await Promise.all(leases.map((l) => l.release().catch(() => undefined)));
+  }
+}
+
+function checkOptions(options: ExportOptions): string[] {
+  assertTag(options.tag);
+  if (typeof options.base?.dir !== 'string' || typeof options.layers?.length !== 'number') {
+    throw new OciExportError(OciExportCodes.BAD_ARGUMENT, 'No base layer or layer list given', {
+      hint: 'Pass base: { hash, dir, image } and layers: an array of layer directories',
+    });
+  }
+  levelOf(options.gzipLevel);
+  concurrencyOf(options.concurrency);
+  if (typeof options.layout !== 'string' || options.layout === '') {
+    throw new OciExportError(OciExportCodes.BAD_ARGUMENT, 'No layout directory given', {
+      hint: 'Pass layout: the OCI image layout directory to write into',
+    });
+  }
+  const dirs = [options.base.dir, ...options.layers].map((d) => resolve(d));
+  const duplicate = dirs.find((d, i) => dirs.indexOf(d) !== i);
+  if (duplicate) {
+    throw new OciExportError(OciExportCodes.BAD_ARGUMENT, `Layer ${duplicate} is listed twice`, {
+      path: duplicate,
+      hint: 'List the base once and each dependency layer once, bottom to top',
+    });
+  }
+  return dirs;
+}
+
+/** Leases the layers, grouped by cache directory. */
+async function leaseAll(dirs: readonly string[]): Promise<InUse.Lease[]> {
+  const byOsDir = new Map<string, string[]>();
+  for (const dir of dirs) byOsDir.set(dirname(dir), [...(byOsDir.get(dirname(dir)) ?? []), dir]);
+  const leases: InUse.Lease[] = [];
+  try {
+    for (const [osDir, group] of byOsDir) leases.push(await InUse.acquire({ osDir, dirs: group }));
+  } catch (err) {
+    await Promise.all(leases.map((l) => l.release().catch(() => undefined)));
+    throw err;
+  }
+  return leases;
+}
+
+async function ensureBlobs(
+  dirs: readonly string[],
+  options: ExportOptions,
+): Promise<LayerBlob.LayerBlob[]> {
+  const slots = compressionSlots(options.concurrency);
+  const onWarning = options.onWarning ?? defaultWarning;
+  // As many layers in progress as slots: a layer waiting on its fsync or on
+  // another process's lock leaves its slots to the others.
+  return mapLimit(dirs, slots.size, async (dir, index) => {
+    const blob = await LayerBlob.ensure(dir, {
+      gzipLevel: options.gzipLevel,
+      slots,
+      signal: options.signal,
+      onWarning,
+      onProgress: (tarBytes) => options.onProgress?.({ phase: 'compress', index, dir, tarBytes }),
+    });
+    const { digest, size, cached } = blob;
+    options.onProgress?.({ phase: 'layer', index, total: dirs.length, dir, digest, size, cached });
+    return blob;
+  });
+}
+
+function defaultWarning(warning: WalkWarning): void {
+  process.emitWarning(warning.message, { code: 'DAY11_OCI_SKIPPED' });
+}
+
+async function configBlob(
+  dirs: readonly string[],
+  blobs: readonly LayerBlob.LayerBlob[],
+  options: ExportOptions,
+): Promise<Buffer> {
+  const fixed = fixedCreated(options.created);
+  const history: HistoryEntry[] = [];
+  for (const [i, dir] of dirs.entries()) {
+    const meta = await LayerMeta.find(dir).catch(() => undefined);
+    history.push({
+      created: fixed ?? normalise(meta?.created_at) ?? EPOCH,
+      created_by: i === 0 ? `day11 import ${options.base.image}` : `day11 build ${basename(dir)}`,
+    });
+  }
+  const newest =
+    history
+      .map((h) => h.created)
+      .sort()
+      .at(-1) ?? EPOCH;
+  return buildConfig({
+    architecture: options.architecture ?? defaultArchitecture(),
+    os: options.os ?? 'linux',
+    created: fixed ?? newest,
+    config: options.config,
+    diffIds: blobs.map((b) => b.diffId),
+    history,
+  });
+}
+
+const EPOCH = '1970-01-01T00:00:00Z';
+
+/** The creation time fixed by the caller or SOURCE_DATE_EPOCH, as RFC 3339 UTC. */
+function fixedCreated(created: Date | string | undefined): string | undefined {
+  if (created !== undefined) {
+    const date = created instanceof Date ? created : new Date(created);
+    if (Number.isNaN(date.getTime())) {
+      throw new OciExportError(
+        OciExportCodes.BAD_ARGUMENT,
+        `Invalid created time ${String(created)}`,
+        {
+          hint: 'Pass a Date or an ISO-8601 string',
+        },
+      );
+    }
+    return iso(date);
+  }
+  const epoch = process.env['SOURCE_DATE_EPOCH'];
+  if (epoch === undefined || epoch === '') return undefined;
+  if (!/^\d+$/.test(epoch)) {
+    throw new OciExportError(
+      OciExportCodes.BAD_ARGUMENT,
+      `Invalid SOURCE_DATE_EPOCH ${JSON.stringify(epoch)}`,
+      {
+        hint: 'SOURCE_DATE_EPOCH is whole seconds since 1970; unset it or fix it',
+      },
+    );
+  }
+  return iso(new Date(Number(epoch) * 1000));
+}
+
+function normalise(text: string | undefined): string | undefined {
+  if (text === undefined) return undefined;
+  const date = new Date(text);
+  return Number.isNaN(date.getTime()) ? undefined : iso(date);
+}
+
+/** RFC 3339 in UTC, whole seconds (what Go's time.Time round-trips exactly). */
+function iso(date: Date): string {
+  return date.toISOString().replace(/\.\d{3}Z$/, 'Z');
+}
+
+// ---------------------------------------------------------------- publishing
+
+interface Staged {
+  blob: LayerBlob.LayerBlob;
+  /** Temporary name in the layout, when the blob was not there yet. */
+  temp: string | undefined;
+}
+
+async function publish(
+  options: ExportOptions,
+  blobs: LayerBlob.LayerBlob[],
+  config: Buffer,
+): Promise<string> {
+  const { layout } = options;
+  const staged: Staged[] = [];
+  try {
+    for (const blob of uniqueByDigest(blobs))
+      staged.push({ blob, temp: await stage(layout, blob) });
+    const configDesc = {
+      mediaType: MediaTypes.config,
+      digest: sha256(config),
+      size: config.length,
+    };
+    const layers: Descriptor[] = blobs.map((b) => ({
+      mediaType: MediaTypes.layer,
+      digest: b.digest,
+      size: b.size,
+    }));
+    const manifest = buildManifest(configDesc, layers);
+    const manifestDigest = sha256(manifest);
+    await Layout.withLock(
+      layout,
+      async () => {
+        for (const s of staged) await place(layout, s);
+        await putBytes(layout, configDesc.digest, config);
+        await putBytes(layout, manifestDigest, manifest);
+        const entry = {
+          mediaType: MediaTypes.manifest,
+          digest: manifestDigest,
+          size: manifest.length,
+          platform: {
+            architecture: options.architecture ?? defaultArchitecture(),
+            os: options.os ?? 'linux',
+          },
+        };
+        const index = await Layout.readIndex(layout);
+        await Layout.writeIndex(layout, Layout.withTag(index, options.tag, entry));
+      },
+      { timeoutMs: options.lockTimeoutMs, signal: options.signal },
+    );
+    return manifestDigest;
+  } finally {
+    const temps = staged.flatMap((s) => (s.temp ? [s.temp] : []));
+    await Promise.all(temps.map((t) => rm(t, { force: true }).catch(() => undefined)));
+  }
+}
+
+function uniqueByDigest(blobs: readonly LayerBlob.LayerBlob[]): LayerBlob.LayerBlob[] {
+  const seen = new Set<string>();
+  return blobs.filter((b) => !seen.has(b.digest) && seen.add(b.digest));
+}
+
+/** True when blob `digest` is in the layout with the right size. */
+async function present(layout: string, digest: string, size: number): Promise<boolean> {
+  const st = await lstat(Layout.blobPath(layout, digest)).catch(() => undefined);
+  return st?.isFile() === true && st.size === size;
+}
+
+/** Hardlinks (or copies) a cached blob to a temporary name in the layout, unless it is there. */
+async function stage(layout: string, blob: LayerBlob.LayerBlob): Promise<string | undefined> {
+  if (await present(layout, blob.digest, blob.size)) return undefined;
+  const temp = tempName(Layout.blobPath(layout, blob.digest));
+  try {
+    await link(blob.file, temp);
+  } catch (err) {
+    if (errnoCode(err) !== 'EXDEV' && errnoCode(err) !== 'EPERM') {
+      throw fsError(
+        OciExportCodes.WRITE_FAILED,
+        'Cannot link the blob to',
+        temp,
+        err,
+        'Check that the layout is writable',
+      );
+    }
+    await copyBlob(blob.file, temp);
+    return temp;
+  }
+  await assertSameCache(blob, temp);
+  return temp;
+}
+
+/**
+ * The cache file is replaced only by a rebuild at another gzip level, but a
+ * concurrent export may do just that between our lookup and our link: then
+ * the link is not the blob the digests describe.
+ */
+async function assertSameCache(blob: LayerBlob.LayerBlob, temp: string): Promise<void> {
+  if ((await lstat(temp)).ino === blob.ino) return;
+  await rm(temp, { force: true });
+  throw new OciExportError(
+    OciExportCodes.LAYER_CHANGED,
+    `${blob.file} was replaced while being exported (a rebuild at another gzip level)`,
+    { path: blob.file, hint: 'Export again; use one gzipLevel for exports that run at once' },
+  );
+}
+
+async function copyBlob(from: string, to: string): Promise<void> {
+  try {
+    await copyFile(from, to);
+    await fsyncFile(to);
+  } catch (err) {
+    await rm(to, { force: true });
+    throw fsError(
+      OciExportCodes.WRITE_FAILED,
+      'Cannot copy the blob to',
+      to,
+      err,
+      'Check free space in the layout',
+    );
+  }
+}
+
+/** Under the lock: moves a staged blob into place, or stages it again if a gc removed it meanwhile. */
+async function place(layout: string, s: Staged): Promise<void> {
+  const final = Layout.blobPath(layout, s.blob.digest);
+  if (await present(layout, s.blob.digest, s.blob.size)) return;
+  s.temp ??= await stage(layout, s.blob);
+  if (!s.temp) return;
+  try {
+    await rename(s.temp, final);
+    s.temp = undefined;
+  } catch (err) {
+    throw fsError(
+      OciExportCodes.WRITE_FAILED,
+      'Cannot move the blob to',
+      final,
+      err,
+      'Check that the layout is writable',
+    );
+  }
+}
+
+/** Writes a small blob (config, manifest) unless it is there. */
+async function putBytes(layout: string, digest: string, bytes: Buffer): Promise<void> {
+  if (await present(layout, digest, bytes.length)) return;
+  await writeAtomic(Layout.blobPath(layout, digest), bytes);
+}

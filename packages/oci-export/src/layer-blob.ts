@@ -1,0 +1,229 @@
+/**
+ * The per-layer cache of a layer's OCI blob: `layer.tar.gz` and its digests
+ * (`layer.tar.gz.digests`, JSON), kept inside the layer directory beside
+ * `fs/`. Built once, under a per-layer lock (`{osDir}/.locks/build-xxxxxxxxxxxx.oci.lock`,
+ * separate from the layer's build lock, so a long compression never holds up
+ * builds or leases); every later export hardlinks the blob from it and
+ * compresses nothing.
+ *
+ * The digests file is written last and records the inode and size of the
+ * `layer.tar.gz` it describes, so a reader never pairs digests with another
+ * file. It is not a sidecar (`*.json`) on purpose: it says nothing about what
+ * kind of layer this is.
+ */
+import { mkdir, open, readFile, rename, rm, stat } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
+import { LayerDir, Lock } from '@day11/layer';
+import { z } from 'zod';
+import { OciExportCodes, OciExportError, fsError } from './errors.js';
+import { tempName, writeAll, writeAtomic } from './files.js';
+import { gzipChunks, levelOf } from './gzip.js';
+import { DEFAULT_CHUNK_SIZE, tarChunks } from './layer-tar.js';
+import { BufferPool, Semaphore, compressionSlots } from './pool.js';
+import type { WalkWarning } from './walk.js';
+
+/** The cached blob, inside the layer directory. */
+export const CACHE_FILE = 'layer.tar.gz';
+/** Its digests, inside the layer directory. */
+export const DIGESTS_FILE = 'layer.tar.gz.digests';
+/** Version of the tar + gzip encoding; a cache of another version is rebuilt. */
+export const FORMAT = 1;
+
+const RecordSchema = z.object({
+  format: z.number(),
+  level: z.number(),
+  chunkSize: z.number(),
+  digest: z.string().regex(/^sha256:[0-9a-f]{64}$/),
+  diffId: z.string().regex(/^sha256:[0-9a-f]{64}$/),
+  size: z.number().int().nonnegative(),
+  tarSize: z.number().int().nonnegative(),
+  ino: z.number().int(),
+});
+
+/** A layer's blob, as cached in its directory. */
+export interface LayerBlob {
+  /** The layer directory. */
+  dir: string;
+  /** The cached `layer.tar.gz`. */
+  file: string;
+  /** `sha256:<hex>` of the gzip (the blob digest). */
+  digest: string;
+  /** `sha256:<hex>` of the tar (the diff_id). */
+  diffId: string;
+  /** Bytes of the gzip. */
+  size: number;
+  /** Bytes of the tar. */
+  tarSize: number;
+  /** True when it was already cached; false when this call built it. */
+  cached: boolean;
+  /** Inode of `file` that these digests describe (a rebuild at another level replaces it). */
+  ino: number;
+}
+
+/** Options of {@link ensure}. */
+export interface EnsureOptions {
+  /** gzip level 0–9 (default 6). A cache made at another level is rebuilt. */
+  gzipLevel?: number | undefined;
+  /** Compression slots to share with other layers (default: a pool of `concurrency`). */
+  slots?: Semaphore | undefined;
+  /** Chunks compressed at once when `slots` is not given (default: the number of cores). */
+  concurrency?: number | undefined;
+  /** Aborting stops the build (nothing is cached) or the wait for another process's build. */
+  signal?: AbortSignal | undefined;
+  /** Called for each file skipped (sockets). */
+  onWarning?: ((warning: WalkWarning) => void) | undefined;
+  /** Called as the tar grows, with its bytes so far. */
+  onProgress?: ((tarBytes: number) => void) | undefined;
+}
+
+/**
+ * The cached blob of layer `dir`, or `undefined` when there is none for this
+ * gzip level (or it is incomplete). Reads only; never builds.
+ *
+ * @example
+ * ```ts
+ * const blob = await LayerBlob.find('/var/cache/day11/build-0123456789ab');
+ * if (blob) console.log(blob.digest, blob.diffId);
+ * ```
+ */
+export async function find(
+  dir: string,
+  options: { gzipLevel?: number | undefined } = {},
+): Promise<LayerBlob | undefined> {
+  const level = levelOf(options.gzipLevel);
+  let record: z.infer<typeof RecordSchema>;
+  try {
+    record = RecordSchema.parse(JSON.parse(await readFile(join(dir, DIGESTS_FILE), 'utf8')));
+  } catch {
+    return undefined; // missing or torn: rebuilt under the lock
+  }
+  if (record.format !== FORMAT || record.level !== level || record.chunkSize !== DEFAULT_CHUNK_SIZE)
+    return undefined;
+  const file = join(dir, CACHE_FILE);
+  const st = await stat(file).catch(() => undefined);
+  if (!st || st.ino !== record.ino || st.size !== record.size) return undefined;
+  const { digest, diffId, size, tarSize, ino } = record;
+  return { dir, file, digest, diffId, size, tarSize, cached: true, ino };
+}
+
+/**
+ * Returns the blob of layer `dir`, building and caching it first when needed.
+ * Concurrent callers, in this process or others, build it once: the others
+ * wait on the lock and then find it cached.
+ *
+ * @example
+ * ```ts
+ * const blob = await LayerBlob.ensure('/var/cache/day11/build-0123456789ab', { concurrency: 2 });
+ * console.log(blob.cached ? 'reused' : 'built', blob.digest);
+ * ```
+ * @throws {OciExportError} `OCI_LAYER_NOT_FOUND`, `OCI_BAD_ARGUMENT`, the walk's errors
+ *   (`OCI_UNSUPPORTED_UPPER`, ...), `OCI_WRITE_FAILED`; lock errors of `@day11/layer`.
+ */
+export async function ensure(dir: string, options: EnsureOptions = {}): Promise<LayerBlob> {
+  const level = levelOf(options.gzipLevel);
+  const lockfilePath = await lockPath(dir);
+  await assertLayer(dir);
+  const found = await find(dir, { gzipLevel: level });
+  if (found) return found;
+  return Lock.withPath(
+    join(dir, CACHE_FILE),
+    async (held) =>
+      (await find(dir, { gzipLevel: level })) ??
+      build(dir, { ...options, gzipLevel: level }, () => held.assertHeld()),
+    // The holder may compress for minutes; waiters wait as long as it lives.
+    { lockfilePath, timeoutMs: Infinity, signal: options.signal },
+  );
+}
+
+async function lockPath(dir: string): Promise<string> {
+  const name = basename(dir);
+  if (!LayerDir.isLayerName(name)) {
+    throw new OciExportError(OciExportCodes.BAD_ARGUMENT, `${dir} is not a layer directory`, {
+      path: dir,
+      hint: 'Pass a layer directory ({osDir}/build-<12 hex>), e.g. from LayerDir.path',
+    });
+  }
+  const locks = join(dirname(dir), Lock.LOCKS_DIR);
+  await mkdir(locks, { recursive: true }).catch((cause: unknown) => {
+    throw fsError(
+      OciExportCodes.WRITE_FAILED,
+      'Cannot create',
+      locks,
+      cause,
+      'Check that the cache is writable',
+    );
+  });
+  return join(locks, `${name}.oci${Lock.LOCK_SUFFIX}`);
+}
+
+async function assertLayer(dir: string): Promise<void> {
+  const fsDir = join(dir, 'fs');
+  const st = await stat(fsDir).catch(() => undefined);
+  if (st?.isDirectory()) return;
+  throw new OciExportError(OciExportCodes.LAYER_NOT_FOUND, `Layer ${dir} has no fs/ directory`, {
+    path: fsDir,
+    hint: 'Pass a committed layer directory; it may have been garbage-collected, rebuild it',
+  });
+}
+
+async function build(
+  dir: string,
+  options: EnsureOptions & { gzipLevel: number },
+  assertHeld: () => void,
+): Promise<LayerBlob> {
+  const file = join(dir, CACHE_FILE);
+  const temp = tempName(file);
+  try {
+    const result = await compressTo(temp, join(dir, 'fs'), options);
+    const ino = (await stat(temp)).ino;
+    assertHeld();
+    await rename(temp, file);
+    const record = {
+      format: FORMAT,
+      level: options.gzipLevel,
+      chunkSize: DEFAULT_CHUNK_SIZE,
+      ...result,
+      ino,
+    };
+    await writeAtomic(join(dir, DIGESTS_FILE), `${JSON.stringify(record, null, 2)}\n`);
+    return { dir, file, ...result, cached: false, ino };
+  } catch (err) {
+    await rm(temp, { force: true });
+    if (options.signal?.aborted) throw err;
+    throw fsError(
+      OciExportCodes.WRITE_FAILED,
+      'Cannot cache the blob',
+      file,
+      err,
+      'Check free space and permissions of the layer directory',
+    );
+  }
+}
+
+async function compressTo(
+  temp: string,
+  fsDir: string,
+  options: EnsureOptions & { gzipLevel: number },
+): Promise<{ digest: string; diffId: string; size: number; tarSize: number }> {
+  const slots = options.slots ?? compressionSlots(options.concurrency);
+  const window = slots.size + 1;
+  const pool = new BufferPool(DEFAULT_CHUNK_SIZE, window + 1);
+  const out = await open(temp, 'wx', 0o644);
+  try {
+    const result = await gzipChunks(
+      tarChunks(fsDir, { signal: options.signal, onWarning: options.onWarning, pool }),
+      {
+        level: options.gzipLevel,
+        slots,
+        window,
+        write: (b) => writeAll(out, b),
+        onChunk: options.onProgress,
+        recycle: (chunk) => pool.give(chunk),
+      },
+    );
+    await out.sync();
+    return result;
+  } finally {
+    await out.close();
+  }
+}

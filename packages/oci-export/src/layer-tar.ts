@@ -1,0 +1,181 @@
+/**
+ * The deterministic tar of a layer, produced as a sequence of fixed-size
+ * chunks: headers are encoded straight into the current chunk and file
+ * content is read straight into it (no per-file buffer), so memory stays at a
+ * chunk or two whatever the size of the files. Chunks are what the parallel
+ * gzip compresses, one job each.
+ */
+import { closeSync, openSync, readSync } from 'node:fs';
+import { setImmediate as nextTurn } from 'node:timers/promises';
+import { OciExportCodes, OciExportError, fsError } from './errors.js';
+import { END_OF_ARCHIVE, encodeHeader, padding } from './tar-header.js';
+import { BufferPool } from './pool.js';
+import { walk, type WalkOptions } from './walk.js';
+
+/**
+ * Default bytes of tar per chunk (1 MiB): small enough that a few chunks in
+ * flight per core cost little memory, large enough that the per-chunk costs
+ * (a thread-pool job, a 32 KiB dictionary, a sync flush) are noise. The gzip
+ * output depends on it; keep it fixed.
+ */
+export const DEFAULT_CHUNK_SIZE = 1024 * 1024;
+/** Entries archived between two turns of the event loop. */
+const YIELD_EVERY = 256;
+
+/** One piece of the archive; the last one has `last: true`. */
+export interface TarChunk {
+  data: Buffer;
+  last: boolean;
+}
+
+/** Options of {@link tarChunks}. */
+export interface TarOptions extends WalkOptions {
+  /** Bytes per chunk (all but the last are exactly this long); default {@link DEFAULT_CHUNK_SIZE}. */
+  chunkSize?: number | undefined;
+  /** Aborting stops the walk at the next entry or chunk. */
+  signal?: AbortSignal | undefined;
+  /**
+   * Where chunk buffers come from (its `size` is the chunk size). The consumer
+   * gives each chunk back once done with it; without a pool every chunk is new.
+   */
+  pool?: BufferPool | undefined;
+}
+
+/**
+ * Yields the tar of the tree at `root` (see `walk` for the order and the
+ * overlay conversions) in chunks of `chunkSize` bytes, the last one shorter
+ * and flagged `last`. The archive ends with two zero blocks.
+ *
+ * @example
+ * ```ts
+ * const out = createWriteStream('/tmp/layer.tar');
+ * for await (const { data } of tarChunks('/var/cache/day11/build-0123456789ab/fs')) out.write(data);
+ * ```
+ * @throws {OciExportError} as `walk`, and `OCI_LAYER_CHANGED` when a file shrinks while read.
+ */
+export async function* tarChunks(root: string, options: TarOptions = {}): AsyncGenerator<TarChunk> {
+  const chunker = new Chunker(
+    options.pool ?? new BufferPool(options.chunkSize ?? DEFAULT_CHUNK_SIZE, 0),
+  );
+  let entries = 0;
+  for (const { header, source } of walk(root, options)) {
+    chunker.put(encodeHeader(header));
+    yield* chunker.drain();
+    if (source !== undefined) {
+      yield* copyFile(chunker, source, header.size);
+      chunker.zeros(padding(header.size));
+    }
+    if (++entries % YIELD_EVERY === 0) {
+      await nextTurn();
+      options.signal?.throwIfAborted();
+    }
+  }
+  chunker.put(END_OF_ARCHIVE);
+  yield* chunker.drain();
+  options.signal?.throwIfAborted();
+  yield { data: chunker.rest(), last: true };
+}
+
+function* copyFile(chunker: Chunker, path: string, size: number): Generator<TarChunk> {
+  let fd: number;
+  try {
+    fd = openSync(path, 'r');
+  } catch (cause) {
+    throw fsError(
+      OciExportCodes.READ_FAILED,
+      'Cannot open',
+      path,
+      cause,
+      'Check that the layer is readable',
+    );
+  }
+  try {
+    for (let done = 0; done < size;) {
+      done += chunker.readFrom({ fd, path, position: done, length: size - done });
+      yield* chunker.drain();
+    }
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/**
+ * Fills fixed-size buffers. A full buffer is sealed lazily, when more bytes
+ * come, so the final chunk is never empty and is known to be the last.
+ */
+class Chunker {
+  private buf: Buffer;
+  private pos = 0;
+  private sealed: Buffer[] = [];
+  private readonly size: number;
+
+  constructor(private readonly pool: BufferPool) {
+    this.size = pool.size;
+    if (!Number.isSafeInteger(this.size) || this.size < 64 * 1024) {
+      throw new OciExportError(OciExportCodes.BAD_ARGUMENT, `Invalid tar chunk size ${this.size}`, {
+        hint: 'Use at least 64 KiB (the default is 1 MiB)',
+      });
+    }
+    this.buf = pool.take();
+  }
+
+  put(bytes: Buffer): void {
+    for (let off = 0; off < bytes.length;) {
+      this.makeRoom();
+      const n = bytes.copy(this.buf, this.pos, off);
+      this.pos += n;
+      off += n;
+    }
+  }
+
+  zeros(count: number): void {
+    for (let left = count; left > 0;) {
+      this.makeRoom();
+      const n = Math.min(left, this.size - this.pos);
+      this.buf.fill(0, this.pos, this.pos + n);
+      this.pos += n;
+      left -= n;
+    }
+  }
+
+  /** Reads up to the room left in the current buffer; returns the bytes read. */
+  readFrom(file: { fd: number; path: string; position: number; length: number }): number {
+    this.makeRoom();
+    const want = Math.min(file.length, this.size - this.pos);
+    let n: number;
+    try {
+      n = readSync(file.fd, this.buf, this.pos, want, file.position);
+    } catch (cause) {
+      throw fsError(OciExportCodes.READ_FAILED, 'Cannot read', file.path, cause, 'Check the disk');
+    }
+    if (n === 0) throw shrank(file.path, file.position, file.position + file.length);
+    this.pos += n;
+    return n;
+  }
+
+  *drain(): Generator<TarChunk> {
+    while (this.sealed.length > 0) yield { data: this.sealed.shift()!, last: false };
+  }
+
+  rest(): Buffer {
+    return this.buf.subarray(0, this.pos);
+  }
+
+  private makeRoom(): void {
+    if (this.pos < this.size) return;
+    this.sealed.push(this.buf);
+    this.buf = this.pool.take();
+    this.pos = 0;
+  }
+}
+
+function shrank(path: string, got: number, expected: number): OciExportError {
+  return new OciExportError(
+    OciExportCodes.LAYER_CHANGED,
+    `${path} shrank while being archived (${got} of ${expected} bytes)`,
+    {
+      path,
+      hint: 'A layer must not change once committed; stop what writes into it and export again',
+    },
+  );
+}

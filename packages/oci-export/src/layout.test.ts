@@ -1,0 +1,264 @@
+import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, beforeEach, describe, expect, it } from 'vitest';
+import { OciExportCodes } from './errors.js';
+import { exportImage } from './export.js';
+import { asBase, cleanup, makeLayer, tempDir, type TestLayer } from './fixtures/layers.js';
+import * as Layout from './layout.js';
+import { assertTag, REF_NAME, type Descriptor } from './oci.js';
+
+afterAll(cleanup);
+
+describe('assertTag', () => {
+  it.each(['hello', 'hello.1.0', '0install.2.18', 'ocaml/dune:3.22', 'a--b', 'x_y-z+w@v'])(
+    'accepts %s',
+    (tag) => {
+      expect(() => assertTag(tag)).not.toThrow();
+    },
+  );
+  it.each(['', 'hello world', '-lead', 'trail.', 'a..b', 'a/', '/a', 'ü', 'a---b'])(
+    'refuses %j',
+    (tag) => {
+      expect(() => assertTag(tag)).toThrow(
+        expect.objectContaining({ code: OciExportCodes.BAD_TAG }),
+      );
+    },
+  );
+});
+
+describe('init and the index', () => {
+  it('creates oci-layout and blobs/sha256; an empty layout has no tags', async () => {
+    const layout = join(await tempDir('init'), 'oci');
+    await Layout.init(layout);
+    expect(JSON.parse(await readFile(join(layout, 'oci-layout'), 'utf8'))).toEqual({
+      imageLayoutVersion: '1.0.0',
+    });
+    expect(await readdir(join(layout, 'blobs'))).toEqual(['sha256']);
+    expect(await Layout.tags(layout)).toEqual([]);
+  });
+
+  it('refuses an oci-layout of another version', async () => {
+    const layout = await tempDir('badlayout');
+    await writeFile(join(layout, 'oci-layout'), '{"imageLayoutVersion":"9.9"}');
+    await expect(Layout.init(layout)).rejects.toMatchObject({
+      code: OciExportCodes.LAYOUT_INVALID,
+    });
+  });
+
+  it('names the file and the fix when index.json is corrupt', async () => {
+    const layout = await tempDir('corrupt');
+    await Layout.init(layout);
+    await writeFile(
+      join(layout, 'index.json'),
+      '{"schemaVersion": 2, "manifests": [{"digest": 1}]}',
+    );
+    const err = await Layout.tags(layout).catch((e: unknown) => e);
+    expect(err).toMatchObject({
+      code: OciExportCodes.INDEX_CORRUPT,
+      path: join(layout, 'index.json'),
+    });
+    expect((err as Error).message).toMatch(/export each image again/);
+    await writeFile(join(layout, 'index.json'), '{not json');
+    await expect(Layout.readIndex(layout)).rejects.toMatchObject({
+      code: OciExportCodes.INDEX_CORRUPT,
+    });
+  });
+
+  it('withTag replaces the entry of the same tag and sorts by tag, untagged first', () => {
+    const d = (digest: string, tag?: string): Descriptor => ({
+      mediaType: 'application/vnd.oci.image.manifest.v1+json',
+      digest: `sha256:${digest.repeat(64)}`,
+      size: 1,
+      ...(tag && { annotations: { [REF_NAME]: tag } }),
+    });
+    const index = {
+      schemaVersion: 2 as const,
+      manifests: [d('b', 'zeta'), d('c'), d('d', 'alpha')],
+    };
+    const next = Layout.withTag(index, 'zeta', d('e'));
+    expect(next.manifests.map((m) => [m.digest[7], m.annotations?.[REF_NAME]])).toEqual([
+      ['c', undefined],
+      ['d', 'alpha'],
+      ['e', 'zeta'],
+    ]);
+  });
+});
+
+describe('tags, removeTag, gc, verify', () => {
+  let osDir: string;
+  let layout: string;
+  let base: TestLayer;
+  let shared: TestLayer;
+  let onlyA: TestLayer;
+  let onlyB: TestLayer;
+
+  beforeEach(async () => {
+    const root = await tempDir('layout');
+    osDir = join(root, 'cache');
+    layout = join(root, 'oci');
+    base = await makeLayer(osDir, 'base', (fs) => writeFile(join(fs, 'base.txt'), 'base'));
+    shared = await makeLayer(osDir, 'shared', (fs) => writeFile(join(fs, 'shared.txt'), 'shared'));
+    onlyA = await makeLayer(osDir, 'a', (fs) => writeFile(join(fs, 'a.txt'), 'a'));
+    onlyB = await makeLayer(osDir, 'b', (fs) => writeFile(join(fs, 'b.txt'), 'b'));
+  });
+
+  const exportBoth = async () => {
+    const a = await exportImage({
+      layout,
+      tag: 'img.a',
+      base: asBase(base),
+      layers: [shared.dir, onlyA.dir],
+    });
+    const b = await exportImage({
+      layout,
+      tag: 'img.b',
+      base: asBase(base),
+      layers: [shared.dir, onlyB.dir],
+    });
+    return { a, b };
+  };
+
+  it('lists tags with their manifest digests, and removes one', async () => {
+    const { a, b } = await exportBoth();
+    expect(await Layout.tags(layout)).toEqual([
+      expect.objectContaining({ tag: 'img.a', digest: a.manifestDigest }),
+      expect.objectContaining({ tag: 'img.b', digest: b.manifestDigest }),
+    ]);
+    expect(await Layout.removeTag(layout, 'img.a')).toBe(true);
+    expect(await Layout.removeTag(layout, 'img.a')).toBe(false);
+    expect((await Layout.tags(layout)).map((t) => t.tag)).toEqual(['img.b']);
+    expect(await Layout.verify(layout)).toEqual([]);
+  });
+
+  it('gc deletes only the blobs no manifest references, and dead temp files', async () => {
+    const { a, b } = await exportBoth();
+    const deadTemp = join(layout, 'blobs/sha256/.day11-tmp-999999999-abcd-x');
+    const liveTemp = join(layout, `blobs/sha256/.day11-tmp-${process.pid}-abcd-x`);
+    await writeFile(deadTemp, '');
+    await writeFile(liveTemp, '');
+    const first = await Layout.gc(layout);
+    expect(first).toEqual({ removed: [], bytes: 0, temps: [deadTemp] });
+    await Layout.removeTag(layout, 'img.a');
+    const result = await Layout.gc(layout);
+    const onlyInA = [a.manifestDigest, a.configDigest, a.layers[2]!.digest];
+    expect(result.removed.sort()).toEqual(onlyInA.sort());
+    expect(result.bytes).toBeGreaterThan(0);
+    const left = await readdir(join(layout, 'blobs/sha256'));
+    for (const l of b.layers) expect(left).toContain(l.digest.slice(7));
+    expect(left).toContain(liveTemp.split('/').pop());
+    expect(await Layout.verify(layout)).toEqual([]);
+    expect(await readdir(layout)).toEqual(['blobs', 'index.json', 'oci-layout']); // lock released
+  });
+
+  it('gc deletes nothing when a referenced manifest is missing', async () => {
+    const { a } = await exportBoth();
+    await Layout.removeTag(layout, 'img.b');
+    const { rm } = await import('node:fs/promises');
+    await rm(Layout.blobPath(layout, a.manifestDigest));
+    const before = await readdir(join(layout, 'blobs/sha256'));
+    await expect(Layout.gc(layout)).rejects.toMatchObject({ code: OciExportCodes.BLOB_MISSING });
+    expect(await readdir(join(layout, 'blobs/sha256'))).toEqual(before);
+  });
+
+  it('verify reports missing blobs, wrong sizes, wrong digests and wrong diff_ids', async () => {
+    const { a, b } = await exportBoth();
+    const { rm } = await import('node:fs/promises');
+    await rm(Layout.blobPath(layout, a.layers[2]!.digest)); // only in a
+    // b's own layer: other bytes of another size.
+    const bLayer = Layout.blobPath(layout, b.layers[2]!.digest);
+    await rm(bLayer);
+    await writeFile(
+      bLayer,
+      Buffer.concat([
+        await readFile(Layout.blobPath(layout, b.layers[1]!.digest)),
+        Buffer.from('x'),
+      ]),
+    );
+    const problems = await Layout.verify(layout);
+    expect(problems).toEqual(
+      expect.arrayContaining([
+        expect.objectContaining({
+          tag: 'img.a',
+          digest: a.layers[2]!.digest,
+          message: 'missing blob',
+        }),
+        expect.objectContaining({
+          tag: 'img.b',
+          digest: b.layers[2]!.digest,
+          message: expect.stringMatching(/^size/) as string,
+        }),
+      ]),
+    );
+    // Same size, other content.
+    await writeFile(bLayer, Buffer.alloc(b.layers[2]!.size, 1));
+    expect(await Layout.verify(layout)).toEqual(
+      expect.arrayContaining([
+        expect.objectContaining({
+          digest: b.layers[2]!.digest,
+          message: expect.stringMatching(/^content hashes to/) as string,
+        }),
+      ]),
+    );
+  });
+
+  it('verify reports a corrupt index and a missing oci-layout', async () => {
+    await exportBoth();
+    await writeFile(join(layout, 'index.json'), '[]');
+    const { rm } = await import('node:fs/promises');
+    await rm(join(layout, 'oci-layout'));
+    const problems = await Layout.verify(layout);
+    expect(problems.map((p) => p.path)).toEqual([
+      join(layout, 'oci-layout'),
+      join(layout, 'index.json'),
+    ]);
+  });
+
+  it('verify finds a layer whose content does not match its diff_id', async () => {
+    const root = await tempDir('diffid');
+    const bad = join(root, 'oci');
+    await exportImage({ layout: bad, tag: 't', base: asBase(base), layers: [] });
+    const [tag] = await Layout.tags(bad);
+    const manifest = JSON.parse(await readFile(Layout.blobPath(bad, tag!.digest), 'utf8')) as {
+      config: Descriptor;
+    };
+    const config = JSON.parse(
+      await readFile(Layout.blobPath(bad, manifest.config.digest), 'utf8'),
+    ) as {
+      rootfs: { diff_ids: string[] };
+    };
+    config.rootfs.diff_ids[0] = `sha256:${'0'.repeat(64)}`;
+    // Rewrite config and manifest consistently, so only the diff_id is wrong.
+    const { sha256 } = await import('./oci.js');
+    const configBytes = Buffer.from(JSON.stringify(config));
+    const configDigest = sha256(configBytes);
+    await writeFile(Layout.blobPath(bad, configDigest), configBytes);
+    const m = {
+      ...manifest,
+      config: { ...manifest.config, digest: configDigest, size: configBytes.length },
+    };
+    const mBytes = Buffer.from(JSON.stringify(m));
+    await writeFile(Layout.blobPath(bad, sha256(mBytes)), mBytes);
+    const index = await Layout.readIndex(bad);
+    await Layout.writeIndex(
+      bad,
+      Layout.withTag(index, 't', {
+        ...index.manifests[0]!,
+        digest: sha256(mBytes),
+        size: mBytes.length,
+      }),
+    );
+    const problems = await Layout.verify(bad);
+    expect(problems).toEqual([
+      expect.objectContaining({
+        tag: 't',
+        message: expect.stringContaining('uncompresses to') as string,
+      }),
+    ]);
+  });
+
+  it('keeps a valid layout valid: a fresh mkdir is not a layout until init', async () => {
+    const dir = join(await tempDir('plain'), 'x');
+    await mkdir(dir);
+    expect((await Layout.verify(dir)).map((p) => p.message)).toEqual(['missing']);
+  });
+});
