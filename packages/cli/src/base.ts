@@ -1,5 +1,5 @@
 /** Turns a plan's base (busybox, tarball, directory, Docker image) into a base layer in the cache. */
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Import, type Base } from '@day11/layer';
 import { busyboxImageName, makeBusyboxRootfs } from './busybox.js';
@@ -23,6 +23,7 @@ async function busyboxBase(osDir: string): Promise<Base> {
   const image = await busyboxImageName();
   const found = await Import.find({ osDir, image });
   if (found) return found;
+  await mkdir(osDir, { recursive: true });
   const work = await mkdtemp(join(osDir, `.day11-tmp-${process.pid}-busybox-`));
   try {
     await makeBusyboxRootfs(join(work, 'rootfs'));

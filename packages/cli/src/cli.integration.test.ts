@@ -2,7 +2,7 @@
  * The built `day11` binary, spawned as a user would: builds, failures with
  * failed_dep, gc, export + umoci unpack, help and error output.
  */
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -171,6 +171,107 @@ describe('day11 demo', () => {
     expect(second.exitCode, second.stderr).toBe(0);
     expect(second.stdout).toMatch(/Summary: 0 built, 5 cached, 0 failed/);
     expect(second.stdout).toContain('Every step was a cache hit');
+  });
+});
+
+describe('day11 run, import, recover', () => {
+  it('runs a command over layers and throws the upper away unless --commit', async () => {
+    const runCache = join(work, 'run-cache');
+    const r = await day11(
+      'run',
+      '--cache',
+      runCache,
+      '--',
+      '/bin/sh',
+      '-c',
+      'echo out; echo err >&2; touch /made; exit 4',
+    );
+    expect(r).toMatchObject({ exitCode: 4, stdout: 'out\n', stderr: 'err\n' });
+    const before = await day11('layers', 'ls', '--cache', runCache, '--json');
+    expect(before.stdout.trim().split('\n')).toHaveLength(1); // the busybox base only
+    const committed = await day11(
+      'run',
+      '--cache',
+      runCache,
+      '--commit',
+      '--',
+      '/bin/sh',
+      '-c',
+      'echo kept > /kept',
+    );
+    expect(committed.exitCode).toBe(0);
+    const name = /committed .*(build-[0-9a-f]{12})/.exec(committed.stderr)![1]!;
+    const shown = await day11('run', '--cache', runCache, '--layer', name, '--', 'cat', '/kept');
+    expect(shown.stdout).toBe('kept\n');
+  });
+
+  it('imports a rootfs tarball, and refuses a hostile one naming the entry', async () => {
+    const importCache = join(work, 'import-cache');
+    const rootfs = join(work, 'rootfs');
+    await Exec.run('sh', [
+      '-c',
+      `mkdir -p ${rootfs}/bin && cp /bin/busybox ${rootfs}/bin/ && ln -s busybox ${rootfs}/bin/sh`,
+    ]);
+    await Exec.run('tar', ['-C', rootfs, '--numeric-owner', '-czf', join(work, 'rootfs.tgz'), '.']);
+    const ok = await day11(
+      'import',
+      '--cache',
+      importCache,
+      '--image',
+      'mini:1',
+      '--tarball',
+      join(work, 'rootfs.tgz'),
+    );
+    expect(ok.exitCode, ok.stderr).toBe(0);
+    expect(ok.stdout).toMatch(/^build-[0-9a-f]{12}  mini:1/);
+    await Exec.run('sh', [
+      '-c',
+      `cd ${work} && mkdir -p evil && echo x > evil/x && tar -cf hostile.tar --absolute-names /etc/hostname evil/x`,
+    ]);
+    const bad = await day11(
+      'import',
+      '--cache',
+      importCache,
+      '--image',
+      'evil:1',
+      '--tarball',
+      join(work, 'hostile.tar'),
+    );
+    expect(bad.exitCode).toBe(1);
+    expect(bad.stderr).toMatch(/hostile\.tar/);
+    expect(bad.stderr).toMatch(/\/etc\/hostname/);
+    expect(bad.stderr.trim().split('\n')).toHaveLength(1);
+  });
+
+  it('recovers a cache', async () => {
+    const r = await day11('recover', '--cache', cache, '--json');
+    expect(r.exitCode, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout)).toBeTypeOf('object');
+  });
+
+  it('says clearly that it needs root, with no stack trace', async () => {
+    await chmod(work, 0o755);
+    const r = await Exec.run(
+      'runuser',
+      [
+        '-u',
+        'nobody',
+        '--',
+        process.execPath,
+        BIN,
+        'build',
+        join(work, 'plan.json'),
+        '--cache',
+        join(tmpdir(), 'day11-nobody'),
+      ],
+      {
+        allowNonZeroExit: true,
+        cwd: '/',
+      },
+    );
+    expect(r.exitCode).toBe(1);
+    expect(r.stderr).toMatch(/needs root/);
+    expect(r.stderr).not.toMatch(/\n\s+at /);
   });
 });
 

@@ -76,8 +76,15 @@ main(process.argv.slice(2)).then(
     process.exitCode = code;
   },
   (err: unknown) => {
-    if (debug || !isDay11Error(err)) console.error(err);
-    else console.error(err.message.startsWith('day11') ? err.message : `day11: ${err.message}`);
+    const message = err instanceof Error ? err.message : String(err);
+    if (debug) console.error(err);
+    else if (isDay11Error(err))
+      console.error(message.startsWith('day11') ? message : `day11: ${message}`);
+    // Not a Day11Error: an unforeseen failure, worth a bug report.
+    else
+      console.error(
+        `day11: unexpected error: ${message} (run again with --debug for the stack trace)`,
+      );
     process.exitCode = exitCodeOf(err);
   },
 );

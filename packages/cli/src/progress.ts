@@ -116,7 +116,10 @@ class TtyReporter implements Reporter {
     this.timer.unref();
   }
 
+  private finished = false;
+
   emit(event: BuildEvent): void {
+    if (this.finished) return;
     if (event.type === 'step') {
       const previous = this.steps.get(event.id);
       const startedAt = event.status === 'running' ? Date.now() : previous?.startedAt;
@@ -124,15 +127,28 @@ class TtyReporter implements Reporter {
       this.draw();
       return;
     }
-    this.clear();
-    this.stream.write(`${event.type === 'note' ? event.message : formatSummary(event)}\n`);
-    this.drawn = 0;
+    if (event.type === 'note') {
+      // Notes go above the table, which stays at the bottom while steps run.
+      this.clear();
+      this.stream.write(`${event.message}\n`);
+      this.drawn = 0;
+      this.draw();
+      return;
+    }
+    // The summary ends the display: the final table stays, the summary below it.
     this.draw();
+    this.stream.write(`${formatSummary(event)}\n`);
+    this.finish();
   }
 
   close(): void {
+    if (!this.finished) this.draw();
+    this.finish();
+  }
+
+  private finish(): void {
     clearInterval(this.timer);
-    this.draw();
+    this.finished = true;
     this.drawn = 0;
   }
 
@@ -141,7 +157,7 @@ class TtyReporter implements Reporter {
   }
 
   private draw(): void {
-    if (this.steps.size === 0) return;
+    if (this.steps.size === 0 || this.finished) return;
     this.clear();
     const lines = [...this.steps.values()].map((s) => {
       const live = s.status === 'running' && s.startedAt ? { ...s, status: 'running' as const } : s;
