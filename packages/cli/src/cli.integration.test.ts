@@ -223,7 +223,7 @@ describe('day11 run, import, recover', () => {
       join(work, 'rootfs.tgz'),
     );
     expect(ok.exitCode, ok.stderr).toBe(0);
-    expect(ok.stdout).toMatch(/^build-[0-9a-f]{12}  mini:1/);
+    expect(ok.stdout).toMatch(/^build-[0-9a-f]{12} {2}mini:1/);
     await Exec.run('sh', [
       '-c',
       `cd ${work} && mkdir -p evil && echo x > evil/x && tar -cf hostile.tar --absolute-names /etc/hostname evil/x`,
