@@ -256,7 +256,8 @@ async function runForeground(
     allowNonZeroExit: true,
     signal: lastResort.signal,
     killGraceMs: 500,
-    onOutput,
+    // Line taps cost a transform stream per output; skip them when nobody listens.
+    ...((output !== undefined || opts.onOutput !== undefined) && { onOutput }),
     ...(opts.stdin !== undefined && { input: opts.stdin }),
   });
   const stopper = new Stopper(opts, lastResort, running);
