@@ -2,7 +2,7 @@
  * Errors of `@day11/container`. Every one is a `Day11Error` with a stable code
  * from {@link ContainerCodes}, the path or container involved, and a hint.
  */
-import { Day11Error, type Day11ErrorOptions } from '@day11/exec';
+import { Day11Error, type Day11ErrorOptions, messageOf } from '@day11/exec';
 
 /** Stable codes of the errors thrown by `@day11/container`. */
 export const ContainerCodes = {
@@ -39,7 +39,5 @@ export class ContainerError extends Day11Error {
   }
 }
 
-/** `err.message` for unknown errors. */
-export function messageOf(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
-}
+// Shared helpers, re-exported so this package's modules import them from one place.
+export { messageOf };

@@ -34,6 +34,17 @@ export class Day11Error extends Error {
   }
 }
 
+/** `err.message` for an unknown thrown value. */
+export function messageOf(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+/** The errno code (`ENOENT`, ...) of a Node fs error, if any. */
+export function errnoCode(err: unknown): string | undefined {
+  const code = (err as { code?: unknown } | null)?.code;
+  return typeof code === 'string' ? code : undefined;
+}
+
 /** True when `err` is a {@link Day11Error}, optionally with the given code. */
 export function isDay11Error(err: unknown, code?: string): err is Day11Error {
   return err instanceof Day11Error && (code === undefined || err.code === code);

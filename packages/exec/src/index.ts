@@ -17,6 +17,8 @@ export {
   ExecCodes,
   SysError,
   isDay11Error,
+  messageOf,
+  errnoCode,
   type CommandErrorDetails,
   type Day11ErrorOptions,
 } from './errors.js';

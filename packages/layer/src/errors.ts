@@ -2,7 +2,7 @@
  * Errors of `@day11/layer`. Every one is a `Day11Error` with a stable code
  * from {@link LayerCodes}, the path involved, and a hint.
  */
-import { Day11Error, type Day11ErrorOptions } from '@day11/exec';
+import { Day11Error, type Day11ErrorOptions, messageOf, errnoCode } from '@day11/exec';
 
 /** Stable codes of the errors thrown by `@day11/layer`. */
 export const LayerCodes = {
@@ -57,13 +57,5 @@ export class LayerError extends Day11Error {
   }
 }
 
-/** `err.message` for unknown errors. */
-export function messageOf(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
-}
-
-/** The errno code (`ENOENT`, ...) of a Node fs error, if any. */
-export function errnoCode(err: unknown): string | undefined {
-  const code = (err as { code?: unknown } | null)?.code;
-  return typeof code === 'string' ? code : undefined;
-}
+// Shared helpers, re-exported so this package's modules import them from one place.
+export { messageOf, errnoCode };

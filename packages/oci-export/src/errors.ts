@@ -3,7 +3,7 @@
  * code from {@link OciExportCodes}, the file involved, and a hint saying what
  * to do about it.
  */
-import { Day11Error, type Day11ErrorOptions } from '@day11/exec';
+import { Day11Error, type Day11ErrorOptions, messageOf, errnoCode } from '@day11/exec';
 
 /** Stable codes of the errors thrown by `@day11/oci-export`. */
 export const OciExportCodes = {
@@ -59,31 +59,6 @@ export class OciExportError extends Day11Error {
 }
 
 /**
- * `err.message` for unknown errors.
- *
- * @example
- * ```ts
- * messageOf(new Error('boom')); // 'boom'
- * ```
- */
-export function messageOf(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
-}
-
-/**
- * The errno code (`ENOENT`, ...) of a Node fs error, if any.
- *
- * @example
- * ```ts
- * if (errnoCode(err) === 'ENOENT') return undefined;
- * ```
- */
-export function errnoCode(err: unknown): string | undefined {
-  const code = (err as { code?: unknown } | null)?.code;
-  return typeof code === 'string' ? code : undefined;
-}
-
-/**
  * Wraps a failed filesystem call; a day11 error or an abort passes through unchanged.
  *
  * @example
@@ -102,3 +77,6 @@ export function fsError(
   if ((cause as { name?: unknown } | null)?.name === 'AbortError') return cause;
   return new OciExportError(code, `${what} ${path}: ${messageOf(cause)}`, { path, cause, hint });
 }
+
+// Shared helpers, re-exported so this package's modules import them from one place.
+export { messageOf, errnoCode };

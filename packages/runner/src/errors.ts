@@ -4,7 +4,7 @@
  * packages it builds on (`LayerError`, `ContainerError`, `CommandError`)
  * pass through unchanged: their codes already say what failed.
  */
-import { Day11Error, type Day11ErrorOptions } from '@day11/exec';
+import { Day11Error, type Day11ErrorOptions, messageOf, errnoCode } from '@day11/exec';
 
 /**
  * Stable codes of the errors thrown by `@day11/runner`.
@@ -58,13 +58,5 @@ export class RunnerError extends Day11Error {
   }
 }
 
-/** `err.message` for unknown errors. */
-export function messageOf(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
-}
-
-/** The errno code (`ENOENT`, ...) of a Node fs error, if any. */
-export function errnoCode(err: unknown): string | undefined {
-  const code = (err as { code?: unknown } | null)?.code;
-  return typeof code === 'string' ? code : undefined;
-}
+// Shared helpers, re-exported so this package's modules import them from one place.
+export { messageOf, errnoCode };
