@@ -13,6 +13,7 @@ const exclude = integration
 const projects = [
   ...readdirSync('packages').map((name) => ({ name, root: `packages/${name}` })),
   { name: 'repo', root: 'scripts' },
+  { name: 'reliability', root: 'reliability' },
 ];
 
 export default defineConfig({

@@ -15,6 +15,7 @@ import {
   LayerDir,
   LayerMeta,
   LayerSymlinks,
+  Lock,
   type Base,
   type LayerMetaRecord,
 } from '@day11/layer';
@@ -111,11 +112,28 @@ class BuildState {
   private async settle(step: Step): Promise<void> {
     const dir = this.dirOf(step);
     const hash = this.hashes.get(step.id)!;
+    const meta = await LayerMeta.find(dir);
+    if (meta) return this.cached(step, hash, dir, meta);
+    // Another process may be building this very layer: wait for it and find
+    // it cached, rather than build it twice (a per-layer lock, then a re-check).
+    const lock = { osDir: this.opts.osDir, hash, timeoutMs: Infinity, signal: this.opts.signal };
+    try {
+      await Lock.withLayer(lock, () => this.settleLocked(step, hash, dir));
+    } catch (err) {
+      // Waiting was aborted, or the lock was lost: unless the step got an outcome, it failed.
+      if (this.outcomes.has(step.id)) return;
+      this.outcomes.set(step.id, { step, hash, dir, status: 'failed', failedDep: step.id });
+      this.report(step, 'failed', { reason: (err as Error).message });
+    }
+  }
+
+  /** {@link settle} under the layer's lock. */
+  private async settleLocked(step: Step, hash: string, dir: string): Promise<void> {
+    const meta = await LayerMeta.find(dir);
+    if (meta) return this.cached(step, hash, dir, meta);
     const failedDep = step.deps
       .map((d) => this.outcomes.get(d)!)
       .find((o) => o.status === 'failed' || o.status === 'skipped');
-    const meta = await LayerMeta.find(dir);
-    if (meta) return this.cached(step, hash, dir, meta);
     if (this.opts.signal?.aborted) {
       this.outcomes.set(step.id, { step, hash, dir, status: 'failed', failedDep: step.id });
       this.report(step, 'failed', { reason: 'aborted before it started' });

@@ -204,12 +204,25 @@ export function fitsPage(options: string, pageBytes: number): boolean {
   return byteLength(options) + 1 <= pageBytes;
 }
 
+/** A path `mount(8)` cannot pass, and why. */
+export interface CommandPathProblem {
+  path: string;
+  why: string;
+}
+
 /**
  * The first path that `mount(8)` cannot pass through intact, if any: libmount
- * treats `"` in an option string as quoting and drops it.
+ * treats `"` in an option string as quoting and drops it, and it mangles a
+ * value ending in an escaped `,` when another option follows (util-linux
+ * 2.38: `upperdir=/a\,,workdir=...` fails with "special device overlay does
+ * not exist"). A direct `mount(2)` and fsconfig pass both intact.
  */
-export function mountCommandBadPath(paths: readonly string[]): string | undefined {
-  return paths.find((p) => p.includes('"'));
+export function mountCommandBadPath(paths: readonly string[]): CommandPathProblem | undefined {
+  for (const path of paths) {
+    if (path.includes('"')) return { path, why: `its '"' (libmount reads it as quoting)` };
+    if (path.endsWith(',')) return { path, why: "its trailing ',' (libmount mangles it)" };
+  }
+  return undefined;
 }
 
 /** The first path no strategy can pass (a NUL cannot reach the kernel), if any. */

@@ -310,6 +310,20 @@ describe('Overlay.plan', () => {
     expect(user.strategy).toBeUndefined();
   });
 
+  it('keeps paths ending in a comma away from mount(8)', async () => {
+    // libmount mangles `upperdir=/u\,,workdir=...`; fsconfig and mount(2) do not.
+    const stack = { lowers: ['/a', '/c'], upper: '/u,', work: '/w', target: '/m' };
+    const plan = await Overlay.plan(stack, caps(noFsconfig));
+    expect(plan.strategy).toBe('classic');
+    expect(plan.fits[2]?.problem).toMatchObject({ kind: 'bad-path', path: '/u,' });
+    expect(plan.fits[2]?.problem?.message).toMatch(/trailing ','/);
+    const user = await Overlay.plan(stack, caps({ ...noFsconfig, root: false }));
+    expect(user.strategy).toBeUndefined();
+    // Inside a path a comma is escaped and passes.
+    const inside = await Overlay.plan({ ...stack, upper: '/u,v' }, caps(noFsconfig));
+    expect(inside.fits[2]?.problem).toBeUndefined();
+  });
+
   it('plans a data-only lower for a single read-only lower', async () => {
     const plan = await Overlay.plan({ lowers: ['/only'], target: '/m' }, caps(noFsconfig));
     expect(plan.strategy).toBe('classic');

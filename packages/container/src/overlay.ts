@@ -445,13 +445,9 @@ function pageFit(
 }
 
 function commandPathProblem(p: Prepared, dataLower: string | undefined): FitProblem | undefined {
-  const path = mountCommandBadPath([...p.lowers, p.upper ?? '', p.work ?? '', dataLower ?? '']);
-  if (path === undefined) return undefined;
-  return {
-    kind: 'bad-path',
-    path,
-    message: `mount(8) cannot pass its '"' (libmount reads it as quoting)`,
-  };
+  const bad = mountCommandBadPath([...p.lowers, p.upper ?? '', p.work ?? '', dataLower ?? '']);
+  if (bad === undefined) return undefined;
+  return { kind: 'bad-path', path: bad.path, message: `mount(8) cannot pass ${bad.why}` };
 }
 
 function classicFit(p: Prepared, caps: Capabilities, dataLower: string | undefined): StrategyFit {

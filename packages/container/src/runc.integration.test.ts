@@ -11,6 +11,7 @@ import {
   readFile,
   readdir,
   rm,
+  rmdir,
   symlink,
   writeFile,
 } from 'node:fs/promises';
@@ -312,6 +313,30 @@ describe('Runc.sweep', () => {
     expect(await Runc.sweep()).toEqual([orphan]);
     expect(await Runc.state(orphan)).toBeUndefined();
   });
+
+  for (const runtime of RUNTIMES) {
+    it(`${runtime}: deletes a container its killed runtime left half-created, and its cgroup`, async () => {
+      // What a SIGKILL of the runtime during create leaves (seen in the fault
+      // suite): a state directory without state, which `list` does not show,
+      // and a cgroup that nothing records.
+      const id = `day11-${2 ** 22 + 2}-1-${runtime === 'runc' ? 'aaaaaa' : 'bbbbbb'}`;
+      const state = Runc.stateDir(id, { runtime })!;
+      await mkdir(state, { recursive: true });
+      if (runtime === 'runc') Sys.mknod(join(state, 'exec.fifo'), Sys.S_IFIFO | 0o622);
+      else await writeFile(join(state, 'config.json'), '{}');
+      const cgroup = join('/sys/fs/cgroup', existsSync('/sys/fs/cgroup/pids') ? 'pids' : '', id);
+      await mkdir(cgroup);
+      try {
+        expect((await Runc.list({ runtime })).map((c) => c.id)).not.toContain(id);
+        expect(await Runc.sweep({ runtime })).toEqual([id]);
+        expect(existsSync(state)).toBe(false);
+        expect(existsSync(cgroup)).toBe(false);
+      } finally {
+        await rm(state, { recursive: true, force: true });
+        await rmdir(cgroup).catch(() => undefined);
+      }
+    });
+  }
 });
 
 describe('afterwards', () => {

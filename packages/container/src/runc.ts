@@ -18,7 +18,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { createWriteStream, type WriteStream } from 'node:fs';
-import { access, mkdtemp, readFile, rm } from 'node:fs/promises';
+import { access, mkdtemp, readdir, readFile, rm, rmdir } from 'node:fs/promises';
 import { constants as osConstants, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
@@ -569,6 +569,12 @@ export interface SweepOptions extends RuntimeOptions {
  * (as made by {@link newId}) whose pid no longer runs, and this process's own
  * that no {@link run} is using. Returns the deleted ids.
  *
+ * That includes, for runc and crun, a container whose runtime was killed while
+ * creating it: its state directory has no state yet, so `list` does not show
+ * it, and its cgroups have no record to be found by. Both are removed (the
+ * cgroups from the top of each hierarchy and from below this process's own
+ * cgroup, where a relative `cgroupsPath` puts them; best effort).
+ *
  * @example
  * ```ts
  * const swept = await Runc.sweep({ runtime: 'runc' }); // at start-up, after a crash
@@ -577,15 +583,71 @@ export interface SweepOptions extends RuntimeOptions {
  */
 export async function sweep(opts: SweepOptions = {}): Promise<string[]> {
   const owner = new RegExp(`^${escapeRegExp(opts.prefix ?? 'day11')}-(\\d+)-`);
+  const orphaned = (id: string): boolean => {
+    const pid = Number(owner.exec(id)?.[1] ?? NaN);
+    if (Number.isNaN(pid) || active.has(id)) return false;
+    return pid === process.pid || !isAlive(pid);
+  };
   const swept: string[] = [];
-  for (const c of await list(opts)) {
-    const pid = Number(owner.exec(c.id)?.[1] ?? NaN);
-    if (Number.isNaN(pid) || active.has(c.id)) continue;
-    if (pid !== process.pid && isAlive(pid)) continue;
+  const listed = await list(opts);
+  for (const c of listed) {
+    if (!orphaned(c.id)) continue;
     await remove(c.id, opts);
     swept.push(c.id);
   }
+  const known = new Set(listed.map((c) => c.id));
+  for (const id of await stateDirNames(opts)) {
+    if (known.has(id) || !orphaned(id)) continue;
+    await removeHalfCreated(id, opts);
+    swept.push(id);
+  }
   return swept;
+}
+
+/** The container ids with a state directory, for runc and crun (whose state root is known). */
+async function stateDirNames(opts: RuntimeOptions): Promise<string[]> {
+  const root = STATE_ROOTS[binary(opts)];
+  if (root === undefined) return [];
+  const names = await readdir(root).catch(() => [] as string[]);
+  return names.filter((name) => ID_PATTERN.test(name));
+}
+
+/**
+ * A container its runtime did not finish creating: `delete --force` removes
+ * the state directory (both runtimes accept it); its cgroups are removed here.
+ */
+async function removeHalfCreated(id: string, opts: RuntimeOptions): Promise<void> {
+  await remove(id, opts);
+  const dir = stateDir(id, opts);
+  if (dir !== undefined) await rm(dir, { recursive: true, force: true });
+  await removeCgroups(id);
+}
+
+/**
+ * rmdir of cgroup `name` wherever a relative `cgroupsPath` may have put it:
+ * at the top of every hierarchy under {@link CGROUP_ROOT} (v1 controllers,
+ * v2 itself) and below this process's own cgroup. rmdir removes only an empty
+ * cgroup (no process, no child): anything else is left as it is.
+ */
+async function removeCgroups(name: string): Promise<void> {
+  const hierarchies = [CGROUP_ROOT];
+  for (const entry of await readdir(CGROUP_ROOT).catch(() => [] as string[]))
+    hierarchies.push(join(CGROUP_ROOT, entry));
+  const own = await ownCgroupPaths();
+  for (const hierarchy of hierarchies) {
+    for (const parent of new Set(['/', ...own])) {
+      await rmdir(join(hierarchy, parent, name)).catch(() => undefined);
+    }
+  }
+}
+
+/** The cgroup paths of this process, one per hierarchy (`/proc/self/cgroup`). */
+async function ownCgroupPaths(): Promise<string[]> {
+  const text = await readFile('/proc/self/cgroup', 'utf8').catch(() => '');
+  return text
+    .split('\n')
+    .map((line) => line.split(':').slice(2).join(':'))
+    .filter((path) => path.startsWith('/'));
 }
 
 function isAlive(pid: number): boolean {

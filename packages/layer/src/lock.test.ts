@@ -1,3 +1,4 @@
+import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { access, mkdir, readdir, readFile, rm, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -148,6 +149,49 @@ describe('Lock.withPath', () => {
     await expect(withPath(join(osDir, 'no', 'such', 'file'), async () => 1)).rejects.toMatchObject({
       code: LayerCodes.WRITE_FAILED,
     });
+  });
+});
+
+describe('lock creation', () => {
+  it('never shows a lock without its owner: a kill leaves an owned lock or a temp dir', async () => {
+    const lockPath = join(osDir, 'x.lock');
+    const torn: string[] = [];
+    let polling = true;
+    // Runs between every I/O completion of the takers below: with mkdir then a
+    // write of the owner (or a recursive removal), it saw the directory without it.
+    // The inode, the same before and after the listing, rules out a lock that
+    // was replaced meanwhile.
+    const poll = (): void => {
+      if (!polling) return;
+      try {
+        const before = statSync(lockPath).ino;
+        const names = readdirSync(lockPath);
+        const owner = names.includes('owner') ? readFileSync(join(lockPath, 'owner'), 'utf8') : '';
+        if (statSync(lockPath).ino === before && !owner) torn.push(`[${names.join(',')}]`);
+      } catch {
+        // No lock at this moment, or it went between two calls.
+      }
+      setImmediate(poll);
+    };
+    poll();
+    for (let i = 0; i < 30; i++) {
+      await Promise.all([1, 2, 3].map(() => withPath(join(osDir, 'x'), async () => sleep(1))));
+    }
+    polling = false;
+    expect(torn).toEqual([]);
+    expect(await readdir(osDir)).toEqual([]); // no lock, no temp dir left
+  });
+
+  it('fails as mkdir does on an existing lock, even an empty one, and leaves no temp', async () => {
+    const lockPath = join(osDir, 'x.lock');
+    await mkdir(lockPath); // an owner-less lock (older versions): not taken over while fresh
+    await expect(
+      withPath(join(osDir, 'x'), async () => 1, { timeoutMs: 100 }),
+    ).rejects.toMatchObject({
+      code: LayerCodes.LOCK_TIMEOUT,
+    });
+    expect(await readdir(osDir)).toEqual(['x.lock']);
+    expect(await readdir(lockPath)).toEqual([]);
   });
 });
 

@@ -1,12 +1,13 @@
 /**
- * Cross-process locks on top of proper-lockfile: a lock is a directory made
- * with `mkdir` (atomic), kept fresh by touching its mtime, and taken over by
- * others when its mtime is older than `staleMs` (the holder died or hung).
+ * Cross-process locks on top of proper-lockfile: a lock is a directory that
+ * appears atomically (assembled under a temporary name, then renamed into
+ * place), kept fresh by touching its mtime, and taken over by others when its
+ * mtime is older than `staleMs` (the holder died or hung).
  *
  * Layer locks live in `{osDir}/.locks/build-xxxxxxxxxxxx.lock`, where Scan does
  * not look. Each lock directory holds an `owner` file (pid and process start
- * time) so {@link Recover.sweep} can remove the lock of a killed process at once
- * instead of waiting for it to go stale.
+ * time) from the moment it exists, so {@link Recover.sweep} can remove the lock
+ * of a killed process at once instead of waiting for it to go stale.
  *
  * Locks are re-entrant within one async call chain: code running inside
  * `withLayer(x)` may call `withLayer(x)` again (e.g. `Commit.commit` under a
@@ -14,10 +15,11 @@
  */
 import { AsyncLocalStorage } from 'node:async_hooks';
 import * as fs from 'node:fs';
-import { mkdir, readFile, stat, utimes, writeFile } from 'node:fs/promises';
+import { lstat, mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import lockfile from 'proper-lockfile';
+import { tempPathFor } from './atomic.js';
 import { errnoCode, LayerCodes, LayerError, messageOf } from './errors.js';
 import { name as layerName } from './layer-dir.js';
 import * as Proc from './proc.js';
@@ -62,15 +64,82 @@ export interface HeldLock {
 const held = new AsyncLocalStorage<ReadonlyMap<string, HeldLock>>();
 
 /**
- * proper-lockfile removes its lock with `rmdir`; ours contain the owner file,
- * so removal (release, stale take-over, exit cleanup) must be recursive.
+ * proper-lockfile takes a lock with `mkdir` and removes it with `rmdir`. Ours
+ * appear and disappear whole, with their owner file inside (see
+ * {@link createWithOwner} and {@link removeWithOwner}): release, stale
+ * take-over and exit cleanup all go through these.
  */
 const lockFs = {
   ...fs,
-  rmdir: (path: string, cb: (err: NodeJS.ErrnoException | null) => void) =>
-    fs.rm(path, { recursive: true }, cb),
-  rmdirSync: (path: string) => fs.rmSync(path, { recursive: true }),
+  mkdir: (path: string, cb: (err: NodeJS.ErrnoException | null) => void) => {
+    createWithOwner(path).then(
+      () => cb(null),
+      (err: NodeJS.ErrnoException) => cb(err),
+    );
+  },
+  rmdir: (path: string, cb: (err: NodeJS.ErrnoException | null) => void) => {
+    removeWithOwner(path).then(
+      () => cb(null),
+      (err: NodeJS.ErrnoException) => cb(err),
+    );
+  },
+  rmdirSync: (path: string) => {
+    const aside = tempPathFor(path);
+    fs.renameSync(path, aside);
+    fs.rmSync(aside, { recursive: true, force: true });
+  },
 };
+
+/**
+ * Makes lock directory `lockPath` as `mkdir` would (failing with `EEXIST` when
+ * it exists), but complete: the directory is assembled with its owner file
+ * under a temporary name beside it and renamed into place. A lock therefore
+ * never exists without its owner, and a holder killed at any moment leaves
+ * either a temporary directory of a dead pid or a lock whose owner is dead:
+ * `Recover.sweep` removes both at once. (A plain `mkdir` then a write left an
+ * owner-less lock that recovery had to leave alone for {@link ORPHAN_GRACE_MS}
+ * and that blocked the next taker until it went stale.)
+ */
+async function createWithOwner(lockPath: string): Promise<void> {
+  const temp = tempPathFor(lockPath);
+  try {
+    await mkdir(temp);
+    await writeFile(join(temp, OWNER_FILE), JSON.stringify(await Proc.self()));
+    // rename(2) would replace an empty directory: an existing lock, even one
+    // made by mkdir alone, must fail as mkdir does.
+    if (await exists(lockPath)) throw alreadyExists(lockPath);
+    await rename(temp, lockPath);
+  } catch (err) {
+    await rm(temp, { recursive: true, force: true }).catch(() => undefined);
+    const code = errnoCode(err);
+    throw code === 'ENOTEMPTY' || code === 'EEXIST' ? alreadyExists(lockPath) : err;
+  }
+}
+
+/**
+ * Removes a lock directory as `rmdir` would, but atomically: it is renamed
+ * aside first, so a kill never leaves it without its owner file (a recursive
+ * removal deletes the file first); the aside name is a temp of this process.
+ */
+async function removeWithOwner(lockPath: string): Promise<void> {
+  const aside = tempPathFor(lockPath);
+  await rename(lockPath, aside);
+  await rm(aside, { recursive: true, force: true });
+}
+
+function alreadyExists(path: string): NodeJS.ErrnoException {
+  return Object.assign(new Error(`EEXIST: lock exists, mkdir '${path}'`), {
+    code: 'EEXIST',
+    path,
+  });
+}
+
+async function exists(path: string): Promise<boolean> {
+  return lstat(path).then(
+    () => true,
+    () => false,
+  );
+}
 
 /** `{osDir}/.locks/build-xxxxxxxxxxxx.lock`, the lock of layer `hash`. */
 export function layerLockPath({ osDir, hash }: { osDir: string; hash: string }): string {
@@ -166,12 +235,6 @@ async function acquire(lockPath: string, options: LockOptions): Promise<Acquired
       continue;
     }
     const releaseOnce = () => release().catch(ignoreReleaseError);
-    try {
-      await recordOwner(lockPath);
-    } catch (cause) {
-      await releaseOnce();
-      throw cannotCreate(lockPath, cause);
-    }
     return { held: lock, release: releaseOnce };
   }
 }
@@ -193,16 +256,6 @@ function heldLock(path: string, signal: AbortSignal): HeldLock {
   };
 }
 
-/**
- * Writes the owner file, then restores the directory's mtime: proper-lockfile
- * checks that the mtime is still the one it set, and a new entry changes it.
- */
-async function recordOwner(lockPath: string): Promise<void> {
-  const before = await stat(lockPath);
-  await writeFile(join(lockPath, OWNER_FILE), JSON.stringify(await Proc.self()));
-  await utimes(lockPath, before.atime, before.mtime);
-}
-
 /** The holder recorded in lock directory `lockPath`, or `undefined` (none yet, unreadable). */
 export async function owner(lockPath: string): Promise<Proc.ProcessId | undefined> {
   try {
@@ -213,8 +266,9 @@ export async function owner(lockPath: string): Promise<Proc.ProcessId | undefine
 }
 
 /**
- * A holder records itself within milliseconds of creating its lock; a lock
- * still without an owner this long after its creation lost its holder in between.
+ * Locks made here have their owner from birth; a lock without one comes from
+ * elsewhere (an older version recorded the owner after `mkdir`). This long
+ * after its creation, it lost its holder in between.
  */
 export const ORPHAN_GRACE_MS = 2000;
 

@@ -163,7 +163,8 @@ async function ownerDead(pid: number, path: string): Promise<boolean> {
 async function sweepLocks(locksDir: string, options: SweepOptions): Promise<string[]> {
   const removed: string[] = [];
   for (const name of await entries(locksDir)) {
-    if (!name.endsWith(Lock.LOCK_SUFFIX)) continue;
+    // A lock being assembled is a temporary entry, swept (or not) by sweepTemps.
+    if (!name.endsWith(Lock.LOCK_SUFFIX) || name.startsWith(TEMP_PREFIX)) continue;
     const path = join(locksDir, name);
     if (await removeStaleLock(path, options)) removed.push(path);
   }
