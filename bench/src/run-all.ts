@@ -1,25 +1,190 @@
 /**
- * Runs every benchmark in this directory, one after the other (they would
- * disturb each other in parallel on a 2-core machine), and prints one table.
+ * Runs every benchmark suite, one after the other (they would disturb each
+ * other in parallel on a 2-core machine), prints one table, and writes
+ * `BENCHMARKS.md` at the repository root: the table, the machine, what each
+ * suite measures, and how to reproduce it.
+ *
+ * `node bench/dist/run-all.js [suite...]`: with suite names, only those run
+ * and the table is printed; `BENCHMARKS.md` is written by full runs only.
  */
-import { cpus, totalmem } from 'node:os';
-import { toMarkdown, type BenchRow } from './table.js';
+import { writeFile } from 'node:fs/promises';
+import { arch, cpus, loadavg, release, tmpdir, totalmem } from 'node:os';
+import { resolve } from 'node:path';
+import { Exec } from '@day11/exec';
+import { metOf, toMarkdown, type BenchRow, type SuiteRows } from './table.js';
 
-const suites: Record<string, () => Promise<{ run: () => Promise<BenchRow[]> }>> = {
-  merge: () => import('./merge.js'),
-  mount: () => import('./mount.js'),
-  scan: () => import('./scan.js'),
-  runtime: () => import('./runtime.js'),
-  runner: () => import('./runner.js'),
-  export: () => import('./export.js'),
+interface Suite {
+  load: () => Promise<{ run: () => Promise<BenchRow[]> }>;
+  /** What the suite measures and against what, for BENCHMARKS.md. */
+  note: string;
+}
+
+const SUITES: Record<string, Suite> = {
+  merge: {
+    load: () => import('./merge.js'),
+    note: "`Stack.merge` (the hardlink merge of layers too deep for one mount) of one 20,000-file layer against `cp -al` of the same tree, and of four overlapping 5,000-file layers against day11's `cp -a -n --link` per layer. `sync` before every run, 9 rounds alternating who goes first, medians; `cp` is timed through `Exec.run`, process start included, as day11 pays it.",
+  },
+  mount: {
+    load: () => import('./mount.js'),
+    note: "`Overlay.mount` + `unmount` of 1, 50 and 500 lower layers (with upper and work, as a build mounts them) with every strategy that can mount that many here, against one fsconfig mount of a single lower: the cost of one overlay superblock. Reference rows time what day11's OCaml did, `mount(8)` + `umount(8)` subprocesses. 21 rounds round-robin, medians.",
+  },
+  scan: {
+    load: () => import('./scan.js'),
+    note: "`Scan.layers` over 10,000 layers (each `layer.json` parsed and validated, sidecars listed, `last_used` stat'ed) against `cat build-*/layer.json`: the same bytes read, nothing parsed. 5 rounds, medians.",
+  },
+  gc: {
+    load: () => import('./gc.js'),
+    note: '`Gc.plan` shrinking a cache of 10,000 layers (four-file `fs/` trees, one file hardlinked into every layer) to half its size: real disk usage of every inode, hardlinks once, LRU order, shared inodes attributed. Against `du -s` of the same cache (the floor for knowing real usage) and against `Scan.layers` (the metadata half of a plan). 5 rounds alternating, medians.',
+  },
+  runtime: {
+    load: () => import('./runtime.js'),
+    note: '`crun run true` against `runc run true` on the same busybox-static bundle, bare and through `Runc.run` (stale-state delete + run + delete). 10 rounds alternating, medians.',
+  },
+  runner: {
+    load: () => import('./runner.js'),
+    note: "`runInLayers` of `true` over a 50-layer stack (49 committed layers on a busybox-static base: leases, an fsconfig overlay of 50 lowers, `/etc/hosts`, the run, the unmount, the upper moved out for a commit) against a bare `runc run true` (or crun) on an already prepared rootfs, and against a bare run on the very same stack mounted beforehand. With the default `lingerMs` consecutive runs share leases and scratch directories, as a builder's steps do; the cold row (`lingerMs: 0`) redoes them every time. 30 rounds, medians.",
+  },
+  export: {
+    load: () => import('./export.js'),
+    note: "`exportImage` with every blob cache emptied (cold) of five layers copied from this machine's `/usr` (headers, Python, Perl, binaries) against day10's method on the same layers: per layer, sequentially, GNU `tar -c --numeric-owner | gzip -n -6`; the same for one large layer (`/usr/bin`). Warm re-export (every blob cached) into a fresh layout against the cold export. Peak RSS of a child process exporting a layer holding one 2 GiB incompressible file against a 150 MB limit. 3 rounds (7 warm), medians; all reads from the page cache, so this measures CPU, not the disk.",
+  },
 };
 
-const only = process.argv.slice(2);
-const rows: BenchRow[] = [];
-for (const [name, load] of Object.entries(suites)) {
-  if (only.length && !only.includes(name)) continue;
-  process.stderr.write(`bench: ${name}...\n`);
-  rows.push(...(await (await load()).run()));
+const BENCHMARKS_MD = resolve(import.meta.dirname, '../../BENCHMARKS.md');
+
+/** First line of `cmd --version`, or why there is none. */
+async function version(cmd: string): Promise<string> {
+  try {
+    return (await Exec.run(cmd, ['--version'])).stdout.split('\n')[0]!.trim();
+  } catch {
+    return `${cmd}: not installed`;
+  }
 }
-const machine = `${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}`;
-console.log(`Machine: ${machine}\n\n${toMarkdown(rows)}`);
+
+async function tmpFilesystem(): Promise<string> {
+  const r = await Exec.run('findmnt', ['-n', '-o', 'FSTYPE', '-T', tmpdir()]).catch(
+    () => undefined,
+  );
+  return r ? `${tmpdir()} on ${r.stdout.trim()}` : tmpdir();
+}
+
+/** The machine, as Markdown list items; `load` is the load average before and after the run. */
+async function describeMachine(started: Date, load: [number[], number[]]): Promise<string> {
+  const avg = (l: number[]): string => l.map((x) => x.toFixed(2)).join(', ');
+  const model = cpus()[0]?.model.trim() ?? 'unknown CPU';
+  return [
+    `- CPU: ${cpus().length} × ${model} (${arch()})`,
+    `- Memory: ${(totalmem() / 2 ** 30).toFixed(1)} GiB`,
+    `- Kernel: Linux ${release()}`,
+    `- Node: ${process.version}`,
+    `- Runtimes: ${await version('runc')}; ${await version('crun')}`,
+    `- Temporary directories (where every suite works): ${await tmpFilesystem()}`,
+    `- Date: ${started.toISOString().replace(/\.\d+Z$/, 'Z')}`,
+    `- Load average (1, 5, 15 min) before the run: ${avg(load[0])}; after it: ${avg(load[1])}`,
+  ].join('\n');
+}
+
+interface Outcome {
+  groups: SuiteRows[];
+  failures: { suite: string; message: string }[];
+  seconds: Map<string, number>;
+}
+
+async function runSuites(names: readonly string[]): Promise<Outcome> {
+  const out: Outcome = { groups: [], failures: [], seconds: new Map() };
+  for (const suite of names) {
+    process.stderr.write(`bench: ${suite}...\n`);
+    const started = performance.now();
+    try {
+      out.groups.push({ suite, rows: await (await SUITES[suite]!.load()).run() });
+    } catch (err) {
+      // One suite that cannot run here (no runtime, no root) must not hide the others.
+      const message = err instanceof Error ? err.message : String(err);
+      process.stderr.write(`bench: ${suite} failed: ${message}\n`);
+      out.failures.push({ suite, message: message.split('\n')[0]! });
+    }
+    out.seconds.set(suite, (performance.now() - started) / 1000);
+  }
+  return out;
+}
+
+function summary(groups: readonly SuiteRows[]): string {
+  const targeted = groups.flatMap((g) => g.rows).filter((r) => metOf(r) !== undefined);
+  const met = targeted.filter((r) => metOf(r)).length;
+  return `${met} of ${targeted.length} targets met.`;
+}
+
+function notes(outcome: Outcome): string {
+  return Object.entries(SUITES)
+    .filter(([name]) => outcome.seconds.has(name))
+    .map(([name, s]) => `- **${name}** (${outcome.seconds.get(name)!.toFixed(0)} s): ${s.note}`)
+    .join('\n');
+}
+
+const REPRODUCE = `\`\`\`sh
+bash .ci/setup                          # once: runc, crun, busybox-static, ... and the workspace
+pnpm bench                              # build, run every suite, rewrite BENCHMARKS.md (needs root; several minutes)
+node bench/dist/run-all.js mount gc     # after \`pnpm build\`: only these suites; prints the table, leaves this file alone
+node bench/dist/gc.js                   # one suite on its own
+\`\`\`
+
+The suites (${Object.keys(SUITES).join(', ')}) run one after the other,
+never in parallel. Each measures its baseline in the same process, rounds
+alternating, so slow drift hits both sides alike; still, other load on the
+machine shows in the figures (see the load average above): run it on an
+otherwise idle machine.`;
+
+function render(outcome: Outcome, machine: string): string {
+  const failed = outcome.failures.length
+    ? `\n\nSuites that failed on this machine:\n\n${outcome.failures.map((f) => `- **${f.suite}**: ${f.message}`).join('\n')}`
+    : '';
+  return `# Benchmarks
+
+Written by \`pnpm bench\` (\`bench/src/run-all.ts\`); do not edit by hand.
+
+Every figure is compared with a baseline measured in the same run, on the
+same machine, on the same data. **ratio** = value ÷ baseline value: lower is
+better. Where issue 7 sets a target ratio, the last column says whether this
+run met it. ${summary(outcome.groups)}
+
+## Results
+
+${toMarkdown(outcome.groups)}${failed}
+
+## Machine
+
+${machine}
+
+## What each suite measures
+
+${notes(outcome)}
+
+## How to reproduce
+
+${REPRODUCE}
+`;
+}
+
+function chosenSuites(args: readonly string[]): string[] {
+  const unknown = args.filter((a) => !(a in SUITES));
+  if (unknown.length > 0) {
+    console.error(
+      `run-all: unknown suite ${unknown.join(', ')}; the suites are ${Object.keys(SUITES).join(', ')}`,
+    );
+    process.exit(2);
+  }
+  return args.length > 0 ? [...args] : Object.keys(SUITES);
+}
+
+const args = process.argv.slice(2);
+const names = chosenSuites(args);
+const started = new Date();
+const loadBefore = loadavg();
+const outcome = await runSuites(names);
+const markdown = render(outcome, await describeMachine(started, [loadBefore, loadavg()]));
+console.log(markdown);
+if (args.length === 0) {
+  await writeFile(BENCHMARKS_MD, markdown);
+  process.stderr.write(`bench: wrote ${BENCHMARKS_MD}\n`);
+}
+if (outcome.failures.length > 0) process.exitCode = 1;

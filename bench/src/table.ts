@@ -15,26 +15,67 @@ export interface BenchRow {
   unit?: string;
 }
 
+/** Rows of one suite, for {@link toMarkdown}'s suite column. */
+export interface SuiteRows {
+  suite: string;
+  rows: readonly BenchRow[];
+}
+
 function fmt(n: number): string {
   return n >= 100 ? n.toFixed(0) : n >= 10 ? n.toFixed(1) : n.toFixed(2);
 }
 
-/** Renders rows as a Markdown table with ratios. */
-export function toMarkdown(rows: readonly BenchRow[]): string {
-  const lines = [
-    '| benchmark | value | baseline | baseline value | ratio | target |',
-    '|---|---:|---|---:|---:|---:|',
+/** value / baseline, when there is a baseline to divide by. */
+export function ratioOf(r: BenchRow): number | undefined {
+  return r.baseline ? r.value / r.baseline : undefined;
+}
+
+/** Whether a row meets its target: `undefined` when it has none. */
+export function metOf(r: BenchRow): boolean | undefined {
+  const ratio = ratioOf(r);
+  return r.target === undefined || ratio === undefined ? undefined : ratio <= r.target;
+}
+
+function cells(r: BenchRow): string[] {
+  const unit = r.unit ?? 'ms';
+  const ratio = ratioOf(r);
+  const met = metOf(r);
+  return [
+    r.name,
+    `${fmt(r.value)} ${unit}`,
+    r.baselineName ?? '',
+    r.baseline === undefined ? '' : `${fmt(r.baseline)} ${unit}`,
+    ratio === undefined ? '' : fmt(ratio),
+    r.target === undefined ? '' : `≤ ${r.target}`,
+    met === undefined ? '' : met ? '✓ met' : '✗ not met',
   ];
-  for (const r of rows) {
-    const unit = r.unit ?? 'ms';
-    const ratio = r.baseline ? fmt(r.value / r.baseline) : '';
-    const met =
-      r.target !== undefined && r.baseline ? (r.value / r.baseline <= r.target ? ' ✓' : ' ✗') : '';
-    lines.push(
-      `| ${r.name} | ${fmt(r.value)} ${unit} | ${r.baselineName ?? ''} | ${r.baseline === undefined ? '' : `${fmt(r.baseline)} ${unit}`} | ${ratio} | ${r.target === undefined ? '' : `≤ ${r.target}${met}`} |`,
-    );
+}
+
+const HEADER = ['benchmark', 'value', 'baseline', 'baseline value', 'ratio', 'target', 'met'];
+const ALIGN = ['---', '---:', '---', '---:', '---:', '---:', '---'];
+
+/**
+ * Renders rows as a Markdown table: the figure, its baseline, the ratio
+ * value/baseline (lower is better) and, where a target is set, whether it is
+ * met. Given suites, a first column names each row's suite.
+ */
+export function toMarkdown(rows: readonly BenchRow[] | readonly SuiteRows[]): string {
+  const groups: readonly SuiteRows[] = isGrouped(rows) ? rows : [{ suite: '', rows }];
+  const withSuite = isGrouped(rows);
+  const line = (parts: readonly string[]): string =>
+    `| ${parts.map((p) => p.replace(/\|/g, '\\|')).join(' | ')} |`;
+  const lines = [
+    line(withSuite ? ['suite', ...HEADER] : HEADER),
+    line(withSuite ? ['---', ...ALIGN] : ALIGN),
+  ];
+  for (const { suite, rows: suiteRows } of groups) {
+    for (const r of suiteRows) lines.push(line(withSuite ? [suite, ...cells(r)] : cells(r)));
   }
   return lines.join('\n');
+}
+
+function isGrouped(rows: readonly BenchRow[] | readonly SuiteRows[]): rows is readonly SuiteRows[] {
+  return rows.length > 0 && 'suite' in rows[0]!;
 }
 
 /** Median of timings, robust to one slow outlier. */

@@ -73,6 +73,14 @@ describe('LayerMeta', () => {
     await expect(find(dir)).rejects.toMatchObject({ code: LayerCodes.META_CORRUPT });
   });
 
+  it('says what is wrong with every field, on one line', async () => {
+    await writeFile(file(dir), JSON.stringify({ ...meta, exit_status: 'zero', uid: -1 }));
+    const err = await load(dir).catch((e: unknown) => e);
+    const message = (err as Error).message;
+    expect(message).not.toContain('\n');
+    expect(message).toMatch(/exit_status: .*expected number.*; uid: .*>=0/);
+  });
+
   it('refuses to write an invalid record and keeps the old file', async () => {
     await save(dir, meta);
     await expect(save(dir, { ...meta, uid: -1 })).rejects.toMatchObject({

@@ -53,7 +53,7 @@ export async function save(
   if (!parsed.success) {
     throw new LayerError(
       LayerCodes.BAD_ARGUMENT,
-      `Refusing to write an invalid ${file(dir)}: ${z.prettifyError(parsed.error)}`,
+      `Refusing to write an invalid ${file(dir)}: ${describeIssues(parsed.error)}`,
       { path: file(dir) },
     );
   }
@@ -69,7 +69,7 @@ export function parse(text: string, path: string): LayerMeta {
     throw corrupt(path, `not valid JSON (${messageOf(cause)})`, cause);
   }
   const parsed = Schema.safeParse(json);
-  if (!parsed.success) throw corrupt(path, z.prettifyError(parsed.error), parsed.error);
+  if (!parsed.success) throw corrupt(path, describeIssues(parsed.error), parsed.error);
   return parsed.data;
 }
 
@@ -103,6 +103,13 @@ export async function find(dir: string): Promise<LayerMeta | undefined> {
     if (err instanceof LayerError && err.code === LayerCodes.META_MISSING) return undefined;
     throw err;
   }
+}
+
+/** A zod error on one line (`uid: Too small: ...; timing: ...`), as the CLI prints errors. */
+function describeIssues(error: z.ZodError): string {
+  return error.issues
+    .map((i) => `${i.path.map(String).join('.') || 'the top level'}: ${i.message}`)
+    .join('; ');
 }
 
 function corrupt(path: string, why: string, cause: unknown): LayerError {

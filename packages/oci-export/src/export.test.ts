@@ -373,6 +373,20 @@ describe('exportImage', () => {
     }
   });
 
+  it('fails on a corrupt index.json without compressing or placing a blob', async () => {
+    await exportImage({ layout, tag: 'a', base: asBase(base), layers: [] });
+    await writeFile(join(layout, 'index.json'), '}garbage{');
+    const blobs = await readdir(join(layout, 'blobs', 'sha256'));
+    await expect(
+      exportImage({ layout, tag: 'b', base: asBase(base), layers: [dep.dir] }),
+    ).rejects.toMatchObject({
+      code: OciExportCodes.INDEX_CORRUPT,
+      path: join(layout, 'index.json'),
+    });
+    expect(await readdir(join(layout, 'blobs', 'sha256'))).toEqual(blobs);
+    expect(await LayerBlob.find(dep.dir)).toBeUndefined();
+  });
+
   it('heals a truncated blob in the layout', async () => {
     const r = await exportImage({ layout, tag: 'a', base: asBase(base), layers: [] });
     const path = Layout.blobPath(layout, r.layers[0]!.digest);

@@ -49,7 +49,7 @@ export type ExportProgress =
 
 /** Options of {@link exportImage}. */
 export interface ExportOptions {
-  /** The OCI image layout directory; created when missing. */
+  /** The OCI image layout directory; created when missing. A directory holding files but no `oci-layout` is refused. */
   layout: string;
   /** The tag (`org.opencontainers.image.ref.name`), e.g. `0install.2.18`. */
   tag: string;
@@ -123,6 +123,8 @@ export interface ExportResult {
 export async function exportImage(options: ExportOptions): Promise<ExportResult> {
   const dirs = checkOptions(options);
   await Layout.init(options.layout);
+  // Fail fast on a corrupt index.json, before compressing anything (read again under the lock).
+  await Layout.readIndex(options.layout);
   const leases = await leaseAll(dirs);
   try {
     const blobs = await ensureBlobs(dirs, options);
@@ -314,6 +316,8 @@ async function publish(
     await Layout.withLock(
       layout,
       async () => {
+        // Read first: a corrupt index.json must fail the export before any blob is placed.
+        const index = await Layout.readIndex(layout);
         for (const s of staged) await place(layout, s);
         await putBytes(layout, configDesc.digest, config);
         await putBytes(layout, manifestDigest, manifest);
@@ -326,7 +330,6 @@ async function publish(
             os: options.os ?? 'linux',
           },
         };
-        const index = await Layout.readIndex(layout);
         await Layout.writeIndex(layout, Layout.withTag(index, options.tag, entry));
       },
       { timeoutMs: options.lockTimeoutMs, signal: options.signal },

@@ -45,6 +45,33 @@ describe('init and the index', () => {
     });
   });
 
+  it('refuses a directory with files but no oci-layout, and changes nothing', async () => {
+    const layout = await tempDir('notalayout');
+    await writeFile(join(layout, 'notes.txt'), 'mine\n');
+    const err = await Layout.init(layout).catch((e: unknown) => e);
+    expect(err).toMatchObject({
+      code: OciExportCodes.LAYOUT_INVALID,
+      path: join(layout, 'oci-layout'),
+    });
+    expect((err as Error).message).toContain('notes.txt');
+    expect(await readdir(layout)).toEqual(['notes.txt']);
+    // A layout that lost its marker: the same.
+    const lost = await tempDir('lostmarker');
+    await mkdir(join(lost, 'blobs', 'sha256'), { recursive: true });
+    await writeFile(join(lost, 'blobs', 'sha256', 'ab'), 'x');
+    await expect(Layout.init(lost)).rejects.toMatchObject({
+      code: OciExportCodes.LAYOUT_INVALID,
+    });
+    expect(await readdir(lost)).toEqual(['blobs']);
+  });
+
+  it('completes what an interrupted init left (empty blobs/sha256)', async () => {
+    const layout = await tempDir('interrupted');
+    await mkdir(join(layout, 'blobs', 'sha256'), { recursive: true });
+    await Layout.init(layout);
+    expect(await readdir(layout)).toEqual(['blobs', 'oci-layout']);
+  });
+
   it('names the file and the fix when index.json is corrupt', async () => {
     const layout = await tempDir('corrupt');
     await Layout.init(layout);
@@ -58,6 +85,9 @@ describe('init and the index', () => {
       path: join(layout, 'index.json'),
     });
     expect((err as Error).message).toMatch(/export each image again/);
+    // Every problem, on one line (the CLI prints errors as one line).
+    expect((err as Error).message).toMatch(/manifests\.0\.mediaType: .*; manifests\.0\.digest: /);
+    expect((err as Error).message).not.toContain('\n');
     await writeFile(join(layout, 'index.json'), '{not json');
     await expect(Layout.readIndex(layout)).rejects.toMatchObject({
       code: OciExportCodes.INDEX_CORRUPT,
@@ -148,6 +178,24 @@ describe('tags, removeTag, gc, verify', () => {
     expect(left).toContain(liveTemp.split('/').pop());
     expect(await Layout.verify(layout)).toEqual([]);
     expect(await readdir(layout)).toEqual(['blobs', 'index.json', 'oci-layout']); // lock released
+  });
+
+  it('gc deletes the temporary entries a killed writer left at the root', async () => {
+    await exportBoth();
+    // A kill while writing index.json, or while making the layout lock (a directory).
+    const deadIndex = join(layout, '.day11-tmp-999999999-abcd-index.json');
+    const deadLock = join(layout, '.day11-tmp-999999999-ef01-index.json.lock');
+    const liveIndex = join(layout, `.day11-tmp-${process.pid}-abcd-index.json`);
+    await writeFile(deadIndex, '{"schemaVersion":');
+    await mkdir(deadLock);
+    await writeFile(join(deadLock, 'owner'), '{"pid":999999999}');
+    await writeFile(liveIndex, '');
+    const result = await Layout.gc(layout);
+    expect(result.temps.sort()).toEqual([deadIndex, deadLock].sort());
+    expect((await readdir(layout)).sort()).toEqual(
+      ['blobs', 'index.json', 'oci-layout', liveIndex.split('/').pop()!].sort(),
+    );
+    expect(await Layout.verify(layout)).toEqual([]);
   });
 
   it('gc deletes nothing when a referenced manifest is missing', async () => {

@@ -26,6 +26,7 @@ import {
   REF_NAME_RE,
   assertTag,
   buildIndex,
+  describeIssues,
   type Descriptor,
   type OciIndex,
 } from './oci.js';
@@ -58,7 +59,9 @@ export function blobPath(layout: string, digest: string): string {
 
 /**
  * Makes `layout` an OCI image layout if it is not one yet: `blobs/sha256/`
- * and `oci-layout`. An existing `oci-layout` must name version 1.0.0.
+ * and `oci-layout`. An existing `oci-layout` must name version 1.0.0. A
+ * directory that holds files but no `oci-layout` is refused, not turned into
+ * a layout: it is either a layout that lost its marker or not a layout at all.
  *
  * @example
  * ```ts
@@ -67,6 +70,21 @@ export function blobPath(layout: string, digest: string): string {
  * @throws {OciExportError} `OCI_LAYOUT_INVALID`, `OCI_WRITE_FAILED`.
  */
 export async function init(layout: string): Promise<void> {
+  const file = join(layout, OCI_LAYOUT_FILE);
+  let text = await readLayoutFile(file);
+  if (text === undefined) {
+    const stray = await strayEntry(layout);
+    // A concurrent init may have written oci-layout since the first read: read it again.
+    if (stray !== undefined) text = await readLayoutFile(file);
+    if (stray !== undefined && text === undefined) throw notALayout(layout, stray);
+  }
+  const problem = text === undefined ? undefined : layoutProblem(text);
+  if (problem) {
+    throw new OciExportError(OciExportCodes.LAYOUT_INVALID, `${file}: ${problem}`, {
+      path: file,
+      hint: `Export into an empty directory, or fix the file to {"imageLayoutVersion":"${IMAGE_LAYOUT_VERSION}"}`,
+    });
+  }
   try {
     await mkdir(join(layout, 'blobs', 'sha256'), { recursive: true });
   } catch (cause) {
@@ -78,22 +96,46 @@ export async function init(layout: string): Promise<void> {
       'Check that the path is a writable directory',
     );
   }
-  const file = join(layout, OCI_LAYOUT_FILE);
-  const text = await readFile(file, 'utf8').catch((err: unknown) => {
+  if (text === undefined) {
+    await writeAtomic(file, JSON.stringify({ imageLayoutVersion: IMAGE_LAYOUT_VERSION }));
+  }
+}
+
+async function readLayoutFile(file: string): Promise<string | undefined> {
+  return readFile(file, 'utf8').catch((err: unknown) => {
     if (errnoCode(err) === 'ENOENT') return undefined;
     throw fsError(OciExportCodes.READ_FAILED, 'Cannot read', file, err, 'Check permissions');
   });
-  if (text === undefined) {
-    await writeAtomic(file, JSON.stringify({ imageLayoutVersion: IMAGE_LAYOUT_VERSION }));
-    return;
+}
+
+/**
+ * Something in `layout` that an unfinished {@link init} does not leave (it
+ * leaves at most empty `blobs/<alg>/` directories and temporary files), if any.
+ */
+async function strayEntry(layout: string): Promise<string | undefined> {
+  for (const name of await listDir(layout)) {
+    if (name.startsWith(TEMP_PREFIX)) continue;
+    if (name !== 'blobs') return name;
+    for (const alg of await listDir(join(layout, 'blobs'))) {
+      const files = await listDir(join(layout, 'blobs', alg)).catch(() => undefined);
+      if (files === undefined) return `blobs/${alg}`;
+      const file = files.find((f) => !f.startsWith(TEMP_PREFIX));
+      if (file !== undefined) return `blobs/${alg}/${file}`;
+    }
   }
-  const problem = layoutProblem(text);
-  if (problem) {
-    throw new OciExportError(OciExportCodes.LAYOUT_INVALID, `${file}: ${problem}`, {
+  return undefined;
+}
+
+function notALayout(layout: string, stray: string): OciExportError {
+  const file = join(layout, OCI_LAYOUT_FILE);
+  return new OciExportError(
+    OciExportCodes.LAYOUT_INVALID,
+    `${file} is missing, and ${layout} holds ${stray}: it is not an OCI image layout`,
+    {
       path: file,
-      hint: `Export into an empty directory, or fix the file to {"imageLayoutVersion":"${IMAGE_LAYOUT_VERSION}"}`,
-    });
-  }
+      hint: `Export into a new or empty directory; if ${layout} is a layout that lost the file, restore it as {"imageLayoutVersion":"${IMAGE_LAYOUT_VERSION}"}`,
+    },
+  );
 }
 
 function layoutProblem(text: string): string | undefined {
@@ -134,7 +176,7 @@ export async function readIndex(layout: string): Promise<OciIndex> {
     throw corruptIndex(file, `not valid JSON (${messageOf(cause)})`, cause);
   }
   const parsed = IndexSchema.safeParse(value);
-  if (!parsed.success) throw corruptIndex(file, z.prettifyError(parsed.error), parsed.error);
+  if (!parsed.success) throw corruptIndex(file, describeIssues(parsed.error), parsed.error);
   return parsed.data;
 }
 
@@ -300,6 +342,7 @@ export async function gc(layout: string, options: LayoutLockOptions = {}): Promi
     async () => {
       const referenced = await referencedBlobs(layout);
       const result: GcResult = { removed: [], bytes: 0, temps: [] };
+      await sweepRootTemps(layout, result);
       for (const alg of await listDir(join(layout, 'blobs'))) {
         await sweepAlgorithm(layout, alg, referenced, result);
       }
@@ -307,6 +350,19 @@ export async function gc(layout: string, options: LayoutLockOptions = {}): Promi
     },
     options,
   );
+}
+
+/**
+ * A process killed while writing `index.json` or `oci-layout`, or while making
+ * the layout lock, leaves its temporary file or directory at the root.
+ */
+async function sweepRootTemps(layout: string, result: GcResult): Promise<void> {
+  for (const name of await listDir(layout)) {
+    if (!name.startsWith(TEMP_PREFIX) || ownerAlive(name)) continue;
+    const path = join(layout, name);
+    await remove(path);
+    result.temps.push(path);
+  }
 }
 
 async function sweepAlgorithm(
@@ -348,7 +404,7 @@ function ownerAlive(name: string): boolean {
 
 async function remove(path: string): Promise<void> {
   try {
-    await rm(path, { force: true });
+    await rm(path, { force: true, recursive: true });
   } catch (cause) {
     throw fsError(
       OciExportCodes.WRITE_FAILED,
@@ -429,7 +485,9 @@ export async function readJsonBlob<T>(
     throw fsError(OciExportCodes.READ_FAILED, 'Cannot read', path, cause, 'Check permissions');
   }
   try {
-    return schema.parse(JSON.parse(text));
+    const parsed = schema.safeParse(JSON.parse(text));
+    if (parsed.success) return parsed.data;
+    throw new Error(describeIssues(parsed.error), { cause: parsed.error });
   } catch (cause) {
     throw new OciExportError(
       OciExportCodes.BLOB_CORRUPT,

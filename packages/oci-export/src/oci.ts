@@ -52,6 +52,22 @@ export function assertTag(tag: string): void {
   });
 }
 
+/**
+ * A zod error on one line (`manifests.0.digest: Invalid string: ...; ...`), as
+ * the CLI prints errors.
+ *
+ * @example
+ * ```ts
+ * const parsed = IndexSchema.safeParse(value);
+ * if (!parsed.success) console.error(describeIssues(parsed.error));
+ * ```
+ */
+export function describeIssues(error: z.ZodError): string {
+  return error.issues
+    .map((i) => `${i.path.map(String).join('.') || 'the top level'}: ${i.message}`)
+    .join('; ');
+}
+
 /** Schema of a content descriptor; unknown keys (`platform`, `urls`, ...) are kept. */
 export const DescriptorSchema = z.looseObject({
   mediaType: z.string(),
@@ -138,7 +154,7 @@ export function buildConfig(parts: ConfigParts): Buffer {
   if (!parsed.success) {
     throw new OciExportError(
       OciExportCodes.BAD_ARGUMENT,
-      `Invalid image config: ${z.prettifyError(parsed.error)}`,
+      `Invalid image config: ${describeIssues(parsed.error)}`,
       {
         hint: 'config takes Env (NAME=value strings), Cmd, Entrypoint (string arrays), WorkingDir, User (strings) and Labels (string to string)',
       },
