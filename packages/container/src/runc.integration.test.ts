@@ -101,10 +101,14 @@ async function leftovers(): Promise<{
   mounts: number;
   cgroups: string[];
 }> {
-  const ids = async (runtime: string) => (await Runc.list({ runtime })).map((c) => c.id);
+  // Only what this test process made: other test files may be running
+  // containers and mounts of their own at the same moment.
+  const ours = (name: string): boolean => name.includes(`-${process.pid}-`);
+  const ids = async (runtime: string) =>
+    (await Runc.list({ runtime })).map((c) => c.id).filter(ours);
   const mounts = (await readFile('/proc/mounts', 'utf8'))
     .split('\n')
-    .filter((l) => l.includes('day11'));
+    .filter((l) => l.includes(work));
   const { stdout } = await Exec.run('find', [
     '/sys/fs/cgroup',
     '-maxdepth',
@@ -116,7 +120,7 @@ async function leftovers(): Promise<{
     runc: await ids('runc'),
     crun: await ids('crun'),
     mounts: mounts.length,
-    cgroups: stdout.split('\n').filter(Boolean),
+    cgroups: stdout.split('\n').filter((path) => path && ours(path)),
   };
 }
 
