@@ -8,7 +8,8 @@ import { diskUsage, plan, prune, type GcPlan } from './gc.js';
 import { acquire, LEASE_DIR } from './in-use.js';
 import { file as lastUsedFile, touch } from './last-used.js';
 import { withLayer } from './lock.js';
-import { layers } from './scan.js';
+import { ensure } from './layer-symlinks.js';
+import { layers, symlinks } from './scan.js';
 
 let osDir: string;
 beforeEach(async () => {
@@ -160,6 +161,34 @@ describe('Gc.plan', () => {
 });
 
 describe('Gc.prune', () => {
+  it('removes the registry links of the layers it deletes, and id dirs left empty', async () => {
+    await layer(1, 1000);
+    const kept = await layer(2, 3000);
+    await ensure({
+      packagesDir: join(osDir, 'packages'),
+      id: 'gone.1',
+      layerName: 'build-000000000001',
+    });
+    await ensure({
+      packagesDir: join(osDir, 'packages'),
+      id: 'both',
+      layerName: 'build-000000000001',
+    });
+    await ensure({
+      packagesDir: join(osDir, 'packages'),
+      id: 'both',
+      layerName: 'build-000000000002',
+    });
+    const r = await prune({ osDir, before: 2000 });
+    expect(names(r)).toEqual(['build-000000000001']);
+    expect(r.unlinked.sort()).toEqual([
+      join(osDir, 'packages/both/build-000000000001'),
+      join(osDir, 'packages/gone.1/build-000000000001'),
+    ]);
+    expect(await readdir(join(osDir, 'packages'))).toEqual(['both']);
+    expect((await symlinks(join(osDir, 'packages'))).map((l) => l.target)).toEqual([kept]);
+  });
+
   it('dry run deletes nothing and reports the plan', async () => {
     await layer(1, 1000);
     await layer(2, 2000);

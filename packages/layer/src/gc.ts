@@ -9,7 +9,8 @@
  * and the planned `bytes` add up to `totalBytes - totalAfterBytes`. An inode
  * also linked from outside the cache is never freed, so never attributed.
  */
-import { rename, rm, stat } from 'node:fs/promises';
+import { rename, rm, rmdir, stat } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import { fsyncDir, tempPathFor } from './atomic.js';
 import { measure, walk } from './disk-usage.js';
 import { errnoCode, LayerCodes, LayerError, messageOf } from './errors.js';
@@ -74,6 +75,8 @@ export interface PruneResult extends GcPlan {
   dryRun: boolean;
   /** Candidates left in place because something changed since the plan. */
   skipped: SkippedLayer[];
+  /** Registry links (`packages/{id}/build-*`) removed because their layer is gone. */
+  unlinked: string[];
 }
 
 interface Survey {
@@ -130,14 +133,33 @@ export async function plan(options: GcOptions): Promise<GcPlan> {
  * @throws {LayerError} as {@link plan}, and `LAYER_GC_FAILED` when a deletion fails.
  */
 export async function prune(options: PruneOptions): Promise<PruneResult> {
-  if (options.dryRun) return { ...(await plan(options)), dryRun: true, skipped: [] };
+  if (options.dryRun) return { ...(await plan(options)), dryRun: true, skipped: [], unlinked: [] };
   const skipped: SkippedLayer[] = [];
   const result = await run(options, async (layer) => {
     const reason = await deleteLayer(options, layer);
     if (reason) skipped.push({ dir: layer.dir, reason });
     return reason;
   });
-  return { ...result, dryRun: false, skipped };
+  const unlinked = result.deletions.length > 0 ? await removeDanglingLinks(options.osDir) : [];
+  return { ...result, dryRun: false, skipped, unlinked };
+}
+
+/**
+ * Removes registry links (`packages/{id}/build-*`) whose layer is gone, and
+ * id directories left empty. A link re-made meanwhile by a build points at a
+ * layer that exists again, and is kept.
+ */
+async function removeDanglingLinks(osDir: string): Promise<string[]> {
+  const packagesDir = join(osDir, 'packages');
+  const removed: string[] = [];
+  for (const link of await Scan.symlinks(packagesDir)) {
+    if (link.exists) continue;
+    await rm(link.path, { force: true });
+    removed.push(link.path);
+    // Fails (harmlessly) while the id still has other links.
+    await rmdir(dirname(link.path)).catch(() => undefined);
+  }
+  return removed;
 }
 
 /** Real disk usage of the tree at `path` in bytes, each hardlinked inode once. */
