@@ -3,13 +3,12 @@
  * beside the target (so `Recover.sweep` and `Layout.gc` can tell a killed
  * process's leftovers), fsync, rename, fsync of the directory.
  */
-import { randomBytes } from 'node:crypto';
-import { open, rename, rm, type FileHandle } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
+import { open, type FileHandle } from 'node:fs/promises';
+import { Atomic, LayerCodes, LayerError } from '@day11/layer';
 import { OciExportCodes, fsError } from './errors.js';
 
-/** Prefix of temporary files (the day11 convention). */
-export const TEMP_PREFIX = '.day11-tmp-';
+/** Prefix of temporary files (the day11 convention, shared with `@day11/layer`). */
+export const TEMP_PREFIX = Atomic.TEMP_PREFIX;
 
 /**
  * Writes all of `bytes` (a write may be short).
@@ -27,20 +26,18 @@ export async function writeAll(handle: FileHandle, bytes: Buffer): Promise<void>
 }
 
 /**
- * `.day11-tmp-<pid>-<hex>-<name>` beside `target`.
+ * `.day11-tmp-<pid>-<hex>-<name>` beside `target`: `Atomic.tempPathFor` of `@day11/layer`.
  *
  * @example
  * ```ts
  * tempName('/oci/index.json'); // '/oci/.day11-tmp-4242-1a2b3c4d-index.json'
  * ```
  */
-export function tempName(target: string): string {
-  const tag = `${process.pid}-${randomBytes(4).toString('hex')}`;
-  return join(dirname(target), `${TEMP_PREFIX}${tag}-${basename(target)}`);
-}
+export const tempName = Atomic.tempPathFor;
 
 /**
- * Writes a small file atomically: temp name, fsync, rename, fsync of the directory.
+ * Writes a small file atomically (`Atomic.writeFileAtomic` of `@day11/layer`:
+ * temp name, fsync, rename, fsync of the directory), as this package's error.
  *
  * @example
  * ```ts
@@ -49,19 +46,11 @@ export function tempName(target: string): string {
  * @throws {OciExportError} `OCI_WRITE_FAILED`, naming the file.
  */
 export async function writeAtomic(path: string, data: string | Buffer): Promise<void> {
-  const temp = tempName(path);
   try {
-    const handle = await open(temp, 'wx', 0o644);
-    try {
-      await handle.writeFile(data);
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
-    await rename(temp, path);
-    await fsyncDir(dirname(path));
-  } catch (cause) {
-    await rm(temp, { force: true });
+    await Atomic.writeFileAtomic(path, data);
+  } catch (err) {
+    const cause =
+      err instanceof LayerError && err.code === LayerCodes.WRITE_FAILED ? err.cause : err;
     throw fsError(
       OciExportCodes.WRITE_FAILED,
       'Cannot write',
@@ -81,11 +70,7 @@ export async function writeAtomic(path: string, data: string | Buffer): Promise<
  * await fsyncDir(dirname(target));
  * ```
  */
-export async function fsyncDir(dir: string): Promise<void> {
-  const handle = await open(dir, 'r').catch(() => undefined);
-  await handle?.sync().catch(() => undefined);
-  await handle?.close();
-}
+export const fsyncDir = Atomic.fsyncDir;
 
 /**
  * fsyncs a file written by another call (a copied blob).
