@@ -5,10 +5,10 @@
  * are committed as empty layers with `failed_dep` and not run (so the failure
  * is cached like a success, keyed by the same hashes).
  */
-import { randomBytes } from 'node:crypto';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { OciSpec, type Runc } from '@day11/container';
+import { randomHex } from '@day11/exec';
 import {
   Commit,
   LastUsed,
@@ -196,10 +196,7 @@ class BuildState {
   private async run(step: Step, hash: string, dir: string): Promise<void> {
     const started = performance.now();
     this.report(step, 'running');
-    const logFile = join(
-      this.opts.osDir,
-      `.day11-tmp-${process.pid}-${randomBytes(4).toString('hex')}-log`,
-    );
+    const logFile = join(this.opts.osDir, `.day11-tmp-${process.pid}-${randomHex(4)}-log`);
     try {
       const { uid, gid } = userOf(step);
       const spec = OciSpec.template(

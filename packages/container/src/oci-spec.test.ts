@@ -299,6 +299,24 @@ describe('OciSpec.template / instantiate', () => {
     expect(template.root).toEqual({ readonly: false });
   });
 
+  it('validates a template again once it changed, though the same object was valid before', () => {
+    const template = OciSpec.template(spec);
+    OciSpec.instantiate(template, { rootfs: '/a' }); // valid, remembered
+    (template.process as { args: unknown }).args = 'not an array';
+    expect(badSpec(() => OciSpec.instantiate(template, { rootfs: '/a' })).message).toMatch(/args/);
+    expect(badSpec(() => OciSpec.parseTemplate(template)).message).toMatch(/args/);
+  });
+
+  it('hands out copies: changing a parsed template does not change the next one', () => {
+    const text = JSON.stringify(OciSpec.template(spec));
+    const first = OciSpec.parseTemplate(JSON.parse(text));
+    first.process.args.push('mutated');
+    first.hostname = 'changed';
+    const second = OciSpec.parseTemplate(JSON.parse(text));
+    expect(second.process.args).toEqual(['sh', '-c', 'make']);
+    expect(second.hostname).toBe(spec.hostname);
+  });
+
   it('rejects an empty rootfs and cgroup paths with . or .. segments', () => {
     const template = OciSpec.template(spec);
     badSpec(() => OciSpec.instantiate(template, { rootfs: '' }));

@@ -16,9 +16,9 @@
  * await OciSpec.write('/tmp/day11-x', spec); // bundle/config.json, atomically
  * ```
  */
-import { randomBytes } from 'node:crypto';
 import { open, rename, rm } from 'node:fs/promises';
 import { isAbsolute, join } from 'node:path';
+import { randomHex } from '@day11/exec';
 import { z } from 'zod';
 import { ContainerCodes, ContainerError, messageOf } from './errors.js';
 
@@ -473,9 +473,37 @@ export function parse(value: unknown): Spec {
  * @throws {ContainerError} `CONTAINER_BAD_SPEC`.
  */
 export function parseTemplate(value: unknown): Template {
+  return structuredClone(validTemplate(value));
+}
+
+/**
+ * Templates already validated, by their JSON text: a builder instantiates
+ * the same few templates for step after step, and validation costs far more
+ * than the `JSON.stringify` that recognises them.
+ */
+const validTemplates = new Map<string, Template>();
+const VALID_TEMPLATES_MAX = 64;
+
+/** The validated template (shared: clone before handing it out). */
+function validTemplate(value: unknown): Template {
+  const text = jsonOf(value);
+  const known = text === undefined ? undefined : validTemplates.get(text);
+  if (known !== undefined) return known;
   const parsed = TemplateSchema.safeParse(value);
   if (!parsed.success) throw badSpec('Invalid OCI spec template', parsed.error);
+  if (text !== undefined) {
+    if (validTemplates.size >= VALID_TEMPLATES_MAX) validTemplates.clear();
+    validTemplates.set(text, structuredClone(parsed.data));
+  }
   return parsed.data;
+}
+
+function jsonOf(value: unknown): string | undefined {
+  try {
+    return JSON.stringify(value);
+  } catch {
+    return undefined; // a cycle or a BigInt: validation will say what is wrong
+  }
 }
 
 /**
@@ -520,7 +548,7 @@ export interface InstantiateOptions {
  * @throws {ContainerError} `CONTAINER_BAD_SPEC` for an empty rootfs or a bad cgroup path.
  */
 export function instantiate(tpl: Template, opts: InstantiateOptions): Spec {
-  const base = structuredClone(parseTemplate(tpl));
+  const base = structuredClone(validTemplate(tpl));
   if (!opts.rootfs || !noNul(opts.rootfs)) {
     throw new ContainerError(ContainerCodes.BAD_SPEC, 'The rootfs of an OCI spec must be a path', {
       hint: 'Pass the container root directory, e.g. the merged overlay directory',
@@ -528,11 +556,12 @@ export function instantiate(tpl: Template, opts: InstantiateOptions): Spec {
   }
   const cgroupsPath = opts.cgroupsPath;
   if (cgroupsPath !== undefined) checkCgroupsPath(cgroupsPath);
-  return parse({
+  // A valid template with a valid rootfs and cgroup is a valid spec: no second validation.
+  return {
     ...base,
     root: { ...base.root, path: opts.rootfs },
     linux: { ...base.linux, ...(cgroupsPath !== undefined && { cgroupsPath }) },
-  });
+  };
 }
 
 function checkCgroupsPath(path: string): void {
@@ -560,7 +589,7 @@ function checkCgroupsPath(path: string): void {
 export async function write(bundleDir: string, spec: Spec): Promise<string> {
   const text = `${JSON.stringify(parse(spec), null, 2)}\n`;
   const target = join(bundleDir, 'config.json');
-  const temp = join(bundleDir, `.config.json.${process.pid}-${randomBytes(4).toString('hex')}`);
+  const temp = join(bundleDir, `.config.json.${process.pid}-${randomHex(4)}`);
   try {
     const handle = await open(temp, 'wx', 0o644);
     try {

@@ -54,6 +54,17 @@ export function escapeFsconfigUpper(path: string): string {
   return path.replace(/\\/g, '\\\\');
 }
 
+/** An absolute path already in normal form: no empty, `.` or `..` segment, no trailing `/`. */
+const NORMAL_ABSOLUTE = /^(?:\/(?!\.{1,2}(?:\/|$))[^/]+)+$/;
+
+/**
+ * `path.resolve(path)`, without its cost for a path that is already absolute
+ * and normal (the usual case: planning a 500-layer stack resolves every layer).
+ */
+export function absolutePath(path: string): string {
+  return NORMAL_ABSOLUTE.test(path) ? path : resolve(path);
+}
+
 /** UTF-8 length: the kernel's limits are in bytes, not UTF-16 code units. */
 export function byteLength(text: string): number {
   return Buffer.byteLength(text, 'utf8');
@@ -79,7 +90,7 @@ export function dedupeLowers(lowers: readonly string[]): DedupedLowers {
   const seen = new Set<string>();
   const out: DedupedLowers = { lowers: [], removed: [] };
   for (const lower of lowers) {
-    const path = resolve(lower);
+    const path = absolutePath(lower);
     if (seen.has(path)) out.removed.push(lower);
     else {
       seen.add(path);
@@ -96,7 +107,7 @@ export function dedupeLowers(lowers: readonly string[]): DedupedLowers {
  */
 export function commonParent(paths: readonly string[]): string {
   if (paths.length === 0) throw new RangeError('commonParent needs at least one path');
-  const split = (p: string): string[] => dirname(resolve(p)).split(sep).filter(Boolean);
+  const split = (p: string): string[] => dirname(absolutePath(p)).split(sep).filter(Boolean);
   let common = split(paths[0]!);
   for (const path of paths.slice(1)) {
     const parts = split(path);
@@ -109,7 +120,14 @@ export function commonParent(paths: readonly string[]): string {
 
 /** `paths` relative to `parent` (which must contain them, see {@link commonParent}). */
 export function relativeTo(parent: string, paths: readonly string[]): string[] {
-  return paths.map((p) => relative(parent, p));
+  const prefix = parent === sep ? sep : parent + sep;
+  return paths.map((p) => {
+    const path = absolutePath(p);
+    // A strict descendant is its own tail; anything else goes the long way.
+    return path.startsWith(prefix) && path.length > prefix.length
+      ? path.slice(prefix.length)
+      : relative(parent, path);
+  });
 }
 
 /** Feature options after merging a caller's overrides over {@link DEFAULT_FEATURES}. */

@@ -5,13 +5,14 @@
  */
 import fc from 'fast-check';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, relative, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { ContainerCodes } from './errors.js';
 import { mountsUnder, parseMountinfo, unescapeOctal } from './mountinfo.js';
 import * as Overlay from './overlay.js';
 import {
   DEFAULT_FEATURES,
+  absolutePath,
   byteLength,
   classicMaxLowers,
   classicOptions,
@@ -104,6 +105,46 @@ describe('dedupeLowers', () => {
 
   it('resolves relative lowers against the working directory', () => {
     expect(dedupeLowers(['x']).lowers).toEqual([join(process.cwd(), 'x')]);
+  });
+});
+
+describe('absolutePath', () => {
+  it('equals path.resolve on normal, odd and relative spellings', () => {
+    const paths = [
+      '/',
+      '/a',
+      '/a/b',
+      '/a/.b',
+      '/a/...',
+      '/a/b.',
+      '/a/./b',
+      '/a/../b',
+      '/a//b',
+      '/a/',
+      '/a/.',
+      '/a/..',
+      '//a',
+      'x',
+      './x',
+      '../x',
+      'x/../../y',
+      '/a b/c:d,e\\f',
+    ];
+    for (const p of paths) expect([p, absolutePath(p)]).toEqual([p, resolve(p)]);
+  });
+});
+
+describe('relativeTo', () => {
+  it('equals path.relative for descendants and for anything else', () => {
+    const cases: Array<[string, string]> = [
+      ['/a', '/a/b/c'],
+      ['/', '/x'],
+      ['/a', '/ab/c'],
+      ['/a/b', '/a/b'],
+      ['/a/b', '/a'],
+      ['/a', '/a/./b//c/'],
+    ];
+    for (const [parent, p] of cases) expect(relativeTo(parent, [p])).toEqual([relative(parent, p)]);
   });
 });
 
@@ -283,6 +324,35 @@ describe('Overlay.plan', () => {
       ['fsconfig', 500, 'too-many-lowers'],
       ['classic', 45, 'too-many-lowers'],
       ['relative', 500, 'too-many-lowers'],
+    ]);
+  });
+
+  it('strategyFor names the strategy plan picks, or none', async () => {
+    const old = caps({ fsconfig: available({ longPaths: false }) });
+    const long = `/srv/${'x'.repeat(300)}`;
+    const cases: Array<[Overlay.MountOptions, Overlay.Capabilities]> = [
+      [{ lowers: deep(3), upper: '/u', work: '/w', target: '/m' }, caps()],
+      [{ lowers: deep(3), target: '/m' }, caps(noFsconfig)],
+      [{ lowers: deep(200), target: '/m' }, caps(noFsconfig)],
+      [{ lowers: deep(501), target: '/m' }, caps()],
+      [{ lowers: ['/a', long], target: '/m' }, old],
+      [{ lowers: ['/a"b', '/c'], target: '/m' }, caps({ ...noFsconfig, root: false })],
+      [{ lowers: ['/only'], target: '/m' }, caps(noFsconfig)],
+    ];
+    const picked = [];
+    for (const [stack, c] of cases) {
+      const strategy = await Overlay.strategyFor(stack, c);
+      expect(strategy).toBe((await Overlay.plan(stack, c)).strategy);
+      picked.push(strategy);
+    }
+    expect(picked).toEqual([
+      'fsconfig',
+      'classic',
+      'relative',
+      undefined,
+      'classic',
+      undefined,
+      'classic',
     ]);
   });
 

@@ -58,6 +58,7 @@ import {
   DEFAULT_PAGE_BYTES,
   FSCONFIG_STRING_MAX,
   OVL_MAX_STACK,
+  absolutePath,
   byteLength,
   classicMaxLowers,
   classicOptions,
@@ -376,12 +377,12 @@ function prepare(opts: MountOptions): Prepared {
   if (bad !== undefined)
     throw badPath(bad, 'an empty path or one containing NUL cannot reach the kernel');
   const { lowers } = dedupeLowers(opts.lowers);
-  const upper = opts.upper === undefined ? undefined : resolve(opts.upper);
+  const upper = opts.upper === undefined ? undefined : absolutePath(opts.upper);
   return {
     lowers,
     upper,
-    work: opts.work === undefined ? undefined : resolve(opts.work),
-    target: resolve(opts.target),
+    work: opts.work === undefined ? undefined : absolutePath(opts.work),
+    target: absolutePath(opts.target),
     features: featureOptions(opts.options),
     needsDataLower: upper === undefined && lowers.length === 1,
   };
@@ -484,14 +485,20 @@ function relativeFit(p: Prepared, caps: Capabilities, dataLower: string | undefi
   return pageFit('relative', relativeParts(p, dataLower), cap);
 }
 
-function planWith(p: Prepared, caps: Capabilities): MountPlan {
+function fitOf(strategy: Strategy, p: Prepared, caps: Capabilities): StrategyFit {
   const dataLower = p.needsDataLower ? dataLowerStandIn() : undefined;
-  const byStrategy: Record<Strategy, StrategyFit> = {
-    fsconfig: fsconfigFit(p, caps.fsconfig),
-    classic: classicFit(p, caps, dataLower),
-    relative: relativeFit(p, caps, dataLower),
-  };
-  const fits = STRATEGY_ORDER.map((s) => byStrategy[s]);
+  switch (strategy) {
+    case 'fsconfig':
+      return fsconfigFit(p, caps.fsconfig);
+    case 'classic':
+      return classicFit(p, caps, dataLower);
+    case 'relative':
+      return relativeFit(p, caps, dataLower);
+  }
+}
+
+function planWith(p: Prepared, caps: Capabilities): MountPlan {
+  const fits = STRATEGY_ORDER.map((s) => fitOf(s, p, caps));
   return { strategy: fits.find((f) => f.problem === undefined)?.strategy, fits, lowers: p.lowers };
 }
 
@@ -511,6 +518,28 @@ function planWith(p: Prepared, caps: Capabilities): MountPlan {
 export async function plan(opts: MountOptions, caps?: Capabilities): Promise<MountPlan> {
   const prepared = prepare(opts);
   return planWith(prepared, caps ?? (await capabilities()));
+}
+
+/**
+ * The strategy {@link mount} would use for this stack, or `undefined` when
+ * none fits: {@link plan}'s `strategy`, without planning the strategies
+ * after the first that fits (a run checks this before every mount).
+ *
+ * @example
+ * ```ts
+ * if ((await Overlay.strategyFor({ lowers, upper, work, target })) === undefined) {
+ *   const { fits } = await Overlay.plan({ lowers, upper, work, target }); // why, and how many fit
+ * }
+ * ```
+ * @throws {ContainerError} `BAD_ARGUMENT` or `BAD_PATH` for a malformed request.
+ */
+export async function strategyFor(
+  opts: MountOptions,
+  caps?: Capabilities,
+): Promise<Strategy | undefined> {
+  const prepared = prepare(opts);
+  const known = caps ?? (await capabilities());
+  return STRATEGY_ORDER.find((s) => fitOf(s, prepared, known).problem === undefined);
 }
 
 /** The error for a plan no strategy (or not the asked-for one) can carry out. */
@@ -536,19 +565,18 @@ function planError(p: Prepared, plan: MountPlan, asked: Strategy | undefined): C
   );
 }
 
-function choose(p: Prepared, plan: MountPlan, asked: Strategy | undefined): Strategy {
+/** The first strategy that fits (or the asked one if it does); the others are not even planned. */
+function choose(p: Prepared, caps: Capabilities, asked: Strategy | undefined): Strategy {
   if (asked !== undefined && !STRATEGY_ORDER.includes(asked)) {
     throw badArgument(
       `Unknown overlay strategy ${JSON.stringify(asked)}`,
       `Use one of ${STRATEGY_ORDER.join(', ')}`,
     );
   }
-  const fit =
-    asked === undefined
-      ? plan.fits.find((f) => f.problem === undefined)
-      : plan.fits.find((f) => f.strategy === asked && f.problem === undefined);
-  if (fit === undefined) throw planError(p, plan, asked);
-  return fit.strategy;
+  for (const strategy of asked === undefined ? STRATEGY_ORDER : [asked]) {
+    if (fitOf(strategy, p, caps).problem === undefined) return strategy;
+  }
+  throw planError(p, planWith(p, caps), asked);
 }
 
 // ---------------------------------------------------------------- mounting
@@ -703,7 +731,7 @@ function handleFor(target: string, strategy: Strategy, lowers: readonly string[]
 export async function mount(opts: MountOptions): Promise<OverlayMount> {
   opts.signal?.throwIfAborted();
   const prepared = prepare(opts);
-  const strategy = choose(prepared, planWith(prepared, await capabilities()), opts.strategy);
+  const strategy = choose(prepared, await capabilities(), opts.strategy);
   const dataLower = prepared.needsDataLower
     ? await mkdtemp(join(tmpdir(), DATA_LOWER_PREFIX))
     : undefined;

@@ -16,9 +16,8 @@
  * if (r.exitCode !== 0) console.log('build failed', r);
  * ```
  */
-import { randomBytes } from 'node:crypto';
-import { createWriteStream, type WriteStream } from 'node:fs';
-import { access, mkdtemp, readdir, readFile, rm, rmdir } from 'node:fs/promises';
+import { accessSync, createWriteStream, type WriteStream } from 'node:fs';
+import { mkdtemp, readdir, readFile, rm, rmdir } from 'node:fs/promises';
 import { constants as osConstants, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
@@ -26,6 +25,7 @@ import {
   CommandError,
   Exec,
   ExecCodes,
+  randomHex,
   type OutputStream,
   type RunResult as ExecResult,
 } from '@day11/exec';
@@ -77,7 +77,7 @@ const FRESH_MAX = 10_000;
  */
 export function newId(prefix = 'day11'): string {
   counter += 1;
-  const id = assertId(`${prefix}-${process.pid}-${counter}-${randomBytes(3).toString('hex')}`);
+  const id = assertId(`${prefix}-${process.pid}-${counter}-${randomHex(3)}`);
   if (fresh.size >= FRESH_MAX) fresh.clear(); // forgetting only costs a delete
   fresh.add(id);
   return id;
@@ -198,7 +198,7 @@ export async function run(opts: RunOptions): Promise<RunResult> {
     } finally {
       if (logDir !== undefined) await rm(logDir, { recursive: true, force: true });
       // Delete on every path; a failed delete matters only when nothing else failed.
-      if (!(exitedByItself && (await removedByRuntime(id, opts)))) {
+      if (!(exitedByItself && removedByRuntime(id, opts))) {
         await remove(id, opts).catch((err: unknown) => {
           if (failure === undefined) throw err;
         });
@@ -478,11 +478,12 @@ const STATE_ROOTS: Readonly<Record<string, string>> = { runc: '/run/runc', crun:
  * container; its state directory says so without starting another process.
  * Anything uncertain (another runtime, no permission to look) is "no".
  */
-async function removedByRuntime(id: string, opts: RuntimeOptions): Promise<boolean> {
+function removedByRuntime(id: string, opts: RuntimeOptions): boolean {
   const dir = stateDir(id, opts);
   if (dir === undefined) return false;
   try {
-    await access(dir);
+    // One stat, synchronously: a thread-pool round trip costs more.
+    accessSync(dir);
     return false;
   } catch (err) {
     return (err as NodeJS.ErrnoException).code === 'ENOENT';

@@ -5,7 +5,7 @@
  */
 import { open, rename, rm } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import { randomBytes } from 'node:crypto';
+import { randomHex } from '@day11/exec';
 import { LayerCodes, LayerError, messageOf } from './errors.js';
 
 /** Prefix of every temporary file or directory day11 creates beside its target. */
@@ -13,7 +13,7 @@ export const TEMP_PREFIX = '.day11-tmp-';
 
 /** A unique temporary name in `dir` for a file that will replace `target`. */
 export function tempPathFor(target: string): string {
-  const tag = `${process.pid}-${randomBytes(4).toString('hex')}`;
+  const tag = `${process.pid}-${randomHex(4)}`;
   return join(dirname(target), `${TEMP_PREFIX}${tag}-${basename(target)}`);
 }
 

@@ -14,10 +14,10 @@
  * checking it has no live lease. So either the lease is taken first and the
  * layer survives, or the layer is collected first and acquire fails.
  */
-import { randomBytes } from 'node:crypto';
 import { rmSync } from 'node:fs';
 import { access, mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
+import { randomHex } from '@day11/exec';
 import { errnoCode, LayerCodes, LayerError, messageOf } from './errors.js';
 import * as LastUsed from './last-used.js';
 import { FILES, hashPrefix } from './layer-dir.js';
@@ -136,7 +136,7 @@ async function leaseOne(options: AcquireOptions, dir: string): Promise<string> {
 
 async function writeLease(dir: string): Promise<string> {
   const me = await Proc.self();
-  const file = join(dir, LEASE_DIR, `${me.pid}-${randomBytes(6).toString('hex')}${LEASE_SUFFIX}`);
+  const file = join(dir, LEASE_DIR, `${me.pid}-${randomHex(6)}${LEASE_SUFFIX}`);
   const record = { pid: me.pid, start: me.start, acquired_at: new Date().toISOString() };
   try {
     await mkdir(dirname(file), { recursive: true });

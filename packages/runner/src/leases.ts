@@ -87,6 +87,10 @@ export async function leaseAll(
   const unique = [...new Set(dirs.map((d) => resolve(d)))];
   const holds = unique.map(hold);
   const entries = holds.map((h) => h.entry);
+  // Joining leases this process already holds (a builder's next step) needs no waiting.
+  if (entries.every((e) => e.acquired !== undefined)) {
+    return leaseSet(unique, entries, opts.lingerMs ?? DEFAULT_LINGER_MS);
+  }
   const results = await Promise.allSettled(holds.map(ready));
   const failed = results.find((r) => r.status === 'rejected');
   if (failed) {

@@ -51,9 +51,11 @@ export async function planLowers(opts: PlanLowersOptions): Promise<LowerPlan> {
   const layerDirs = [...new Set(opts.layerDirs.map((d) => resolve(d)))];
   const all = layerDirs.map(fsOf);
   const mount = { upper: opts.upper, work: opts.work, target: opts.target };
-  const first = await Overlay.plan({ ...mount, lowers: all }, opts.capabilities);
   const separate = { lowers: all, merge: [], mergeTarget: undefined };
-  if (first.strategy !== undefined) return separate;
+  if ((await Overlay.strategyFor({ ...mount, lowers: all }, opts.capabilities)) !== undefined) {
+    return separate;
+  }
+  const first = await Overlay.plan({ ...mount, lowers: all }, opts.capabilities);
   const counted = first.fits.filter((f) => f.problem?.kind === 'too-many-lowers');
   // Unavailable, or a path no strategy can pass: merging would not help, and
   // Overlay.mount reports the real reason.

@@ -1,5 +1,5 @@
 /** Removing directories with mounts below them, synchronously and not: never through the mount. */
-import { access, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { access, mkdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Sys } from '@day11/exec';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -40,6 +40,18 @@ describe('mountsUnderSync', () => {
     expect(mountsUnderSync(dir)).toEqual([target]);
     expect(mountsUnderSync(target)).toEqual([target]);
     expect(mountsUnderSync(join(dir, 'other'))).toEqual([]);
+  });
+
+  it('finds mounts below names that mountinfo escapes, and below a symlinked path', async () => {
+    for (const name of ['with space', 'tab\there', 'back\\slash']) {
+      const parent = join(dir, name);
+      const target = join(parent, 'merged');
+      await mkdir(target, { recursive: true });
+      Sys.mount({ source: keep, target, fstype: null, flags: 4096 /* MS_BIND */ });
+      expect(mountsUnderSync(parent)).toEqual([target]);
+    }
+    await symlink(join(dir, 'with space'), join(dir, 'link'));
+    expect(mountsUnderSync(join(dir, 'link'))).toEqual([join(dir, 'with space', 'merged')]);
   });
 });
 

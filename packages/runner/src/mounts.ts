@@ -9,7 +9,7 @@
  */
 import { readFileSync, realpathSync, rmSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
-import { resolve, sep } from 'node:path';
+import { basename, resolve, sep } from 'node:path';
 import { Overlay } from '@day11/container';
 import { Exec, Sys, SysError } from '@day11/exec';
 import { RunnerCodes, RunnerError, messageOf } from './errors.js';
@@ -31,6 +31,10 @@ export function mountsUnderSync(dir: string): string[] {
     return [];
   }
   const root = canonicalSync(dir);
+  // Most calls find nothing: when the directory's name (free of the characters
+  // mountinfo escapes) is nowhere in the text, nothing is mounted below it.
+  const name = basename(root);
+  if (name !== '' && !/[\s\\]/.test(name) && !text.includes(name)) return [];
   const prefix = root === sep ? sep : root + sep;
   return Overlay.parseMountinfo(text)
     .map((m) => m.mountPoint)
@@ -40,7 +44,7 @@ export function mountsUnderSync(dir: string): string[] {
 
 function canonicalSync(dir: string): string {
   try {
-    return realpathSync(dir);
+    return realpathSync.native(dir);
   } catch {
     return resolve(dir);
   }

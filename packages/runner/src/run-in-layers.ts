@@ -10,13 +10,14 @@ import {
   renameSync,
   rmSync,
   statSync,
+  unlinkSync,
   writeFileSync,
 } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { OciSpec, Overlay, Runc } from '@day11/container';
 import type { OutputStream } from '@day11/exec';
 import { Stack, type Base } from '@day11/layer';
-import { RunnerCodes, RunnerError, messageOf } from './errors.js';
+import { RunnerCodes, RunnerError, errnoCode, messageOf } from './errors.js';
 import { chownLike, writeHosts } from './hosts.js';
 import { leaseAll, releaseIdleLeases, type LeaseSet } from './leases.js';
 import { planLowers } from './lowers.js';
@@ -140,11 +141,16 @@ interface Run extends ActiveRun {
   leases: LeaseSet | undefined;
   /** The runtime was asked to run the container: an abort is a result from then on. */
   started: boolean;
+  /** The deepest layers were merged into `{runDir}/lower` (a stack past the kernel's limit). */
+  mergedLower: boolean;
+  /** The container's spec, made (and so validated) before anything is on disk. */
+  readonly spec: OciSpec.Spec;
+  /** The id the container will have (set as `containerId` once the runtime is asked). */
+  readonly id: string;
 }
 
 /** Validated options. */
 interface Checked extends RunInLayersOptions {
-  spec: OciSpec.Template;
   tmpDir: string;
   tmpDirGiven: boolean;
   runtime: Runc.Runtime;
@@ -239,14 +245,24 @@ export async function releaseIdle(): Promise<void> {
 
 function newRun(o: Checked): Run & { spare: boolean } {
   const fresh = runPaths(o.tmpDir);
+  const id = Runc.newId(CONTAINER_PREFIX);
+  // Made (and so validated) before a spare is taken: a bad spec leaves nothing.
+  const spec = OciSpec.instantiate(o.spec, {
+    rootfs: join(fresh.runDir, 'merged'),
+    cgroupsPath: id,
+  });
   const spare = takeSpare(o.tmpDir);
   const runDir = spare ?? fresh.runDir;
+  const merged = join(runDir, 'merged');
+  spec.root.path = merged;
   // The handover name is always new: the caller may still hold the last one.
   const handover = fresh.handover;
   return {
     spare: spare !== undefined,
     runDir,
-    merged: join(runDir, 'merged'),
+    merged,
+    spec,
+    id,
     upper: join(runDir, 'upper'),
     work: join(runDir, 'work'),
     handover,
@@ -256,6 +272,7 @@ function newRun(o: Checked): Run & { spare: boolean } {
     mount: undefined,
     leases: undefined,
     started: false,
+    mergedLower: false,
   };
 }
 
@@ -301,6 +318,7 @@ async function execute(run: Run, o: Checked, clock: PhaseClock): Promise<Runc.Ru
   );
   if (plan.mergeTarget !== undefined) {
     const target = plan.mergeTarget;
+    run.mergedLower = true;
     await clock.time('merge', () =>
       Stack.merge({ layerDirs: plan.merge, target, signal: o.signal }),
     );
@@ -341,7 +359,7 @@ async function prepareUpper(run: Run, o: Checked, lowers: readonly string[]): Pr
       );
     }
   }
-  writeHosts({ upper: run.upper, lowers, hostname: o.spec.hostname });
+  writeHosts({ upper: run.upper, lowers, hostname: run.spec.hostname });
 }
 
 /**
@@ -356,8 +374,7 @@ function copyRootAttributes(topLower: string | undefined, upper: string): void {
 }
 
 async function runContainer(run: Run, o: Checked): Promise<Runc.RunResult> {
-  const id = Runc.newId(CONTAINER_PREFIX);
-  const spec = OciSpec.instantiate(o.spec, { rootfs: run.merged, cgroupsPath: id });
+  const { id, spec } = run;
   // Not OciSpec.write: its temp file, fsync and rename protect readers of a
   // shared bundle across a crash; this one is private, read once, and thrown
   // away with the run. instantiate() has validated the spec.
@@ -398,15 +415,23 @@ async function handOver(run: Run, o: Checked): Promise<void> {
   // stray bind mount would be deleted through): one read of mountinfo.
   if (mountsUnderSync(run.runDir).length > 0) await unmountBelow(run.runDir);
   renameSync(run.upper, run.handover);
-  for (const name of ['config.json', 'runtime.log', MERGED_LOWER]) {
-    rmSync(join(run.runDir, name), { recursive: true, force: true });
-  }
+  for (const name of ['config.json', 'runtime.log']) removeFileSync(join(run.runDir, name));
+  if (run.mergedLower) rmSync(join(run.runDir, MERGED_LOWER), { recursive: true, force: true });
   giveBack({ tmpDir: o.tmpDir, runDir: run.runDir, lingerMs: o.lingerMs, unmounted: true });
   await run.leases?.release();
   run.leases = undefined;
 }
 
 /** Step 6 on failure: everything goes, the upper too. Best effort, never throws. */
+/** Unlinks a file that may not be there. */
+function removeFileSync(path: string): void {
+  try {
+    unlinkSync(path);
+  } catch (err) {
+    if (errnoCode(err) !== 'ENOENT') throw err;
+  }
+}
+
 async function abandon(run: Run): Promise<void> {
   await run.mount?.unmount({ lazy: true }).catch(() => undefined);
   run.mount = undefined;
@@ -473,7 +498,6 @@ function check(opts: RunInLayersOptions): Checked {
   }
   return {
     ...opts,
-    spec: OciSpec.parseTemplate(opts.spec),
     tmpDir,
     tmpDirGiven: opts.tmpDir !== undefined,
     runtime: opts.runtime ?? 'runc',

@@ -7,9 +7,9 @@
  * recognises them (it never removes one with a mount inside), and
  * {@link ../recover.ts} finds a dead process's runs by the pid in the name.
  */
-import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { randomHex } from '@day11/exec';
 
 /** Prefix of every day11 temporary entry (the same as `@day11/layer`'s). */
 export const TEMP_PREFIX = '.day11-tmp-';
@@ -37,7 +37,7 @@ export interface RunPaths {
  * ```
  */
 export function runPaths(tmpDir: string): RunPaths {
-  const tag = `${TEMP_PREFIX}${process.pid}-${randomBytes(4).toString('hex')}`;
+  const tag = `${TEMP_PREFIX}${process.pid}-${randomHex(4)}`;
   return { runDir: join(tmpDir, tag + RUN_SUFFIX), handover: join(tmpDir, tag + UPPER_SUFFIX) };
 }
 
