@@ -473,29 +473,28 @@ export function parse(value: unknown): Spec {
  * @throws {ContainerError} `CONTAINER_BAD_SPEC`.
  */
 export function parseTemplate(value: unknown): Template {
-  return structuredClone(validTemplate(value));
+  return validTemplate(value);
 }
 
 /**
- * Templates already validated, by their JSON text: a builder instantiates
- * the same few templates for step after step, and validation costs far more
- * than the `JSON.stringify` that recognises them.
+ * The JSON texts of templates already validated: a builder instantiates the
+ * same few templates step after step, and validation costs far more than
+ * the `JSON.stringify` that recognises them.
  */
-const validTemplates = new Map<string, Template>();
-const VALID_TEMPLATES_MAX = 64;
+const validTexts = new Set<string>();
+const VALID_TEXTS_MAX = 64;
 
-/** The validated template (shared: clone before handing it out). */
+/** A validated copy of the template (a fresh object: the caller may change it). */
 function validTemplate(value: unknown): Template {
   const text = jsonOf(value);
-  const known = text === undefined ? undefined : validTemplates.get(text);
-  if (known !== undefined) return known;
+  // The text is what a runtime reads; parsing it back is also the cheapest deep copy.
+  if (text !== undefined && validTexts.has(text)) return JSON.parse(text) as Template;
   const parsed = TemplateSchema.safeParse(value);
   if (!parsed.success) throw badSpec('Invalid OCI spec template', parsed.error);
-  if (text !== undefined) {
-    if (validTemplates.size >= VALID_TEMPLATES_MAX) validTemplates.clear();
-    validTemplates.set(text, structuredClone(parsed.data));
-  }
-  return parsed.data;
+  if (text === undefined) return parsed.data;
+  if (validTexts.size >= VALID_TEXTS_MAX) validTexts.clear();
+  validTexts.add(text);
+  return JSON.parse(text) as Template;
 }
 
 function jsonOf(value: unknown): string | undefined {
@@ -548,7 +547,7 @@ export interface InstantiateOptions {
  * @throws {ContainerError} `CONTAINER_BAD_SPEC` for an empty rootfs or a bad cgroup path.
  */
 export function instantiate(tpl: Template, opts: InstantiateOptions): Spec {
-  const base = structuredClone(validTemplate(tpl));
+  const base = validTemplate(tpl);
   if (!opts.rootfs || !noNul(opts.rootfs)) {
     throw new ContainerError(ContainerCodes.BAD_SPEC, 'The rootfs of an OCI spec must be a path', {
       hint: 'Pass the container root directory, e.g. the merged overlay directory',

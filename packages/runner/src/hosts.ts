@@ -38,6 +38,11 @@ export interface WriteHostsOptions {
   lowers: readonly string[];
   /** The container's hostname. */
   hostname: string;
+  /**
+   * Reads `{lower}/etc` (default: `lstat`, `undefined` when missing). A
+   * caller that knows a lower cannot change may answer from memory.
+   */
+  lstatLowerEtc?: (lower: string) => Stats | undefined;
 }
 
 /**
@@ -60,7 +65,8 @@ export function writeHosts(opts: WriteHostsOptions): boolean {
   if (lstatOrUndefined(hosts) !== undefined) return false;
   const upperEtc = lstatOrUndefined(etc);
   if (upperEtc !== undefined && !upperEtc.isDirectory()) return false;
-  const lowerEtc = upperEtc ? undefined : topmostEtc(opts.lowers);
+  const lstatEtc = opts.lstatLowerEtc ?? ((lower: string) => lstatOrUndefined(join(lower, 'etc')));
+  const lowerEtc = upperEtc ? undefined : topmostEtc(opts.lowers, lstatEtc);
   if (lowerEtc === 'not-a-directory') return false;
   if (!upperEtc) mkdirSync(etc, { mode: lowerEtc?.mode ?? 0o755 });
   writeFileSync(hosts, hostsContent(opts.hostname), { mode: 0o644 });
@@ -86,9 +92,12 @@ interface EtcAttributes {
  * The attributes of `/etc` as the overlay will show it: the topmost lower
  * that has an entry named `etc` decides (a whiteout means no `/etc` at all).
  */
-function topmostEtc(lowers: readonly string[]): EtcAttributes | 'not-a-directory' | undefined {
+function topmostEtc(
+  lowers: readonly string[],
+  lstatEtc: (lower: string) => Stats | undefined,
+): EtcAttributes | 'not-a-directory' | undefined {
   for (const lower of lowers) {
-    const st = lstatOrUndefined(join(lower, 'etc'));
+    const st = lstatEtc(lower);
     if (st === undefined) continue;
     if (st.isCharacterDevice() && st.rdev === 0) return undefined; // whiteout
     if (!st.isDirectory()) return 'not-a-directory';
@@ -118,7 +127,15 @@ export function chownLike(path: string, like: { uid: number; gid: number }): voi
   }
 }
 
-function lstatOrUndefined(path: string): Stats | undefined {
+/**
+ * `lstat`, or `undefined` when nothing is there.
+ *
+ * @example
+ * ```ts
+ * lstatOrUndefined('/no/such/file'); // undefined
+ * ```
+ */
+export function lstatOrUndefined(path: string): Stats | undefined {
   try {
     // No exception for a missing entry: most lowers have no /etc, and a
     // thrown error costs more than the lstat itself.

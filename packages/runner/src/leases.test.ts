@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { Commit, Hash, InUse, LastUsed, LayerDir } from '@day11/layer';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { tempDir } from './fixtures/cache.js';
-import { heldCount, leaseAll, releaseAllSync, releaseIdleLeases } from './leases.js';
+import { heldCount, leaseAll, leaseMemo, releaseAllSync, releaseIdleLeases } from './leases.js';
 
 let osDir: string;
 beforeEach(async () => {
@@ -35,6 +35,23 @@ async function layer(n: number): Promise<string> {
 async function leaseFiles(dir: string): Promise<string[]> {
   return readdir(join(dir, InUse.LEASE_DIR)).catch(() => []);
 }
+
+describe('leaseMemo', () => {
+  it('lives exactly as long as the lease, lingering included', async () => {
+    const a = await layer(1);
+    expect(leaseMemo(a)).toBeUndefined();
+    const held = await leaseAll([a], { lingerMs: 60_000 });
+    leaseMemo(a)!.set('etc', 'remembered');
+    await held.release(); // lingers: still leased, still remembered
+    expect(leaseMemo(a)?.get('etc')).toBe('remembered');
+    const again = await leaseAll([a], { lingerMs: 0 });
+    expect(leaseMemo(a)?.get('etc')).toBe('remembered');
+    await again.release(); // gone: the layer may be collected and rebuilt differently
+    expect(leaseMemo(a)).toBeUndefined();
+    await (await leaseAll([a], { lingerMs: 0 })).release();
+    expect(leaseMemo(a)).toBeUndefined();
+  });
+});
 
 describe('leaseAll', () => {
   it('leases each layer once for concurrent runs, and releases it when the last is done', async () => {

@@ -25,6 +25,8 @@ interface Entry {
   timer: NodeJS.Timeout | undefined;
   /** When this process last marked the layer used (`performance.now()`). */
   touched: number;
+  /** Facts about the layer's files, true while the lease is held (see {@link leaseMemo}). */
+  memo: Map<string, unknown> | undefined;
 }
 
 /**
@@ -126,6 +128,7 @@ function hold(dir: string): Hold {
     acquired: undefined,
     timer: undefined,
     touched: performance.now(),
+    memo: undefined,
   };
   lease.then(
     (l) => {
@@ -220,6 +223,25 @@ export function releaseAllSync(): void {
 export async function releaseIdleLeases(): Promise<void> {
   const idle = [...table.values()].filter((entry) => entry.refs === 0);
   await Promise.all(idle.map(finalRelease));
+}
+
+/**
+ * A place to remember facts about a layer's files while this process holds
+ * a lease on it (held or lingering), or `undefined` when it holds none. A
+ * committed layer never changes, and `Gc` cannot delete a leased one, so
+ * what is read once stays true until the lease goes — and the memo with it.
+ *
+ * @example
+ * ```ts
+ * const memo = leaseMemo(layerDir);
+ * const etc = memo?.get('etc') ?? lstatSync(join(layerDir, 'fs/etc'));
+ * ```
+ */
+export function leaseMemo(layerDir: string): Map<string, unknown> | undefined {
+  const entry = table.get(layerDir);
+  if (entry?.acquired === undefined) return undefined;
+  entry.memo ??= new Map();
+  return entry.memo;
 }
 
 /** How many layers this process holds a lease on (held or lingering); for tests. */

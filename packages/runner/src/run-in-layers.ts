@@ -12,14 +12,15 @@ import {
   statSync,
   unlinkSync,
   writeFileSync,
+  type Stats,
 } from 'node:fs';
-import { dirname, join, resolve } from 'node:path';
+import { basename, dirname, join, resolve } from 'node:path';
 import { OciSpec, Overlay, Runc } from '@day11/container';
 import type { OutputStream } from '@day11/exec';
 import { Stack, type Base } from '@day11/layer';
 import { RunnerCodes, RunnerError, errnoCode, messageOf } from './errors.js';
-import { chownLike, writeHosts } from './hosts.js';
-import { leaseAll, releaseIdleLeases, type LeaseSet } from './leases.js';
+import { chownLike, lstatOrUndefined, writeHosts } from './hosts.js';
+import { leaseAll, leaseMemo, releaseIdleLeases, type LeaseSet } from './leases.js';
 import { planLowers } from './lowers.js';
 import { mountsUnderSync, removeTree, unmountBelow } from './mounts.js';
 import { register, unregister, type ActiveRun } from './registry.js';
@@ -359,7 +360,24 @@ async function prepareUpper(run: Run, o: Checked, lowers: readonly string[]): Pr
       );
     }
   }
-  writeHosts({ upper: run.upper, lowers, hostname: run.spec.hostname });
+  writeHosts({ upper: run.upper, lowers, hostname: run.spec.hostname, lstatLowerEtc });
+}
+
+const NO_ENTRY = Symbol('no entry');
+
+/**
+ * `{lower}/etc` of a layer this process leases is read once per lease: a
+ * builder's steps over the same 50 layers would otherwise look in each for
+ * an `/etc` every time. Other lowers (the merged one) are read each time.
+ */
+function lstatLowerEtc(lower: string): Stats | undefined {
+  const memo = basename(lower) === 'fs' ? leaseMemo(dirname(lower)) : undefined;
+  if (memo === undefined) return lstatOrUndefined(join(lower, 'etc'));
+  const known = memo.get('etc') as Stats | typeof NO_ENTRY | undefined;
+  if (known !== undefined) return known === NO_ENTRY ? undefined : known;
+  const st = lstatOrUndefined(join(lower, 'etc'));
+  memo.set('etc', st ?? NO_ENTRY);
+  return st;
 }
 
 /**
@@ -368,9 +386,15 @@ async function prepareUpper(run: Run, o: Checked, lowers: readonly string[]): Pr
  */
 function copyRootAttributes(topLower: string | undefined, upper: string): void {
   if (topLower === undefined) return;
-  const st = lstatSync(topLower);
-  chownLike(upper, st);
-  chmodSync(upper, st.mode & 0o7777);
+  const root = lstatSync(topLower);
+  const mode = root.mode & 0o7777;
+  const now = lstatSync(upper);
+  if (now.uid !== root.uid || now.gid !== root.gid) {
+    chownLike(upper, root);
+    chmodSync(upper, mode); // after chown, which may clear set-id bits
+  } else if ((now.mode & 0o7777) !== mode) {
+    chmodSync(upper, mode);
+  }
 }
 
 async function runContainer(run: Run, o: Checked): Promise<Runc.RunResult> {
@@ -415,7 +439,10 @@ async function handOver(run: Run, o: Checked): Promise<void> {
   // stray bind mount would be deleted through): one read of mountinfo.
   if (mountsUnderSync(run.runDir).length > 0) await unmountBelow(run.runDir);
   renameSync(run.upper, run.handover);
-  for (const name of ['config.json', 'runtime.log']) removeFileSync(join(run.runDir, name));
+  // config.json stays for the next run to overwrite; a runtime log with
+  // anything in it must not be read by the next run (giveBack checks).
+  const log = join(run.runDir, 'runtime.log');
+  if ((statSync(log, { throwIfNoEntry: false })?.size ?? 0) > 0) removeFileSync(log);
   if (run.mergedLower) rmSync(join(run.runDir, MERGED_LOWER), { recursive: true, force: true });
   giveBack({ tmpDir: o.tmpDir, runDir: run.runDir, lingerMs: o.lingerMs, unmounted: true });
   await run.leases?.release();

@@ -57,16 +57,24 @@ describe('spare run directories', () => {
     expect(spareCount()).toBe(0);
   });
 
-  it('never keeps a directory with anything else in it', async () => {
+  it('keeps the bundle files (an empty runtime log) but nothing else', async () => {
+    const bundle = fresh();
+    await writeFile(join(bundle, 'config.json'), '{}');
+    await writeFile(join(bundle, 'runtime.log'), '');
+    giveBack({ tmpDir, runDir: bundle, lingerMs: 60_000 });
+    expect(spareCount()).toBe(1);
     const extra = fresh();
-    await writeFile(join(extra, 'config.json'), '{}');
-    giveBack({ tmpDir, runDir: extra, lingerMs: 60_000 });
+    await writeFile(join(extra, 'stray'), '{}');
+    const logged = fresh();
+    await writeFile(join(logged, 'runtime.log'), '{"level":"error","msg":"old"}\n');
     const dirty = fresh();
     await mkdir(join(dirty, 'merged', 'x'));
-    giveBack({ tmpDir, runDir: dirty, lingerMs: 60_000 });
-    expect(spareCount()).toBe(0);
-    expect(await exists(extra)).toBe(false);
-    expect(await exists(dirty)).toBe(false);
+    const odd = fresh();
+    await mkdir(join(odd, 'config.json'));
+    for (const runDir of [extra, logged, dirty, odd])
+      giveBack({ tmpDir, runDir, lingerMs: 60_000 });
+    expect(spareCount()).toBe(1);
+    for (const runDir of [extra, logged, dirty, odd]) expect(await exists(runDir)).toBe(false);
   });
 
   it(`keeps at most ${MAX_SPARES} per tmpDir; removeAllSparesSync removes them all`, async () => {

@@ -4,13 +4,14 @@
  * A run needs `{runDir}/work/` and `{runDir}/merged/` besides its upper; on
  * ext4 each directory made and removed costs a block allocation and free
  * (0.15–0.3 ms each, a dozen per run). After a clean run the directory,
- * empty but for `work/` and `merged/`, is kept for `lingerMs` and given to
- * the next run in the same `tmpDir`, which then only makes its upper. Only a
+ * empty but for `work/`, `merged/` and the bundle's `config.json` (and an
+ * empty `runtime.log`), is kept for `lingerMs` and given to the next run in
+ * the same `tmpDir`, which then only makes its upper. Only a
  * directory with nothing mounted below it is kept, and never more than a
  * few per `tmpDir`; an exit hook (and the signal teardown) removes them,
  * and after a crash `recover()` does (the pid is in the name).
  */
-import { mkdirSync, readdirSync } from 'node:fs';
+import { mkdirSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { mountsUnderSync, removeTreeSync } from './mounts.js';
 
@@ -79,10 +80,24 @@ export interface GiveBackOptions {
   unmounted?: boolean;
 }
 
+/**
+ * Files a spare may keep: the next run overwrites `config.json`, and the
+ * runtime appends to `runtime.log`, which must therefore be empty (a
+ * successful run leaves it so): removing and re-creating them each run
+ * costs two journal updates.
+ */
+const SPARE_FILES = new Set(['config.json', 'runtime.log']);
+
 function reusable({ runDir, unmounted }: GiveBackOptions): boolean {
   try {
-    const names = readdirSync(runDir).sort();
-    if (names.join('/') !== SPARE_ENTRIES.join('/')) return false;
+    const entries = readdirSync(runDir, { withFileTypes: true });
+    const dirs = entries.filter((e) => e.isDirectory()).map((e) => e.name);
+    if (dirs.sort().join('/') !== SPARE_ENTRIES.join('/')) return false;
+    const files = entries.filter((e) => !e.isDirectory());
+    if (files.some((e) => !e.isFile() || !SPARE_FILES.has(e.name))) return false;
+    if (files.some((e) => e.name === 'runtime.log' && statSync(join(runDir, e.name)).size > 0)) {
+      return false;
+    }
     if (readdirSync(join(runDir, 'merged')).length > 0) return false;
     return unmounted === true || mountsUnderSync(runDir).length === 0;
   } catch {
