@@ -10,8 +10,17 @@
  * commit. With the default lingerMs, back-to-back runs share the leases and
  * reuse the scratch directory, as a builder's consecutive steps do; a third
  * row measures the cold path (lingerMs 0) against the same runc baseline.
+ *
+ * Each round runs every variant once per runtime, in a shuffled order (the
+ * seed is fixed): a container start is faster right after another one (the
+ * kernel's cgroup lock skips a grace period), so a fixed order would favour
+ * whichever variant comes second. A "floor" variant does only what no
+ * layered run can skip — make the upper and its /etc/hosts, mount the 50
+ * lowers, write config.json, run, unmount, move the upper — with none of
+ * runInLayers's safety (leases, checks, cleanup on failure): how close
+ * runInLayers comes to it is how much its bookkeeping costs.
  */
-import { chmod, copyFile, mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
+import { chmod, copyFile, mkdir, mkdtemp, rename, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -21,7 +30,7 @@ import { Commit, Hash, Import, type Base } from '@day11/layer';
 import { PHASES, recover, runInLayers } from '@day11/runner';
 import { median, toMarkdown, type BenchRow } from './table.js';
 
-const ROUNDS = 30;
+const ROUNDS = 60;
 const STACK = 50;
 const RUNTIMES = ['runc', 'crun'] as const;
 type Runtime = (typeof RUNTIMES)[number];
@@ -92,6 +101,8 @@ interface Setup {
   stackBundle: string;
   stackMount: Overlay.OverlayMount;
   spec: OciSpec.Template;
+  /** The floor variant's directory (work/, merged/) and its config.json text. */
+  floor: { dir: string; config: string };
 }
 
 async function setUp(work: string): Promise<Setup> {
@@ -115,7 +126,53 @@ async function setUp(work: string): Promise<Setup> {
   });
   const stackBundle = join(stack, 'bundle');
   await OciSpec.write(stackBundle, OciSpec.make({ args: ['true'], rootfs: join(stack, 'merged') }));
-  return { osDir, base, deps, bundle, stackBundle, stackMount, spec };
+  const floorDir = join(work, 'floor');
+  for (const d of ['work', 'merged']) await mkdir(join(floorDir, d), { recursive: true });
+  const floorSpec = OciSpec.make({ args: ['true'], rootfs: join(floorDir, 'merged') });
+  const floor = { dir: floorDir, config: JSON.stringify(floorSpec) };
+  return { osDir, base, deps, bundle, stackBundle, stackMount, spec, floor };
+}
+
+/** The floor: the few steps every layered run of `true` must take, and nothing else. */
+async function floor(s: Setup, runtime: Runtime): Promise<number> {
+  const { dir } = s.floor;
+  const upper = join(dir, 'upper');
+  const started = performance.now();
+  await mkdir(join(upper, 'etc'), { recursive: true });
+  await writeFile(join(upper, 'etc', 'hosts'), '127.0.0.1 localhost\n');
+  const mounted = await Overlay.mount({
+    lowers: [...layerFs(s.deps), join(s.base.dir, 'fs')],
+    upper,
+    work: join(dir, 'work'),
+    target: join(dir, 'merged'),
+  });
+  await writeFile(join(dir, 'config.json'), s.floor.config);
+  await bare(dir, runtime);
+  await mounted.unmount();
+  await rename(upper, join(dir, 'taken'));
+  const ms = performance.now() - started;
+  await rm(join(dir, 'taken'), { recursive: true, force: true });
+  return ms;
+}
+
+/** A small seeded generator (mulberry32), so every run shuffles the same way. */
+function seeded(seed: number): () => number {
+  let a = seed;
+  return () => {
+    a = (a + 0x6d2b79f5) | 0;
+    let t = Math.imul(a ^ (a >>> 15), 1 | a);
+    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+function shuffled<T>(items: readonly T[], random: () => number): T[] {
+  const out = [...items];
+  for (let i = out.length - 1; i > 0; i--) {
+    const j = Math.floor(random() * (i + 1));
+    [out[i], out[j]] = [out[j]!, out[i]!];
+  }
+  return out;
 }
 
 /** One runInLayers of `true`; the upper is thrown away (outside the timing). */
@@ -150,6 +207,7 @@ export async function run(): Promise<BenchRow[]> {
     const bareMs: Record<Runtime, number[]> = { runc: [], crun: [] };
     const stackMs: Record<Runtime, number[]> = { runc: [], crun: [] };
     const layeredMs: Record<Runtime, number[]> = { runc: [], crun: [] };
+    const floorMs: Record<Runtime, number[]> = { runc: [], crun: [] };
     const cold = { bare: [] as number[], layered: [] as number[] };
     const phases = Object.fromEntries(
       RUNTIMES.map((r) => [r, new Map(PHASES.map((p) => [p as string, [] as number[]]))]),
@@ -158,11 +216,16 @@ export async function run(): Promise<BenchRow[]> {
       await bare(s.bundle, runtime); // warm the page cache
       await layered(s, runtime, new Map());
     }
+    const random = seeded(20261124);
+    const variants = {
+      bare: async (r: Runtime) => bareMs[r].push(await time(() => bare(s.bundle, r))),
+      stack: async (r: Runtime) => stackMs[r].push(await time(() => bare(s.stackBundle, r))),
+      floor: async (r: Runtime) => floorMs[r].push(await floor(s, r)),
+      layered: async (r: Runtime) => layeredMs[r].push(await layered(s, r, phases[r])),
+    };
     for (let i = 0; i < ROUNDS; i++) {
-      for (const runtime of i % 2 ? [...RUNTIMES].reverse() : RUNTIMES) {
-        bareMs[runtime].push(await time(() => bare(s.bundle, runtime)));
-        stackMs[runtime].push(await time(() => bare(s.stackBundle, runtime)));
-        layeredMs[runtime].push(await layered(s, runtime, phases[runtime]));
+      for (const runtime of shuffled(RUNTIMES, random)) {
+        for (const variant of shuffled(Object.values(variants), random)) await variant(runtime);
       }
     }
     // Apart, so that it does not release the leases of the rounds above:
@@ -186,6 +249,12 @@ export async function run(): Promise<BenchRow[]> {
         baselineName: `${runtime} run true, prepared rootfs`,
         baseline: median(bareMs[runtime]),
         target: 1.2,
+      })),
+      ...RUNTIMES.map((runtime) => ({
+        name: `floor: upper + /etc/hosts, mount ${STACK} lowers, ${runtime} run true, unmount, move the upper`,
+        value: median(floorMs[runtime]),
+        baselineName: `${runtime} run true, prepared rootfs`,
+        baseline: median(bareMs[runtime]),
       })),
       // The same runs against a bare run on the very same stack, mounted once
       // beforehand: what runInLayers itself adds (leases, dirs, mount, unmount),

@@ -82,6 +82,24 @@ describe('leaseAll', () => {
     expect(heldCount()).toBe(0);
   });
 
+  it('releases each lingering lease at its own time, a later hold postponing it', async () => {
+    const [a, b, c] = [await layer(1), await layer(2), await layer(3)];
+    await (await leaseAll([a], { lingerMs: 400 })).release();
+    await (await leaseAll([b], { lingerMs: 100 })).release();
+    await (await leaseAll([c], { lingerMs: 100 })).release();
+    const again = await leaseAll([c], { lingerMs: 100 }); // held again: not due any more
+    await sleep(250);
+    expect([await InUse.isInUse(a), await InUse.isInUse(b), await InUse.isInUse(c)]).toEqual([
+      true,
+      false,
+      true,
+    ]);
+    await again.release();
+    await sleep(350);
+    expect([await InUse.isInUse(a), await InUse.isInUse(c)]).toEqual([false, false]);
+    expect(heldCount()).toBe(0);
+  });
+
   it('releaseIdleLeases ends the lingering at once, but not a held lease', async () => {
     const [a, b] = [await layer(1), await layer(2)];
     await (await leaseAll([a], { lingerMs: 60_000 })).release();

@@ -7,9 +7,9 @@
  * run to need it acquires the lease, later runs join it, and the last one to
  * finish releases it — after `lingerMs` (1 s by default), so that a
  * builder running step after step over the same dependencies leases them
- * once. A lingering lease only delays a `Gc` of that layer; its timer never
- * keeps the process alive, and an exit hook releases it. Layers are leased
- * in parallel, each under its own lock.
+ * once. A lingering lease only delays a `Gc` of that layer; one timer serves
+ * all lingering leases and never keeps the process alive, and an exit hook
+ * releases them. Layers are leased in parallel, each under its own lock.
  */
 import { dirname, resolve } from 'node:path';
 import { InUse, LastUsed } from '@day11/layer';
@@ -21,8 +21,8 @@ interface Entry {
   lease: Promise<InUse.Lease>;
   /** The lease once acquired (for synchronous release). */
   acquired: InUse.Lease | undefined;
-  /** Pending delayed release. */
-  timer: NodeJS.Timeout | undefined;
+  /** When a lingering (unheld) lease is due for release (`performance.now()` time); else undefined. */
+  releaseAt: number | undefined;
   /** When this process last marked the layer used (`performance.now()`). */
   touched: number;
   /** Facts about the layer's files, true while the lease is held (see {@link leaseMemo}). */
@@ -108,8 +108,8 @@ function hold(dir: string): Hold {
   const existing = table.get(dir);
   if (existing) {
     existing.refs++;
-    clearTimeout(existing.timer);
-    existing.timer = undefined;
+    existing.releaseAt = undefined;
+    lingering.delete(existing);
     // Marking used is all a joiner does: utimes on an empty file, cheaper
     // synchronously than a round trip through the thread pool. Never throws.
     const now = performance.now();
@@ -126,7 +126,7 @@ function hold(dir: string): Hold {
     refs: 1,
     lease,
     acquired: undefined,
-    timer: undefined,
+    releaseAt: undefined,
     touched: performance.now(),
     memo: undefined,
   };
@@ -173,17 +173,51 @@ function leaseSet(dirs: readonly string[], entries: readonly Entry[], lingerMs: 
 async function drop(entry: Entry, lingerMs: number): Promise<void> {
   if (--entry.refs > 0 || table.get(entry.dir) !== entry) return;
   if (lingerMs > 0) {
-    entry.timer = setTimeout(() => void finalRelease(entry), lingerMs);
-    // A lingering lease must not keep the process alive; exit releases it.
-    entry.timer.unref();
+    entry.releaseAt = performance.now() + lingerMs;
+    lingering.add(entry);
+    armSweeper();
     return;
   }
   await finalRelease(entry);
 }
 
+/** Unheld leases waiting for their `releaseAt`; one timer serves them all. */
+const lingering = new Set<Entry>();
+let sweeper: { timer: NodeJS.Timeout; at: number } | undefined;
+
+/** Makes sure the sweeper wakes by the earliest `releaseAt` (50 layers, one timer). */
+function armSweeper(): void {
+  let next = Infinity;
+  for (const entry of lingering) next = Math.min(next, entry.releaseAt ?? Infinity);
+  if (next === Infinity) {
+    clearTimeout(sweeper?.timer);
+    sweeper = undefined;
+    return;
+  }
+  if (sweeper !== undefined && sweeper.at <= next) return;
+  clearTimeout(sweeper?.timer);
+  const timer = setTimeout(sweep, Math.max(0, next - performance.now()));
+  // A lingering lease must not keep the process alive; exit releases it.
+  timer.unref();
+  sweeper = { timer, at: next };
+}
+
+function sweep(): void {
+  sweeper = undefined;
+  const now = performance.now();
+  for (const entry of lingering) {
+    if (entry.releaseAt !== undefined && entry.releaseAt <= now) {
+      lingering.delete(entry);
+      void finalRelease(entry);
+    }
+  }
+  armSweeper();
+}
+
 async function finalRelease(entry: Entry): Promise<void> {
   if (table.get(entry.dir) !== entry || entry.refs > 0) return;
   table.delete(entry.dir);
+  lingering.delete(entry);
   watchExit();
   const lease = await entry.lease.catch(() => undefined);
   // Best effort: a lease left behind stops counting when this process exits.
@@ -201,7 +235,7 @@ async function finalRelease(entry: Entry): Promise<void> {
  */
 export function releaseAllSync(): void {
   for (const entry of table.values()) {
-    clearTimeout(entry.timer);
+    lingering.delete(entry);
     table.delete(entry.dir);
     try {
       entry.acquired?.releaseSync();
@@ -209,6 +243,7 @@ export function releaseAllSync(): void {
       // A lease of a dead process does not count, and Recover.sweep removes it.
     }
   }
+  armSweeper();
   watchExit();
 }
 
@@ -223,6 +258,7 @@ export function releaseAllSync(): void {
 export async function releaseIdleLeases(): Promise<void> {
   const idle = [...table.values()].filter((entry) => entry.refs === 0);
   await Promise.all(idle.map(finalRelease));
+  armSweeper();
 }
 
 /**

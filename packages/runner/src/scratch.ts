@@ -76,7 +76,10 @@ export interface GiveBackOptions {
   tmpDir: string;
   runDir: string;
   lingerMs: number;
-  /** The caller has just checked that nothing is mounted below `runDir`. */
+  /**
+   * The caller has just unmounted the overlay from `merged/` (empty before it
+   * was mounted) and checked that nothing is mounted below `runDir`.
+   */
   unmounted?: boolean;
 }
 
@@ -98,8 +101,10 @@ function reusable({ runDir, unmounted }: GiveBackOptions): boolean {
     if (files.some((e) => e.name === 'runtime.log' && statSync(join(runDir, e.name)).size > 0)) {
       return false;
     }
+    // Just unmounted by the caller: merged/ is the bare mount point again.
+    if (unmounted === true) return true;
     if (readdirSync(join(runDir, 'merged')).length > 0) return false;
-    return unmounted === true || mountsUnderSync(runDir).length === 0;
+    return mountsUnderSync(runDir).length === 0;
   } catch {
     return false;
   }
