@@ -42,7 +42,7 @@ const SUITES: Record<string, Suite> = {
   },
   runner: {
     load: () => import('./runner.js'),
-    note: "`runInLayers` of `true` over a 50-layer stack (49 committed layers on a busybox-static base: leases, an fsconfig overlay of 50 lowers, `/etc/hosts`, the run, the unmount, the upper moved out for a commit) against a bare `runc run true` (or crun) on an already prepared rootfs, and against a bare run on the very same stack mounted beforehand. With the default `lingerMs` consecutive runs share leases and scratch directories, as a builder's steps do; the cold row (`lingerMs: 0`) redoes them every time. 30 rounds, medians.",
+    note: "`runInLayers` of `true` over a 50-layer stack (49 committed layers on a busybox-static base: leases, an fsconfig overlay of 50 lowers, `/etc/hosts`, the run, the unmount, the upper moved out for a commit) against a bare `runc run true` (or crun) on an already prepared rootfs, and against a bare run on the very same stack mounted beforehand. With the default `lingerMs` consecutive runs share leases and scratch directories, as a builder's steps do; the cold row (`lingerMs: 0`) redoes them every time. The floor rows do only what no layered run can skip (upper and `/etc/hosts`, mount, `config.json`, run, unmount, move the upper) with none of the bookkeeping: runInLayers's distance to the floor is what its leases, checks and cleanup cost; the floor's distance to the bare run is what a fresh overlay per step costs. 60 rounds, every variant once per round in a seeded shuffled order (a container starts faster right after another, so a fixed order favours the second), medians.",
   },
   export: {
     load: () => import('./export.js'),
