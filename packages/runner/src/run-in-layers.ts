@@ -449,7 +449,6 @@ async function handOver(run: Run, o: Checked): Promise<void> {
   run.leases = undefined;
 }
 
-/** Step 6 on failure: everything goes, the upper too. Best effort, never throws. */
 /** Unlinks a file that may not be there. */
 function removeFileSync(path: string): void {
   try {
@@ -459,6 +458,7 @@ function removeFileSync(path: string): void {
   }
 }
 
+/** Step 6 on failure: everything goes, the upper too. Best effort, never throws. */
 async function abandon(run: Run): Promise<void> {
   await run.mount?.unmount({ lazy: true }).catch(() => undefined);
   run.mount = undefined;
