@@ -175,7 +175,7 @@ async function drop(entry: Entry, lingerMs: number): Promise<void> {
   if (lingerMs > 0) {
     entry.releaseAt = performance.now() + lingerMs;
     lingering.add(entry);
-    armSweeper();
+    armSweeper(entry.releaseAt);
     return;
   }
   await finalRelease(entry);
@@ -185,21 +185,29 @@ async function drop(entry: Entry, lingerMs: number): Promise<void> {
 const lingering = new Set<Entry>();
 let sweeper: { timer: NodeJS.Timeout; at: number } | undefined;
 
-/** Makes sure the sweeper wakes by the earliest `releaseAt` (50 layers, one timer). */
-function armSweeper(): void {
-  let next = Infinity;
-  for (const entry of lingering) next = Math.min(next, entry.releaseAt ?? Infinity);
-  if (next === Infinity) {
-    clearTimeout(sweeper?.timer);
+/**
+ * Makes sure the sweeper wakes by `at` (50 layers, one timer). Without `at`,
+ * re-arms it for the earliest `releaseAt` left, or stops it when none is.
+ */
+function armSweeper(at?: number): void {
+  const next = at ?? earliestReleaseAt();
+  if (sweeper !== undefined) {
+    // A new lease can only bring the wake-up earlier; a re-arm may also move it later.
+    if (at !== undefined ? sweeper.at <= next : sweeper.at === next) return;
+    clearTimeout(sweeper.timer);
     sweeper = undefined;
-    return;
   }
-  if (sweeper !== undefined && sweeper.at <= next) return;
-  clearTimeout(sweeper?.timer);
+  if (next === Infinity) return;
   const timer = setTimeout(sweep, Math.max(0, next - performance.now()));
   // A lingering lease must not keep the process alive; exit releases it.
   timer.unref();
   sweeper = { timer, at: next };
+}
+
+function earliestReleaseAt(): number {
+  let next = Infinity;
+  for (const entry of lingering) next = Math.min(next, entry.releaseAt ?? Infinity);
+  return next;
 }
 
 function sweep(): void {

@@ -10,7 +10,6 @@ import {
   renameSync,
   rmSync,
   statSync,
-  unlinkSync,
   writeFileSync,
   type Stats,
 } from 'node:fs';
@@ -18,7 +17,7 @@ import { basename, dirname, join, resolve } from 'node:path';
 import { OciSpec, Overlay, Runc } from '@day11/container';
 import type { OutputStream } from '@day11/exec';
 import { Stack, type Base } from '@day11/layer';
-import { RunnerCodes, RunnerError, errnoCode, messageOf } from './errors.js';
+import { RunnerCodes, RunnerError, messageOf } from './errors.js';
 import { chownLike, lstatOrUndefined, writeHosts } from './hosts.js';
 import { leaseAll, leaseMemo, releaseIdleLeases, type LeaseSet } from './leases.js';
 import { planLowers } from './lowers.js';
@@ -439,23 +438,12 @@ async function handOver(run: Run, o: Checked): Promise<void> {
   // stray bind mount would be deleted through): one read of mountinfo.
   if (mountsUnderSync(run.runDir).length > 0) await unmountBelow(run.runDir);
   renameSync(run.upper, run.handover);
-  // config.json stays for the next run to overwrite; a runtime log with
-  // anything in it must not be read by the next run (giveBack checks).
-  const log = join(run.runDir, 'runtime.log');
-  if ((statSync(log, { throwIfNoEntry: false })?.size ?? 0) > 0) removeFileSync(log);
+  // config.json stays for the next run to overwrite; giveBack keeps the
+  // directory only if the runtime left its log empty.
   if (run.mergedLower) rmSync(join(run.runDir, MERGED_LOWER), { recursive: true, force: true });
   giveBack({ tmpDir: o.tmpDir, runDir: run.runDir, lingerMs: o.lingerMs, unmounted: true });
   await run.leases?.release();
   run.leases = undefined;
-}
-
-/** Unlinks a file that may not be there. */
-function removeFileSync(path: string): void {
-  try {
-    unlinkSync(path);
-  } catch (err) {
-    if (errnoCode(err) !== 'ENOENT') throw err;
-  }
 }
 
 /** Step 6 on failure: everything goes, the upper too. Best effort, never throws. */
