@@ -8,7 +8,7 @@ import { mkdir, readFile, rename, rm, truncate, writeFile } from 'node:fs/promis
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { expect } from 'vitest';
-import { CliCodes, loadPlan } from '@day11/cli';
+import { BuildCodes, loadPlan } from '@day11/build';
 import { ContainerCodes, ContainerError, Overlay } from '@day11/container';
 import { Exec } from '@day11/exec';
 import {
@@ -522,7 +522,7 @@ function planCase(name: string, plan: unknown, names: (file: string) => string =
       return file;
     },
     lib: async (_w, file) => {
-      await rejectsTyped(loadPlan(file), CliCodes.BAD_PLAN, names(file));
+      await rejectsTyped(loadPlan(file), BuildCodes.BAD_PLAN, names(file));
     },
     cli: (w, file) => ['build', file, '--cache', w.osDir],
   };

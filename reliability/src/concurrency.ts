@@ -6,7 +6,7 @@
 import { spawn } from 'node:child_process';
 import { chmod, readFile, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import type { BuildEvent, StepEvent, SummaryEvent } from '@day11/cli';
+import type { BuildEvent, StepEvent, SummaryEvent } from '@day11/build';
 
 /** The built CLI (run `pnpm build` first). */
 export const CLI = resolve(import.meta.dirname, '../../packages/cli/dist/main.js');

@@ -14,7 +14,8 @@ export const ALLOWED: Readonly<Record<string, readonly string[]>> = {
   container: ['exec'],
   runner: ['layer', 'container', 'exec'],
   'oci-export': ['layer', 'exec'],
-  cli: ['exec', 'layer', 'container', 'runner', 'oci-export'],
+  build: ['exec', 'layer', 'container', 'runner', 'oci-export'],
+  cli: ['exec', 'layer', 'container', 'runner', 'oci-export', 'build'],
 };
 
 const SCOPE = '@day11/';

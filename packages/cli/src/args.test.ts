@@ -40,12 +40,16 @@ describe('progress text', () => {
     expect(
       formatSummary({
         type: 'summary',
+        time: '2026-01-01T00:00:00.000Z',
         built: 2,
         cached: 3,
+        fetched: 0,
         failed: 1,
         skipped: 2,
         bytes: 2048,
         seconds: 1.234,
+        exported: [],
+        exportFailures: [],
       }),
     ).toBe(
       'Summary: 2 built, 3 cached, 1 failed, 2 skipped (failed dependency); 2.0 KiB written; 1.23 s',

@@ -1,30 +1,25 @@
 /**
- * `@day11/cli`: the `day11` command. Its building blocks are exported for
- * programs that want `day11 build` without a subprocess.
+ * `@day11/cli`: the `day11` command. It composes the libraries and renders
+ * their events; programs that want a builder use `@day11/build` directly.
  *
  * @example
  * ```ts
- * import { build, loadPlan, makeReporter } from '@day11/cli';
- * const plan = await loadPlan('plan.json');
- * const { summary } = await build({ plan, osDir: '/var/cache/day11', jobs: 4, reporter: makeReporter({ json: true }) });
+ * import { createBuilder, loadPlan } from '@day11/build';
+ * import { makeReporter } from '@day11/cli';
+ * const reporter = makeReporter({ json: false });
+ * const builder = createBuilder({ osDir: '/var/cache/day11', jobs: 4 });
+ * await builder.build(await loadPlan('plan.json'), { onEvent: (e) => reporter.emit(e) });
+ * reporter.close();
+ * await builder.close();
  * ```
  */
-export { build, type BuildOptions, type BuildResult, type StepOutcome } from './build.js';
-export {
-  loadPlan,
-  parsePlan,
-  stepHashes,
-  closure,
-  PlanSchema,
-  type Plan,
-  type Step,
-  type BaseSource,
-} from './plan.js';
 export {
   makeReporter,
-  type BuildEvent,
+  formatSummary,
+  formatBytes,
+  type NoteEvent,
+  type ReportEvent,
   type Reporter,
-  type StepEvent,
-  type SummaryEvent,
+  type OutputStream,
 } from './progress.js';
 export { CliCodes, CliError, type CliCode } from './errors.js';

@@ -143,7 +143,14 @@ const ResourcesSchema = z.looseObject({
   memory: z
     .looseObject({ limit: z.number().int().positive(), swap: z.number().int().optional() })
     .optional(),
-  cpu: z.looseObject({ cpus: z.string().optional(), mems: z.string().optional() }).optional(),
+  cpu: z
+    .looseObject({
+      cpus: z.string().optional(),
+      mems: z.string().optional(),
+      quota: z.number().int().optional(),
+      period: z.number().int().positive().optional(),
+    })
+    .optional(),
   pids: z.looseObject({ limit: z.number().int().positive() }).optional(),
 });
 
@@ -205,6 +212,8 @@ export interface Resources {
   mems?: string;
   /** Memory limit in bytes; swap is capped to the same total, so the limit is real. */
   memoryBytes?: number;
+  /** CPU time in CPUs, e.g. 1.5: a CFS quota per 100 ms period (not a cpuset). */
+  cpuLimit?: number;
   /** Maximum number of processes (and threads) in the container. */
   pidsLimit?: number;
 }
@@ -285,6 +294,7 @@ const OptionsSchema = z.object({
       cpus: z.string().regex(cpuList, 'must be a CPU list such as "0-3" or "0,2"').optional(),
       mems: z.string().regex(cpuList, 'must be a node list such as "0" or "0-1"').optional(),
       memoryBytes: z.number().int().positive('must be a positive number of bytes').optional(),
+      cpuLimit: z.number().positive('must be a positive number of CPUs').max(4096).optional(),
       pidsLimit: z.number().int().positive('must be a positive integer').optional(),
     })
     .optional(),
@@ -410,8 +420,11 @@ function namespaces(network: Network): { type: string }[] {
   return [...types, 'pid', 'ipc', 'uts', 'mount'].map((type) => ({ type }));
 }
 
+/** The CFS period of {@link Resources.cpuLimit}: the kernel's default, 100 ms. */
+const CPU_PERIOD_US = 100_000;
+
 function resources(r: Resources | undefined): NonNullable<z.infer<typeof ResourcesSchema>> {
-  const cpu = r?.cpus !== undefined || r?.mems !== undefined;
+  const cpu = r?.cpus !== undefined || r?.mems !== undefined || r?.cpuLimit !== undefined;
   return {
     // Deny every device; runc and crun then allow the standard ones (null, zero, tty, ...).
     devices: [{ allow: false, access: 'rwm' }],
@@ -423,6 +436,10 @@ function resources(r: Resources | undefined): NonNullable<z.infer<typeof Resourc
       cpu: {
         ...(r.cpus !== undefined && { cpus: r.cpus }),
         ...(r.mems !== undefined && { mems: r.mems }),
+        ...(r.cpuLimit !== undefined && {
+          quota: Math.max(1000, Math.round(r.cpuLimit * CPU_PERIOD_US)),
+          period: CPU_PERIOD_US,
+        }),
       },
     }),
     ...(r?.pidsLimit !== undefined && { pids: { limit: r.pidsLimit } }),

@@ -11,6 +11,7 @@
 export * as Exec from './exec.js';
 export * as Sys from './sys.js';
 export { randomHex } from './random.js';
+export { Semaphore, mapLimit } from './concurrency.js';
 export type { OutputStream, RunOptions, RunResult, RunSyncOptions } from './exec.js';
 export {
   CommandError,

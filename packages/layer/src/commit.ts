@@ -97,7 +97,7 @@ export async function commit(options: CommitOptions): Promise<CommitResult> {
   const dir = layerPath({ osDir: options.osDir, hash: options.hash });
   validate(options);
   await prepare(options);
-  if (await isCommitted(dir)) return alreadyThere(dir, options.upper);
+  if (await isCommitted(dir, options.hash)) return alreadyThere(dir, options.upper);
 
   const temp = tempPathFor(dir);
   const progress: Progress = { upperMoved: false, published: false };
@@ -197,12 +197,42 @@ async function prepare({ osDir, upper }: CommitOptions): Promise<void> {
   }
 }
 
-async function isCommitted(dir: string): Promise<boolean> {
+/**
+ * Whether layer `hash` is already in `dir`. A layer there whose recorded
+ * full hash is another one is a collision of the 12-digit directory name:
+ * an error, never a silent "already there".
+ */
+async function isCommitted(dir: string, hash: string): Promise<boolean> {
+  let meta: LayerMeta.LayerMeta | undefined;
   try {
-    return (await LayerMeta.find(dir)) !== undefined;
+    meta = await LayerMeta.find(dir);
   } catch {
     return false; // corrupt: publish() decides what to do, under the lock
   }
+  if (meta === undefined) return false;
+  assertSameHash(meta, hash, dir);
+  return true;
+}
+
+/**
+ * Throws `LAYER_HASH_COLLISION` when the layer in `dir` records a full hash
+ * other than `hash` (a 64-hex hash; a shorter one cannot be compared).
+ *
+ * @example
+ * ```ts
+ * assertSameHash(await LayerMeta.load(dir), wantedHash, dir);
+ * ```
+ */
+export function assertSameHash(meta: LayerMeta.LayerMeta, hash: string, dir: string): void {
+  if (hash.length !== 64 || meta.hash === undefined || meta.hash === hash) return;
+  throw new LayerError(
+    LayerCodes.HASH_COLLISION,
+    `The layer directory ${dir} holds layer ${meta.hash}, not ${hash}: the two hashes share their first 12 digits`,
+    {
+      path: dir,
+      hint: 'The existing layer is left alone. Remove it if it is not needed (`day11 layers rm`), or change the step so its hash changes',
+    },
+  );
 }
 
 async function alreadyThere(dir: string, upper: string): Promise<CommitResult> {
@@ -223,7 +253,8 @@ async function assemble(options: CommitOptions, temp: string, progress: Progress
   const given = options.meta.disk_usage ?? 0;
   const diskUsage = given > 0 ? given : await measure(fsDir);
   // layer.json last: a layer directory with it is complete by construction.
-  await LayerMeta.save(temp, { ...options.meta, disk_usage: diskUsage });
+  const full = options.hash.length === 64 ? { hash: options.hash } : {};
+  await LayerMeta.save(temp, { ...options.meta, ...full, disk_usage: diskUsage });
   await fsyncDir(temp);
 }
 
@@ -245,7 +276,7 @@ async function writeEmpty(path: string): Promise<void> {
  */
 async function publish({ options, temp, dir, held, progress }: Publish): Promise<boolean> {
   await step(options, 'locked');
-  if (await isCommitted(dir)) return false;
+  if (await isCommitted(dir, options.hash)) return false;
   await clearBroken(dir);
   held.assertHeld();
   try {
@@ -254,7 +285,8 @@ async function publish({ options, temp, dir, held, progress }: Publish): Promise
   } catch (err) {
     // A non-empty target means someone committed it without our lock (a lost lock).
     const code = errnoCode(err);
-    if ((code === 'ENOTEMPTY' || code === 'EEXIST') && (await isCommitted(dir))) return false;
+    if ((code === 'ENOTEMPTY' || code === 'EEXIST') && (await isCommitted(dir, options.hash)))
+      return false;
     throw err;
   }
   await fsyncDir(options.osDir);
@@ -311,6 +343,7 @@ async function step(options: CommitOptions, name: CommitStep): Promise<void> {
 
 /** Lock errors and our own keep their code; anything else (a failed write, EXDEV...) is COMMIT_FAILED. */
 const KEPT_CODES: readonly string[] = [
+  LayerCodes.HASH_COLLISION,
   LayerCodes.LOCK_TIMEOUT,
   LayerCodes.LOCK_COMPROMISED,
   LayerCodes.COMMIT_FAILED,

@@ -42,6 +42,11 @@ export const LayerCodes = {
   BAD_ARGUMENT: 'LAYER_BAD_ARGUMENT',
   /** A layer the operation needs does not exist (never committed, or garbage-collected). */
   NOT_FOUND: 'LAYER_NOT_FOUND',
+  /**
+   * A layer directory (named by the first 12 hex digits of a hash) holds a
+   * layer whose full hash, recorded in its `layer.json`, is another one.
+   */
+  HASH_COLLISION: 'LAYER_HASH_COLLISION',
 } as const;
 
 /** A stable code from {@link LayerCodes}. */

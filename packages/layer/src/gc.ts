@@ -16,6 +16,7 @@ import { measure, walk } from './disk-usage.js';
 import { errnoCode, LayerCodes, LayerError, messageOf } from './errors.js';
 import * as InUse from './in-use.js';
 import * as LastUsed from './last-used.js';
+import { path as layerPath } from './layer-dir.js';
 import * as Lock from './lock.js';
 import * as Scan from './scan.js';
 
@@ -160,6 +161,57 @@ async function removeDanglingLinks(osDir: string): Promise<string[]> {
     await rmdir(dirname(link.path)).catch(() => undefined);
   }
   return removed;
+}
+
+/**
+ * Removes layer `hash` of `osDir` now — e.g. a recorded failure that a build
+ * is about to retry — under the layer's lock (a caller already holding it,
+ * as a builder does, keeps it). The layer disappears with one rename, then
+ * is deleted. Resolves false when there was no such layer.
+ *
+ * @example
+ * ```ts
+ * await Lock.withLayer({ osDir, hash }, async () => {
+ *   await Gc.removeLayer({ osDir, hash });
+ *   await rebuild();
+ * });
+ * ```
+ * @throws {LayerError} `LAYER_GC_FAILED` when the layer is in use (a live
+ *   lease) or cannot be removed; lock errors.
+ */
+export async function removeLayer({
+  osDir,
+  hash,
+}: {
+  osDir: string;
+  hash: string;
+}): Promise<boolean> {
+  const dir = layerPath({ osDir, hash });
+  const aside = await Lock.withLayer({ osDir, hash }, async (held) => {
+    if (await InUse.isInUse(dir)) {
+      throw new LayerError(LayerCodes.GC_FAILED, `Cannot remove the layer ${dir}: it is in use`, {
+        path: dir,
+        hint: 'Wait for the builds and runs using it to finish',
+      });
+    }
+    held.assertHeld();
+    const to = tempPathFor(dir);
+    try {
+      await rename(dir, to);
+    } catch (err) {
+      if (errnoCode(err) === 'ENOENT') return undefined;
+      throw gcFailed(`Cannot remove the layer ${dir}`, dir, err);
+    }
+    await fsyncDir(osDir);
+    return to;
+  });
+  if (aside === undefined) return false;
+  try {
+    await rm(aside, { recursive: true, force: true });
+  } catch (cause) {
+    throw gcFailed(`Removed the layer ${dir} from view but cannot delete ${aside}`, aside, cause);
+  }
+  return true;
 }
 
 /** Real disk usage of the tree at `path` in bytes, each hardlinked inode once. */

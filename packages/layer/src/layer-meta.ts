@@ -24,6 +24,15 @@ export const Schema = z.looseObject({
   timing: TimingSchema,
   created_at: z.string(),
   failed_dep: z.string().nullable(),
+  /**
+   * The layer's full hash (64 hex). The directory is named by its first 12
+   * digits only, so a cache hit checks this. Recorded by `Commit.commit`
+   * when given a full hash; absent in layers made by older versions.
+   */
+  hash: z
+    .string()
+    .regex(/^[0-9a-f]{64}$/, 'a full sha256 hex hash')
+    .optional(),
 });
 
 /** The record stored in `layer.json`. */

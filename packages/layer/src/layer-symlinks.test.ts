@@ -31,7 +31,7 @@ describe('LayerSymlinks.ensure', () => {
     expect(await readdir(join(packagesDir, 'a'))).toEqual(['build-0123456789ab']);
   });
 
-  it.each(['', '.', '..', 'a/b', '../x', 'a\0b', 'x..y'])('refuses the id %j', async (id) => {
+  it.each(['', '.', '..', 'a/b', '../x', 'a\0b'])('refuses the id %j', async (id) => {
     await expect(
       ensure({ packagesDir, id, layerName: 'build-0123456789ab' }),
     ).rejects.toMatchObject({

@@ -11,16 +11,9 @@ import { isLayerName } from './layer-dir.js';
 
 /** Throws unless `id` can name one directory: not empty, no `/`, no NUL, not `.` or `..`. */
 export function assertId(id: string): void {
-  if (
-    id === '' ||
-    id === '.' ||
-    id === '..' ||
-    id.includes('/') ||
-    id.includes('\0') ||
-    id.includes('..')
-  ) {
+  if (id === '' || id === '.' || id === '..' || id.includes('/') || id.includes('\0')) {
     throw new LayerError(LayerCodes.BAD_ID, `Invalid registry id ${JSON.stringify(id)}`, {
-      hint: 'An id names one directory: it must be non-empty and contain no "/", ".." or NUL',
+      hint: 'An id names one directory: it must be non-empty, not "." or "..", and contain no "/" or NUL',
     });
   }
 }

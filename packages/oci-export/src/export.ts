@@ -57,6 +57,12 @@ export interface ExportOptions {
   base: Base;
   /** Layer directories above the base, bottom to top (install order, the target last). */
   layers: readonly string[];
+  /**
+   * What made each layer of `layers` (same order), for the config's
+   * `history[].created_by`, e.g. `day11 step hello: make install`; default
+   * `day11 build build-xxxxxxxxxxxx`.
+   */
+  createdBy?: readonly (string | undefined)[] | undefined;
   /** Runtime config of the image: Env, Cmd, Entrypoint, WorkingDir, User, Labels. */
   config?: ImageConfigInput | undefined;
   /** Default: this machine's, in OCI terms (`amd64`, `arm64`, ...). */
@@ -223,7 +229,10 @@ async function configBlob(
     const meta = await LayerMeta.find(dir).catch(() => undefined);
     history.push({
       created: fixed ?? normalise(meta?.created_at) ?? EPOCH,
-      created_by: i === 0 ? `day11 import ${options.base.image}` : `day11 build ${basename(dir)}`,
+      created_by:
+        i === 0
+          ? `day11 import ${options.base.image}`
+          : (options.createdBy?.[i - 1] ?? `day11 build ${basename(dir)}`),
     });
   }
   const newest =

@@ -1,13 +1,12 @@
 /** `day11 build PLAN.json --cache DIR [--jobs N] [--runtime R] [--oci LAYOUT] [--json]` */
 import { parseArgs } from 'node:util';
 import { resolve } from 'node:path';
+import { createBuilder, loadPlan } from '@day11/build';
 import { Runc } from '@day11/container';
 import { recover } from '@day11/runner';
 import { COMMON_OPTIONS, intOption, parse } from '../args.js';
-import { build } from '../build.js';
 import { cacheDir } from '../cache.js';
 import { CliCodes, CliError } from '../errors.js';
-import { loadPlan } from '../plan.js';
 import { makeReporter } from '../progress.js';
 import { checkRequirements, runtimeOption } from './common.js';
 
@@ -20,26 +19,41 @@ Runs every step of PLAN.json in a container over an overlayfs stack of the
 base and its dependencies' layers, and keeps what it wrote as a layer. Cached
 steps are skipped; the rest run in parallel, each after its dependencies. A
 failing step is recorded with its exit status and log; its dependents are
-recorded with failed_dep and not run.
+recorded with failed_dep and not run. A step stopped by --timeout or a signal,
+and anything downstream of it, is not recorded: it runs again next time.
 
 Options:
   --cache DIR        the layer cache (default $DAY11_CACHE)
   --jobs N           steps run at once (1-256, default 1)
   --runtime R        runc (default) or crun, or a path to a runc-compatible runtime
-  --oci LAYOUT       also export one OCI image per successful step, tagged by step id
-  --timeout SECONDS  stop a step after this long (not cached)
+  --oci LAYOUT       export one OCI image per successful step as soon as it is
+                     built, tagged with the step's tag
+  --timeout SECONDS  stop a step after this long (not recorded)
+  --retry-failed     run again the steps whose recorded outcome is a failure
   --json             newline-delimited JSON events instead of the live display
   --debug            stack traces on errors
 
 Plan format:
   {
-    "base": "busybox" | { "tarball": "rootfs.tar.gz" } | { "dir": "rootfs/" } | { "docker": "debian:12" },
+    "base": "busybox" | { "tarball": "rootfs.tar.gz" } | { "dir": "rootfs/" }
+          | { "docker": "debian:12" } | { "image": "debian:12" } | { "layer": "HASH" },
+    "resources": { "memory": "4G", "cpus": 2, "pids": 4096 },
     "steps": [
-      { "id": "hello", "run": "echo hi > /hello.txt" },
-      { "id": "app", "deps": ["hello"], "run": ["/bin/sh", "-c", "cat /hello.txt"],
-        "env": { "A": "1" }, "user": "1000:1000", "network": "none", "cwd": "/" }
+      { "id": "libstdc++6", "run": "echo hi > /hello.txt" },
+      { "id": "app", "deps": ["libstdc++6"], "run": ["/bin/sh", "-c", "cat /hello.txt"],
+        "env": { "A": "1" }, "user": "1000:1000", "network": "none", "cwd": "/",
+        "tag": "app-1", "resources": { "memory": "512M" } }
     ]
   }
+
+  A step id is any name without "/" or NUL (package names such as g++ or
+  pkg~rc1+dfsg are fine). Its image tag is "tag", or the id with "+" made "p"
+  and every other character but letters, digits, ".", "_" and "-" made "-",
+  runs of those collapsed, and the ends trimmed (g++ → gpp, 1.0~rc1 → 1.0-rc1);
+  two steps with one tag are refused before anything runs. Later deps lie
+  above earlier ones in the stack. "base": { "image": NAME } is a base already
+  imported (day11 import), { "layer": HASH } a base layer by hash. Steps run
+  with at most 4096 processes unless "resources" says otherwise.
 
 Example:
   day11 build plan.json --cache /var/cache/day11 --jobs 4 --oci /srv/oci
@@ -57,6 +71,7 @@ export async function run(argv: string[]): Promise<number> {
         runtime: { type: 'string' },
         oci: { type: 'string' },
         timeout: { type: 'string' },
+        'retry-failed': { type: 'boolean' },
         json: { type: 'boolean' },
       },
     }),
@@ -78,20 +93,21 @@ export async function run(argv: string[]): Promise<number> {
   if (runtime === 'crun') await Runc.prepareCrunCgroups().catch(() => undefined);
   await recover({ osDir }).catch(() => undefined);
   const reporter = makeReporter({ json: values.json === true });
+  const builder = createBuilder({
+    osDir,
+    jobs,
+    runtime,
+    retryFailed: values['retry-failed'] === true,
+    ...(values.oci !== undefined && { layout: resolve(values.oci) }),
+    ...(timeout > 0 && { timeoutMs: timeout * 1000 }),
+  });
   try {
-    // SIGINT/SIGTERM: the runner unmounts and deletes its containers, then the
-    // process dies by the signal; committed layers are whole, the rest is swept next time.
-    const result = await build({
-      plan,
-      osDir,
-      jobs,
-      runtime,
-      reporter,
-      ...(values.oci !== undefined && { oci: resolve(values.oci) }),
-      ...(timeout > 0 && { timeoutMs: timeout * 1000 }),
-    });
-    return result.summary.failed + result.summary.skipped > 0 ? 1 : 0;
+    // SIGINT/SIGTERM/SIGHUP: the runner unmounts and deletes its containers,
+    // then the process dies by the signal; committed layers are whole.
+    const result = await builder.build(plan, { onEvent: (event) => reporter.emit(event) });
+    return result.ok ? 0 : 1;
   } finally {
     reporter.close();
+    await builder.close();
   }
 }

@@ -6,10 +6,9 @@ import { join, resolve } from 'node:path';
 import { Exec } from '@day11/exec';
 import { OciSpec, Runc } from '@day11/container';
 import { Layout } from '@day11/oci-export';
+import { createBuilder, parsePlan } from '@day11/build';
 import { COMMON_OPTIONS, parse } from '../args.js';
-import { build } from '../build.js';
 import { CliCodes, CliError } from '../errors.js';
-import { parsePlan } from '../plan.js';
 import { makeReporter, type Reporter } from '../progress.js';
 import { checkRequirements, hasCommand, runtimeOption } from './common.js';
 
@@ -81,12 +80,12 @@ export async function run(argv: string[]): Promise<number> {
   await checkRequirements(runtime);
   if (runtime === 'crun') await Runc.prepareCrunCgroups().catch(() => undefined);
   const reporter = makeReporter({ json: values.json === true });
+  const builder = createBuilder({ osDir, jobs: 2, runtime, layout });
   try {
-    reporter.emit({ type: 'note', message: `day11 demo: cache ${osDir}, images in ${layout}` });
+    reporter.note(`day11 demo: cache ${osDir}, images in ${layout}`);
     const plan = parsePlan(DEMO_PLAN, '(embedded demo plan)');
-    const result = await build({ plan, osDir, jobs: 2, runtime, oci: layout, reporter });
-    const { summary } = result;
-    if (summary.failed + summary.skipped > 0) {
+    const { summary, ok } = await builder.build(plan, { onEvent: (e) => reporter.emit(e) });
+    if (!ok) {
       throw new CliError(CliCodes.DEMO_FAILED, `The demo plan failed (${summary.failed} failed)`, {
         hint: 'See `day11 layers ls --cache ' + osDir + "` and the failed layer's layer.log",
       });
@@ -94,13 +93,11 @@ export async function run(argv: string[]): Promise<number> {
     await validate(layout, reporter);
     await roundTrip(layout, runtime, reporter);
     if (summary.built === 0)
-      reporter.emit({
-        type: 'note',
-        message: `Every step was a cache hit (${summary.cached} cached).`,
-      });
+      reporter.note(`Every step was a cache hit (${summary.cached} cached).`);
     return 0;
   } finally {
     reporter.close();
+    await builder.close();
   }
 }
 
@@ -113,33 +110,24 @@ async function validate(layout: string, reporter: Reporter): Promise<void> {
     );
   }
   const tags = await Layout.tags(layout);
-  reporter.emit({
-    type: 'note',
-    message: `Layout.verify: ${tags.length} tags, every blob present with its digest`,
-  });
+  reporter.note(`Layout.verify: ${tags.length} tags, every blob present with its digest`);
   if (await hasCommand('skopeo')) {
     const { stdout } = await Exec.run('skopeo', ['inspect', `oci:${layout}:report`]);
     const layers = (JSON.parse(stdout) as { Layers: string[] }).Layers.length;
-    reporter.emit({
-      type: 'note',
-      message: `skopeo inspect oci:${layout}:report → ${layers} layers`,
-    });
+    reporter.note(`skopeo inspect oci:${layout}:report → ${layers} layers`);
   }
   if (await hasCommand('oci-image-tool')) {
     // Without --ref it validates every tag. (Its --ref filter, in Debian's
     // 1.0.0-rc1, reports "not unique" for any layout holding 3 or more tags.)
     await Exec.run('oci-image-tool', ['validate', '--type', 'image', layout]);
-    reporter.emit({ type: 'note', message: 'oci-image-tool validate: every tag ok' });
+    reporter.note('oci-image-tool validate: every tag ok');
   }
 }
 
 /** Unpacks the `check` image with umoci and runs a command in it with the runtime. */
 async function roundTrip(layout: string, runtime: Runc.Runtime, reporter: Reporter): Promise<void> {
   if (!(await hasCommand('umoci'))) {
-    reporter.emit({
-      type: 'note',
-      message: 'umoci not installed: skipping the unpack-and-run round trip',
-    });
+    reporter.note('umoci not installed: skipping the unpack-and-run round trip');
     return;
   }
   const work = await mkdtemp(join(tmpdir(), 'day11-demo-unpack-'));
@@ -166,10 +154,9 @@ async function roundTrip(layout: string, runtime: Runc.Runtime, reporter: Report
         `The unpacked image did not show what the build saw (exit ${result.exitCode}): ${JSON.stringify(output)}`,
       );
     }
-    reporter.emit({
-      type: 'note',
-      message: `umoci unpack + ${runtime} run: the image shows what the build saw (${output.split('\n').length - 1} lines)`,
-    });
+    reporter.note(
+      `umoci unpack + ${runtime} run: the image shows what the build saw (${output.split('\n').length - 1} lines)`,
+    );
   } finally {
     await rm(work, { recursive: true, force: true });
   }

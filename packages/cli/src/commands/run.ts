@@ -6,7 +6,7 @@ import { OciSpec } from '@day11/container';
 import { Commit, Hash, LayerDir } from '@day11/layer';
 import { runInLayers } from '@day11/runner';
 import { COMMON_OPTIONS, parse, usage } from '../args.js';
-import { resolveBase } from '../base.js';
+import { resolveBase } from '@day11/build';
 import { baseOf, cacheDir, layerDirOf } from '../cache.js';
 import { checkRequirements, runtimeOption } from './common.js';
 
@@ -56,7 +56,7 @@ export async function run(argv: string[]): Promise<number> {
   const base =
     layers.length > 0
       ? await baseOf(osDir, layers.at(-1)!)
-      : await resolveBase({ kind: 'busybox' }, osDir);
+      : await resolveBase({ source: { kind: 'busybox' }, osDir });
   const buildDirs = layers.filter((d) => d !== base.dir).reverse();
   const spec = OciSpec.template(
     OciSpec.make({

@@ -3,7 +3,7 @@ import { createHash } from 'node:crypto';
 import { chmod, copyFile, mkdir, readFile, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Exec } from '@day11/exec';
-import { CliCodes, CliError } from './errors.js';
+import { BuildCodes, BuildError } from './errors.js';
 
 /** Where Debian's busybox-static puts the binary. */
 export const BUSYBOX = '/bin/busybox';
@@ -18,8 +18,8 @@ async function readBusybox(): Promise<Buffer> {
   try {
     return await readFile(BUSYBOX);
   } catch (cause) {
-    throw new CliError(
-      CliCodes.MISSING_REQUIREMENT,
+    throw new BuildError(
+      BuildCodes.MISSING_REQUIREMENT,
       `The busybox base needs ${BUSYBOX}, which is missing`,
       {
         path: BUSYBOX,

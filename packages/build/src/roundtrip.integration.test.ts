@@ -1,6 +1,6 @@
 /**
  * The export round trip of SPEC §6, end to end with the real runner: a DAG
- * built by `day11 build` (runInLayers + Commit) that creates, modifies and
+ * built by the builder (runInLayers + Commit) that creates, modifies and
  * deletes files, replaces a directory (opaque) and makes hardlinks and
  * symlinks; its top image exported; `umoci unpack` of it must equal the
  * merged overlay view the last build saw, path by path. oci-image-tool and
@@ -16,9 +16,9 @@ import { Overlay } from '@day11/container';
 import { Exec } from '@day11/exec';
 import { LayerDir } from '@day11/layer';
 import { Layout } from '@day11/oci-export';
-import { build } from './build.js';
-import { closure, parsePlan } from './plan.js';
-import { makeReporter } from './progress.js';
+import { createBuilder } from './builder.js';
+import { PlanGraph } from './graph.js';
+import { parsePlan } from './plan.js';
 
 const PLAN = parsePlan(
   {
@@ -53,28 +53,22 @@ const PLAN = parsePlan(
 let work: string;
 let cache: string;
 let layout: string;
+let baseHash: string;
 
 beforeAll(async () => {
   work = await mkdtemp(join(tmpdir(), 'day11-roundtrip-'));
   cache = join(work, 'cache');
   layout = join(work, 'oci');
-  const { summary } = await build({
-    plan: PLAN,
-    osDir: cache,
-    jobs: 2,
-    oci: layout,
-    reporter: makeReporter({ json: true, stream: devNull() }),
-  });
+  const builder = createBuilder({ osDir: cache, jobs: 2, layout });
+  const { summary, base } = await builder.build(PLAN);
+  await builder.close();
+  baseHash = base.hash;
   expect(summary).toMatchObject({ built: 3, failed: 0 });
 }, 120_000);
 
 afterAll(async () => {
   await rm(work, { recursive: true, force: true });
 });
-
-function devNull(): NodeJS.WriteStream {
-  return { write: () => true, isTTY: false } as unknown as NodeJS.WriteStream;
-}
 
 interface Entry {
   type: string;
@@ -152,7 +146,8 @@ describe('export round trip through runInLayers', () => {
         }
       })!;
     // The view the app step saw, plus its own writes: all layers, topmost first, read-only.
-    const lowers = [app, ...closure(app, PLAN)].map((s) => join(dirOf(s.id), 'fs'));
+    const stack = new PlanGraph(PLAN, baseHash).stack(app.id);
+    const lowers = [app, ...stack].map((s) => join(dirOf(s.id), 'fs'));
     const merged = join(work, 'merged');
     await mkdir(merged);
     const mount = await Overlay.mount({ lowers: [...lowers, join(baseDir, 'fs')], target: merged });

@@ -1,0 +1,903 @@
+/**
+ * `createBuilder`: the DAG builder (OBuilder's BUILDER). A builder is made
+ * from a cache directory and a sandbox; `build(plan)` brings every step's
+ * layer into the cache — found there, fetched from a source, or run — and
+ * reports each step as a typed event.
+ *
+ * For each step, once its dependencies are settled:
+ * 1. a dependency failed: the step is not run; when every such failure is a
+ *    recorded verdict, an empty layer with `failed_dep` records it too, else
+ *    nothing is recorded (it will be tried again next time);
+ * 2. its layer is in the cache (full hash checked): a hit;
+ * 3. else, under the layer's lock and after a re-check (another process may
+ *    have made it meanwhile): fetched from a source that has it, or run in the
+ *    sandbox and committed with its exit status and log, then published;
+ * 4. an ok step's image is exported into the layout as soon as it is ready.
+ * An interrupted step (timeout, abort) and any failure of the machine are
+ * never recorded, and neither is anything downstream of them.
+ */
+import { mkdir, open, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { OciSpec, type Runc } from '@day11/container';
+import { isDay11Error, messageOf, randomHex, Semaphore } from '@day11/exec';
+import {
+  Commit,
+  Gc,
+  LastUsed,
+  LayerCodes,
+  LayerDir,
+  LayerMeta,
+  LayerSymlinks,
+  Lock,
+  type Base,
+  type LayerMetaRecord,
+} from '@day11/layer';
+import { exportImage } from '@day11/oci-export';
+import { resolveBase, type ImageResolver } from './base.js';
+import { BuildCodes, BuildError } from './errors.js';
+import { now, type BuildEvent, type StepEvent, type SummaryEvent } from './events.js';
+import { PlanGraph } from './graph.js';
+import { argvOf, userOf, type Plan, type Step } from './plan.js';
+import { runnerSandbox, type Sandbox, type StepProcess } from './sandbox.js';
+import type { LayerPublisher, LayerSource } from './seam.js';
+import { addStats, zeroStats, type CacheStats } from './stats.js';
+
+/**
+ * Options of {@link createBuilder}.
+ *
+ * @example
+ * ```ts
+ * const options: BuilderOptions = { osDir: '/var/cache/day11', jobs: 4, runtime: 'crun', layout: '/srv/oci' };
+ * ```
+ */
+export interface BuilderOptions {
+  /** The layer cache directory (created when missing). */
+  osDir: string;
+  /** The runtime of the default sandbox: `runc` (default), `crun`, or a path. */
+  runtime?: Runc.Runtime | undefined;
+  /** Runs the steps (default: containers through `@day11/runner`). The builder closes it. */
+  sandbox?: Sandbox | undefined;
+  /** Steps run at once (default 1). */
+  jobs?: number | undefined;
+  /** Layers fetched from sources at once (default 4). */
+  fetchJobs?: number | undefined;
+  /** Export one image per ok step into this OCI image layout, tagged with the step's tag. */
+  layout?: string | undefined;
+  /** Stop a step after this long: it is not recorded. */
+  timeoutMs?: number | undefined;
+  /** Run again the steps whose recorded outcome is a failure, instead of reusing it. */
+  retryFailed?: boolean | undefined;
+  /** Asked, before building, for the layers not in the cache (see {@link LayerSource}). */
+  sources?: readonly LayerSource[] | undefined;
+  /** Given every layer this builder commits (see {@link LayerPublisher}). */
+  publishers?: readonly LayerPublisher[] | undefined;
+  /** Pulls bases named `docker://…` or `oci:…` (e.g. from `@day11/registry`). */
+  resolveImage?: ImageResolver | undefined;
+}
+
+/** Options of {@link Builder.build}. */
+export interface BuildOptions {
+  /** Aborting stops the build: running steps are stopped (not recorded), queued ones not started. */
+  signal?: AbortSignal | undefined;
+  /** Called with every event, in order. A listener that throws is ignored. */
+  onEvent?: ((event: BuildEvent) => void) | undefined;
+}
+
+/** The outcome of one step. */
+export interface StepOutcome {
+  id: string;
+  /** The full layer hash. */
+  hash: string;
+  /** The layer directory. */
+  dir: string;
+  /** `done`: built now; `cached`: found; `fetched`: from a source; `failed`; `skipped`: a dependency failed. */
+  status: 'cached' | 'fetched' | 'done' | 'failed' | 'skipped';
+  /** For `failed`/`skipped`: whether the outcome is recorded in the cache. */
+  recorded: boolean;
+  /** The step's exit status when it ran (now or when recorded). */
+  exitCode?: number | undefined;
+  /** For `failed`/`skipped`: the step whose failure this is (the step itself when it failed). */
+  failedDep?: string | undefined;
+  /** Why it failed when it did not exit non-zero. */
+  reason?: string | undefined;
+}
+
+/** What {@link Builder.build} did. */
+export interface BuildResult {
+  /** True when every step is ok (built, cached or fetched) and every export was written. */
+  ok: boolean;
+  base: Base;
+  /** One outcome per step, in the plan's (topological) order. */
+  steps: StepOutcome[];
+  summary: SummaryEvent;
+}
+
+/**
+ * A builder over one cache.
+ *
+ * @example
+ * ```ts
+ * const builder = createBuilder({ osDir: '/var/cache/day11', jobs: 4 });
+ * try {
+ *   const { ok, summary } = await builder.build(await loadPlan('plan.json'));
+ *   console.log(ok, summary.built, builder.stats());
+ * } finally {
+ *   await builder.close();
+ * }
+ * ```
+ */
+export interface Builder {
+  /** The cache directory. */
+  readonly osDir: string;
+  /** Builds every step of `plan`. Resolves even when steps fail: see `ok` and the outcomes. */
+  build(plan: Plan, options?: BuildOptions): Promise<BuildResult>;
+  /** Cache hits and misses of this builder's builds so far (the cache's totals: `readStats`). */
+  stats(): CacheStats;
+  /** Releases the sandbox. Idempotent; `build` afterwards rejects. */
+  close(): Promise<void>;
+}
+
+/**
+ * Makes a builder over cache `osDir`.
+ *
+ * @example
+ * ```ts
+ * import { createBuilder, parsePlan } from '@day11/build';
+ *
+ * const builder = createBuilder({ osDir: '/var/cache/day11', jobs: 2 });
+ * const plan = parsePlan({ base: 'busybox', steps: [{ id: 'hi', run: 'echo hi > /hi' }] }, 'inline');
+ * const { ok } = await builder.build(plan, { onEvent: (e) => console.log(JSON.stringify(e)) });
+ * await builder.close();
+ * ```
+ * @throws {BuildError} `BUILD_BAD_ARGUMENT` for malformed options.
+ */
+export function createBuilder(options: BuilderOptions): Builder {
+  const o = checkOptions(options);
+  const sandbox = options.sandbox ?? runnerSandbox({ runtime: options.runtime });
+  const totals = zeroStats();
+  let closed = false;
+  return {
+    osDir: o.osDir,
+    async build(plan, buildOptions = {}) {
+      if (closed) {
+        throw new BuildError(BuildCodes.CLOSED, 'This builder was closed', {
+          hint: 'Make a new one with createBuilder',
+        });
+      }
+      const run = new BuildRun(o, sandbox, plan, buildOptions);
+      try {
+        return await run.execute();
+      } finally {
+        for (const key of Object.keys(totals) as (keyof CacheStats)[]) {
+          totals[key] += run.counters[key];
+        }
+      }
+    },
+    stats: () => ({ ...totals }),
+    async close() {
+      if (closed) return;
+      closed = true;
+      await sandbox.close();
+    },
+  };
+}
+
+export type { LayerPublisher, LayerSource } from './seam.js';
+
+/** Options after validation. */
+interface Checked {
+  osDir: string;
+  jobs: number;
+  fetchJobs: number;
+  layout: string | undefined;
+  timeoutMs: number | undefined;
+  retryFailed: boolean;
+  sources: readonly LayerSource[];
+  publishers: readonly LayerPublisher[];
+  resolveImage: ImageResolver | undefined;
+}
+
+function checkOptions(options: BuilderOptions): Checked {
+  const positive = (name: string, value: number | undefined, def: number): number => {
+    if (value === undefined) return def;
+    if (!Number.isSafeInteger(value) || value < 1) {
+      throw new BuildError(
+        BuildCodes.BAD_ARGUMENT,
+        `Invalid builder option ${name}: ${value} is not a positive integer`,
+        { hint: `Pass a whole number of at least 1 (default ${def})` },
+      );
+    }
+    return value;
+  };
+  if (typeof options?.osDir !== 'string' || options.osDir === '') {
+    throw new BuildError(BuildCodes.BAD_ARGUMENT, 'Invalid builder option osDir: not a path', {
+      hint: 'Pass the layer cache directory, e.g. /var/cache/day11',
+    });
+  }
+  if (options.timeoutMs !== undefined && !(options.timeoutMs > 0)) {
+    throw new BuildError(
+      BuildCodes.BAD_ARGUMENT,
+      `Invalid builder option timeoutMs: ${options.timeoutMs}`,
+      { hint: 'Pass a positive number of milliseconds, or leave it out' },
+    );
+  }
+  return {
+    osDir: options.osDir,
+    jobs: positive('jobs', options.jobs, 1),
+    fetchJobs: positive('fetchJobs', options.fetchJobs, 4),
+    layout: options.layout,
+    timeoutMs: options.timeoutMs,
+    retryFailed: options.retryFailed === true,
+    sources: options.sources ?? [],
+    publishers: options.publishers ?? [],
+    resolveImage: options.resolveImage,
+  };
+}
+
+/** How many steps are checked against the cache at once (a file read each). */
+const CHECK_CONCURRENCY = 32;
+/** Lines of a failed step's log shown in its event. */
+const LOG_TAIL_LINES = 8;
+
+const isOk = (o: StepOutcome): boolean =>
+  o.status === 'done' || o.status === 'cached' || o.status === 'fetched';
+
+/** One call of `build`: its state, from the plan to the summary. */
+class BuildRun {
+  readonly counters = zeroStats();
+  private readonly outcomes = new Map<string, StepOutcome>();
+  private readonly runSlots: Semaphore;
+  private readonly fetchSlots: Semaphore;
+  private readonly remote = new Map<string, LayerSource>();
+  private readonly background = new Set<Promise<void>>();
+  private exportChain: Promise<void> = Promise.resolve();
+  private readonly exported: string[] = [];
+  private readonly exportFailures: { tag: string; reason: string }[] = [];
+  private bytes = 0;
+  private graph!: PlanGraph;
+  private base!: Base;
+  private readonly signal: AbortSignal | undefined;
+
+  constructor(
+    private readonly o: Checked,
+    private readonly sandbox: Sandbox,
+    private readonly plan: Plan,
+    private readonly options: BuildOptions,
+  ) {
+    this.runSlots = new Semaphore(o.jobs);
+    this.fetchSlots = new Semaphore(o.fetchJobs);
+    this.signal = options.signal;
+  }
+
+  async execute(): Promise<BuildResult> {
+    const started = performance.now();
+    await mkdir(this.o.osDir, { recursive: true });
+    this.base = await resolveBase({
+      source: this.plan.base,
+      osDir: this.o.osDir,
+      resolveImage: this.o.resolveImage,
+      signal: this.signal,
+    });
+    this.emit({ type: 'base', image: this.base.image, layer: LayerDir.name(this.base.hash) });
+    this.graph = new PlanGraph(this.plan, this.base.hash);
+    this.emit({ type: 'plan', file: this.plan.file, steps: this.plan.steps.length });
+    for (const step of this.plan.steps) this.report(step, 'queued');
+    await this.lookup();
+    await this.schedule();
+    await this.exportChain;
+    await Promise.all(this.background);
+    await addStats(this.o.osDir, this.counters);
+    const summary: SummaryEvent = {
+      ...this.summary((performance.now() - started) / 1000),
+      time: now(),
+    };
+    this.emit(summary);
+    const steps = this.plan.steps.map((s) => this.outcomes.get(s.id)!);
+    const ok = steps.every(isOk) && this.exportFailures.length === 0;
+    return { ok, base: this.base, steps, summary };
+  }
+
+  // ------------------------------------------------------------ events
+
+  private emit(event: DistributiveOmit<BuildEvent, 'time'>): void {
+    try {
+      this.options.onEvent?.({ ...event, time: now() });
+    } catch {
+      // A listener's bug must not break the build (or leave it half-done).
+    }
+  }
+
+  private report(
+    step: Step,
+    status: StepEvent['status'],
+    extra: Partial<Omit<StepEvent, 'type' | 'id' | 'status' | 'time'>> = {},
+  ): void {
+    const hash = this.graph.hash(step.id);
+    this.emit({
+      type: 'step',
+      id: step.id,
+      status,
+      layer: LayerDir.name(hash),
+      hash,
+      seconds: 0,
+      ...extra,
+    });
+  }
+
+  private dirOf(id: string): string {
+    return LayerDir.path({ osDir: this.o.osDir, hash: this.graph.hash(id) });
+  }
+
+  // ------------------------------------------------------------ sources
+
+  /** Asks each source once for the layers not in the cache, targets first. */
+  private async lookup(): Promise<void> {
+    if (this.o.sources.length === 0) return;
+    const missing: string[] = [];
+    const steps = [...this.plan.steps].reverse();
+    const present = await Promise.all(steps.map((s) => layerPresent(this.dirOf(s.id))));
+    for (const [i, step] of steps.entries())
+      if (!present[i]) missing.push(this.graph.hash(step.id));
+    for (const source of this.o.sources) {
+      const asked = missing.filter((h) => !this.remote.has(h));
+      if (asked.length === 0) break;
+      const started = performance.now();
+      try {
+        const found = await source.lookup(asked, { ...(this.signal && { signal: this.signal }) });
+        for (const hash of asked) if (found.has(hash)) this.remote.set(hash, source);
+        this.emit({
+          type: 'lookup',
+          source: source.name,
+          asked: asked.length,
+          found: asked.filter((h) => found.has(h)).length,
+          seconds: (performance.now() - started) / 1000,
+        });
+      } catch (err) {
+        this.emit({
+          type: 'lookup',
+          source: source.name,
+          asked: asked.length,
+          found: 0,
+          seconds: (performance.now() - started) / 1000,
+          reason: messageOf(err),
+        });
+      }
+    }
+  }
+
+  // ------------------------------------------------------------ scheduling
+
+  /**
+   * Settles every step, each once its deps are settled: cache checks run
+   * many at once, runs `jobs` at once, fetches `fetchJobs` at once. Linear
+   * in the plan's size.
+   */
+  private schedule(): Promise<void> {
+    const steps = this.plan.steps;
+    const waiting = new Map(steps.map((s) => [s.id, s.deps.length]));
+    const ready = steps.filter((s) => s.deps.length === 0);
+    let next = 0;
+    let checking = 0;
+    let settled = 0;
+    return new Promise<void>((resolve) => {
+      const pump = (): void => {
+        while (checking < CHECK_CONCURRENCY && next < ready.length) {
+          const step = ready[next++]!;
+          checking++;
+          void this.settle(step, () => {
+            checking--;
+            pump();
+          }).then((outcome) => {
+            this.outcomes.set(step.id, outcome);
+            settled++;
+            for (const dependent of this.graph.dependents(step.id)) {
+              const left = waiting.get(dependent.id)! - 1;
+              waiting.set(dependent.id, left);
+              if (left === 0) ready.push(dependent);
+            }
+            if (settled === steps.length) resolve();
+            else pump();
+          });
+        }
+        // Let the array of started steps go as it grows (10,000 steps).
+        if (next > 1024 && next === ready.length) {
+          ready.length = 0;
+          next = 0;
+        }
+      };
+      pump();
+    });
+  }
+
+  /**
+   * One step to its outcome; never rejects. `checked` is called once the
+   * quick part (deps and cache) is done, so waiting for a slot does not hold
+   * up the cache checks of other steps.
+   */
+  private async settle(step: Step, checked: () => void): Promise<StepOutcome> {
+    let released = false;
+    const release = (): void => {
+      if (released) return;
+      released = true;
+      checked();
+    };
+    try {
+      const failing = step.deps.map((d) => this.outcomes.get(d)!).filter((o) => !isOk(o));
+      if (failing.length > 0) return await this.dependencyFailed(step, failing);
+      if (this.signal?.aborted) return this.notStarted(step, 'aborted before it started');
+      const meta = await this.findMeta(step);
+      if (meta && this.reusable(meta)) return this.hit(step, meta);
+      release();
+      return await this.makeRetrying(step);
+    } catch (err) {
+      return this.failedUnrecorded(step, err);
+    } finally {
+      release();
+    }
+  }
+
+  /** The step's layer.json, checked to be this step's layer (the full hash). */
+  private async findMeta(step: Step): Promise<LayerMetaRecord | undefined> {
+    const dir = this.dirOf(step.id);
+    const meta = await LayerMeta.find(dir);
+    if (meta !== undefined) Commit.assertSameHash(meta, this.graph.hash(step.id), dir);
+    return meta;
+  }
+
+  /**
+   * Whether a recorded layer can stand for this step now that every one of
+   * its deps is ok: a success always; its own failure unless retrying; a
+   * `failed_dep` record never (the dependency it blamed is ok now).
+   */
+  private reusable(meta: LayerMetaRecord): boolean {
+    if (meta.failed_dep !== null) return false;
+    return meta.exit_status === 0 || !this.o.retryFailed;
+  }
+
+  private async hit(step: Step, meta: LayerMetaRecord): Promise<StepOutcome> {
+    const dir = this.dirOf(step.id);
+    await LastUsed.touch(dir);
+    this.counters.hits++;
+    const outcome = this.recordedOutcome(step, meta, 'cached');
+    if (isOk(outcome)) {
+      this.report(step, 'cached');
+      this.queueExport(step);
+    } else {
+      this.report(step, 'failed', {
+        exitCode: meta.exit_status,
+        reason: `exit ${meta.exit_status}, recorded`,
+        recorded: true,
+        ...(await this.logTail(dir)),
+      });
+    }
+    return outcome;
+  }
+
+  private recordedOutcome(
+    step: Step,
+    meta: LayerMetaRecord,
+    okStatus: 'cached' | 'fetched' | 'done',
+  ): StepOutcome {
+    const base = { id: step.id, hash: this.graph.hash(step.id), dir: this.dirOf(step.id) };
+    if (meta.failed_dep !== null) {
+      return { ...base, status: 'skipped', recorded: true, failedDep: meta.failed_dep };
+    }
+    if (meta.exit_status === 0) return { ...base, status: okStatus, recorded: true, exitCode: 0 };
+    return {
+      ...base,
+      status: 'failed',
+      recorded: true,
+      exitCode: meta.exit_status,
+      failedDep: step.id,
+    };
+  }
+
+  /**
+   * Fetches or runs the step; when a layer of its stack was collected in the
+   * meantime (a concurrent GC), brings it back and tries again.
+   */
+  private async makeRetrying(step: Step): Promise<StepOutcome> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.make(step);
+      } catch (err) {
+        if (!isDay11Error(err, LayerCodes.NOT_FOUND) || attempt >= 3) throw err;
+        await this.restoreStack(step);
+      }
+    }
+  }
+
+  /** Makes again the layers of `step`'s stack that are gone, bottom first. */
+  private async restoreStack(step: Step): Promise<void> {
+    for (const below of this.graph.stack(step.id).reverse()) {
+      if (await layerPresent(this.dirOf(below.id))) continue;
+      const outcome = await this.make(below);
+      if (!isOk(outcome)) {
+        throw new BuildError(
+          BuildCodes.BAD_ARGUMENT,
+          `The layer of ${JSON.stringify(below.id)} was collected during the build and could not be made again`,
+          { hint: 'Run the build again' },
+        );
+      }
+    }
+  }
+
+  /** Under a slot and the layer's lock: re-check, then fetch or run. */
+  private async make(step: Step): Promise<StepOutcome> {
+    const hash = this.graph.hash(step.id);
+    const source = this.remote.get(hash);
+    const slots = source ? this.fetchSlots : this.runSlots;
+    return slots.use(() =>
+      Lock.withLayer(
+        {
+          osDir: this.o.osDir,
+          hash,
+          timeoutMs: Infinity,
+          ...(this.signal && { signal: this.signal }),
+        },
+        async () => {
+          // Another process may have made it while we waited for the lock.
+          const meta = await this.findMeta(step);
+          if (meta && this.reusable(meta)) return this.hit(step, meta);
+          if (this.signal?.aborted) return this.notStarted(step, 'aborted before it started');
+          this.counters.misses++;
+          if (meta) await Gc.removeLayer({ osDir: this.o.osDir, hash });
+          if (source) {
+            const fetched = await this.fetch(step, source);
+            if (fetched) return fetched;
+          }
+          return this.run(step);
+        },
+      ),
+    );
+  }
+
+  /** Fetches the layer from `source`; undefined when it turns out not to have it. */
+  private async fetch(step: Step, source: LayerSource): Promise<StepOutcome | undefined> {
+    const started = performance.now();
+    this.report(step, 'fetching', { source: source.name });
+    const got = await source.fetch(this.graph.hash(step.id), {
+      osDir: this.o.osDir,
+      ...(this.signal && { signal: this.signal }),
+    });
+    if (!got) return undefined;
+    const meta = await this.findMeta(step);
+    if (meta === undefined || !this.reusable(meta)) {
+      // A recorded failure the caller wants retried: run it here.
+      if (meta) await Gc.removeLayer({ osDir: this.o.osDir, hash: this.graph.hash(step.id) });
+      return undefined;
+    }
+    this.counters.fetched++;
+    const outcome = this.recordedOutcome(step, meta, 'fetched');
+    const seconds = (performance.now() - started) / 1000;
+    if (isOk(outcome)) {
+      this.report(step, 'fetched', { seconds, source: source.name });
+      this.queueExport(step);
+    } else {
+      this.report(step, outcome.status, {
+        seconds,
+        recorded: true,
+        source: source.name,
+        ...(outcome.exitCode !== undefined && { exitCode: outcome.exitCode }),
+        ...(outcome.failedDep !== undefined && { failedDep: outcome.failedDep }),
+      });
+    }
+    return outcome;
+  }
+
+  /** Runs the step in the sandbox and commits what it wrote, whatever its exit status. */
+  private async run(step: Step): Promise<StepOutcome> {
+    const hash = this.graph.hash(step.id);
+    const dir = this.dirOf(step.id);
+    const started = performance.now();
+    const seconds = (): number => (performance.now() - started) / 1000;
+    this.report(step, 'running');
+    const stack = this.graph.stack(step.id);
+    const logFile = join(this.o.osDir, `.day11-tmp-${process.pid}-${randomHex(4)}-log`);
+    try {
+      const result = await this.sandbox.run({
+        base: this.base,
+        lowers: stack.map((s) => this.dirOf(s.id)),
+        process: processOf(step),
+        logFile,
+        signal: this.signal,
+        timeoutMs: this.o.timeoutMs,
+      });
+      if (result.status === 'interrupted') {
+        const reason = result.reason === 'timeout' ? 'timed out' : 'aborted';
+        this.report(step, 'failed', { seconds: seconds(), reason, recorded: false });
+        return this.unrecorded(step, reason);
+      }
+      this.counters.built++;
+      try {
+        await Commit.commit({
+          osDir: this.o.osDir,
+          hash,
+          upper: result.upper,
+          meta: {
+            exit_status: result.exitCode,
+            parent_hashes: stack.map((s) => this.graph.hash(s.id)),
+            ...userOf(step),
+            base_hash: this.base.hash,
+            timing: result.timing,
+            failed_dep: null,
+          },
+          log: { file: logFile },
+          sidecars: { 'step.json': stepRecord(step, this.plan) },
+        });
+      } catch (err) {
+        // Commit puts the upper back when it fails: nothing of the attempt may stay.
+        await rm(result.upper, { recursive: true, force: true }).catch(() => undefined);
+        throw err;
+      }
+      await LayerSymlinks.ensure({
+        packagesDir: join(this.o.osDir, 'packages'),
+        id: step.id,
+        layerName: LayerDir.name(hash),
+      });
+      const meta = await LayerMeta.load(dir);
+      this.bytes += meta.disk_usage;
+      this.publish(step);
+      const outcome = this.recordedOutcome(step, meta, 'done');
+      if (isOk(outcome)) {
+        this.report(step, 'done', { seconds: seconds(), exitCode: 0 });
+        this.queueExport(step);
+      } else {
+        this.report(step, 'failed', {
+          seconds: seconds(),
+          exitCode: result.exitCode,
+          recorded: true,
+          ...(await this.logTail(dir)),
+        });
+      }
+      return outcome;
+    } finally {
+      await rm(logFile, { force: true });
+    }
+  }
+
+  /**
+   * A dependency failed: record that (an empty layer with `failed_dep`) only
+   * when every failing dependency's outcome is itself recorded.
+   */
+  private async dependencyFailed(step: Step, failing: StepOutcome[]): Promise<StepOutcome> {
+    const first = failing[0]!;
+    const failedDep = first.failedDep ?? first.id;
+    const base = { id: step.id, hash: this.graph.hash(step.id), dir: this.dirOf(step.id) };
+    const unrecorded: StepOutcome = { ...base, status: 'skipped', recorded: false, failedDep };
+    if (!failing.every((o) => o.recorded)) {
+      this.report(step, 'skipped', { failedDep, recorded: false });
+      return unrecorded;
+    }
+    const existing = await this.findMeta(step);
+    if (existing?.failed_dep != null) {
+      await LastUsed.touch(base.dir);
+      this.report(step, 'skipped', { failedDep: existing.failed_dep, recorded: true });
+      return { ...base, status: 'skipped', recorded: true, failedDep: existing.failed_dep };
+    }
+    // A layer recorded for this step while its dependency was ok is left alone.
+    if (existing !== undefined) {
+      this.report(step, 'skipped', { failedDep, recorded: false });
+      return unrecorded;
+    }
+    const { committed } = await this.recordSkip(step, failedDep);
+    this.report(step, 'skipped', { failedDep, recorded: committed });
+    return { ...unrecorded, recorded: committed };
+  }
+
+  /** Commits the empty `failed_dep` layer (under the layer's lock, by Commit). */
+  private async recordSkip(step: Step, failedDep: string): Promise<{ committed: boolean }> {
+    const upper = join(this.o.osDir, `.day11-tmp-${process.pid}-${randomHex(4)}-skip`);
+    await mkdir(upper, { mode: 0o755 });
+    const { committed } = await Commit.commit({
+      osDir: this.o.osDir,
+      hash: this.graph.hash(step.id),
+      upper,
+      meta: {
+        exit_status: -1,
+        parent_hashes: this.graph.stack(step.id).map((s) => this.graph.hash(s.id)),
+        ...userOf(step),
+        base_hash: this.base.hash,
+        timing: [],
+        failed_dep: failedDep,
+      },
+      log: `not run: dependency ${failedDep} failed\n`,
+      sidecars: { 'step.json': stepRecord(step, this.plan) },
+    });
+    // Someone else's record of this layer is as good as ours.
+    return { committed: committed || (await layerPresent(this.dirOf(step.id))) };
+  }
+
+  private notStarted(step: Step, reason: string): StepOutcome {
+    this.report(step, 'failed', { reason, recorded: false });
+    return this.unrecorded(step, reason);
+  }
+
+  private failedUnrecorded(step: Step, err: unknown): StepOutcome {
+    const reason = messageOf(err);
+    this.report(step, 'failed', { reason, recorded: false });
+    return this.unrecorded(step, reason);
+  }
+
+  private unrecorded(step: Step, reason: string): StepOutcome {
+    return {
+      id: step.id,
+      hash: this.graph.hash(step.id),
+      dir: this.dirOf(step.id),
+      status: 'failed',
+      recorded: false,
+      failedDep: step.id,
+      reason,
+    };
+  }
+
+  private async logTail(dir: string): Promise<{ log?: string; logTail?: string[] }> {
+    const log = join(dir, 'layer.log');
+    const tail = await readTail(log, LOG_TAIL_LINES);
+    return tail === undefined ? {} : { log, logTail: tail };
+  }
+
+  // ------------------------------------------------------------ after a step
+
+  /** Hands a committed layer to every publisher, in the background. */
+  private publish(step: Step): void {
+    const hash = this.graph.hash(step.id);
+    for (const publisher of this.o.publishers) {
+      const job = publisher
+        .publish({ hash, osDir: this.o.osDir }, { ...(this.signal && { signal: this.signal }) })
+        .then(
+          () =>
+            this.emit({
+              type: 'publish',
+              id: step.id,
+              hash,
+              publisher: publisher.name,
+              status: 'done',
+            }),
+          (err: unknown) =>
+            this.emit({
+              type: 'publish',
+              id: step.id,
+              hash,
+              publisher: publisher.name,
+              status: 'failed',
+              reason: messageOf(err),
+            }),
+        )
+        .finally(() => this.background.delete(job));
+      this.background.add(job);
+    }
+  }
+
+  /** Exports the step's image once it is ok, one export at a time, while the build goes on. */
+  private queueExport(step: Step): void {
+    const layout = this.o.layout;
+    if (layout === undefined) return;
+    this.exportChain = this.exportChain.then(() => this.exportStep(step, layout));
+  }
+
+  private async exportStep(step: Step, layout: string): Promise<void> {
+    const started = performance.now();
+    const seconds = (): number => (performance.now() - started) / 1000;
+    const stack = [...this.graph.stack(step.id).reverse(), step];
+    try {
+      if (this.signal?.aborted) throw new Error('aborted before it started');
+      const result = await exportImage({
+        layout,
+        tag: step.tag,
+        base: this.base,
+        layers: stack.map((s) => this.dirOf(s.id)),
+        createdBy: stack.map((s) => createdBy(s)),
+        config: imageConfig(step),
+        ...(this.signal && { signal: this.signal }),
+      });
+      this.exported.push(step.tag);
+      this.emit({
+        type: 'export',
+        id: step.id,
+        tag: step.tag,
+        layout,
+        status: 'done',
+        digest: result.manifestDigest,
+        layers: result.layers.length,
+        seconds: seconds(),
+      });
+    } catch (err) {
+      const reason = messageOf(err);
+      this.exportFailures.push({ tag: step.tag, reason });
+      this.emit({
+        type: 'export',
+        id: step.id,
+        tag: step.tag,
+        layout,
+        status: 'failed',
+        seconds: seconds(),
+        reason,
+      });
+    }
+  }
+
+  private summary(seconds: number): Omit<SummaryEvent, 'time'> {
+    const count = (status: StepOutcome['status']): number => {
+      let n = 0;
+      for (const o of this.outcomes.values()) if (o.status === status) n++;
+      return n;
+    };
+    return {
+      type: 'summary',
+      built: count('done'),
+      cached: count('cached'),
+      fetched: count('fetched'),
+      failed: count('failed'),
+      skipped: count('skipped'),
+      bytes: this.bytes,
+      seconds,
+      exported: [...this.exported],
+      exportFailures: [...this.exportFailures],
+    };
+  }
+}
+
+/** `Omit` over each member of a union. */
+type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;
+
+/** The process a step runs. */
+function processOf(step: Step): StepProcess {
+  return {
+    argv: argvOf(step),
+    env: step.env,
+    cwd: step.cwd,
+    ...userOf(step),
+    network: step.network,
+    resources: step.resources,
+  };
+}
+
+/** The `step.json` sidecar: the step as written, and the plan it came from. */
+function stepRecord(step: Step, plan: Plan): Record<string, unknown> {
+  return { ...step, plan: plan.file };
+}
+
+/** `history[].created_by` of a step's layer in an image. */
+function createdBy(step: Step): string {
+  const run = typeof step.run === 'string' ? step.run : JSON.stringify(step.run);
+  return `day11 step ${step.id}: ${run.length > 200 ? `${run.slice(0, 200)}…` : run}`;
+}
+
+function imageConfig(step: Step): { Env: string[]; Cmd: string[]; WorkingDir: string } {
+  // PATH as the step's container had it, unless the step set its own.
+  const env = { PATH: OciSpec.DEFAULT_PATH, ...step.env };
+  return {
+    Env: Object.entries(env).map(([k, v]) => `${k}=${v}`),
+    Cmd: ['/bin/sh'],
+    WorkingDir: step.cwd,
+  };
+}
+
+async function layerPresent(dir: string): Promise<boolean> {
+  try {
+    return (await LayerMeta.find(dir)) !== undefined;
+  } catch {
+    return false;
+  }
+}
+
+/** The last `lines` lines of a file (reading at most its last 8 KiB), or undefined. */
+async function readTail(file: string, lines: number): Promise<string[] | undefined> {
+  let handle;
+  try {
+    handle = await open(file, 'r');
+  } catch {
+    return undefined;
+  }
+  try {
+    const { size } = await handle.stat();
+    const length = Math.min(size, 8192);
+    const buf = Buffer.alloc(length);
+    await handle.read(buf, 0, length, size - length);
+    const text = buf.toString('utf8').replace(/\n$/, '');
+    return text === '' ? [] : text.split('\n').slice(-lines);
+  } finally {
+    await handle.close();
+  }
+}

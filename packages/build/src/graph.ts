@@ -1,0 +1,122 @@
+/**
+ * A plan as a graph: each step's layer hash, its dependents, and its stack
+ * (every layer it is built on, in overlay order). All of it is linear in
+ * the plan's size except a stack, which is as long as the stack itself and
+ * is computed only when a step runs. Nothing here recurses: a chain of
+ * 10,000 steps is as safe as a diamond.
+ */
+import { Hash } from '@day11/layer';
+import type { Plan, Step } from './plan.js';
+
+/**
+ * Canonical JSON (sorted keys) of what defines a step's output, apart from
+ * its dependencies: its tag is an export detail, and limits count only when
+ * set.
+ *
+ * @example
+ * ```ts
+ * stepKey(step); // '{"cwd":"/","env":{},"id":"hello","network":"none","run":"echo hi","user":0}'
+ * ```
+ */
+export function stepKey(step: Step): string {
+  const { deps: _deps, tag: _tag, resources, ...definition } = step;
+  return canonicalJson(
+    Object.keys(resources).length > 0 ? { ...definition, resources } : definition,
+  );
+}
+
+function canonicalJson(value: unknown): string {
+  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(',')}]`;
+  if (value && typeof value === 'object') {
+    const entries = Object.entries(value as Record<string, unknown>)
+      .filter(([, v]) => v !== undefined)
+      .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+    return `{${entries.map(([k, v]) => `${JSON.stringify(k)}:${canonicalJson(v)}`).join(',')}}`;
+  }
+  return JSON.stringify(value);
+}
+
+/**
+ * The graph of a validated plan on a given base.
+ *
+ * Hashes form a Merkle DAG: a step's hash covers the base, its definition
+ * and its direct dependencies' hashes in the order its `deps` lists them —
+ * and through them everything below. The stack order is a function of that
+ * same DAG (see {@link PlanGraph.stack}), so one hash names one overlay view.
+ *
+ * @example
+ * ```ts
+ * const graph = new PlanGraph(plan, base.hash);
+ * graph.hash('app'); // 64 hex
+ * graph.stack('app').map((s) => s.id); // ['lib2', 'lib1'] (topmost first)
+ * ```
+ */
+export class PlanGraph {
+  private readonly byId = new Map<string, Step>();
+  private readonly hashes = new Map<string, string>();
+  private readonly dependentsOf = new Map<string, Step[]>();
+
+  constructor(
+    readonly plan: Plan,
+    readonly baseHash: string,
+  ) {
+    for (const step of plan.steps) {
+      this.byId.set(step.id, step);
+      for (const dep of step.deps) {
+        const list = this.dependentsOf.get(dep);
+        if (list) list.push(step);
+        else this.dependentsOf.set(dep, [step]);
+      }
+    }
+    // plan.steps is in topological order: every dep's hash is known first.
+    for (const step of plan.steps) {
+      const depHashes = step.deps.map((d) => this.hashes.get(d)!);
+      const pkg = `${stepKey(step)}\ndeps:${depHashes.join(',')}`;
+      this.hashes.set(step.id, Hash.layerHash({ baseHash, depHashes, pkg }));
+    }
+  }
+
+  /** The step with this id. */
+  step(id: string): Step {
+    const step = this.byId.get(id);
+    if (step === undefined) throw new Error(`no step ${JSON.stringify(id)} in the plan`);
+    return step;
+  }
+
+  /** The full layer hash of a step. */
+  hash(id: string): string {
+    const hash = this.hashes.get(id);
+    if (hash === undefined) this.step(id);
+    return hash!;
+  }
+
+  /** The steps that list `id` among their deps. */
+  dependents(id: string): readonly Step[] {
+    return this.dependentsOf.get(id) ?? [];
+  }
+
+  /**
+   * Every step `id` is built on (its transitive dependencies), topmost first:
+   * the overlay's lowers above the base. The order is the reverse of a
+   * depth-first post-order over `deps` as listed, so each layer lies above
+   * everything it was built on, and of two deps the one listed later lies
+   * higher (its files win where both have a path).
+   */
+  stack(id: string): Step[] {
+    const seen = new Set<string>([id]);
+    const order: Step[] = [];
+    const todo: { step: Step; next: number }[] = [{ step: this.step(id), next: 0 }];
+    while (todo.length > 0) {
+      const top = todo[todo.length - 1]!;
+      const dep = top.step.deps[top.next++];
+      if (dep === undefined) {
+        todo.pop();
+        if (top.step.id !== id) order.push(top.step);
+      } else if (!seen.has(dep)) {
+        seen.add(dep);
+        todo.push({ step: this.byId.get(dep)!, next: 0 });
+      }
+    }
+    return order.reverse();
+  }
+}

@@ -1,0 +1,115 @@
+/**
+ * The sandbox: what the builder needs to run one step (OBuilder's SANDBOX).
+ * The builder decides what to run over which layers and what to do with the
+ * result; the sandbox only runs it and hands back the upper. The real one
+ * runs containers with `@day11/runner`; tests give the builder a fake.
+ */
+import { rm } from 'node:fs/promises';
+import { OciSpec, type Runc } from '@day11/container';
+import type { Base, Timing } from '@day11/layer';
+import { runInLayers } from '@day11/runner';
+import { DEFAULT_PIDS, type Resources } from './resources.js';
+
+/** The process a step runs, fully resolved. */
+export interface StepProcess {
+  argv: readonly string[];
+  env: Readonly<Record<string, string>>;
+  cwd: string;
+  uid: number;
+  gid: number;
+  network: 'none' | 'host';
+  /** Limits explicitly set; the sandbox applies its defaults for the rest. */
+  resources: Resources;
+}
+
+/** Options of {@link Sandbox.run}. */
+export interface SandboxRunOptions {
+  base: Base;
+  /** The layer directories of the step's stack, topmost first (the base not included). */
+  lowers: readonly string[];
+  process: StepProcess;
+  /** Where the step's output goes. */
+  logFile: string;
+  signal?: AbortSignal | undefined;
+  timeoutMs?: number | undefined;
+}
+
+/** How a step's run ended. */
+export type SandboxResult =
+  /** It ran to an exit status (128 + n when killed by signal n); `upper` is the caller's now. */
+  | { status: 'exited'; exitCode: number; upper: string; timing: Timing }
+  /** It was stopped (timeout or abort): nothing about the step is known, and nothing is left. */
+  | { status: 'interrupted'; reason: 'timeout' | 'aborted' };
+
+/**
+ * Runs steps. `run` rejects only for a failure of the machine (a mount, the
+ * runtime, a missing layer): the builder reports it and caches nothing.
+ */
+export interface Sandbox {
+  run(options: SandboxRunOptions): Promise<SandboxResult>;
+  /** Releases what the sandbox keeps between runs. Idempotent. */
+  close(): Promise<void>;
+}
+
+/** Options of {@link runnerSandbox}. */
+export interface RunnerSandboxOptions {
+  /** `runc` (default), `crun`, or the path of a runc-compatible runtime. */
+  runtime?: Runc.Runtime | undefined;
+}
+
+/**
+ * The real sandbox: each step in a runc/crun container over an overlay of
+ * its stack (`runInLayers` of `@day11/runner`), with a pids limit unless
+ * the step sets its own.
+ *
+ * @example
+ * ```ts
+ * const builder = createBuilder({ osDir, sandbox: runnerSandbox({ runtime: 'crun' }) });
+ * ```
+ */
+export function runnerSandbox(options: RunnerSandboxOptions = {}): Sandbox {
+  return {
+    async run(o) {
+      const p = o.process;
+      const spec = OciSpec.template(
+        OciSpec.make({
+          args: p.argv,
+          env: p.env,
+          cwd: p.cwd,
+          uid: p.uid,
+          gid: p.gid,
+          network: p.network,
+          resources: {
+            pidsLimit: p.resources.pids ?? DEFAULT_PIDS,
+            ...(p.resources.memoryBytes !== undefined && {
+              memoryBytes: p.resources.memoryBytes,
+            }),
+            ...(p.resources.cpus !== undefined && { cpuLimit: p.resources.cpus }),
+          },
+        }),
+      );
+      const result = await runInLayers({
+        base: o.base,
+        buildDirs: o.lowers,
+        spec,
+        logFile: o.logFile,
+        ...(options.runtime !== undefined && { runtime: options.runtime }),
+        ...(o.signal !== undefined && { signal: o.signal }),
+        ...(o.timeoutMs !== undefined && { timeoutMs: o.timeoutMs }),
+      });
+      const { run } = result;
+      if (run.aborted || run.timedOut) {
+        await rm(result.upper, { recursive: true, force: true });
+        return { status: 'interrupted', reason: run.timedOut ? 'timeout' : 'aborted' };
+      }
+      return {
+        status: 'exited',
+        // No status at all means the runtime itself had to be killed.
+        exitCode: run.exitCode ?? 128 + 9,
+        upper: result.upper,
+        timing: result.timing,
+      };
+    },
+    async close() {},
+  };
+}
