@@ -18,7 +18,7 @@
  */
 import { mkdir, open, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { OciSpec, type Runc } from '@day11/container';
+import type { Runc } from '@day11/container';
 import { isDay11Error, messageOf, randomHex, Semaphore } from '@day11/exec';
 import {
   Commit,
@@ -37,6 +37,7 @@ import { resolveBase, type ImageResolver } from './base.js';
 import { BuildCodes, BuildError } from './errors.js';
 import { now, type BuildEvent, type StepEvent, type SummaryEvent } from './events.js';
 import { PlanGraph } from './graph.js';
+import { imageOfStep } from './image.js';
 import { argvOf, userOf, type Plan, type Step } from './plan.js';
 import { runnerSandbox, type Sandbox, type StepProcess } from './sandbox.js';
 import type { LayerPublisher, LayerSource } from './seam.js';
@@ -153,7 +154,7 @@ export interface Builder {
  */
 export function createBuilder(options: BuilderOptions): Builder {
   const o = checkOptions(options);
-  const sandbox = options.sandbox ?? runnerSandbox({ runtime: options.runtime });
+  const sandbox = options.sandbox ?? runnerSandbox({ osDir: o.osDir, runtime: options.runtime });
   const totals = zeroStats();
   let closed = false;
   return {
@@ -787,8 +788,8 @@ class BuildRun {
         tag: step.tag,
         base: this.base,
         layers: stack.map((s) => this.dirOf(s.id)),
-        createdBy: stack.map((s) => createdBy(s)),
-        config: imageConfig(step),
+        createdBy: stack.map((s) => imageOfStep(s).createdBy),
+        config: { ...imageOfStep(step).config, Cmd: ['/bin/sh'] },
         ...(this.signal && { signal: this.signal }),
       });
       this.exported.push(step.tag);
@@ -856,22 +857,6 @@ function processOf(step: Step): StepProcess {
 /** The `step.json` sidecar: the step as written, and the plan it came from. */
 function stepRecord(step: Step, plan: Plan): Record<string, unknown> {
   return { ...step, plan: plan.file };
-}
-
-/** `history[].created_by` of a step's layer in an image. */
-function createdBy(step: Step): string {
-  const run = typeof step.run === 'string' ? step.run : JSON.stringify(step.run);
-  return `day11 step ${step.id}: ${run.length > 200 ? `${run.slice(0, 200)}…` : run}`;
-}
-
-function imageConfig(step: Step): { Env: string[]; Cmd: string[]; WorkingDir: string } {
-  // PATH as the step's container had it, unless the step set its own.
-  const env = { PATH: OciSpec.DEFAULT_PATH, ...step.env };
-  return {
-    Env: Object.entries(env).map(([k, v]) => `${k}=${v}`),
-    Cmd: ['/bin/sh'],
-    WorkingDir: step.cwd,
-  };
 }
 
 async function layerPresent(dir: string): Promise<boolean> {

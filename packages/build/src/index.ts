@@ -40,6 +40,7 @@ export {
   type BaseSource,
 } from './plan.js';
 export { PlanGraph, stepKey } from './graph.js';
+export { imageOfStep, type StepImage, type StepLike } from './image.js';
 export { deriveTag, isValidTag, MAX_TAG_LENGTH } from './tags.js';
 export { DEFAULT_PIDS, type Resources } from './resources.js';
 export { MAX_ARG_STRLEN, MAX_ARGS_TOTAL } from './limits.js';

@@ -6,8 +6,9 @@
  */
 import { rm } from 'node:fs/promises';
 import { OciSpec, type Runc } from '@day11/container';
+import { isDay11Error } from '@day11/exec';
 import type { Base, Timing } from '@day11/layer';
-import { runInLayers } from '@day11/runner';
+import { createRunner, RunnerCodes } from '@day11/runner';
 import { DEFAULT_PIDS, type Resources } from './resources.js';
 
 /** The process a step runs, fully resolved. */
@@ -53,21 +54,25 @@ export interface Sandbox {
 
 /** Options of {@link runnerSandbox}. */
 export interface RunnerSandboxOptions {
+  /** The layer cache. */
+  osDir: string;
   /** `runc` (default), `crun`, or the path of a runc-compatible runtime. */
   runtime?: Runc.Runtime | undefined;
 }
 
 /**
  * The real sandbox: each step in a runc/crun container over an overlay of
- * its stack (`runInLayers` of `@day11/runner`), with a pids limit unless
- * the step sets its own.
+ * its stack, run by a runner of `@day11/runner` (which keeps the leases on
+ * the layers steps share until the sandbox is closed), with a pids limit
+ * unless the step sets its own.
  *
  * @example
  * ```ts
- * const builder = createBuilder({ osDir, sandbox: runnerSandbox({ runtime: 'crun' }) });
+ * const builder = createBuilder({ osDir, sandbox: runnerSandbox({ osDir, runtime: 'crun' }) });
  * ```
  */
-export function runnerSandbox(options: RunnerSandboxOptions = {}): Sandbox {
+export function runnerSandbox(options: RunnerSandboxOptions): Sandbox {
+  const runner = createRunner({ osDir: options.osDir, runtime: options.runtime });
   return {
     async run(o) {
       const p = o.process;
@@ -88,15 +93,22 @@ export function runnerSandbox(options: RunnerSandboxOptions = {}): Sandbox {
           },
         }),
       );
-      const result = await runInLayers({
-        base: o.base,
-        buildDirs: o.lowers,
-        spec,
-        logFile: o.logFile,
-        ...(options.runtime !== undefined && { runtime: options.runtime }),
-        ...(o.signal !== undefined && { signal: o.signal }),
-        ...(o.timeoutMs !== undefined && { timeoutMs: o.timeoutMs }),
-      });
+      let result;
+      try {
+        result = await runner.run({
+          base: o.base,
+          buildDirs: o.lowers,
+          spec,
+          logFile: o.logFile,
+          ...(o.signal !== undefined && { signal: o.signal }),
+          ...(o.timeoutMs !== undefined && { timeoutMs: o.timeoutMs }),
+        });
+      } catch (err) {
+        // Aborted before the container started: as interrupted as after.
+        if (isDay11Error(err, RunnerCodes.ABORTED))
+          return { status: 'interrupted', reason: 'aborted' };
+        throw err;
+      }
       const { run } = result;
       if (run.aborted || run.timedOut) {
         await rm(result.upper, { recursive: true, force: true });
@@ -110,6 +122,6 @@ export function runnerSandbox(options: RunnerSandboxOptions = {}): Sandbox {
         timing: result.timing,
       };
     },
-    async close() {},
+    close: () => runner.close(),
   };
 }

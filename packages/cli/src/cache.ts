@@ -1,7 +1,7 @@
 /** The cache directory and the layers in it, as the command line names them. */
-import { stat } from 'node:fs/promises';
-import { resolve } from 'node:path';
-import { LayerDir, LayerMeta, Sidecar, type Base } from '@day11/layer';
+import { readdir, stat } from 'node:fs/promises';
+import { basename, join, resolve } from 'node:path';
+import { LastUsed, LayerDir, LayerMeta, Lineage } from '@day11/layer';
 import { usage } from './args.js';
 import { CliCodes, CliError } from './errors.js';
 
@@ -23,39 +23,68 @@ export async function assertCacheExists(dir: string): Promise<void> {
   }
 }
 
-/** The directory of a layer named by hash (≥ 12 hex), hash prefix, or `build-` name; it must exist. */
+const HASH_NAME = /^(build-)?([0-9a-f]{12,64})$/;
+
+/**
+ * The directory of a layer named by its hash (12 to 64 hex), its
+ * `build-xxxxxxxxxxxx` directory, or the id of the step that made it (the
+ * most recently used of its layers, when a changed step made several).
+ */
 export async function layerDirOf(osDir: string, name: string): Promise<string> {
-  const hex = name.startsWith(LayerDir.PREFIX) ? name.slice(LayerDir.PREFIX.length) : name;
-  if (!/^[0-9a-f]{12,64}$/.test(hex)) {
-    throw new CliError(CliCodes.NO_SUCH_LAYER, `${JSON.stringify(name)} is not a layer hash`, {
-      hint: 'Name a layer by its hash, its first 12 hex characters, or its build-xxxxxxxxxxxx directory (see `day11 layers ls`)',
-    });
+  const hex = HASH_NAME.exec(name)?.[2];
+  if (hex !== undefined) {
+    const dir = LayerDir.path({ osDir, hash: hex });
+    if (await exists(dir)) return dir;
   }
-  const dir = LayerDir.path({ osDir, hash: hex });
-  const meta = await LayerMeta.find(dir).catch(() => undefined);
-  if (!meta && !(await stat(dir).catch(() => undefined))) {
-    throw new CliError(CliCodes.NO_SUCH_LAYER, `No layer ${LayerDir.name(hex)} in ${osDir}`, {
-      path: dir,
-      hint: 'List the layers with `day11 layers ls --cache DIR`',
-    });
-  }
-  return dir;
+  const byStep = await latestOfStep(osDir, name);
+  if (byStep !== undefined) return byStep;
+  throw new CliError(
+    CliCodes.NO_SUCH_LAYER,
+    hex !== undefined
+      ? `No layer ${LayerDir.name(hex)} in ${osDir}`
+      : `No layer and no step named ${JSON.stringify(name)} in ${osDir}`,
+    {
+      hint: 'Name a layer by its hash, its build-xxxxxxxxxxxx directory, or the id of the step that made it (see `day11 layers ls`)',
+    },
+  );
 }
 
-/** The base layer a layer was built on (or the layer itself, when it is a base). */
-export async function baseOf(osDir: string, layerDir: string): Promise<Base> {
-  const meta = await LayerMeta.load(layerDir);
-  const dir = LayerDir.path({ osDir, hash: meta.base_hash });
-  const sidecar = await Sidecar.read(dir, 'base.json');
-  if (!sidecar) {
-    throw new CliError(
-      CliCodes.NO_SUCH_LAYER,
-      `The base layer ${LayerDir.name(meta.base_hash)} of ${layerDir} is missing`,
-      {
-        path: dir,
-        hint: 'Re-import the base (`day11 import`) or rebuild the plan',
-      },
-    );
+/** The most recently used layer a step `id` made (its registry links under `packages/`). */
+async function latestOfStep(osDir: string, id: string): Promise<string | undefined> {
+  if (id === '' || id === '.' || id === '..' || id.includes('/') || id.includes('\0'))
+    return undefined;
+  const links = await readdir(join(osDir, 'packages', id)).catch(() => [] as string[]);
+  let best: { dir: string; used: number } | undefined;
+  for (const link of links.filter((n) => LayerDir.isLayerName(n))) {
+    const dir = join(osDir, link);
+    const meta = await LayerMeta.find(dir).catch(() => undefined);
+    if (meta === undefined) continue;
+    const used = (await LastUsed.get(dir)) ?? Date.parse(meta.created_at);
+    if (best === undefined || used > best.used) best = { dir, used };
   }
-  return { hash: meta.base_hash, dir, image: String(sidecar['image']) };
+  return best?.dir;
+}
+
+async function exists(dir: string): Promise<boolean> {
+  return (await stat(dir).catch(() => undefined)) !== undefined;
+}
+
+/**
+ * The stack of the layers named on a command line: one layer gives it with
+ * everything it was built on (as recorded); several are taken as the exact
+ * stack, bottom to top, on the top one's base, and checked against what
+ * each layer recorded.
+ */
+export async function stackOf(
+  osDir: string,
+  named: readonly string[],
+): Promise<Lineage.LayerStack> {
+  const top = named.at(-1)!;
+  if (named.length === 1)
+    return Lineage.stackOf({ osDir, hash: LayerDir.hashPrefix(basename(top))! });
+  const meta = await LayerMeta.load(top);
+  const base = await Lineage.baseOf(osDir, meta.base_hash, top);
+  const layers = named.filter((dir) => dir !== base.dir);
+  await Lineage.check({ base, layers });
+  return { base, layers };
 }

@@ -47,6 +47,8 @@ export const LayerCodes = {
    * layer whose full hash, recorded in its `layer.json`, is another one.
    */
   HASH_COLLISION: 'LAYER_HASH_COLLISION',
+  /** A list of layers contradicts what they recorded: a missing parent, a wrong order, a duplicate. */
+  BAD_STACK: 'LAYER_BAD_STACK',
 } as const;
 
 /** A stable code from {@link LayerCodes}. */

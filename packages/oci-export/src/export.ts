@@ -13,7 +13,7 @@
  */
 import { copyFile, link, lstat, rename, rm } from 'node:fs/promises';
 import { basename, dirname, resolve } from 'node:path';
-import { InUse, LayerMeta, type Base } from '@day11/layer';
+import { InUse, LayerMeta, Lineage, type Base } from '@day11/layer';
 import { OciExportCodes, OciExportError, errnoCode, fsError } from './errors.js';
 import { fsyncFile, tempName, writeAtomic } from './files.js';
 import { levelOf } from './gzip.js';
@@ -128,6 +128,8 @@ export interface ExportResult {
  */
 export async function exportImage(options: ExportOptions): Promise<ExportResult> {
   const dirs = checkOptions(options);
+  // A layer exported without what it was built on is not the image its build saw.
+  await Lineage.check({ base: options.base, layers: dirs.slice(1) });
   await Layout.init(options.layout);
   // Fail fast on a corrupt index.json, before compressing anything (read again under the lock).
   await Layout.readIndex(options.layout);

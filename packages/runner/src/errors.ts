@@ -25,6 +25,8 @@ export const RunnerCodes = {
   INTERRUPTED: 'RUNNER_INTERRUPTED',
   /** The run's temporary files could not be set up or removed, or a mount stayed. */
   CLEANUP_FAILED: 'RUNNER_CLEANUP_FAILED',
+  /** The runner was closed (`run` after `close`, or a run that `close` stopped). */
+  CLOSED: 'RUNNER_CLOSED',
 } as const;
 
 /**

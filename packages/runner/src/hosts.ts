@@ -1,14 +1,20 @@
 /**
  * `/etc/hosts` for the container, written into the upper as a plain file
  * before the overlay is mounted. day11 found that bind-mounting a hosts
- * file races runc's copy-up of `/etc`; a file in the upper has no race and
- * is what the build saw, so it is also what the layer records.
+ * file races runc's copy-up of `/etc`; a file in the upper has no race.
+ * After the run it is taken out again unless the command changed it, so a
+ * layer records only what its step wrote (a step that writes nothing makes
+ * an empty layer, and images do not carry a copy per layer).
  */
 import {
   chmodSync,
   chownSync,
   lstatSync,
   mkdirSync,
+  readdirSync,
+  readFileSync,
+  rmdirSync,
+  unlinkSync,
   utimesSync,
   writeFileSync,
   type Stats,
@@ -45,31 +51,45 @@ export interface WriteHostsOptions {
   lstatLowerEtc?: (lower: string) => Stats | undefined;
 }
 
+/** What {@link writeHosts} wrote, so {@link removeHosts} can tell whether the run changed it. */
+export interface WrittenHosts {
+  /** The file, as it was right after writing. */
+  ino: number;
+  size: number;
+  mtimeMs: number;
+  content: string;
+  /** `upper/etc` was made for it (the stack's `/etc` was not in the upper yet). */
+  madeEtc: boolean;
+}
+
 /**
  * Writes `upper/etc/hosts` unless the upper already has one (the caller's
  * `prepUpper` wrote its own). When the upper has no `etc/` yet, it is made
  * with the mode, owner and times of the topmost lower's `/etc`, as an
  * overlay copy-up would, so the layer does not record a changed `/etc`.
  * When `/etc` in the stack is not a directory (a symlink, say), nothing is
- * written: replacing it would change the tree. Returns whether it wrote.
- * Synchronous: a handful of syscalls, each cheaper than a thread-pool hop.
+ * written: replacing it would change the tree. Returns what it wrote, or
+ * undefined. Synchronous: a handful of syscalls, each cheaper than a
+ * thread-pool hop.
  *
  * @example
  * ```ts
- * writeHosts({ upper, lowers: [depFs, baseFs], hostname: 'builder' });
+ * const written = writeHosts({ upper, lowers: [depFs, baseFs], hostname: 'builder' });
  * ```
  */
-export function writeHosts(opts: WriteHostsOptions): boolean {
+export function writeHosts(opts: WriteHostsOptions): WrittenHosts | undefined {
   const etc = join(opts.upper, 'etc');
   const hosts = join(etc, 'hosts');
-  if (lstatOrUndefined(hosts) !== undefined) return false;
+  if (lstatOrUndefined(hosts) !== undefined) return undefined;
   const upperEtc = lstatOrUndefined(etc);
-  if (upperEtc !== undefined && !upperEtc.isDirectory()) return false;
+  if (upperEtc !== undefined && !upperEtc.isDirectory()) return undefined;
   const lstatEtc = opts.lstatLowerEtc ?? ((lower: string) => lstatOrUndefined(join(lower, 'etc')));
   const lowerEtc = upperEtc ? undefined : topmostEtc(opts.lowers, lstatEtc);
-  if (lowerEtc === 'not-a-directory') return false;
+  if (lowerEtc === 'not-a-directory') return undefined;
   if (!upperEtc) mkdirSync(etc, { mode: lowerEtc?.mode ?? 0o755 });
-  writeFileSync(hosts, hostsContent(opts.hostname), { mode: 0o644 });
+  const content = hostsContent(opts.hostname);
+  writeFileSync(hosts, content, { mode: 0o644 });
+  const st = lstatSync(hosts);
   if (lowerEtc) {
     // After the file is in: creating it changed the directory's times. chmod
     // after chown (which may clear set-id bits), and past the umask.
@@ -77,7 +97,39 @@ export function writeHosts(opts: WriteHostsOptions): boolean {
     chmodSync(etc, lowerEtc.mode);
     utimesSync(etc, lowerEtc.atimeMs / 1000, lowerEtc.mtimeMs / 1000);
   }
-  return true;
+  return { ino: st.ino, size: st.size, mtimeMs: st.mtimeMs, content, madeEtc: !upperEtc };
+}
+
+/**
+ * Takes the hosts file {@link writeHosts} put in `upper` back out, when the
+ * run left it exactly as written (same inode, size, time, content, one
+ * link); then `upper/etc` too, if it was made for it and nothing else is in
+ * it. What the command did to `/etc/hosts` (edited, replaced, linked,
+ * deleted) stays, since that is the step's own change. Returns whether it
+ * removed the file. Never throws.
+ *
+ * @example
+ * ```ts
+ * removeHosts(upper, written); // after the overlay is unmounted
+ * ```
+ */
+export function removeHosts(upper: string, written: WrittenHosts): boolean {
+  const etc = join(upper, 'etc');
+  const hosts = join(etc, 'hosts');
+  try {
+    const st = lstatSync(hosts, { throwIfNoEntry: false });
+    if (!st?.isFile() || st.ino !== written.ino || st.size !== written.size) return false;
+    if (st.mtimeMs !== written.mtimeMs || st.nlink !== 1) return false;
+    if (readFileSync(hosts, 'utf8') !== written.content) return false;
+    const etcBefore = lstatSync(etc);
+    unlinkSync(hosts);
+    if (written.madeEtc && readdirSync(etc).length === 0) rmdirSync(etc);
+    // Unlinking changed the directory's times: the step's other changes keep theirs.
+    else utimesSync(etc, etcBefore.atimeMs / 1000, etcBefore.mtimeMs / 1000);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 interface EtcAttributes {

@@ -3,14 +3,21 @@ import { join } from 'node:path';
 import { Commit, Hash, InUse, LastUsed, LayerDir } from '@day11/layer';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { tempDir } from './fixtures/cache.js';
-import { heldCount, leaseAll, leaseMemo, releaseAllSync, releaseIdleLeases } from './leases.js';
+import { LeaseTable } from './leases.js';
 
 let osDir: string;
+const tables: LeaseTable[] = [];
+/** A table as a runner makes one; `lingerMs` as the runner's option. */
+function table(lingerMs: number): LeaseTable {
+  const t = new LeaseTable({ lingerMs, onChange: () => undefined });
+  tables.push(t);
+  return t;
+}
 beforeEach(async () => {
   osDir = await tempDir('leases');
 });
 afterEach(async () => {
-  releaseAllSync();
+  for (const t of tables.splice(0)) t.releaseAllSync();
   await rm(osDir, { recursive: true, force: true });
 });
 
@@ -39,26 +46,30 @@ async function leaseFiles(dir: string): Promise<string[]> {
 describe('leaseMemo', () => {
   it('lives exactly as long as the lease, lingering included', async () => {
     const a = await layer(1);
-    expect(leaseMemo(a)).toBeUndefined();
-    const held = await leaseAll([a], { lingerMs: 60_000 });
-    leaseMemo(a)!.set('etc', 'remembered');
+    const t = table(Infinity);
+    expect(t.memo(a)).toBeUndefined();
+    const held = await t.leaseAll([a]);
+    t.memo(a)!.set('etc', 'remembered');
     await held.release(); // lingers: still leased, still remembered
-    expect(leaseMemo(a)?.get('etc')).toBe('remembered');
-    const again = await leaseAll([a], { lingerMs: 0 });
-    expect(leaseMemo(a)?.get('etc')).toBe('remembered');
-    await again.release(); // gone: the layer may be collected and rebuilt differently
-    expect(leaseMemo(a)).toBeUndefined();
-    await (await leaseAll([a], { lingerMs: 0 })).release();
-    expect(leaseMemo(a)).toBeUndefined();
+    expect(t.memo(a)?.get('etc')).toBe('remembered');
+    const again = await t.leaseAll([a]);
+    expect(t.memo(a)?.get('etc')).toBe('remembered');
+    await again.release();
+    await t.releaseIdle(); // gone: the layer may be collected and rebuilt differently
+    expect(t.memo(a)).toBeUndefined();
+    const now = table(0);
+    await (await now.leaseAll([a])).release();
+    expect(now.memo(a)).toBeUndefined();
   });
 });
 
 describe('leaseAll', () => {
   it('leases each layer once for concurrent runs, and releases it when the last is done', async () => {
     const [a, b] = [await layer(1), await layer(2)];
-    const one = await leaseAll([a, b, a], { lingerMs: 0 });
+    const t = table(0);
+    const one = await t.leaseAll([a, b, a]);
     expect(one.dirs).toEqual([a, b]);
-    const two = await leaseAll([b], { lingerMs: 0 });
+    const two = await t.leaseAll([b]);
     expect(await leaseFiles(b)).toHaveLength(1); // shared, not a second lease
     await one.release();
     expect(await InUse.isInUse(a)).toBe(false);
@@ -66,83 +77,102 @@ describe('leaseAll', () => {
     await two.release();
     await two.release(); // idempotent
     expect(await InUse.isInUse(b)).toBe(false);
-    expect(heldCount()).toBe(0);
+    expect(t.size).toBe(0);
   });
 
   it('keeps a released lease for lingerMs; a run in between takes it over', async () => {
     const a = await layer(1);
-    await (await leaseAll([a], { lingerMs: 150 })).release();
+    const t = table(150);
+    await (await t.leaseAll([a])).release();
     expect(await InUse.isInUse(a)).toBe(true);
     const [file] = await leaseFiles(a);
-    const again = await leaseAll([a], { lingerMs: 150 });
+    const again = await t.leaseAll([a]);
     expect(await leaseFiles(a)).toEqual([file]);
     await again.release();
     await sleep(300);
     expect(await InUse.isInUse(a)).toBe(false);
-    expect(heldCount()).toBe(0);
+    expect(t.size).toBe(0);
   });
 
   it('releases each lingering lease at its own time, a later hold postponing it', async () => {
     const [a, b, c] = [await layer(1), await layer(2), await layer(3)];
-    await (await leaseAll([a], { lingerMs: 400 })).release();
-    await (await leaseAll([b], { lingerMs: 100 })).release();
-    await (await leaseAll([c], { lingerMs: 100 })).release();
-    const again = await leaseAll([c], { lingerMs: 100 }); // held again: not due any more
-    await sleep(250);
+    const t = table(200);
+    await (await t.leaseAll([a])).release();
+    await sleep(150);
+    await (await t.leaseAll([b])).release();
+    await (await t.leaseAll([c])).release();
+    const again = await t.leaseAll([c]); // held again: not due any more
+    await sleep(120);
     expect([await InUse.isInUse(a), await InUse.isInUse(b), await InUse.isInUse(c)]).toEqual([
-      true,
       false,
       true,
+      true,
     ]);
+    await sleep(200);
+    expect([await InUse.isInUse(b), await InUse.isInUse(c)]).toEqual([false, true]);
     await again.release();
-    await sleep(350);
-    expect([await InUse.isInUse(a), await InUse.isInUse(c)]).toEqual([false, false]);
-    expect(heldCount()).toBe(0);
+    await sleep(300);
+    expect(await InUse.isInUse(c)).toBe(false);
+    expect(t.size).toBe(0);
   });
 
-  it('releaseIdleLeases ends the lingering at once, but not a held lease', async () => {
+  it("keeps a released lease until releaseIdle when lingering is the runner's lifetime", async () => {
+    const a = await layer(1);
+    const t = table(Infinity);
+    await (await t.leaseAll([a])).release();
+    await sleep(100);
+    expect(await InUse.isInUse(a)).toBe(true);
+    await t.releaseIdle();
+    expect(await InUse.isInUse(a)).toBe(false);
+  });
+
+  it('releaseIdle ends the lingering at once, but not a held lease', async () => {
     const [a, b] = [await layer(1), await layer(2)];
-    await (await leaseAll([a], { lingerMs: 60_000 })).release();
-    const held = await leaseAll([b], { lingerMs: 60_000 });
-    await releaseIdleLeases();
+    const t = table(60_000);
+    await (await t.leaseAll([a])).release();
+    const held = await t.leaseAll([b]);
+    await t.releaseIdle();
     expect(await InUse.isInUse(a)).toBe(false);
     expect(await InUse.isInUse(b)).toBe(true);
     await held.release();
-    await releaseIdleLeases();
-    expect(heldCount()).toBe(0);
+    await t.releaseIdle();
+    expect(t.size).toBe(0);
   });
 
   it('is all or nothing: a missing layer fails the call and releases the others at once', async () => {
     const a = await layer(1);
     const missing = LayerDir.path({ osDir, hash: 'e'.repeat(64) });
-    await expect(leaseAll([a, missing], { lingerMs: 60_000 })).rejects.toMatchObject({
+    const t = table(60_000);
+    await expect(t.leaseAll([a, missing])).rejects.toMatchObject({
       code: 'LAYER_NOT_FOUND',
     });
     expect(await InUse.isInUse(a)).toBe(false);
-    expect(heldCount()).toBe(0);
+    expect(t.size).toBe(0);
   });
 
   it('marks a layer used when a run joins its lease, at most once a second', async () => {
     const a = await layer(1);
-    const first = await leaseAll([a], { lingerMs: 0 });
+    const t = table(0);
+    const first = await t.leaseAll([a]);
     // Whole seconds, so the mtime reads back exactly.
     const old = new Date(Math.floor(Date.now() / 1000) * 1000 - 86400_000);
     await utimes(LastUsed.file(a), old, old);
-    const soon = await leaseAll([a], { lingerMs: 0 });
+    const soon = await t.leaseAll([a]);
     expect(await LastUsed.get(a)).toBe(old.getTime()); // just marked by the first run
     await sleep(1100);
-    const later = await leaseAll([a], { lingerMs: 0 });
+    const later = await t.leaseAll([a]);
     expect(await LastUsed.get(a)).toBeGreaterThan(Date.now() - 5000);
     for (const l of [first, soon, later]) await l.release();
   });
 
   it('releaseAllSync removes every lease file at once (for a dying process)', async () => {
     const [a, b] = [await layer(1), await layer(2)];
-    await leaseAll([a, b], { lingerMs: 0 });
-    await (await leaseAll([b], { lingerMs: 60_000 })).release();
-    releaseAllSync();
+    const t = table(Infinity);
+    await t.leaseAll([a, b]);
+    await (await t.leaseAll([b])).release();
+    t.releaseAllSync();
     expect(await leaseFiles(a)).toEqual([]);
     expect(await leaseFiles(b)).toEqual([]);
-    expect(heldCount()).toBe(0);
+    expect(t.size).toBe(0);
   });
 });

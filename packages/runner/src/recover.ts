@@ -10,7 +10,7 @@ import { ContainerError, Overlay, Runc } from '@day11/container';
 import { CommandError, ExecCodes } from '@day11/exec';
 import { Recover } from '@day11/layer';
 import { RunnerCodes, RunnerError, errnoCode, messageOf } from './errors.js';
-import { CONTAINER_PREFIX } from './run-in-layers.js';
+import { CONTAINER_PREFIX } from './run.js';
 import { ownerGone, ownerPid } from './temp.js';
 
 /**

@@ -11,7 +11,8 @@ import { Commit, Hash, InUse, LayerDir, type Base } from '@day11/layer';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { RunnerCodes } from './errors.js';
 import { CLEAN, busyboxBase, fileLayer, leftovers, meta, tempDir } from './fixtures/cache.js';
-import { releaseIdle, runInLayers, type RunInLayersOptions } from './run-in-layers.js';
+import { releaseIdle, runInLayers } from './run-in-layers.js';
+import type { RunInLayersOptions } from './run.js';
 import { PHASES } from './timing.js';
 
 const RUNTIMES = ['runc', 'crun'] as const;
@@ -91,8 +92,8 @@ describe.each(RUNTIMES)('a diamond DAG built with runInLayers + Commit.commit (%
     const b = await step(B, [], { runtime });
     expect(b.run.exitCode).toBe(0);
     expect(b.out).toBe('127.0.0.1 localhost builder\n');
-    // A plain file in the upper, not a bind mount: it is part of the layer.
-    expect((await lstat(join(b.upper, 'etc/hosts'))).isFile()).toBe(true);
+    // The runner's own hosts file, untouched by the step, is not part of its layer.
+    await expect(lstat(join(b.upper, 'etc'))).rejects.toMatchObject({ code: 'ENOENT' });
     const bDir = await commit(b, [], B);
 
     const C = [
@@ -168,14 +169,27 @@ describe('runInLayers', () => {
     expect(seen?.lowers).toEqual([join(dep, 'fs'), join(base.dir, 'fs')]);
     expect(s.out).toBe('from prepUpper\n127.0.0.1 localhost box\n');
     expect(await readFile(join(s.upper, 'seeded'), 'utf8')).toBe('from prepUpper\n');
+    // Only what prepUpper and the step wrote: the runner's hosts file went back out.
+    expect(await readdir(s.upper)).toEqual(['seeded']);
+    await rm(s.upper, { recursive: true });
+  });
+
+  it("hands back an empty upper for a step that writes nothing, and keeps a step's own /etc changes", async () => {
+    const empty = await step('true', []);
+    expect(await readdir(empty.upper)).toEqual([]);
+    await rm(empty.upper, { recursive: true });
+    const edits = await step('echo "10.1.1.1 db" >> /etc/hosts && echo x > /etc/motd', []);
+    expect(edits.run.exitCode).toBe(0);
+    expect(await readFile(join(edits.upper, 'etc/hosts'), 'utf8')).toBe(
+      '127.0.0.1 localhost builder\n10.1.1.1 db\n',
+    );
     // /etc in the upper looks like the base's /etc, as a copy-up would make it.
     const [etc, baseEtc] = await Promise.all([
-      lstat(join(s.upper, 'etc')),
+      lstat(join(edits.upper, 'etc')),
       lstat(join(base.dir, 'fs/etc')),
     ]);
     expect([etc.mode, etc.uid]).toEqual([baseEtc.mode, baseEtc.uid]);
-    expect(Math.abs(etc.mtimeMs - baseEtc.mtimeMs)).toBeLessThan(1);
-    await rm(s.upper, { recursive: true });
+    await rm(edits.upper, { recursive: true });
   });
 
   it('an exception in prepUpper leaves nothing, not even the upper', async () => {

@@ -4,7 +4,8 @@ import { OciSpec } from '@day11/container';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { RunnerCodes, RunnerError } from './errors.js';
 import { tempDir } from './fixtures/cache.js';
-import { runInLayers, type RunInLayersOptions } from './run-in-layers.js';
+import { runInLayers } from './run-in-layers.js';
+import type { RunInLayersOptions } from './run.js';
 
 let osDir: string;
 let options: RunInLayersOptions;

@@ -1,26 +1,31 @@
-/** `day11 export --cache DIR --oci LAYOUT --tag TAG HASH...` */
+/** `day11 export --cache DIR --oci LAYOUT --tag TAG LAYER...` */
 import { parseArgs } from 'node:util';
 import { resolve } from 'node:path';
+import { imageOfStep } from '@day11/build';
+import { Sidecar } from '@day11/layer';
 import { exportImage } from '@day11/oci-export';
 import { COMMON_OPTIONS, parse, usage } from '../args.js';
-import { assertCacheExists, baseOf, cacheDir, layerDirOf } from '../cache.js';
+import { assertCacheExists, cacheDir, layerDirOf, stackOf } from '../cache.js';
 import { formatBytes } from '../progress.js';
 
-export const summary = 'export layers as an OCI image (one blob per layer) into an image layout';
+export const summary = 'export a layer with everything it was built on as an OCI image';
 
-export const help = `Usage: day11 export --cache DIR --oci LAYOUT --tag TAG HASH...
+export const help = `Usage: day11 export --cache DIR --oci LAYOUT --tag TAG LAYER [LAYER...]
 
-Exports the layers HASH... (bottom to top, the target last) on top of their
-base as the image TAG in the OCI image layout LAYOUT. Each layer becomes one
-blob, cached in the layer directory, so images share the blobs of the layers
-they share and a re-export compresses nothing.
+Exports LAYER with the stack it was built on (its base, then every layer
+below it in build order, recorded when it was built) as the image TAG in
+the OCI image layout LAYOUT. LAYER is a hash, a build-xxxxxxxxxxxx name or a
+step id. Each layer becomes one blob, cached in the layer directory, so
+images share the blobs of the layers they share and a re-export compresses
+nothing. Naming several layers exports exactly those, bottom to top; a list
+that leaves out or misorders a layer one of them was built on is refused.
 
 Options:
   --cmd CMD          the image's default command (repeatable: one argv word each; default /bin/sh)
   --json             print the result as JSON
 
 Example:
-  day11 export --cache /var/cache/day11 --oci /srv/oci --tag app 0123456789ab 89abcdef0123
+  day11 export --cache /var/cache/day11 --oci /srv/oci --tag app app
   skopeo inspect oci:/srv/oci:app
 `;
 
@@ -42,16 +47,21 @@ export async function run(argv: string[]): Promise<number> {
   const osDir = cacheDir('export', values.cache);
   if (!values.oci) throw usage('export', '--oci LAYOUT is required');
   if (!values.tag) throw usage('export', '--tag TAG is required');
-  if (positionals.length === 0) throw usage('export', 'name at least one layer HASH');
+  if (positionals.length === 0) throw usage('export', 'name the LAYER to export');
   await assertCacheExists(osDir);
-  const layers = await Promise.all(positionals.map((h) => layerDirOf(osDir, h)));
-  const base = await baseOf(osDir, layers.at(-1)!);
+  const named = await Promise.all(positionals.map((h) => layerDirOf(osDir, h)));
+  const { base, layers } = await stackOf(osDir, named);
+  const steps = await Promise.all(
+    layers.map((dir) => Sidecar.read(dir, 'step.json').catch(() => undefined)),
+  );
+  const top = imageOfStep(steps.at(-1));
   const result = await exportImage({
     layout: resolve(values.oci),
     tag: values.tag,
     base,
-    layers: layers.filter((dir) => dir !== base.dir),
-    config: { Cmd: values.cmd ?? ['/bin/sh'] },
+    layers,
+    createdBy: steps.map((s) => imageOfStep(s).createdBy),
+    config: { ...top.config, Cmd: values.cmd ?? ['/bin/sh'] },
   });
   if (values.json) {
     console.log(JSON.stringify(result));

@@ -1,13 +1,13 @@
 /** `day11 run --cache DIR [--layer HASH ...] -- CMD...` */
 import { parseArgs } from 'node:util';
 import { rm } from 'node:fs/promises';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { OciSpec } from '@day11/container';
-import { Commit, Hash, LayerDir } from '@day11/layer';
+import { Commit, Hash, LayerDir, LayerMeta } from '@day11/layer';
 import { runInLayers } from '@day11/runner';
 import { COMMON_OPTIONS, parse, usage } from '../args.js';
 import { resolveBase } from '@day11/build';
-import { baseOf, cacheDir, layerDirOf } from '../cache.js';
+import { cacheDir, layerDirOf, stackOf } from '../cache.js';
 import { checkRequirements, runtimeOption } from './common.js';
 
 export const summary =
@@ -15,12 +15,15 @@ export const summary =
 
 export const help = `Usage: day11 run --cache DIR [--layer HASH ...] [options] -- CMD [ARG...]
 
-Runs CMD in a container whose root is the overlay of the given layers (bottom
-to top; the base comes from them, or is the busybox base when none is given).
-Output goes to this terminal; the exit status is CMD's.
+Runs CMD in a container whose root is the overlay of a layer and everything
+it was built on (its base and the stack recorded when it was built), or the
+busybox base when no layer is given. Output goes to this terminal; the exit
+status is CMD's.
 
 Options:
-  --layer HASH       a layer to stack (repeat; bottom to top)
+  --layer LAYER      the top layer: a hash, build-xxxxxxxxxxxx or step id; repeat
+                     to give the exact stack yourself, bottom to top (checked
+                     against what the layers were built on)
   --runtime R        runc (default), crun, or a path
   --network N        none (default: loopback only) or host
   --commit           keep what CMD wrote as a new layer and print its name
@@ -52,12 +55,12 @@ export async function run(argv: string[]): Promise<number> {
   const osDir = cacheDir('run', values.cache);
   const runtime = runtimeOption(values.runtime);
   await checkRequirements(runtime);
-  const layers = await Promise.all((values.layer ?? []).map((h) => layerDirOf(osDir, h)));
-  const base =
-    layers.length > 0
-      ? await baseOf(osDir, layers.at(-1)!)
-      : await resolveBase({ source: { kind: 'busybox' }, osDir });
-  const buildDirs = layers.filter((d) => d !== base.dir).reverse();
+  const named = await Promise.all((values.layer ?? []).map((h) => layerDirOf(osDir, h)));
+  const { base, layers } =
+    named.length > 0
+      ? await stackOf(osDir, named)
+      : { base: await resolveBase({ source: { kind: 'busybox' }, osDir }), layers: [] };
+  const buildDirs = [...layers].reverse();
   const spec = OciSpec.template(
     OciSpec.make({
       args: positionals,
@@ -77,7 +80,9 @@ export async function run(argv: string[]): Promise<number> {
     await rm(result.upper, { recursive: true, force: true });
     return exitCode;
   }
-  const depHashes = buildDirs.map((d) => LayerDir.hashPrefix(d.split('/').pop()!)!);
+  const depHashes = await Promise.all(
+    buildDirs.map(async (d) => (await LayerMeta.load(d)).hash ?? LayerDir.hashPrefix(basename(d))!),
+  );
   const hash = Hash.layerHash({
     baseHash: base.hash,
     depHashes,

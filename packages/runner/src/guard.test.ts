@@ -4,13 +4,13 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
   SIGNALS,
-  activeRuns,
   othersListening,
-  register,
   teardownAllSync,
-  unregister,
+  teardownRunSync,
+  update,
   type ActiveRun,
-} from './registry.js';
+  type Guarded,
+} from './guard.js';
 
 const exists = (p: string) =>
   access(p).then(
@@ -34,36 +34,70 @@ async function fakeRun(): Promise<ActiveRun> {
   };
 }
 
+/** A runner as the guard sees it, with runs and holdings set by the test. */
+class FakeRunner implements Guarded {
+  runs = new Set<ActiveRun>();
+  holding = false;
+  tornDown: (NodeJS.Signals | undefined)[] = [];
+  hasActiveRuns(): boolean {
+    return this.runs.size > 0;
+  }
+  holdsAnything(): boolean {
+    return this.holding || this.runs.size > 0;
+  }
+  teardownSync(sig: NodeJS.Signals | undefined): void {
+    this.tornDown.push(sig);
+    for (const run of this.runs) {
+      run.interrupted = sig ?? 'SIGTERM';
+      teardownRunSync(run);
+    }
+    this.runs.clear();
+    this.holding = false;
+  }
+}
+
+const runners: FakeRunner[] = [];
 afterEach(() => {
-  for (const run of [...activeRuns()]) unregister(run);
+  for (const r of runners.splice(0)) update(r, false);
 });
 
-describe('the registry of active runs', () => {
-  it('installs its signal and exit listeners only while a run is active', async () => {
+describe('the guard of live runners', () => {
+  it('listens to signals while a run is active, and to exit while anything is held', async () => {
     const before = SIGNALS.map((s) => process.listenerCount(s));
     const exitBefore = process.listenerCount('exit');
-    const [a, b] = [await fakeRun(), await fakeRun()];
-    register(a);
-    register(b);
+    const [a, b] = [new FakeRunner(), new FakeRunner()];
+    runners.push(a, b);
+    const run = await fakeRun();
+    a.runs.add(run);
+    update(a);
+    b.holding = true;
+    update(b);
     expect(SIGNALS.map((s) => process.listenerCount(s))).toEqual(before.map((n) => n + 1));
     expect(process.listenerCount('exit')).toBe(exitBefore + 1);
-    unregister(a);
-    expect(SIGNALS.map((s) => process.listenerCount(s))).toEqual(before.map((n) => n + 1));
-    unregister(b);
+    a.runs.clear();
+    update(a);
+    // b still holds a lease or a spare: the exit hook stays, signals are the user's again.
     expect(SIGNALS.map((s) => process.listenerCount(s))).toEqual(before);
+    expect(process.listenerCount('exit')).toBe(exitBefore + 1);
+    update(b, false);
     expect(process.listenerCount('exit')).toBe(exitBefore);
-    await rm(join(a.runDir, '..'), { recursive: true });
-    await rm(join(b.runDir, '..'), { recursive: true });
+    await rm(join(run.runDir, '..'), { recursive: true });
   });
 
-  it('tears every run down synchronously: directory and unhanded upper removed, run marked', async () => {
+  it('tears every runner down synchronously: directory and unhanded upper removed, run marked', async () => {
+    const before = SIGNALS.map((s) => process.listenerCount(s));
+    const runner = new FakeRunner();
+    runners.push(runner);
     const run = await fakeRun();
-    register(run);
+    runner.runs.add(run);
+    update(runner);
     teardownAllSync('SIGTERM');
+    expect(runner.tornDown).toEqual(['SIGTERM']);
     expect(run.interrupted).toBe('SIGTERM');
     expect(await exists(run.runDir)).toBe(false);
     expect(await exists(run.handover)).toBe(false);
-    expect(activeRuns().size).toBe(0);
+    // Torn down: the guard's listeners are gone with the runs.
+    expect(SIGNALS.map((s) => process.listenerCount(s))).toEqual(before);
     await rm(join(run.runDir, '..'), { recursive: true });
   });
 });

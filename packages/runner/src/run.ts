@@ -1,0 +1,509 @@
+/**
+ * One run: a command in a runc/crun container whose root filesystem is an
+ * overlay of a base layer, dependency layers and a fresh upper — the one
+ * place where `@day11/layer` and `@day11/container` meet. A runner
+ * (`createRunner`) gives each run its leases and spare directories.
+ */
+import {
+  chmodSync,
+  lstatSync,
+  mkdirSync,
+  renameSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+  type Stats,
+} from 'node:fs';
+import { basename, dirname, join, resolve } from 'node:path';
+import { OciSpec, Overlay, Runc } from '@day11/container';
+import type { OutputStream } from '@day11/exec';
+import { Stack, type Base } from '@day11/layer';
+import { RunnerCodes, RunnerError, messageOf } from './errors.js';
+import {
+  chownLike,
+  lstatOrUndefined,
+  removeHosts,
+  writeHosts,
+  type WrittenHosts,
+} from './hosts.js';
+import type { LeaseSet, LeaseTable } from './leases.js';
+import { planLowers } from './lowers.js';
+import { mountsUnderSync, removeTree, unmountBelow } from './mounts.js';
+import type { ActiveRun } from './guard.js';
+import { makeRunDir, type SparePool } from './scratch.js';
+import { runPaths } from './temp.js';
+import { PhaseClock, type PhaseTiming } from './timing.js';
+
+/** The merged lower inside a run directory, when the stack is too deep (SPEC §5). */
+const MERGED_LOWER = 'lower';
+
+/**
+ * Prefix of the runner's container ids: `day11-run-<pid>-<n>-<hex>` (see
+ * `Runc.newId`); `recover` sweeps the ones whose pid is dead.
+ *
+ * @example
+ * ```ts
+ * const mine = (await Runc.list()).filter((c) => c.id.startsWith(`${CONTAINER_PREFIX}-`));
+ * ```
+ */
+export const CONTAINER_PREFIX = 'day11-run';
+
+/**
+ * What `prepUpper` is given.
+ *
+ * @example
+ * ```ts
+ * const prepUpper = async ({ upper }: PrepUpperContext) => {
+ *   await mkdir(join(upper, 'home/opam'), { recursive: true });
+ * };
+ * ```
+ */
+export interface PrepUpperContext {
+  /** The upper directory, not mounted yet: what is put here is in the container and in the layer. */
+  upper: string;
+  /** The lower directories that will be mounted under it, topmost first (read them, never write). */
+  lowers: readonly string[];
+}
+
+/**
+ * Options of {@link runInLayers}.
+ *
+ * @example
+ * ```ts
+ * const options: RunInLayersOptions = { base, buildDirs: [dep.dir], spec, runtime: 'crun' };
+ * ```
+ */
+export interface RunInLayersOptions {
+  /** The base layer (from `Import` of `@day11/layer`); its `dir/fs` is the bottom of the stack. */
+  base: Base;
+  /** Dependency layer directories (`{osDir}/build-*`), nearest first: topmost in the stack first. */
+  buildDirs: readonly string[];
+  /**
+   * Seeds the upper before the overlay is mounted (files, mkdirs, chowns the
+   * container needs). If it throws, the run is abandoned and nothing is left.
+   */
+  prepUpper?: (ctx: PrepUpperContext) => void | Promise<void>;
+  /** The container: an `OciSpec` template (`OciSpec.template(OciSpec.make({...}))`). */
+  spec: OciSpec.Template;
+  /** `runc` (default), `crun`, or the path of a runtime with runc's command line. */
+  runtime?: Runc.Runtime;
+  /**
+   * Aborting stops the run. Before the container starts, `runInLayers`
+   * rejects with `RUNNER_ABORTED` and leaves nothing; once it runs, the
+   * container is stopped and the result has `aborted: true`.
+   */
+  signal?: AbortSignal;
+  /** Stop the container after this many milliseconds (`timedOut: true`); the set-up is not counted. */
+  timeoutMs?: number;
+  /** Milliseconds between SIGTERM and SIGKILL when stopping the container (default 1000). */
+  killGraceMs?: number;
+  /**
+   * Where the run's temporary directory goes (default: the cache directory,
+   * the parent of `base.dir`). It must be on the cache's filesystem: the
+   * merged lower is hardlinked from the layers, and `Commit.commit` renames
+   * the upper into the cache.
+   */
+  tmpDir?: string;
+  /** Called with each line the container writes. */
+  onOutput?: (line: string, stream: OutputStream) => void;
+  /** Appends every output line of the container to this file. */
+  logFile?: string;
+  /**
+   * For `runInLayers` only: keep the in-use leases and the scratch directory
+   * this long after the call (default 1000 ms; 0 releases them at once), for
+   * the next call of this process: consecutive calls then lease their layers
+   * once and make one directory each. A runner (`createRunner`) keeps them
+   * for its own lifetime instead.
+   */
+  lingerMs?: number;
+}
+
+/**
+ * What {@link runInLayers} returns.
+ *
+ * @example
+ * ```ts
+ * const { run, upper, timing }: RunInLayersResult = await runInLayers(options);
+ * ```
+ */
+export interface RunInLayersResult {
+  /** How the container ended: exit code, signal, timedOut, aborted, duration. */
+  run: Runc.RunResult;
+  /**
+   * The upper, now the caller's: on the cache's filesystem, ready for
+   * `Commit.commit`, or to be removed. Its name carries this process's pid,
+   * so `Recover.sweep` or {@link recover} removes it if the process dies first.
+   */
+  upper: string;
+  /** `[phase, seconds]` for every phase, in order (see `PHASES`). */
+  timing: PhaseTiming;
+}
+
+/** The state of one run, as the synchronous teardown also sees it. */
+export interface Run extends ActiveRun {
+  readonly upper: string;
+  readonly work: string;
+  mount: Overlay.OverlayMount | undefined;
+  leases: LeaseSet | undefined;
+  /** The runtime was asked to run the container: an abort is a result from then on. */
+  started: boolean;
+  /** The deepest layers were merged into `{runDir}/lower` (a stack past the kernel's limit). */
+  mergedLower: boolean;
+  /** The `/etc/hosts` this run put in the upper, if it did. */
+  hosts: WrittenHosts | undefined;
+  /** The container's spec, made (and so validated) before anything is on disk. */
+  readonly spec: OciSpec.Spec;
+  /** The id the container will have (set as `containerId` once the runtime is asked). */
+  readonly id: string;
+}
+
+/** Validated options. */
+export interface Checked extends RunInLayersOptions {
+  tmpDir: string;
+  tmpDirGiven: boolean;
+  runtime: Runc.Runtime;
+  lingerMs: number;
+}
+
+/** What a run needs from its runner. */
+export interface RunHost {
+  readonly leases: LeaseTable;
+  readonly spares: SparePool;
+  /** The run has begun: the runner tracks it (and the guard, its runner). */
+  started(run: Run): void;
+  /** The run is over, whatever the outcome. */
+  ended(run: Run): void;
+}
+
+/**
+ * Default of {@link RunInLayersOptions.lingerMs}, in milliseconds.
+ *
+ * @example
+ * ```ts
+ * await runInLayers({ base, buildDirs, spec, lingerMs: DEFAULT_LINGER_MS * 10 });
+ * ```
+ */
+export const DEFAULT_LINGER_MS = 1000;
+
+/**
+ * Carries out one run for `host` (see `Runner.run` for the steps and the
+ * guarantees).
+ */
+export async function executeRun(host: RunHost, o: Checked): Promise<RunInLayersResult> {
+  const clock = new PhaseClock();
+  if (o.signal?.aborted) throw aborted(o.signal, undefined);
+  const run = newRun(host, o);
+  host.started(run);
+  try {
+    await clock.time('mkdirs', () => makeDirs(run, o));
+    const result = await execute(host, run, o, clock);
+    await clock.time('cleanup', () => handOver(host, run, o));
+    if (run.interrupted) throw interrupted(run, undefined);
+    return { run: result, upper: run.handover, timing: clock.timing() };
+  } catch (err) {
+    await abandon(run);
+    throw classify(err, run, o);
+  } finally {
+    host.ended(run);
+  }
+}
+
+function newRun(host: RunHost, o: Checked): Run & { spare: boolean } {
+  const fresh = runPaths(o.tmpDir);
+  const id = Runc.newId(CONTAINER_PREFIX);
+  // Made (and so validated) before a spare is taken: a bad spec leaves nothing.
+  const spec = OciSpec.instantiate(o.spec, {
+    rootfs: join(fresh.runDir, 'merged'),
+    cgroupsPath: id,
+  });
+  const spare = host.spares.take(o.tmpDir);
+  const runDir = spare ?? fresh.runDir;
+  const merged = join(runDir, 'merged');
+  spec.root.path = merged;
+  // The handover name is always new: the caller may still hold the last one.
+  const handover = fresh.handover;
+  return {
+    spare: spare !== undefined,
+    runDir,
+    merged,
+    spec,
+    id,
+    upper: join(runDir, 'upper'),
+    work: join(runDir, 'work'),
+    handover,
+    runtime: o.runtime,
+    containerId: undefined,
+    interrupted: undefined,
+    mount: undefined,
+    leases: undefined,
+    started: false,
+    mergedLower: false,
+    hosts: undefined,
+  };
+}
+
+/**
+ * The run's directories. Synchronous, as are the other few-syscall steps
+ * here: each call takes microseconds, a thread-pool round trip far more.
+ */
+function makeDirs(run: Run & { spare: boolean }, o: Checked): void {
+  if (!run.spare) {
+    mkdirSync(o.tmpDir, { recursive: true });
+    if (o.tmpDirGiven) assertSameFilesystem(o.tmpDir, o.base.dir);
+    makeRunDir(run.runDir);
+  }
+  mkdirSync(run.upper);
+}
+
+/** The upper must be renamed into the cache, and the merged lower hardlinks the layers. */
+function assertSameFilesystem(tmpDir: string, layerDir: string): void {
+  if (statSync(tmpDir).dev === statSync(layerDir).dev) return;
+  throw new RunnerError(
+    RunnerCodes.BAD_ARGUMENT,
+    `Invalid runInLayers option tmpDir: ${tmpDir} is on another filesystem than the cache ${dirname(layerDir)}`,
+    {
+      path: tmpDir,
+      hint: 'Leave tmpDir out (the cache directory is the default), or pick a directory on the same filesystem',
+    },
+  );
+}
+
+/** Steps 2 to 5 and the unmount; the caller cleans up. */
+async function execute(
+  host: RunHost,
+  run: Run,
+  o: Checked,
+  clock: PhaseClock,
+): Promise<Runc.RunResult> {
+  const layerDirs = [...o.buildDirs, o.base.dir];
+  run.leases = await clock.time('touch', () => host.leases.leaseAll(layerDirs));
+  stopIfAsked(run, o);
+  const plan = await clock.time('plan', () =>
+    planLowers({
+      layerDirs,
+      upper: run.upper,
+      work: run.work,
+      target: run.merged,
+      mergeTarget: join(run.runDir, MERGED_LOWER),
+    }),
+  );
+  if (plan.mergeTarget !== undefined) {
+    const target = plan.mergeTarget;
+    run.mergedLower = true;
+    await clock.time('merge', () =>
+      Stack.merge({ layerDirs: plan.merge, target, signal: o.signal }),
+    );
+  }
+  stopIfAsked(run, o);
+  await clock.time('prep_upper', () => prepareUpper(host, run, o, plan.lowers));
+  stopIfAsked(run, o);
+  run.mount = await clock.time('overlay_mount', () =>
+    Overlay.mount({
+      lowers: plan.lowers,
+      upper: run.upper,
+      work: run.work,
+      target: run.merged,
+      signal: o.signal,
+    }),
+  );
+  stopIfAsked(run, o);
+  const result = await clock.time('runc_run', () => runContainer(run, o));
+  await clock.time('overlay_umount', () => unmount(run));
+  return result;
+}
+
+/** The upper root as a copy-up would make it, then the caller's files, then /etc/hosts. */
+async function prepareUpper(
+  host: RunHost,
+  run: Run,
+  o: Checked,
+  lowers: readonly string[],
+): Promise<void> {
+  copyRootAttributes(lowers[0], run.upper);
+  if (o.prepUpper) {
+    try {
+      await o.prepUpper({ upper: run.upper, lowers });
+    } catch (cause) {
+      throw new RunnerError(
+        RunnerCodes.PREP_UPPER_FAILED,
+        `prepUpper failed for ${run.upper}: ${messageOf(cause)}`,
+        {
+          path: run.upper,
+          cause,
+          hint: 'The run was abandoned and its files removed; fix the callback and run again',
+        },
+      );
+    }
+  }
+  const lstatLowerEtc = (lower: string): Stats | undefined => lstatEtcOf(host.leases, lower);
+  run.hosts = writeHosts({ upper: run.upper, lowers, hostname: run.spec.hostname, lstatLowerEtc });
+}
+
+const NO_ENTRY = Symbol('no entry');
+
+/**
+ * `{lower}/etc` of a layer this process leases is read once per lease: a
+ * builder's steps over the same 50 layers would otherwise look in each for
+ * an `/etc` every time. Other lowers (the merged one) are read each time.
+ */
+function lstatEtcOf(leases: LeaseTable, lower: string): Stats | undefined {
+  const memo = basename(lower) === 'fs' ? leases.memo(dirname(lower)) : undefined;
+  if (memo === undefined) return lstatOrUndefined(join(lower, 'etc'));
+  const known = memo.get('etc') as Stats | typeof NO_ENTRY | undefined;
+  if (known !== undefined) return known === NO_ENTRY ? undefined : known;
+  const st = lstatOrUndefined(join(lower, 'etc'));
+  memo.set('etc', st ?? NO_ENTRY);
+  return st;
+}
+
+/**
+ * The merged root shows the upper root's mode and owner: give it those of
+ * the stack's root, or every layer would record (and export) a changed `/`.
+ */
+function copyRootAttributes(topLower: string | undefined, upper: string): void {
+  if (topLower === undefined) return;
+  const root = lstatSync(topLower);
+  const mode = root.mode & 0o7777;
+  const now = lstatSync(upper);
+  if (now.uid !== root.uid || now.gid !== root.gid) {
+    chownLike(upper, root);
+    chmodSync(upper, mode); // after chown, which may clear set-id bits
+  } else if ((now.mode & 0o7777) !== mode) {
+    chmodSync(upper, mode);
+  }
+}
+
+async function runContainer(run: Run, o: Checked): Promise<Runc.RunResult> {
+  const { id, spec } = run;
+  // Not OciSpec.write: its temp file, fsync and rename protect readers of a
+  // shared bundle across a crash; this one is private, read once, and thrown
+  // away with the run. instantiate() has validated the spec.
+  writeFileSync(join(run.runDir, 'config.json'), JSON.stringify(spec));
+  run.containerId = id;
+  run.started = true;
+  try {
+    return await Runc.run({
+      bundle: run.runDir,
+      id,
+      runtime: o.runtime,
+      runtimeLog: join(run.runDir, 'runtime.log'),
+      ...(o.signal && { signal: o.signal }),
+      ...(o.timeoutMs !== undefined && { timeoutMs: o.timeoutMs }),
+      ...(o.killGraceMs !== undefined && { killGraceMs: o.killGraceMs }),
+      ...(o.onOutput && { onOutput: o.onOutput }),
+      ...(o.logFile !== undefined && { logFile: o.logFile }),
+    });
+  } finally {
+    // Runc.run deletes the container on every path.
+    run.containerId = undefined;
+  }
+}
+
+async function unmount(run: Run): Promise<void> {
+  // Lazily if still busy after the retries: the container is gone by now, so
+  // only a stray host process can hold it, and it must not keep the run alive.
+  await run.mount?.unmount({ lazy: true });
+  run.mount = undefined;
+}
+
+/**
+ * Step 6 on success: the upper moves out (a rename), the run's own files
+ * go, and the directory is kept for the next run or removed.
+ */
+async function handOver(host: RunHost, run: Run, o: Checked): Promise<void> {
+  // Nothing may stay mounted below the run (the unmount succeeded, but a
+  // stray bind mount would be deleted through): one read of mountinfo.
+  if (mountsUnderSync(run.runDir).length > 0) await unmountBelow(run.runDir);
+  if (run.hosts) removeHosts(run.upper, run.hosts);
+  renameSync(run.upper, run.handover);
+  // config.json stays for the next run to overwrite; giveBack keeps the
+  // directory only if the runtime left its log empty.
+  if (run.mergedLower) rmSync(join(run.runDir, MERGED_LOWER), { recursive: true, force: true });
+  host.spares.giveBack({ tmpDir: o.tmpDir, runDir: run.runDir, unmounted: true });
+  await run.leases?.release();
+  run.leases = undefined;
+}
+
+/** Step 6 on failure: everything goes, the upper too. Best effort, never throws. */
+async function abandon(run: Run): Promise<void> {
+  await run.mount?.unmount({ lazy: true }).catch(() => undefined);
+  run.mount = undefined;
+  await removeTree(run.runDir).catch(() => undefined);
+  await removeTree(run.handover).catch(() => undefined);
+  await run.leases?.release().catch(() => undefined);
+  run.leases = undefined;
+}
+
+function stopIfAsked(run: Run, o: Checked): void {
+  if (run.interrupted) throw interrupted(run, undefined);
+  if (o.signal?.aborted) throw aborted(o.signal, undefined);
+}
+
+/** The error a failed run rejects with: interruption and abort take precedence. */
+function classify(err: unknown, run: Run, o: Checked): unknown {
+  if (err instanceof RunnerError) return err;
+  if (run.interrupted) return interrupted(run, err);
+  if (o.signal?.aborted && !run.started) return aborted(o.signal, err);
+  return err;
+}
+
+function aborted(signal: AbortSignal, cause: unknown): RunnerError {
+  return new RunnerError(
+    RunnerCodes.ABORTED,
+    'runInLayers was aborted before the container started',
+    {
+      cause: cause ?? signal.reason,
+      hint: 'Nothing was left behind; run it again when wanted',
+    },
+  );
+}
+
+function interrupted(run: Run, cause: unknown): RunnerError {
+  return new RunnerError(
+    RunnerCodes.INTERRUPTED,
+    `runInLayers was interrupted by ${run.interrupted ?? 'a signal'}: the container, the overlay and ${run.runDir} were removed`,
+    { path: run.runDir, cause },
+  );
+}
+
+// ---------------------------------------------------------------- options
+
+export function check(opts: RunInLayersOptions): Checked {
+  const base = opts?.base as Partial<Base> | undefined;
+  if (typeof base?.dir !== 'string' || !base.dir || typeof base.hash !== 'string') {
+    throw badArgument('base must be a Base ({ hash, dir, image }) from @day11/layer', 'base');
+  }
+  if (!Array.isArray(opts.buildDirs) || opts.buildDirs.some((d) => typeof d !== 'string' || !d)) {
+    throw badArgument('buildDirs must be an array of layer directories', 'buildDirs');
+  }
+  if (opts.timeoutMs !== undefined && !(opts.timeoutMs > 0)) {
+    throw badArgument(`timeoutMs must be a positive number, got ${opts.timeoutMs}`, 'timeoutMs');
+  }
+  if (opts.prepUpper !== undefined && typeof opts.prepUpper !== 'function') {
+    throw badArgument('prepUpper must be a function', 'prepUpper');
+  }
+  if (opts.tmpDir !== undefined && (typeof opts.tmpDir !== 'string' || opts.tmpDir === '')) {
+    throw badArgument('tmpDir must be a directory path', 'tmpDir');
+  }
+  const tmpDir = resolve(opts.tmpDir ?? dirname(resolve(base.dir)));
+  if (opts.lingerMs !== undefined && !(opts.lingerMs >= 0)) {
+    throw badArgument(`lingerMs must be a number >= 0, got ${opts.lingerMs}`, 'lingerMs');
+  }
+  return {
+    ...opts,
+    tmpDir,
+    tmpDirGiven: opts.tmpDir !== undefined,
+    runtime: opts.runtime ?? 'runc',
+    lingerMs: opts.lingerMs ?? DEFAULT_LINGER_MS,
+  };
+}
+
+function badArgument(message: string, option: string): RunnerError {
+  return new RunnerError(
+    RunnerCodes.BAD_ARGUMENT,
+    `Invalid runInLayers option ${option}: ${message}`,
+    {
+      hint: 'See the RunInLayersOptions documentation',
+    },
+  );
+}
