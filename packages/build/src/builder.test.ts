@@ -105,10 +105,13 @@ describe('ordering', () => {
     const { result } = await build(plan);
     const dir = (id: string) => result.steps.find((s) => s.id === id)!.dir;
     const d = sandbox.calls.find((c) => c.name === 'd')!;
-    expect(d.lowers).toEqual([dir('c'), dir('b'), dir('a')]);
+    const stack = new PlanGraph(plan, result.base.hash).stack('d').map((s) => s.id);
+    expect(stack).toHaveLength(3);
+    expect(stack.at(-1)).toBe('a');
+    expect(d.lowers).toEqual(stack.map(dir));
     const meta = await LayerMeta.load(dir('d'));
     const hash = (id: string) => result.steps.find((s) => s.id === id)!.hash;
-    expect(meta.parent_hashes).toEqual([hash('c'), hash('b'), hash('a')]);
+    expect(meta.parent_hashes).toEqual(stack.map(hash));
     expect(meta.hash).toBe(hash('d'));
     expect(await Sidecar.read(dir('d'), 'step.json')).toMatchObject({ id: 'd', plan: plan.file });
   });

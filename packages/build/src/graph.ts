@@ -40,9 +40,11 @@ function canonicalJson(value: unknown): string {
  * The graph of a validated plan on a given base.
  *
  * Hashes form a Merkle DAG: a step's hash covers the base, its definition
- * and its direct dependencies' hashes in the order its `deps` lists them —
- * and through them everything below. The stack order is a function of that
- * same DAG (see {@link PlanGraph.stack}), so one hash names one overlay view.
+ * and its direct dependencies' hashes — and through them everything below.
+ * Stacks follow one order for every layer of every plan (see
+ * {@link PlanGraph.stack}), a function of that same DAG, so one hash names
+ * one overlay view, and every layer's recorded stack is a sub-sequence of
+ * the stack of anything built on it.
  *
  * @example
  * ```ts
@@ -54,6 +56,7 @@ function canonicalJson(value: unknown): string {
 export class PlanGraph {
   private readonly byId = new Map<string, Step>();
   private readonly hashes = new Map<string, string>();
+  private readonly heights = new Map<string, number>();
   private readonly dependentsOf = new Map<string, Step[]>();
 
   constructor(
@@ -71,8 +74,10 @@ export class PlanGraph {
     // plan.steps is in topological order: every dep's hash is known first.
     for (const step of plan.steps) {
       const depHashes = step.deps.map((d) => this.hashes.get(d)!);
-      const pkg = `${stepKey(step)}\ndeps:${depHashes.join(',')}`;
-      this.hashes.set(step.id, Hash.layerHash({ baseHash, depHashes, pkg }));
+      this.hashes.set(step.id, Hash.layerHash({ baseHash, depHashes, pkg: stepKey(step) }));
+      let height = 0;
+      for (const d of step.deps) height = Math.max(height, this.heights.get(d)!);
+      this.heights.set(step.id, height + 1);
     }
   }
 
@@ -96,27 +101,31 @@ export class PlanGraph {
   }
 
   /**
-   * Every step `id` is built on (its transitive dependencies), topmost first:
-   * the overlay's lowers above the base. The order is the reverse of a
-   * depth-first post-order over `deps` as listed, so each layer lies above
-   * everything it was built on, and of two deps the one listed later lies
-   * higher (its files win where both have a path).
+   * Every step `id` is built on (its transitive dependencies), topmost
+   * first: the overlay's lowers above the base. The order is the same for
+   * every stack: by height (a step lies above everything it was built on,
+   * one step higher than the highest of its deps), then by hash. It depends
+   * only on the layers themselves, not on the plan that names them, so a
+   * layer's own stack is always a sub-sequence of the stack of anything
+   * built on it, in any plan. Of two unrelated layers that write one path,
+   * the higher wins; make one depend on the other to choose.
    */
   stack(id: string): Step[] {
     const seen = new Set<string>([id]);
-    const order: Step[] = [];
-    const todo: { step: Step; next: number }[] = [{ step: this.step(id), next: 0 }];
-    while (todo.length > 0) {
-      const top = todo[todo.length - 1]!;
-      const dep = top.step.deps[top.next++];
-      if (dep === undefined) {
-        todo.pop();
-        if (top.step.id !== id) order.push(top.step);
-      } else if (!seen.has(dep)) {
-        seen.add(dep);
-        todo.push({ step: this.byId.get(dep)!, next: 0 });
-      }
+    const todo = [...this.step(id).deps];
+    const below: Step[] = [];
+    for (let dep = todo.pop(); dep !== undefined; dep = todo.pop()) {
+      if (seen.has(dep)) continue;
+      seen.add(dep);
+      const step = this.byId.get(dep)!;
+      below.push(step);
+      todo.push(...step.deps);
     }
-    return order.reverse();
+    const key = (s: Step): [number, string] => [this.heights.get(s.id)!, this.hashes.get(s.id)!];
+    return below.sort((a, b) => {
+      const [ha, xa] = key(a);
+      const [hb, xb] = key(b);
+      return hb - ha || (xa < xb ? 1 : xa > xb ? -1 : 0);
+    });
   }
 }

@@ -1,6 +1,7 @@
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import fc from 'fast-check';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { BuildCodes } from './errors.js';
 import { PlanGraph, stepKey } from './graph.js';
@@ -212,11 +213,49 @@ describe('hashes and stacks', () => {
   );
   const base = 'b'.repeat(64);
 
-  it('stacks transitive deps topmost first, later-listed deps higher', () => {
+  it('stacks transitive deps topmost first, by height then hash', () => {
     const graph = new PlanGraph(plan, base);
-    expect(graph.stack('d').map((s) => s.id)).toEqual(['c', 'b', 'a']);
-    expect(graph.stack('c').map((s) => s.id)).toEqual(['b', 'a']);
+    const [top, ...rest] = graph.stack('d').map((s) => s.id);
+    expect(top).toBe('c');
+    const byHash = ['a', 'b'].sort((x, y) => (graph.hash(x) < graph.hash(y) ? 1 : -1));
+    expect(rest).toEqual(byHash);
+    expect(graph.stack('c').map((s) => s.id)).toEqual(byHash);
     expect(graph.stack('a')).toEqual([]);
+  });
+
+  it("keeps every layer's stack a sub-sequence of the stacks built on it (random DAGs)", () => {
+    fc.assert(
+      fc.property(
+        fc
+          .integer({ min: 2, max: 30 })
+          .chain((n) =>
+            fc.tuple(
+              ...Array.from({ length: n }, (_, i) =>
+                fc.subarray(Array.from({ length: i }, (_, j) => `s${j}`)),
+              ),
+            ),
+          ),
+        (depsOf) => {
+          const p = parsePlan(
+            { base: 'busybox', steps: depsOf.map((deps, i) => ({ id: `s${i}`, deps, run: 'r' })) },
+            '/p',
+          );
+          const graph = new PlanGraph(p, base);
+          for (const step of p.steps) {
+            const stack = graph.stack(step.id).map((s) => s.id);
+            const at = new Map(stack.map((id, i) => [id, i]));
+            for (const below of stack) {
+              const positions = graph.stack(below).map((s) => at.get(s.id));
+              expect(positions.every((x) => x !== undefined)).toBe(true);
+              // Topmost first in both: positions must increase.
+              expect([...positions].sort((x, y) => x! - y!)).toEqual(positions);
+              expect(positions.every((x) => x! > at.get(below)!)).toBe(true);
+            }
+          }
+        },
+      ),
+      { numRuns: 200, seed: 7 },
+    );
   });
 
   it('gives the same stack and hashes whatever the order of steps in the file', () => {
@@ -257,12 +296,12 @@ describe('hashes and stacks', () => {
     expect(h3.hash('a')).not.toBe(h1.hash('a'));
     expect(h3.hash('c')).not.toBe(h1.hash('c'));
     expect(h3.hash('d')).not.toBe(h1.hash('d'));
-    // The order of deps decides the stack's order, so it is part of the hash.
+    // deps are a set: their order changes neither the stack nor the hash.
     const swapped = parsePlan(
       { base: 'busybox', steps: [...diamond.steps, { id: 'd', deps: ['a', 'c'], run: 'true' }] },
       '/p.json',
     );
-    expect(new PlanGraph(swapped, base).hash('d')).not.toBe(h1.hash('d'));
+    expect(new PlanGraph(swapped, base).hash('d')).toBe(h1.hash('d'));
     // A tag is an export detail: not part of the hash.
     const tagged = parsePlan(
       { base: 'busybox', steps: [...diamond.steps.map((s) => ({ ...s, tag: `t-${s.id}` }))] },

@@ -6,6 +6,7 @@ import * as demoCmd from './commands/demo.js';
 import * as exportCmd from './commands/export.js';
 import * as importCmd from './commands/import.js';
 import * as layersCmd from './commands/layers.js';
+import * as layoutCmd from './commands/layout.js';
 import * as recoverCmd from './commands/recover.js';
 import * as runCmd from './commands/run.js';
 import { CliCodes, CliError, exitCodeOf } from './errors.js';
@@ -20,6 +21,7 @@ const COMMANDS: Record<string, Command> = {
   build: buildCmd,
   run: runCmd,
   layers: layersCmd,
+  layout: layoutCmd,
   export: exportCmd,
   import: importCmd,
   recover: recoverCmd,
@@ -68,6 +70,15 @@ async function main(argv: string[]): Promise<number> {
     return 0;
   }
   return command.run(rest);
+}
+
+// A reader that went away (\`day11 layers ls | head -1\`) ends the command
+// quietly, as SIGPIPE ends a C program: status 141 (128 + SIGPIPE).
+for (const stream of [process.stdout, process.stderr]) {
+  stream.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code === 'EPIPE') process.exit(141);
+    throw err;
+  });
 }
 
 const debug = process.argv.includes('--debug');

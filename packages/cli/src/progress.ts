@@ -2,11 +2,11 @@
  * Build progress, rendered from the builder's events: a live view on a
  * terminal, plain lines otherwise, newline-delimited JSON for machines.
  *
- * The live view fits the terminal whatever the plan's size: a line of
- * counts, the running steps with their clocks, the most recent outcomes;
- * failures (with the end of their log) and notes are printed above it and
- * stay. Only lines that changed are rewritten, so the bytes written grow
- * with what happens, not with the plan's size times the time.
+ * The live view fits the terminal whatever the plan's size: finished steps
+ * (with the end of a failed one's log), exports and notes scroll by above a
+ * frame of counts and running steps. Only lines that changed are
+ * rewritten, so the bytes written grow with what happens, not with the
+ * plan's size times the time.
  */
 import type { BuildEvent, StepEvent, StepStatus, SummaryEvent } from '@day11/build';
 
@@ -170,79 +170,83 @@ const COUNTED: readonly StepStatus[] = [
   'skipped',
 ];
 
-/** How many recent outcomes the view keeps. */
-const RECENT = 50;
 /** Interval of the running steps' clocks. */
 const TICK_MS = 250;
-
-interface Row {
-  event: StepEvent;
-  startedAt: number | undefined;
-}
+/** Events in a burst (a hundred cache hits) are drawn once. */
+const FLUSH_MS = 40;
 
 /**
- * The live view. Its frame is at most the terminal's height less two lines,
- * each line cut to the terminal's width (a wrapped line would throw the
- * cursor arithmetic off).
+ * The live view: what happened scrolls by above (built, fetched, failed
+ * and skipped steps, exports, notes; cache hits are only counted), and at
+ * the bottom a frame of the counts and the running steps with their
+ * clocks. The frame is at most the terminal's height less two lines, each
+ * line cut to its width (a wrapped line would throw the cursor arithmetic
+ * off); a burst of events is drawn once; a redraw rewrites only the lines
+ * that changed.
  */
 class TtyReporter implements Reporter {
-  private readonly rows = new Map<string, Row>();
+  private readonly running = new Map<string, { event: StepEvent; startedAt: number }>();
+  private readonly status = new Map<string, StepStatus>();
   private readonly counts = new Map<StepStatus, number>();
-  private readonly recent: string[] = [];
   private readonly started = Date.now();
+  private pending: string[] = [];
   private frame: string[] = [];
   private exported = 0;
   private finished = false;
+  private flushTimer: NodeJS.Timeout | undefined;
   private readonly timer: NodeJS.Timeout;
 
   constructor(private readonly stream: OutputStream) {
-    this.timer = setInterval(() => this.draw(), TICK_MS);
+    this.timer = setInterval(() => this.flush(), TICK_MS);
     this.timer.unref();
   }
 
   emit(event: ReportEvent): void {
     if (this.finished) return;
-    if (event.type === 'step') return this.step(event);
-    if (event.type === 'export' && event.status === 'done') {
-      this.exported++;
-      return this.draw();
-    }
-    if (event.type === 'summary') {
-      this.draw();
+    if (event.type === 'step') this.step(event);
+    else if (event.type === 'export' && event.status === 'done') this.exported++;
+    else if (event.type === 'summary') {
+      this.flush();
       this.clearFrame();
       this.stream.write(`${this.countsLine()}\n${formatSummary(event)}\n`);
-      return this.finish();
+      this.finish();
+      return;
+    } else {
+      const line = describeOther(event);
+      if (line !== undefined) this.pending.push(line);
     }
-    const line = describeOther(event);
-    if (line !== undefined) this.above([line]);
+    this.schedule();
   }
 
   note(message: string): void {
     if (this.finished) this.stream.write(`${message}\n`);
-    else this.above([message]);
+    else {
+      this.pending.push(message);
+      this.flush();
+    }
   }
 
   close(): void {
     if (this.finished) return;
-    this.draw();
+    this.flush();
     this.finish();
   }
 
   private step(e: StepEvent): void {
-    const previous = this.rows.get(e.id);
-    if (previous) this.count(previous.event.status, -1);
+    const previous = this.status.get(e.id);
+    if (previous !== undefined) this.count(previous, -1);
     this.count(e.status, 1);
-    const running = e.status === 'running' || e.status === 'fetching';
-    this.rows.set(e.id, { event: e, startedAt: running ? Date.now() : undefined });
-    if (e.status === 'failed' || (e.status === 'skipped' && e.recorded === false)) {
-      // Failures stay on screen above the view, with the end of their log.
-      this.above([`  ${describeStep(e)}`, ...(e.status === 'failed' ? describeLog(e) : [])]);
+    this.status.set(e.id, e.status);
+    if (e.status === 'running' || e.status === 'fetching') {
+      this.running.set(e.id, { event: e, startedAt: Date.now() });
+      return;
     }
-    if (!running && e.status !== 'queued') {
-      this.recent.push(`  ${describeStep(e)}`);
-      if (this.recent.length > RECENT) this.recent.shift();
-    }
-    this.draw();
+    this.running.delete(e.id);
+    if (e.status === 'queued' || e.status === 'cached') return;
+    const color =
+      e.status === 'failed' ? '\x1b[31m' : e.status === 'skipped' ? '\x1b[33m' : '\x1b[32m';
+    this.pending.push(`  ${color}${describeStep(e)}\x1b[0m`);
+    if (e.status === 'failed') this.pending.push(...describeLog(e));
   }
 
   private count(status: StepStatus, by: number): void {
@@ -255,40 +259,56 @@ class TtyReporter implements Reporter {
     );
     if (this.exported) parts.push(`${this.exported} exported`);
     const elapsed = ((Date.now() - this.started) / 1000).toFixed(0);
-    return `${parts.join(' · ')}  (${this.rows.size} steps, ${elapsed} s)`;
+    return `${parts.join(' · ')}  (${this.status.size} steps, ${elapsed} s)`;
   }
 
-  /** The view: counts, running steps, then the most recent outcomes, to fit. */
+  /** The frame: the counts, then the running steps (as many as fit). */
   private compose(): string[] {
-    const height = Math.max(3, (this.stream.rows ?? 24) - 2);
+    const height = Math.max(2, (this.stream.rows ?? 24) - 2);
     const lines = [this.countsLine()];
-    const running = [...this.rows.values()].filter((r) => r.startedAt !== undefined);
-    const shown = running.slice(0, height - 1);
+    const running = [...this.running.values()];
+    const room = height - 1;
+    const shown = running.length > room ? running.slice(0, room - 1) : running;
     for (const r of shown) {
-      const clock = ((Date.now() - r.startedAt!) / 1000).toFixed(0);
+      const clock = ((Date.now() - r.startedAt) / 1000).toFixed(0);
       lines.push(`  \x1b[1m${describeStep(r.event)}\x1b[0m ${clock} s`);
     }
-    if (running.length > shown.length)
-      lines[lines.length - 1] = `  … and ${running.length - shown.length + 1} more running`;
-    const room = height - lines.length;
-    if (room > 0) lines.push(...this.recent.slice(-room));
+    if (shown.length < running.length)
+      lines.push(`  … and ${running.length - shown.length} more running`);
     const width = Math.max(20, (this.stream.columns ?? 80) - 1);
     return lines.map((l) => cut(l, width));
   }
 
-  /** Rewrites the lines of the frame that changed. */
-  private draw(): void {
+  private schedule(): void {
+    if (this.flushTimer !== undefined) return;
+    this.flushTimer = setTimeout(() => this.flush(), FLUSH_MS);
+    this.flushTimer.unref();
+  }
+
+  /** Prints what scrolled by above the frame, then redraws the frame's changed lines. */
+  private flush(): void {
+    clearTimeout(this.flushTimer);
+    this.flushTimer = undefined;
     if (this.finished) return;
+    if (this.pending.length > 0) {
+      this.clearFrame();
+      const width = Math.max(20, (this.stream.columns ?? 80) - 1);
+      this.stream.write(`${this.pending.map((l) => cut(l, width)).join('\n')}\n`);
+      this.pending = [];
+    }
+    this.draw();
+  }
+
+  private draw(): void {
     const next = this.compose();
     const prev = this.frame;
+    if (next.length === prev.length && next.every((l, i) => l === prev[i])) return;
     let out = prev.length > 0 ? `\x1b[${prev.length}A\r` : '';
     for (let i = 0; i < next.length; i++) {
       if (i < prev.length && prev[i] === next[i]) out += '\x1b[1B';
       else out += `\x1b[2K${next[i]}${i < prev.length ? '\r\x1b[1B' : '\n'}`;
     }
     if (next.length < prev.length) out += '\x1b[J';
-    // Nothing changed: the cursor trip alone is not worth writing.
-    if (next.length === prev.length && next.every((l, i) => l === prev[i])) return;
     this.stream.write(out);
     this.frame = next;
   }
@@ -298,15 +318,9 @@ class TtyReporter implements Reporter {
     this.frame = [];
   }
 
-  /** Prints lines above the view, where they stay. */
-  private above(lines: string[]): void {
-    this.clearFrame();
-    this.stream.write(`${lines.join('\n')}\n`);
-    this.draw();
-  }
-
   private finish(): void {
     clearInterval(this.timer);
+    clearTimeout(this.flushTimer);
     this.finished = true;
     this.frame = [];
   }

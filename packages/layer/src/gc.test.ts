@@ -1,5 +1,6 @@
 import { access, link, mkdir, readdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import fc from 'fast-check';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { commit } from './commit.js';
 import { LayerCodes } from './errors.js';
@@ -251,5 +252,86 @@ describe('Gc.prune', () => {
       }
       await rm(dir, { recursive: true, force: true });
     }
+  });
+});
+
+describe('Gc knows the graph', () => {
+  /** A random cache: layer 0 is the base, every other layer stands on it and on some earlier layers. */
+  const dagArb = fc.integer({ min: 2, max: 9 }).chain((n) =>
+    fc.record({
+      parents: fc.tuple(
+        ...Array.from({ length: n }, (_, i) =>
+          fc.subarray(Array.from({ length: Math.max(0, i - 1) }, (_, j) => j + 1)),
+        ),
+      ),
+      usedAt: fc.array(fc.integer({ min: 1, max: 50 }), { minLength: n, maxLength: n }),
+      inUse: fc.subarray(Array.from({ length: n }, (_, i) => i)),
+      keep: fc.integer({ min: 0, max: n }),
+      before: fc.option(fc.integer({ min: 1, max: 51 }), { nil: undefined }),
+    }),
+  );
+
+  it('never deletes a layer that a remaining layer was built on, nor its base (random DAGs)', async () => {
+    await fc.assert(
+      fc.asyncProperty(dagArb, async ({ parents, usedAt, inUse, keep, before }) => {
+        const dir = await tempDir('gc-dag');
+        try {
+          const base = hashOf(1000);
+          const hashes = parents.map((_, i) => (i === 0 ? base : hashOf(i)));
+          const leases = [];
+          for (const [i, ps] of parents.entries()) {
+            const upper = await makeUpper(dir, { [`f${i}`]: 'x'.repeat(8 * KiB) });
+            const meta = {
+              ...META,
+              parent_hashes: ps.map((p) => hashes[p]!).reverse(),
+              base_hash: base,
+            };
+            const { dir: layerDir } = await commit({ osDir: dir, hash: hashes[i]!, upper, meta });
+            await touch(layerDir, new Date(usedAt[i]! * 1000));
+            if (inUse.includes(i)) leases.push(await acquire({ osDir: dir, dirs: [layerDir] }));
+          }
+          const before_ = before === undefined ? undefined : before * 1000;
+          const total = (await plan({ osDir: dir, keepBytes: 0 })).totalBytes;
+          const result = await prune({
+            osDir: dir,
+            keepBytes: Math.floor((total * keep) / parents.length),
+            ...(before_ !== undefined && { before: before_ }),
+          });
+          const left = new Set((await layers(dir)).map((l) => l.hashPrefix));
+          for (const l of await layers(dir)) {
+            for (const p of [...l.meta!.parent_hashes, l.meta!.base_hash]) {
+              expect(left.has(p.slice(0, 12)), `${l.name} stands on ${p.slice(0, 12)}`).toBe(true);
+            }
+          }
+          // Not vacuous: with no limit but 0 bytes, no lease and no date, everything goes.
+          if (keep === 0 && inUse.length === 0 && before === undefined) {
+            expect(left.size).toBe(0);
+            expect(result.deletions).toHaveLength(parents.length);
+          }
+          for (const lease of leases) await lease.release();
+        } finally {
+          await rm(dir, { recursive: true, force: true });
+        }
+      }),
+      { numRuns: 40, seed: 1234 },
+    );
+  });
+
+  it('deletes a stack top first, whatever the order of last use', async () => {
+    const base = hashOf(100);
+    const metaOf = (parents: string[]) => ({ ...META, parent_hashes: parents, base_hash: base });
+    const commitAt = async (hash: string, parents: string[], usedAt: number) => {
+      const upper = await makeUpper(osDir, { f: hash });
+      const { dir } = await commit({ osDir, hash, upper, meta: metaOf(parents) });
+      await touch(dir, new Date(usedAt));
+    };
+    // The base and the bottom were used long ago; the top recently.
+    await commitAt(base, [], 1000);
+    await commitAt(hashOf(1), [], 2000);
+    await commitAt(hashOf(2), [hashOf(1)], 9000);
+    const p = await plan({ osDir, keepBytes: 0 });
+    expect(names(p)).toEqual(['build-000000000002', 'build-000000000001', 'build-000000000064']);
+    const some = await plan({ osDir, keepBytes: p.totalBytes - 1 });
+    expect(names(some)).toEqual(['build-000000000002']);
   });
 });

@@ -1,5 +1,7 @@
 /**
- * Garbage collection: remove least-recently-used layers, never one in use.
+ * Garbage collection: remove least-recently-used layers, never one in use,
+ * and never one that a layer left in the cache was built on (its parents
+ * and its base stay as long as it does).
  *
  * Disk usage is real usage (`st_blocks × 512`), and a file hardlinked into
  * several layers (as `Stack.merge` and imports do) is counted once in the
@@ -16,7 +18,7 @@ import { measure, walk } from './disk-usage.js';
 import { errnoCode, LayerCodes, LayerError, messageOf } from './errors.js';
 import * as InUse from './in-use.js';
 import * as LastUsed from './last-used.js';
-import { path as layerPath } from './layer-dir.js';
+import { NAME_HASH_LENGTH, path as layerPath } from './layer-dir.js';
 import * as Lock from './lock.js';
 import * as Scan from './scan.js';
 
@@ -90,6 +92,8 @@ interface SurveyedLayer {
   dir: string;
   name: string;
   hashPrefix: string;
+  /** Full hashes of what it was built on: its recorded parents and base. */
+  parents: string[];
   lastUsed: number;
   inUse: boolean;
   /** Links to each inode inside this layer. */
@@ -220,7 +224,10 @@ export async function diskUsage(path: string): Promise<number> {
 }
 
 /**
- * The LRU walk shared by plan and prune: candidates oldest first, each handed
+ * The walk shared by plan and prune. A layer is needed while any layer that
+ * stays is built on it (its recorded parents and base), so only layers
+ * nothing left stands on are candidates: least recently used first, and
+ * deleting one may make what it stood on a candidate in turn. Each is handed
  * to `tryDelete` (which returns why it was not deleted, or undefined).
  */
 async function run(
@@ -229,20 +236,79 @@ async function run(
 ): Promise<GcPlan> {
   const { before, keepBytes } = checkOptions(options);
   const survey = await surveyCache(options.osDir);
-  const candidates = survey.layers
-    .filter((l) => !l.inUse && (before === undefined || l.lastUsed < before))
-    .sort((a, b) => a.lastUsed - b.lastUsed || (a.name < b.name ? -1 : 1));
+  const byPrefix = new Map(survey.layers.map((l) => [l.hashPrefix, l]));
+  const standingOn = new Map<SurveyedLayer, SurveyedLayer[]>();
+  const dependents = new Map<SurveyedLayer, number>();
+  for (const layer of survey.layers) {
+    const below = [...new Set(layer.parents)]
+      .map((hash) => byPrefix.get(hash.slice(0, NAME_HASH_LENGTH)))
+      .filter((l): l is SurveyedLayer => l !== undefined && l !== layer);
+    standingOn.set(layer, below);
+    for (const l of below) dependents.set(l, (dependents.get(l) ?? 0) + 1);
+  }
+  const eligible = (l: SurveyedLayer): boolean =>
+    !l.inUse && (before === undefined || l.lastUsed < before);
+  const queue = new LruQueue(survey.layers.filter((l) => !dependents.get(l) && eligible(l)));
   let total = survey.totalBytes;
   const deletions: PlannedDeletion[] = [];
-  for (const layer of candidates) {
+  for (let layer = queue.pop(); layer !== undefined; layer = queue.pop()) {
     if (keepBytes !== undefined && total <= keepBytes) break;
     if ((await tryDelete(layer)) !== undefined) continue;
     const bytes = release(survey.inodes, layer);
     total -= bytes;
     deletions.push({ dir: layer.dir, name: layer.name, lastUsed: layer.lastUsed, bytes });
+    for (const below of standingOn.get(layer)!) {
+      const left = dependents.get(below)! - 1;
+      dependents.set(below, left);
+      if (left === 0 && eligible(below)) queue.push(below);
+    }
   }
   const inUse = survey.layers.filter((l) => l.inUse).map((l) => l.dir);
   return { totalBytes: survey.totalBytes, totalAfterBytes: total, deletions, inUse };
+}
+
+/** Layers least recently used first (then by name): a binary heap. */
+class LruQueue {
+  private readonly heap: SurveyedLayer[] = [];
+
+  constructor(layers: SurveyedLayer[]) {
+    for (const l of layers) this.push(l);
+  }
+
+  push(layer: SurveyedLayer): void {
+    const h = this.heap;
+    h.push(layer);
+    for (let i = h.length - 1; i > 0;) {
+      const parent = (i - 1) >> 1;
+      if (!before(h[i]!, h[parent]!)) break;
+      [h[i], h[parent]] = [h[parent]!, h[i]!];
+      i = parent;
+    }
+  }
+
+  pop(): SurveyedLayer | undefined {
+    const h = this.heap;
+    const top = h[0];
+    const last = h.pop();
+    if (h.length > 0 && last !== undefined) {
+      h[0] = last;
+      for (let i = 0; ;) {
+        const l = 2 * i + 1;
+        const r = l + 1;
+        let m = i;
+        if (l < h.length && before(h[l]!, h[m]!)) m = l;
+        if (r < h.length && before(h[r]!, h[m]!)) m = r;
+        if (m === i) break;
+        [h[i], h[m]] = [h[m]!, h[i]!];
+        i = m;
+      }
+    }
+    return top;
+  }
+}
+
+function before(a: SurveyedLayer, b: SurveyedLayer): boolean {
+  return a.lastUsed < b.lastUsed || (a.lastUsed === b.lastUsed && a.name < b.name);
 }
 
 /** Drops a deleted layer's links; returns the bytes of the inodes left with none. */
@@ -314,7 +380,16 @@ async function surveyCache(osDir: string): Promise<Survey> {
       throw gcFailed(`Cannot measure the layer ${s.dir}`, s.dir, cause);
     }
     const [lastUsed, inUse] = await Promise.all([lruTime(s), InUse.isInUse(s.dir)]);
-    layers.push({ dir: s.dir, name: s.name, hashPrefix: s.hashPrefix, lastUsed, inUse, links });
+    const parents = s.meta ? [...s.meta.parent_hashes, s.meta.base_hash] : [];
+    layers.push({
+      dir: s.dir,
+      name: s.name,
+      hashPrefix: s.hashPrefix,
+      parents,
+      lastUsed,
+      inUse,
+      links,
+    });
   }
   let totalBytes = 0;
   for (const info of inodes.values()) totalBytes += info.bytes;

@@ -1,5 +1,6 @@
 /** `day11 layers ls | show HASH | du | gc` */
 import { parseArgs } from 'node:util';
+import { readStats } from '@day11/build';
 import { Gc, LayerDir, LayerMeta, Scan, Sidecar } from '@day11/layer';
 import { COMMON_OPTIONS, numberOption, parse, sizeOption, usage } from '../args.js';
 import { assertCacheExists, cacheDir, layerDirOf } from '../cache.js';
@@ -9,9 +10,11 @@ export const summary = 'list, show, measure and garbage-collect the layers of a 
 
 export const help = `Usage: day11 layers <ls|show|du|gc> --cache DIR [options]
 
-  ls                 every layer: name, status, last use, sidecars (--json for machines)
-  show HASH          layer.json and every sidecar, pretty-printed
-  du                 real disk usage per layer and in total (hardlinked files once)
+  ls                 every layer: name, last use, status, the step that made it
+  show LAYER         layer.json and every sidecar, pretty-printed (LAYER: a hash,
+                     a build-xxxxxxxxxxxx name, or a step id)
+  du                 real disk usage per layer and in total (hardlinked files once),
+                     and the cache's hits and misses
   gc                 delete least-recently-used layers; layers in use are never deleted
      --before DAYS       only layers last used more than DAYS days ago
      --keep-bytes SIZE   delete the oldest until the cache is at most SIZE (e.g. 500M, 10G)
@@ -47,7 +50,7 @@ export async function run(argv: string[]): Promise<number> {
     case 'ls':
       return ls(osDir, json);
     case 'show':
-      if (rest.length !== 1) throw usage('layers', 'show takes one HASH');
+      if (rest.length !== 1) throw usage('layers', 'show takes one LAYER');
       return show(osDir, rest[0]!);
     case 'du':
       return du(osDir, json);
@@ -66,16 +69,34 @@ export async function run(argv: string[]): Promise<number> {
   }
 }
 
+/** What made a layer: its step (id and plan), a base import, a `day11 run`, a squash. */
+async function originOf(l: Scan.ScannedLayer): Promise<{ label: string; step: unknown }> {
+  if (l.sidecars.includes('step.json')) {
+    const step = await Sidecar.read(l.dir, 'step.json').catch(() => undefined);
+    const id = typeof step?.['id'] === 'string' ? step['id'] : '?';
+    const plan = typeof step?.['plan'] === 'string' ? ` (${step['plan']})` : '';
+    return { label: `step ${id}${plan}`, step: step ?? null };
+  }
+  if (l.sidecars.includes('base.json')) {
+    const base = await Sidecar.read(l.dir, 'base.json').catch(() => undefined);
+    return { label: `base ${String(base?.['image'] ?? '?')}`, step: null };
+  }
+  if (l.sidecars.includes('run.json')) return { label: 'day11 run --commit', step: null };
+  return { label: l.sidecars.join(' '), step: null };
+}
+
 async function ls(osDir: string, json: boolean): Promise<number> {
   const layers = await Scan.layers(osDir);
   if (json) {
     for (const l of layers) {
+      const { step } = await originOf(l);
       console.log(
         JSON.stringify({
           name: l.name,
           dir: l.dir,
           lastUsed: l.lastUsed ?? null,
           sidecars: l.sidecars,
+          step,
           meta: l.meta ?? null,
           error: l.metaError?.message ?? null,
         }),
@@ -94,7 +115,7 @@ async function ls(osDir: string, json: boolean): Promise<number> {
     const used = l.lastUsed
       ? new Date(l.lastUsed).toISOString().slice(0, 19).replace('T', ' ')
       : 'never';
-    console.log(`${l.name}  ${used}  ${status.padEnd(24)} ${l.sidecars.join(' ')}`);
+    console.log(`${l.name}  ${used}  ${status.padEnd(24)} ${(await originOf(l)).label}`);
   }
   console.log(`${layers.length} layers in ${osDir}`);
   return 0;
@@ -121,11 +142,18 @@ async function du(osDir: string, json: boolean): Promise<number> {
     else console.log(`${formatBytes(bytes).padStart(10)}  ${l.name}`);
   }
   const total = await Gc.diskUsage(osDir);
-  if (json) console.log(JSON.stringify({ total, sumOfLayers: own }));
-  else
+  const stats = await readStats(osDir);
+  if (json) console.log(JSON.stringify({ total, sumOfLayers: own, stats }));
+  else {
     console.log(
       `${formatBytes(total).padStart(10)}  total (files hardlinked between layers counted once; the layers alone add up to ${formatBytes(own)})`,
     );
+    const asked = stats.hits + stats.misses;
+    const rate = asked > 0 ? ` (${((100 * stats.hits) / asked).toFixed(1)}% hits)` : '';
+    console.log(
+      `Cache use since ${stats.since}: ${stats.hits} hits, ${stats.misses} misses${rate}; of the misses ${stats.built} built, ${stats.fetched} fetched`,
+    );
+  }
   return 0;
 }
 

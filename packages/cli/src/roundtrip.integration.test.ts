@@ -1,69 +1,79 @@
 /**
- * The export round trip of SPEC §6, end to end with the real runner: a DAG
- * built by the builder (runInLayers + Commit) that creates, modifies and
+ * The export round trip, end to end with the real runtime and the `day11`
+ * command: a DAG built by `day11 build --oci` that creates, modifies and
  * deletes files, replaces a directory (opaque) and makes hardlinks and
- * symlinks; its top image exported; `umoci unpack` of it must equal the
- * merged overlay view the last build saw, path by path. oci-image-tool and
- * skopeo must accept the layout.
+ * symlinks; then `day11 export TOP` alone (the top layer's recorded stack
+ * comes with it); `umoci unpack` of it must equal the merged overlay view
+ * the last build saw, path by path. oci-image-tool and skopeo must accept
+ * the layouts.
  */
 import { createHash } from 'node:crypto';
 import { lstatSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { writeFile } from 'node:fs/promises';
+import { resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Overlay } from '@day11/container';
 import { Exec } from '@day11/exec';
-import { LayerDir } from '@day11/layer';
+import { LayerDir, LayerMeta } from '@day11/layer';
 import { Layout } from '@day11/oci-export';
-import { createBuilder } from './builder.js';
-import { PlanGraph } from './graph.js';
-import { parsePlan } from './plan.js';
 
-const PLAN = parsePlan(
-  {
-    base: 'busybox',
-    steps: [
-      {
-        id: 'libs',
-        run: 'mkdir -p /opt/lib/old /usr/share/doc && echo v1 > /opt/lib/a && echo keep > /opt/lib/old/x && echo doc > /usr/share/doc/readme && chmod 640 /opt/lib/a',
-      },
-      {
-        id: 'tools',
-        run: 'mkdir -p /opt/tools && echo t > /opt/tools/t && ln /opt/tools/t /opt/tools/t2 && ln -s ../tools/t /opt/tools/link && mkfifo /opt/tools/fifo',
-      },
-      {
-        id: 'app',
-        deps: ['libs', 'tools'],
-        // modify, delete (lower and base files), replace a directory, hardlink across a lower file
-        run: [
-          'echo v2 >> /opt/lib/a',
-          'rm /usr/share/doc/readme /etc/group',
-          'rm -rf /opt/lib/old && mkdir /opt/lib/old && echo new > /opt/lib/old/y',
-          'ln /opt/tools/t /opt/tools/t3',
-          'chown 1234:5678 /opt/lib/a',
-          'ln -s /nowhere /opt/dangling',
-        ].join(' && '),
-      },
-    ],
-  },
-  '(roundtrip plan)',
-);
+const BIN = resolve(import.meta.dirname, '../dist/main.js');
+
+const PLAN = {
+  base: 'busybox',
+  steps: [
+    {
+      id: 'libs',
+      run: 'mkdir -p /opt/lib/old /usr/share/doc && echo v1 > /opt/lib/a && echo keep > /opt/lib/old/x && echo doc > /usr/share/doc/readme && chmod 640 /opt/lib/a',
+    },
+    {
+      id: 'tools',
+      run: 'mkdir -p /opt/tools && echo t > /opt/tools/t && ln /opt/tools/t /opt/tools/t2 && ln -s ../tools/t /opt/tools/link && mkfifo /opt/tools/fifo',
+    },
+    {
+      id: 'app',
+      deps: ['libs', 'tools'],
+      // modify, delete (lower and base files), replace a directory, hardlink across a lower file
+      run: [
+        'echo v2 >> /opt/lib/a',
+        'rm /usr/share/doc/readme /etc/group',
+        'rm -rf /opt/lib/old && mkdir /opt/lib/old && echo new > /opt/lib/old/y',
+        'ln /opt/tools/t /opt/tools/t3',
+        'chown 1234:5678 /opt/lib/a',
+        'ln -s /nowhere /opt/dangling',
+      ].join(' && '),
+    },
+  ],
+};
 
 let work: string;
 let cache: string;
 let layout: string;
-let baseHash: string;
+let exported: string;
 
 beforeAll(async () => {
   work = await mkdtemp(join(tmpdir(), 'day11-roundtrip-'));
   cache = join(work, 'cache');
   layout = join(work, 'oci');
-  const builder = createBuilder({ osDir: cache, jobs: 2, layout });
-  const { summary, base } = await builder.build(PLAN);
-  await builder.close();
-  baseHash = base.hash;
-  expect(summary).toMatchObject({ built: 3, failed: 0 });
+  exported = join(work, 'exported');
+  await writeFile(join(work, 'plan.json'), JSON.stringify(PLAN));
+  const day11 = (...args: string[]) =>
+    Exec.run(process.execPath, [BIN, ...args], { timeoutMs: 120_000 });
+  const built = await day11(
+    'build',
+    join(work, 'plan.json'),
+    '--cache',
+    cache,
+    '--jobs',
+    '2',
+    '--oci',
+    layout,
+  );
+  expect(built.stdout).toMatch(/Summary: 3 built, 0 cached, 0 failed/);
+  await day11('export', '--cache', cache, '--oci', exported, '--tag', 'app', 'app');
 }, 120_000);
 
 afterAll(async () => {
@@ -118,9 +128,8 @@ function describeTree(root: string): { entries: Map<string, Entry>; links: strin
   return { entries, links };
 }
 
-describe('export round trip through runInLayers', () => {
+describe('export round trip: day11 export TOP alone', () => {
   it('umoci unpack gives exactly the merged view the last build saw', async () => {
-    const app = PLAN.steps.find((s) => s.id === 'app')!;
     const dirOf = (id: string): string => {
       const step = readdirSync(cache).find((n) => {
         try {
@@ -146,8 +155,12 @@ describe('export round trip through runInLayers', () => {
         }
       })!;
     // The view the app step saw, plus its own writes: all layers, topmost first, read-only.
-    const stack = new PlanGraph(PLAN, baseHash).stack(app.id);
-    const lowers = [app, ...stack].map((s) => join(dirOf(s.id), 'fs'));
+    // The stack the app step ran on, as recorded in its layer.json, topmost first.
+    const app = dirOf('app');
+    const recorded = (await LayerMeta.load(app)).parent_hashes;
+    const lowers = [app, ...recorded.map((h) => LayerDir.path({ osDir: cache, hash: h }))].map(
+      (d) => join(d, 'fs'),
+    );
     const merged = join(work, 'merged');
     await mkdir(merged);
     const mount = await Overlay.mount({ lowers: [...lowers, join(baseDir, 'fs')], target: merged });
@@ -158,7 +171,7 @@ describe('export round trip through runInLayers', () => {
       await mount.unmount();
     }
     const bundle = join(work, 'bundle');
-    await Exec.run('umoci', ['unpack', '--image', `${layout}:app`, bundle]);
+    await Exec.run('umoci', ['unpack', '--image', `${exported}:app`, bundle]);
     const actual = describeTree(join(bundle, 'rootfs'));
     expect([...actual.entries.keys()]).toEqual([...expected.entries.keys()]);
     for (const [path, entry] of expected.entries)
@@ -174,7 +187,13 @@ describe('export round trip through runInLayers', () => {
     expect(expected.links).toEqual([['opt/tools/t', 'opt/tools/t3']]);
   });
 
+  it('is the very image the build exported for that step', async () => {
+    const [a, b] = await Promise.all([Layout.tags(layout), Layout.tags(exported)]);
+    expect(b.find((t) => t.tag === 'app')!.digest).toBe(a.find((t) => t.tag === 'app')!.digest);
+  });
+
   it('passes Layout.verify, oci-image-tool, skopeo inspect and skopeo copy', async () => {
+    expect(await Layout.verify(exported)).toEqual([]);
     expect(await Layout.verify(layout)).toEqual([]);
     const validated = await Exec.run('oci-image-tool', ['validate', '--type', 'image', layout]);
     expect(validated.stdout + validated.stderr).toContain('Validation succeeded');
