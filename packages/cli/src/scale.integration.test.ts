@@ -178,7 +178,8 @@ describe('the live display', () => {
       expect(r.stdout).toMatch(/running\s+pkg-/);
       expect(r.stdout).toMatch(/Summary: 200 built, 0 cached, 0 failed/);
       // The frame never grows past the terminal: no cursor jump of 19 lines or more.
-      const jumps = [...r.stdout.matchAll(/\x1b\[(\d+)A/g)].map((m) => Number(m[1]));
+      const up = new RegExp(`${String.fromCharCode(27)}\\[(\\d+)A`, 'g');
+      const jumps = [...r.stdout.matchAll(up)].map((m) => Number(m[1]));
       expect(Math.max(...jumps)).toBeLessThanOrEqual(18);
       expect(bytes).toBeLessThan(200_000);
     },

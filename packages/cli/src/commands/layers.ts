@@ -74,12 +74,13 @@ async function originOf(l: Scan.ScannedLayer): Promise<{ label: string; step: un
   if (l.sidecars.includes('step.json')) {
     const step = await Sidecar.read(l.dir, 'step.json').catch(() => undefined);
     const id = typeof step?.['id'] === 'string' ? step['id'] : '?';
-    const plan = typeof step?.['plan'] === 'string' ? ` (${step['plan']})` : '';
+    const plan = typeof step?.['plan'] === 'string' ? `  [${step['plan']}]` : '';
     return { label: `step ${id}${plan}`, step: step ?? null };
   }
   if (l.sidecars.includes('base.json')) {
     const base = await Sidecar.read(l.dir, 'base.json').catch(() => undefined);
-    return { label: `base ${String(base?.['image'] ?? '?')}`, step: null };
+    const image = base?.['image'];
+    return { label: `base ${typeof image === 'string' ? image : '?'}`, step: null };
   }
   if (l.sidecars.includes('run.json')) return { label: 'day11 run --commit', step: null };
   return { label: l.sidecars.join(' '), step: null };
