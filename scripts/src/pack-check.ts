@@ -184,6 +184,14 @@ async function main(): Promise<number> {
       const out = await run('npm', ['publish', '--dry-run', '--ignore-scripts'], p.unpacked);
       if (!/public access/.test(out))
         problems.push(`${p.pkg.manifest.name}: npm publish --dry-run does not say "public access"`);
+      // npm rewrites what it finds wrong as it publishes (a "./" bin path is dropped, for one).
+      const corrected = out
+        .split('\n')
+        .filter((line) => /npm warn publish .*(corrected|invalid|removed)/.test(line));
+      if (corrected.length)
+        problems.push(
+          `${p.pkg.manifest.name}: npm publish changes package.json:\n${corrected.join('\n')}`,
+        );
     }
 
     const consumer = join(work, 'consumer');

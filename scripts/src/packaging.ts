@@ -76,6 +76,11 @@ function manifestProblems(pkg: WorkspacePackage): string[] {
     same(m.files, FILES),
     `"files" must be ${JSON.stringify(FILES)}: tests stay out of dist, nothing is filtered`,
   );
+  const bins = typeof m.bin === 'string' ? [m.bin] : Object.values(m.bin ?? {});
+  need(
+    bins.every((bin) => !bin.startsWith('./')),
+    'bin paths are written without "./" (npm publish drops such an entry)',
+  );
   need(m.scripts?.['prepack'] === PREPACK, `needs "scripts": { "prepack": "${PREPACK}" }`);
   return problems;
 }
