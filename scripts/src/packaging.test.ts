@@ -60,6 +60,7 @@ describe('packaging recipe of every package', () => {
       'packages/layer/package.json: needs "publishConfig": { "access": "public" } (a scoped package is private by default)',
       'packages/layer/package.json: exports["."] needs "types" first and a "default" condition (so require() works too)',
       'packages/layer/package.json: needs "./package.json" in exports',
+      'packages/layer/package.json: needs "main" and "types" equal to exports["."] (for tools that do not read exports)',
       'packages/layer/package.json: "files" must be ["dist","README.md","LICENSE"]: tests stay out of dist, nothing is filtered',
       'packages/layer/tsconfig.build.json: must compile src to dist (rootDir "src", outDir "dist") and exclude src/**/*.test.ts, src/**/*.test-utils.ts, src/fixtures',
     ]);
@@ -132,6 +133,7 @@ describe('tarball contents', () => {
       '@day11/x: dist/hash.test.js is a test, fixture or test utility and must not be packed',
       '@day11/x: dist/import.test-utils.js is a test, fixture or test utility and must not be packed',
       '@day11/x: dist/index.js.map points at sources the package does not ship',
+      '@day11/x: tsconfig.build.json leaves tests out of dist, so these are left from an older build: rm -rf packages/*/dist && pnpm build',
       '@day11/x: dependency @day11/exec is still "workspace:^": pack with pnpm, not npm',
       '@day11/x: publishConfig.access is not "public"',
     ]);

@@ -73,6 +73,10 @@ function manifestProblems(pkg: WorkspacePackage): string[] {
   );
   need(exports?.['./package.json'] === './package.json', 'needs "./package.json" in exports');
   need(
+    m['main'] === main?.['default'] && m['types'] === main?.['types'],
+    'needs "main" and "types" equal to exports["."] (for tools that do not read exports)',
+  );
+  need(
     same(m.files, FILES),
     `"files" must be ${JSON.stringify(FILES)}: tests stay out of dist, nothing is filtered`,
   );

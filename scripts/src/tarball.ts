@@ -28,6 +28,10 @@ export function tarballProblems(options: { name: string; dir: string; files: str
     if (file.endsWith('.map') && !mapHasSources(dir, file))
       problems.push(`${name}: ${file} points at sources the package does not ship`);
   }
+  if (files.some((file) => file.startsWith('dist/') && TEST_ONLY.some((re) => re.test(file))))
+    problems.push(
+      `${name}: tsconfig.build.json leaves tests out of dist, so these are left from an older build: rm -rf packages/*/dist && pnpm build`,
+    );
   for (const file of REQUIRED) {
     if (!files.includes(file)) problems.push(`${name}: ${file} is missing from the tarball`);
   }
