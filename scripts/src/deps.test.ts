@@ -50,7 +50,7 @@ describe('one-way package dependencies (SPEC §2)', () => {
     expect(problems[2]).toMatch(/reaches outside packages\/exec/);
   });
 
-  it('fail when package.json and tsconfig references disagree, or a dependency is not workspace:*', () => {
+  it('fail when package.json and tsconfig references disagree, or a dependency is not workspace:^', () => {
     const repo = copyOfRepo();
     const pkgPath = join(repo, 'packages/layer/package.json');
     const pkg = JSON.parse(readFileSync(pkgPath, 'utf8')) as {
@@ -58,10 +58,18 @@ describe('one-way package dependencies (SPEC §2)', () => {
     };
     pkg.dependencies['@day11/exec'] = '^0.1.0';
     writeFileSync(pkgPath, JSON.stringify(pkg));
-    writeFileSync(join(repo, 'packages/layer/tsconfig.json'), JSON.stringify({ references: [] }));
+    writeFileSync(
+      join(repo, 'packages/layer/tsconfig.build.json'),
+      JSON.stringify({ references: [] }),
+    );
+    writeFileSync(
+      join(repo, 'packages/layer/tsconfig.spec.json'),
+      JSON.stringify({ references: [{ path: '../exec' }, { path: '../container' }] }),
+    );
     expect(checkWorkspace(repo)).toEqual([
-      'packages/layer/package.json: @day11/exec must be "workspace:*", not "^0.1.0"',
-      'packages/layer/tsconfig.json: no project reference to ../exec, but package.json depends on it',
+      'packages/layer/package.json: @day11/exec must be "workspace:^", not "^0.1.0"',
+      'packages/layer/tsconfig.build.json: no project reference to ../exec, but package.json depends on it',
+      'packages/layer/tsconfig.spec.json: references ../container, but package.json does not depend on @day11/container',
     ]);
   });
 
@@ -69,7 +77,7 @@ describe('one-way package dependencies (SPEC §2)', () => {
     const repo = copyOfRepo();
     writeFileSync(
       join(repo, 'package.json'),
-      JSON.stringify({ dependencies: { '@day11/layer': 'workspace:*' } }),
+      JSON.stringify({ dependencies: { '@day11/layer': 'workspace:^' } }),
     );
     expect(checkWorkspace(repo)).toEqual([
       'package.json: the root lists @day11/layer; the root must list no workspace package',

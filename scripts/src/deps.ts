@@ -1,11 +1,11 @@
 /**
  * The one-way dependency rules of SPEC §2, checked from the files themselves:
- * package.json `workspace:*` dependencies, tsconfig project references, and
+ * package.json `workspace:^` dependencies, tsconfig project references, and
  * the `@day11/*` imports of every source file must agree with each other and
  * with {@link ALLOWED}.
  */
 import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
-import { basename, join, relative, resolve } from 'node:path';
+import { basename, dirname, join, relative, resolve } from 'node:path';
 
 /** Which workspace packages each library may depend on (by directory name). */
 export const ALLOWED: Readonly<Record<string, readonly string[]>> = {
@@ -19,6 +19,13 @@ export const ALLOWED: Readonly<Record<string, readonly string[]>> = {
 };
 
 const SCOPE = '@day11/';
+/**
+ * The range of every internal dependency: packed, it becomes `^<version>`, so
+ * one copy of each package can serve all its dependents.
+ */
+const WORKSPACE_RANGE = 'workspace:^';
+/** The tsconfigs whose project references mirror the package's dependencies. */
+const TS_CONFIGS = ['tsconfig.build.json', 'tsconfig.spec.json'] as const;
 
 interface PackageJson {
   name?: string;
@@ -41,9 +48,13 @@ function workspaceDeps(pkg: PackageJson): Map<string, string> {
   return out;
 }
 
-function tsReferences(pkgDir: string): string[] {
-  const tsconfig = readJson<{ references?: { path: string }[] }>(join(pkgDir, 'tsconfig.json'));
-  return (tsconfig.references ?? []).map((r) => basename(resolve(pkgDir, r.path)));
+/** The package directories a tsconfig references (`../exec/tsconfig.build.json` gives `exec`). */
+function tsReferences(pkgDir: string, config: string): string[] {
+  const tsconfig = readJson<{ references?: { path: string }[] }>(join(pkgDir, config));
+  return (tsconfig.references ?? []).map((r) => {
+    const target = resolve(pkgDir, r.path);
+    return basename(target.endsWith('.json') ? dirname(target) : target);
+  });
 }
 
 function sourceFiles(dir: string): string[] {
@@ -84,26 +95,38 @@ function checkPackage(root: string, name: string): string[] {
       problems.push(
         `packages/${name}/package.json: depends on @day11/${dep}, which ${name} may not use`,
       );
-    if (range !== 'workspace:*')
+    if (range !== WORKSPACE_RANGE)
       problems.push(
-        `packages/${name}/package.json: @day11/${dep} must be "workspace:*", not "${range}"`,
+        `packages/${name}/package.json: @day11/${dep} must be "${WORKSPACE_RANGE}", not "${range}"`,
       );
   }
-  const refs = new Set(tsReferences(pkgDir));
+  for (const config of TS_CONFIGS) problems.push(...checkReferences(pkgDir, name, config, deps));
+  for (const file of sourceFiles(join(pkgDir, 'src'))) {
+    problems.push(...checkImports(root, name, file, deps));
+  }
+  return problems;
+}
+
+function checkReferences(
+  pkgDir: string,
+  name: string,
+  config: string,
+  deps: Map<string, string>,
+): string[] {
+  const problems: string[] = [];
+  if (!existsSync(join(pkgDir, config))) return [`packages/${name}/${config}: missing`];
+  const refs = new Set(tsReferences(pkgDir, config));
   for (const dep of deps.keys()) {
     if (!refs.has(dep))
       problems.push(
-        `packages/${name}/tsconfig.json: no project reference to ../${dep}, but package.json depends on it`,
+        `packages/${name}/${config}: no project reference to ../${dep}, but package.json depends on it`,
       );
   }
   for (const ref of refs) {
     if (!deps.has(ref))
       problems.push(
-        `packages/${name}/tsconfig.json: references ../${ref}, but package.json does not depend on @day11/${ref}`,
+        `packages/${name}/${config}: references ../${ref}, but package.json does not depend on @day11/${ref}`,
       );
-  }
-  for (const file of sourceFiles(join(pkgDir, 'src'))) {
-    problems.push(...checkImports(root, name, file, deps));
   }
   return problems;
 }

@@ -1,7 +1,7 @@
 /**
  * Crash safety across real processes: racing committers, and committers
  * killed with SIGKILL mid-commit. The workers run the built package
- * (`dist/fixtures/commit-worker.js`), so `pnpm build` first.
+ * (`dist-spec/fixtures/commit-worker.js`), so `pnpm build` first.
  */
 import { access, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -18,7 +18,7 @@ import { sweep } from './recover.js';
 import { layers } from './scan.js';
 import { read } from './sidecar.js';
 
-const WORKER = fileURLToPath(new URL('../dist/fixtures/commit-worker.js', import.meta.url));
+const WORKER = fileURLToPath(new URL('../dist-spec/fixtures/commit-worker.js', import.meta.url));
 
 interface Line {
   n: number;

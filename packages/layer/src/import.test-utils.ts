@@ -1,6 +1,6 @@
 /**
  * Helpers shared by the import and tar-extract tests (not part of the package:
- * `*.test.*` files are excluded from the published files).
+ * tsconfig.build.json leaves `*.test-utils.ts` out of `dist`).
  */
 import { createHash } from 'node:crypto';
 import { lstat, mkdtemp, readdir, readFile, readlink, rm } from 'node:fs/promises';

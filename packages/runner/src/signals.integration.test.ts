@@ -2,7 +2,7 @@
  * Processes inside `runInLayers` that are signalled: SIGTERM/SIGINT tear the
  * run down synchronously (nothing left, no recover needed); SIGKILL leaves a
  * mount, a container and a temp dir, which `recover()` removes. The workers
- * run the built package (`dist/fixtures/run-worker.js`): `pnpm build` first.
+ * run the built package (`dist-spec/fixtures/run-worker.js`): `pnpm build` first.
  */
 import { access, rm } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
@@ -14,7 +14,7 @@ import { CLEAN, busyboxBase, fileLayer, leftovers, tempDir } from './fixtures/ca
 import type { WorkerArgs } from './fixtures/run-worker.js';
 import { recover } from './recover.js';
 
-const WORKER = fileURLToPath(new URL('../dist/fixtures/run-worker.js', import.meta.url));
+const WORKER = fileURLToPath(new URL('../dist-spec/fixtures/run-worker.js', import.meta.url));
 
 let osDir: string;
 let base: Base;
