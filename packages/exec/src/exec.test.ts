@@ -66,7 +66,7 @@ describe('Exec.run', () => {
     await expect(run('day11-no-such-command')).rejects.toMatchObject({
       code: ExecCodes.COMMAND_NOT_FOUND,
       exitCode: undefined,
-      message: expect.stringContaining('not installed') as unknown,
+      hint: expect.stringContaining('not installed') as unknown,
     });
   });
 
@@ -108,7 +108,7 @@ describe('Exec.run', () => {
       await chmod(dir, 0o755);
       const entry = resolve(import.meta.dirname, '../dist/index.js');
       const script = `import('${entry}').then(({ Exec }) => Exec.run('id', [], { privileged: true }))
-        .then(() => console.log('ran'), (e) => console.log(e.code + ' ' + e.message))`;
+        .then(() => console.log('ran'), (e) => console.log(e.code + ' ' + e.message + ' ' + e.hint))`;
       const { stdout } = await promisify(execFile)(
         'runuser',
         ['-u', 'nobody', '--', process.execPath, '-e', script],
@@ -171,7 +171,7 @@ describe('Exec.runSync', () => {
       expect.objectContaining({
         code: ExecCodes.COMMAND_NOT_FOUND,
         exitCode: undefined,
-        message: expect.stringContaining('not installed') as unknown,
+        hint: expect.stringContaining('not installed') as unknown,
       }),
     );
   });
