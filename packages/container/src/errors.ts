@@ -2,7 +2,7 @@
  * Errors of `@day11/container`. Every one is a `Day11Error` with a stable code
  * from {@link ContainerCodes}, the path or container involved, and a hint.
  */
-import { Day11Error, type Day11ErrorOptions, messageOf } from '@day11/exec';
+import { Day11Error, type CodeOf, messageOf } from '@day11/exec';
 
 /** Stable codes of the errors thrown by `@day11/container`. */
 export const ContainerCodes = {
@@ -27,16 +27,11 @@ export const ContainerCodes = {
 } as const;
 
 /** A stable code from {@link ContainerCodes}. */
-export type ContainerCode = (typeof ContainerCodes)[keyof typeof ContainerCodes];
+export type ContainerCode = CodeOf<typeof ContainerCodes>;
 
 /** Any error thrown by `@day11/container`. */
-export class ContainerError extends Day11Error {
+export class ContainerError extends Day11Error<ContainerCode> {
   override name = 'ContainerError';
-  declare readonly code: ContainerCode;
-
-  constructor(code: ContainerCode, message: string, options: Day11ErrorOptions = {}) {
-    super(code, message, options);
-  }
 }
 
 // Shared helpers, re-exported so this package's modules import them from one place.

@@ -2,7 +2,7 @@
  * Errors of `@day11/layer`. Every one is a `Day11Error` with a stable code
  * from {@link LayerCodes}, the path involved, and a hint.
  */
-import { Day11Error, type Day11ErrorOptions, messageOf, errnoCode } from '@day11/exec';
+import { Atomic, Day11Error, type CodeOf, messageOf, errnoCode } from '@day11/exec';
 
 /** Stable codes of the errors thrown by `@day11/layer`. */
 export const LayerCodes = {
@@ -45,15 +45,27 @@ export const LayerCodes = {
 } as const;
 
 /** A stable code from {@link LayerCodes}. */
-export type LayerCode = (typeof LayerCodes)[keyof typeof LayerCodes];
+export type LayerCode = CodeOf<typeof LayerCodes>;
 
 /** Any error thrown by `@day11/layer`. */
-export class LayerError extends Day11Error {
+export class LayerError extends Day11Error<LayerCode> {
   override name = 'LayerError';
-  declare readonly code: LayerCode;
+}
 
-  constructor(code: LayerCode, message: string, options: Day11ErrorOptions = {}) {
-    super(code, message, options);
+/**
+ * Writes a file atomically (`Atomic.writeFile` of `@day11/exec`), failing as
+ * this package does: `LAYER_WRITE_FAILED` naming the file.
+ *
+ * @example
+ * ```ts
+ * await writeFileAtomic(join(dir, 'layer.json'), text);
+ * ```
+ */
+export async function writeFileAtomic(path: string, data: string): Promise<void> {
+  try {
+    await Atomic.writeFile(path, data);
+  } catch (cause) {
+    throw new LayerError(LayerCodes.WRITE_FAILED, messageOf(cause), { path, cause });
   }
 }
 

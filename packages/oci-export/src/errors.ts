@@ -3,7 +3,7 @@
  * code from {@link OciExportCodes}, the file involved, and a hint saying what
  * to do about it.
  */
-import { Day11Error, type Day11ErrorOptions, messageOf, errnoCode } from '@day11/exec';
+import { Day11Error, type CodeOf, messageOf, errnoCode } from '@day11/exec';
 
 /** Stable codes of the errors thrown by `@day11/oci-export`. */
 export const OciExportCodes = {
@@ -34,7 +34,7 @@ export const OciExportCodes = {
 } as const;
 
 /** A stable code from {@link OciExportCodes}. */
-export type OciExportCode = (typeof OciExportCodes)[keyof typeof OciExportCodes];
+export type OciExportCode = CodeOf<typeof OciExportCodes>;
 
 /**
  * Any error thrown by `@day11/oci-export` (lock errors of `@day11/layer` and
@@ -49,13 +49,8 @@ export type OciExportCode = (typeof OciExportCodes)[keyof typeof OciExportCodes]
  * }
  * ```
  */
-export class OciExportError extends Day11Error {
+export class OciExportError extends Day11Error<OciExportCode> {
   override name = 'OciExportError';
-  declare readonly code: OciExportCode;
-
-  constructor(code: OciExportCode, message: string, options: Day11ErrorOptions = {}) {
-    super(code, message, options);
-  }
 }
 
 /**

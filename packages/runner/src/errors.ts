@@ -4,7 +4,7 @@
  * packages it builds on (`LayerError`, `ContainerError`, `CommandError`)
  * pass through unchanged: their codes already say what failed.
  */
-import { Day11Error, type Day11ErrorOptions, messageOf, errnoCode } from '@day11/exec';
+import { Day11Error, type CodeOf, messageOf, errnoCode } from '@day11/exec';
 
 /**
  * Stable codes of the errors thrown by `@day11/runner`.
@@ -35,7 +35,7 @@ export const RunnerCodes = {
  * const code: RunnerCode = RunnerCodes.ABORTED;
  * ```
  */
-export type RunnerCode = (typeof RunnerCodes)[keyof typeof RunnerCodes];
+export type RunnerCode = CodeOf<typeof RunnerCodes>;
 
 /**
  * Any error thrown by `@day11/runner` itself.
@@ -49,13 +49,8 @@ export type RunnerCode = (typeof RunnerCodes)[keyof typeof RunnerCodes];
  * }
  * ```
  */
-export class RunnerError extends Day11Error {
+export class RunnerError extends Day11Error<RunnerCode> {
   override name = 'RunnerError';
-  declare readonly code: RunnerCode;
-
-  constructor(code: RunnerCode, message: string, options: Day11ErrorOptions = {}) {
-    super(code, message, options);
-  }
 }
 
 // Shared helpers, re-exported so this package's modules import them from one place.
