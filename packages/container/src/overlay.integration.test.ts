@@ -22,7 +22,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { Exec, Sys } from '@day11/exec';
-import { ContainerCodes } from './errors.js';
+import { ContainerCodes, type ContainerError } from './errors.js';
 import * as Overlay from './overlay.js';
 
 const STRATEGIES: Overlay.Strategy[] = ['fsconfig', 'classic', 'relative'];
@@ -315,9 +315,29 @@ describe('unmounting', () => {
     try {
       const err = await mounted.unmount({ retries: 1 }).catch((e: unknown) => e);
       expect(err).toMatchObject({ code: ContainerCodes.UNMOUNT_FAILED, path: target });
-      expect((err as Error).message).toMatch(/still busy after 2 attempts.*fuser -vm/);
+      expect((err as Error).message).toMatch(/still busy after 2 attempts/);
+      expect((err as ContainerError).hint).toMatch(/fuser -vm/);
       expect(await Overlay.listMounts(target)).toHaveLength(1);
       await mounted.unmount({ retries: 0, lazy: true });
+      expect(await Overlay.listMounts(target)).toEqual([]);
+    } finally {
+      await file.close();
+    }
+  });
+
+  it('unmountSync takes a mount down, detaches a busy one, and ignores what is not mounted', async () => {
+    const dir = await fresh('sync');
+    const lowers = await makeLowers(dir, 2);
+    const { upper, work, target } = await rwDirs(dir);
+    await Overlay.mount({ lowers, upper, work, target });
+    Overlay.unmountSync(target);
+    expect(await Overlay.listMounts(target)).toEqual([]);
+    Overlay.unmountSync(target);
+    Overlay.unmountSync(join(dir, 'missing'));
+    await Overlay.mount({ lowers, upper, work, target });
+    const file = await open(join(target, 'f0'), 'r');
+    try {
+      Overlay.unmountSync(target);
       expect(await Overlay.listMounts(target)).toEqual([]);
     } finally {
       await file.close();
