@@ -13,8 +13,7 @@
  * signal is raised again, so the process dies of it as it would have —
  * unless another listener for that signal exists, whose owner then decides.
  */
-import { readdirSync, readFileSync } from 'node:fs';
-import { Exec } from '@day11/exec';
+import { Runc } from '@day11/container';
 import { releaseAllSync } from './leases.js';
 import { removeTreeSync, unmountSync } from './mounts.js';
 import { removeAllSparesSync } from './scratch.js';
@@ -138,39 +137,7 @@ export function teardownSync(run: ActiveRun): void {
   removeTreeSync(run.handover);
 }
 
-/**
- * Kills and deletes a container synchronously: first any runtime process
- * still working on this id (a `runc run` that has not created the container
- * yet would otherwise create it after we are gone), then `delete --force`.
- */
+/** Kills and deletes a container synchronously (see `Runc.killAndDeleteSync`). */
 function stopContainerSync(runtime: string, id: string): void {
-  killProcessesMentioning(id);
-  try {
-    Exec.runSync(runtime, ['delete', '--force', id], {
-      privileged: true,
-      allowNonZeroExit: true,
-      timeoutMs: 10_000,
-    });
-  } catch {
-    // recover() deletes it later (its id carries our pid).
-  }
-}
-
-/** SIGKILLs the processes whose command line has `word` as an argument. */
-function killProcessesMentioning(word: string): void {
-  let pids: string[];
-  try {
-    pids = readdirSync('/proc').filter((name) => /^\d+$/.test(name));
-  } catch {
-    return;
-  }
-  for (const pid of pids) {
-    if (Number(pid) === process.pid) continue;
-    try {
-      const args = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
-      if (args.includes(word)) process.kill(Number(pid), 'SIGKILL');
-    } catch {
-      // Gone, or not ours to read.
-    }
-  }
+  Runc.killAndDeleteSync({ runtime, id });
 }
