@@ -1,9 +1,10 @@
 /** Turns a plan's base (busybox, tarball, directory, Docker image) into a base layer in the cache. */
-import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Import, type Base } from '@day11/layer';
 import { busyboxImageName, makeBusyboxRootfs } from './busybox.js';
 import type { BaseSource } from './plan.js';
+import { TempName } from '@day11/exec';
 
 /** The base layer for `source` in `osDir`, imported on first use. */
 export async function resolveBase(source: BaseSource, osDir: string): Promise<Base> {
@@ -24,7 +25,8 @@ async function busyboxBase(osDir: string): Promise<Base> {
   const found = await Import.find({ osDir, image });
   if (found) return found;
   await mkdir(osDir, { recursive: true });
-  const work = await mkdtemp(join(osDir, `.day11-tmp-${process.pid}-busybox-`));
+  const work = TempName.inside(osDir, 'busybox');
+  await mkdir(work);
   try {
     await makeBusyboxRootfs(join(work, 'rootfs'));
     return await Import.fromDirectory({ osDir, dir: join(work, 'rootfs'), image });

@@ -31,7 +31,10 @@ describe('Day11Error', () => {
   it("keeps a cause's hint only when the wrapper has none", () => {
     const inner = new ExecError(ExecCodes.WRITE_FAILED, 'Cannot write /x', { hint: 'inner' });
     expect(new TestError(Codes.B, 'outer', { cause: inner }).hint).toBe('inner');
-    const outer = new TestError(Codes.B, `outer: ${inner.message}`, { cause: inner, hint: 'outer' });
+    const outer = new TestError(Codes.B, `outer: ${inner.message}`, {
+      cause: inner,
+      hint: 'outer',
+    });
     expect(outer.hint).toBe('outer');
     expect(outer.message).toBe('outer: Cannot write /x');
     expect(hintOf(new Error('x'))).toBeUndefined();

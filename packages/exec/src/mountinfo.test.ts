@@ -2,7 +2,17 @@ import { mkdtemp, rm, symlink } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { below, canonical, canonicalSync, parse, read, readSync, under, underSync, unescape } from './mountinfo.js';
+import {
+  below,
+  canonical,
+  canonicalSync,
+  parse,
+  read,
+  readSync,
+  under,
+  underSync,
+  unescape,
+} from './mountinfo.js';
 
 describe('Mountinfo', () => {
   const text = [

@@ -15,7 +15,9 @@ describe('TempName', () => {
     expect(basename(path)).toMatch(/-busybox$/);
     const temp = beside('/oci/index.json');
     expect(dirname(temp)).toBe('/oci');
-    expect(basename(temp)).toMatch(new RegExp(`^\\.day11-tmp-${process.pid}-[0-9a-f]{8}-index\\.json$`));
+    expect(basename(temp)).toMatch(
+      new RegExp(`^\\.day11-tmp-${process.pid}-[0-9a-f]{8}-index\\.json$`),
+    );
   });
 
   it('recognises every name it makes', () => {

@@ -32,7 +32,12 @@ describe('Recover.sweep', () => {
     const dir = await layer(1);
     const deadDir = join(osDir, `${TempName.PREFIX}${DEAD_PID}-0a0b0c0d-build-000000000002`);
     const deadFile = join(dir, `${TempName.PREFIX}${DEAD_PID}-0a0b0c0d-layer.json`);
-    const deadPkg = join(osDir, 'packages', 'hello.1.0', `${TempName.PREFIX}${DEAD_PID}-01-build-x`);
+    const deadPkg = join(
+      osDir,
+      'packages',
+      'hello.1.0',
+      `${TempName.PREFIX}${DEAD_PID}-01-build-x`,
+    );
     const live = join(osDir, `${TempName.PREFIX}${process.pid}-0a0b0c0d-build-000000000003`);
     const userFile = join(dir, 'fs', `${TempName.PREFIX}${DEAD_PID}-0a0b0c0d-mine`); // build output
     const unparsable = join(osDir, `${TempName.PREFIX}nopid`);
