@@ -29,7 +29,7 @@ export interface MountEntry {
 }
 
 /** Where the kernel publishes this process's mounts. */
-export const MOUNTINFO_PATH = '/proc/self/mountinfo';
+const MOUNTINFO_PATH = '/proc/self/mountinfo';
 
 /**
  * Undoes the kernel's octal escapes (`\040` space, `\011` tab, `\012` newline,

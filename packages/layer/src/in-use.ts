@@ -26,7 +26,7 @@ import * as Lock from './lock.js';
 /** Directory of the leases inside a layer directory. */
 export const LEASE_DIR = '.in-use';
 /** Suffix of a lease file. */
-export const LEASE_SUFFIX = '.lease';
+const LEASE_SUFFIX = '.lease';
 
 /** Leases held on some layers; release them when the build is done. */
 export interface Lease {

@@ -28,7 +28,7 @@ export const LOCKS_DIR = '.locks';
 /** Suffix of a lock directory. */
 export const LOCK_SUFFIX = '.lock';
 /** File inside a lock directory naming its holder. */
-export const OWNER_FILE = 'owner';
+const OWNER_FILE = 'owner';
 /** Default for {@link LockOptions.staleMs} (proper-lockfile's default). */
 export const DEFAULT_STALE_MS = 10_000;
 /** Default for {@link LockOptions.timeoutMs}. */

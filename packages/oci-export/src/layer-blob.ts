@@ -28,7 +28,7 @@ export const CACHE_FILE = 'layer.tar.gz';
 /** Its digests, inside the layer directory. */
 export const DIGESTS_FILE = 'layer.tar.gz.digests';
 /** Version of the tar + gzip encoding; a cache of another version is rebuilt. */
-export const FORMAT = 1;
+const FORMAT = 1;
 
 const RecordSchema = z.object({
   format: z.number(),
