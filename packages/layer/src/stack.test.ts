@@ -438,7 +438,9 @@ describe('Stack.merge', () => {
     // More entries than one stretch of synchronous work, so the walk checks the signal.
     const top = await layer('top', { d: { dir: {} } });
     await Promise.all(
-      Array.from({ length: MORE_THAN_ONE_STRETCH }, (_, i) => writeFile(join(top, `fs/d/f${i}`), '')),
+      Array.from({ length: MORE_THAN_ONE_STRETCH }, (_, i) =>
+        writeFile(join(top, `fs/d/f${i}`), ''),
+      ),
     );
     const target = join(work, 'merged');
     const controller = new AbortController();
