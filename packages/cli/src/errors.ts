@@ -26,9 +26,7 @@ export const CliCodes = {
 export type CliCode = CodeOf<typeof CliCodes>;
 
 /** An error the `day11` command reports as one line, its hint on the next, and a non-zero exit. */
-export class CliError extends Day11Error<CliCode> {
-  override name = 'CliError';
-}
+export class CliError extends Day11Error<CliCode> {}
 
 /** Exit status for an error: 2 for usage errors, 1 for everything else. */
 export function exitCodeOf(err: unknown): number {

@@ -30,9 +30,7 @@ export const ContainerCodes = {
 export type ContainerCode = CodeOf<typeof ContainerCodes>;
 
 /** Any error thrown by `@day11/container`. */
-export class ContainerError extends Day11Error<ContainerCode> {
-  override name = 'ContainerError';
-}
+export class ContainerError extends Day11Error<ContainerCode> {}
 
 // Shared helpers, re-exported so this package's modules import them from one place.
 export { messageOf };

@@ -91,7 +91,6 @@ export interface MountPlan {
  * ```
  */
 export class TooManyLowersError extends ContainerError {
-  override name = 'TooManyLowersError';
   /** How many of the given lowers, topmost first, the best strategy can mount. */
   readonly maxLowers: number;
   /** How many lowers were asked for (after de-duplication). */

@@ -29,8 +29,8 @@ export type CodeOf<Codes extends Readonly<Record<string, string>>> = Codes[keyof
 
 /**
  * Base class of all day11 errors; `C` is the union of the codes a package
- * throws, so each package's error class is one line:
- * `class LayerError extends Day11Error<LayerCode> { override name = 'LayerError'; }`.
+ * throws, and `name` is the subclass's, so each package's error class is one
+ * line: `class LayerError extends Day11Error<LayerCode> {}`.
  *
  * `message` says what failed; `hint` (what to do about it) is kept apart, so
  * wrapping an error never piles hints into messages. A wrapper without a hint
@@ -42,7 +42,6 @@ export type CodeOf<Codes extends Readonly<Record<string, string>>> = Codes[keyof
  * ```
  */
 export class Day11Error<C extends string = string> extends Error {
-  override name = 'Day11Error';
   /** Stable machine-readable code, e.g. `LAYER_META_CORRUPT`. */
   readonly code: C;
   /** The file or directory involved, when there is one. */
@@ -52,6 +51,8 @@ export class Day11Error<C extends string = string> extends Error {
 
   constructor(code: C, message: string, options: Day11ErrorOptions = {}) {
     super(message, { cause: options.cause });
+    // The subclass's own name (`LayerError`, ...), so subclasses need not set it.
+    this.name = new.target.name;
     this.code = code;
     this.path = options.path;
     this.hint = options.hint ?? hintOf(options.cause);
@@ -117,7 +118,6 @@ export interface CommandErrorDetails {
 
 /** A subprocess failed: non-zero exit, a signal, a timeout, an abort, or it could not start. */
 export class CommandError extends Day11Error<ExecCode> {
-  override name = 'CommandError';
   readonly command: string;
   readonly args: readonly string[];
   readonly exitCode: number | undefined;
@@ -177,22 +177,8 @@ export const ExecCodes = {
 /** A stable code from {@link ExecCodes}. */
 export type ExecCode = CodeOf<typeof ExecCodes>;
 
-/**
- * An error of `@day11/exec` that is neither a command's nor a system call's
- * (e.g. `EXEC_WRITE_FAILED` from {@link Atomic}).
- *
- * @example
- * ```ts
- * if (err instanceof ExecError && err.code === ExecCodes.WRITE_FAILED) console.error(err.path);
- * ```
- */
-export class ExecError extends Day11Error<ExecCode> {
-  override name = 'ExecError';
-}
-
 /** A system call made through {@link Sys} failed. */
 export class SysError extends Day11Error<ExecCode> {
-  override name = 'SysError';
   /** The call, e.g. `mknod` or `fsconfig`. */
   readonly syscall: string;
   /** Symbolic errno, e.g. `EPERM`, when the kernel returned one. */
@@ -213,3 +199,14 @@ export class SysError extends Day11Error<ExecCode> {
     this.errno = errno;
   }
 }
+
+/**
+ * An error of `@day11/exec` that is neither a command's nor a system call's
+ * (e.g. `EXEC_WRITE_FAILED` from {@link Atomic}).
+ *
+ * @example
+ * ```ts
+ * if (err instanceof ExecError && err.code === ExecCodes.WRITE_FAILED) console.error(err.path);
+ * ```
+ */
+export class ExecError extends Day11Error<ExecCode> {}

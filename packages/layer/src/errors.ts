@@ -48,9 +48,7 @@ export const LayerCodes = {
 export type LayerCode = CodeOf<typeof LayerCodes>;
 
 /** Any error thrown by `@day11/layer`. */
-export class LayerError extends Day11Error<LayerCode> {
-  override name = 'LayerError';
-}
+export class LayerError extends Day11Error<LayerCode> {}
 
 /**
  * Writes a file atomically (`Atomic.writeFile` of `@day11/exec`), failing as

@@ -49,9 +49,7 @@ export type OciExportCode = CodeOf<typeof OciExportCodes>;
  * }
  * ```
  */
-export class OciExportError extends Day11Error<OciExportCode> {
-  override name = 'OciExportError';
-}
+export class OciExportError extends Day11Error<OciExportCode> {}
 
 /**
  * Wraps a failed filesystem call; a day11 error or an abort passes through unchanged.

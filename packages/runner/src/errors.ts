@@ -49,9 +49,7 @@ export type RunnerCode = CodeOf<typeof RunnerCodes>;
  * }
  * ```
  */
-export class RunnerError extends Day11Error<RunnerCode> {
-  override name = 'RunnerError';
-}
+export class RunnerError extends Day11Error<RunnerCode> {}
 
 // Shared helpers, re-exported so this package's modules import them from one place.
 export { messageOf, errnoCode };
