@@ -4,24 +4,6 @@
  */
 import { Day11Error, isDay11Error, messageOf, type CodeOf } from '@day11/exec';
 
-/** Stable codes of the errors thrown by `@day11/cli`. */
-export const CliCodes = {
-  /** Unknown command or option, or a missing or malformed argument. */
-  USAGE: 'CLI_USAGE',
-  /** The plan file cannot be read, is not JSON, or breaks a rule (cycle, unknown dep, ...). */
-  BAD_PLAN: 'CLI_BAD_PLAN',
-  /** The cache directory is unusable. */
-  BAD_CACHE: 'CLI_BAD_CACHE',
-  /** A layer named on the command line does not exist (or is ambiguous). */
-  NO_SUCH_LAYER: 'CLI_NO_SUCH_LAYER',
-  /** Something this machine lacks: root, a runtime, a kernel feature, a tool. */
-  MISSING_REQUIREMENT: 'CLI_MISSING_REQUIREMENT',
-  /** A build finished with failed steps. */
-  BUILD_FAILED: 'CLI_BUILD_FAILED',
-  /** The demo's own checks failed. */
-  DEMO_FAILED: 'CLI_DEMO_FAILED',
-} as const;
-
 /** A stable code from {@link CliCodes}. */
 export type CliCode = CodeOf<typeof CliCodes>;
 
@@ -51,3 +33,21 @@ export function formatError(err: unknown): string {
   const first = message.startsWith('day11') ? message : `day11: ${message}`;
   return err.hint === undefined ? first : `${first}\nhint: ${err.hint}`;
 }
+
+/** Stable codes of the errors thrown by `@day11/cli`. */
+export const CliCodes = {
+  /** Unknown command or option, or a missing or malformed argument. */
+  USAGE: 'CLI_USAGE',
+  /** The plan file cannot be read, is not JSON, or breaks a rule (cycle, unknown dep, ...). */
+  BAD_PLAN: 'CLI_BAD_PLAN',
+  /** The cache directory is unusable. */
+  BAD_CACHE: 'CLI_BAD_CACHE',
+  /** A layer named on the command line does not exist (or is ambiguous). */
+  NO_SUCH_LAYER: 'CLI_NO_SUCH_LAYER',
+  /** Something this machine lacks: root, a runtime, a kernel feature, a tool. */
+  MISSING_REQUIREMENT: 'CLI_MISSING_REQUIREMENT',
+  /** A build finished with failed steps. */
+  BUILD_FAILED: 'CLI_BUILD_FAILED',
+  /** The demo's own checks failed. */
+  DEMO_FAILED: 'CLI_DEMO_FAILED',
+} as const;

@@ -234,23 +234,27 @@ describe('page budget', () => {
   });
 });
 
+/** A strategy available here, with the kernel's limits unless told otherwise. */
+const available = (
+  extra: Partial<Overlay.StrategyCapability> = {},
+): Overlay.StrategyCapability => ({
+  available: true,
+  maxLowers: 500,
+  pageBytes: 4096,
+  ...extra,
+});
+
+/** A machine where every strategy is available, unless told otherwise. */
+const caps = (over: Partial<Overlay.Capabilities> = {}): Overlay.Capabilities => ({
+  root: true,
+  strategies: ['fsconfig', 'classic', 'relative'],
+  fsconfig: available({ longPaths: true }),
+  classic: available(),
+  relative: available(),
+  ...over,
+});
+
 describe('Overlay.plan', () => {
-  const available = (
-    extra: Partial<Overlay.StrategyCapability> = {},
-  ): Overlay.StrategyCapability => ({
-    available: true,
-    maxLowers: 500,
-    pageBytes: 4096,
-    ...extra,
-  });
-  const caps = (over: Partial<Overlay.Capabilities> = {}): Overlay.Capabilities => ({
-    root: true,
-    strategies: ['fsconfig', 'classic', 'relative'],
-    fsconfig: available({ longPaths: true }),
-    classic: available(),
-    relative: available(),
-    ...over,
-  });
   const noFsconfig = { fsconfig: { available: false, maxLowers: 0, reason: 'old kernel' } };
   /** `n` lowers under a long common directory: classic fits few, relative fits many. */
   const deep = (n: number): string[] =>
@@ -406,17 +410,11 @@ describe('TooManyLowersError', () => {
 
 describe('Overlay.fit', () => {
   const off = { available: false, maxLowers: 0, reason: 'not here' };
-  const only = (over: Partial<Overlay.Capabilities>): Overlay.Capabilities => ({
-    root: true,
-    strategies: [],
-    fsconfig: off,
-    classic: off,
-    relative: off,
-    ...over,
-  });
-  const fsconfig5 = only({
+  const none = { fsconfig: off, classic: off, relative: off, strategies: [] };
+  const fsconfig5 = caps({
+    ...none,
     strategies: ['fsconfig'],
-    fsconfig: { available: true, maxLowers: 5, longPaths: true },
+    fsconfig: available({ maxLowers: 5, longPaths: true }),
   });
   const run = { upper: '/r/upper', work: '/r/work', target: '/r/merged', mergedLower: '/r/lower' };
   const layers = (n: number, dir = '/c'): string[] =>
@@ -432,10 +430,7 @@ describe('Overlay.fit', () => {
   });
 
   it("counts the merged lower's own bytes on a page-limited strategy", async () => {
-    const classic = only({
-      strategies: ['classic'],
-      classic: { available: true, maxLowers: 500, pageBytes: 4096 },
-    });
+    const classic = caps({ ...none, strategies: ['classic'], classic: available() });
     const lowers = layers(200, `/c/${'x'.repeat(40)}`);
     const mergedLower = `/${'m'.repeat(300)}/lower`;
     const keep = await Overlay.fit({ ...run, mergedLower, lowers }, classic);
@@ -448,7 +443,7 @@ describe('Overlay.fit', () => {
   });
 
   it('leaves the stack alone when merging cannot help: the mount says why', async () => {
-    expect(await Overlay.fit({ ...run, lowers: layers(3) }, only({}))).toBe(3);
+    expect(await Overlay.fit({ ...run, lowers: layers(3) }, caps(none))).toBe(3);
   });
 
   it('validates like mount', async () => {

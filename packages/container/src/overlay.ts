@@ -54,13 +54,7 @@ import type { Mountinfo } from '@day11/exec';
 /** One mount, as `/proc/self/mountinfo` lists it (`Mountinfo.MountEntry` of `@day11/exec`). */
 export type MountEntry = Mountinfo.MountEntry;
 export { DEFAULT_FEATURES, OVL_MAX_STACK } from './overlay-options.js';
-export {
-  STRATEGY_ORDER,
-  capabilities,
-  type Capabilities,
-  type Strategy,
-  type StrategyCapability,
-} from './overlay-capabilities.js';
+export * from './overlay-capabilities.js';
 export {
   TooManyLowersError,
   fit,

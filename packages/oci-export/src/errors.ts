@@ -3,35 +3,9 @@
  * code from {@link OciExportCodes}, the file involved, and a hint saying what
  * to do about it.
  */
-import { Day11Error, type CodeOf, messageOf, errnoCode } from '@day11/exec';
-
-/** Stable codes of the errors thrown by `@day11/oci-export`. */
-export const OciExportCodes = {
-  /** A tag does not match the OCI `org.opencontainers.image.ref.name` grammar. */
-  BAD_TAG: 'OCI_BAD_TAG',
-  /** An option is out of range or malformed. */
-  BAD_ARGUMENT: 'OCI_BAD_ARGUMENT',
-  /** A layer directory (or its `fs/`) does not exist. */
-  LAYER_NOT_FOUND: 'OCI_LAYER_NOT_FOUND',
-  /** A layer was written by an overlay with `redirect_dir` or `metacopy` on. */
-  UNSUPPORTED_UPPER: 'OCI_UNSUPPORTED_UPPER',
-  /** A file name or symlink target is not valid UTF-8 (PAX and OCI need UTF-8). */
-  BAD_FILENAME: 'OCI_BAD_FILENAME',
-  /** A file changed size while it was being archived (layers must be immutable). */
-  LAYER_CHANGED: 'OCI_LAYER_CHANGED',
-  /** `index.json` is not valid JSON or not an OCI image index. */
-  INDEX_CORRUPT: 'OCI_INDEX_CORRUPT',
-  /** `oci-layout` is missing from a non-empty layout, or names an unknown version. */
-  LAYOUT_INVALID: 'OCI_LAYOUT_INVALID',
-  /** A blob an index or manifest references does not exist. */
-  BLOB_MISSING: 'OCI_BLOB_MISSING',
-  /** A blob's content does not match its digest, or a manifest/config does not parse. */
-  BLOB_CORRUPT: 'OCI_BLOB_CORRUPT',
-  /** Reading a layer or a layout failed. */
-  READ_FAILED: 'OCI_READ_FAILED',
-  /** Writing a blob, the cache, or `index.json` failed. */
-  WRITE_FAILED: 'OCI_WRITE_FAILED',
-} as const;
+import { Day11Error, type CodeOf, messageOf } from '@day11/exec';
+// Shared helpers, re-exported so this package's modules import them from one place.
+export { messageOf, errnoCode } from '@day11/exec';
 
 /** A stable code from {@link OciExportCodes}. */
 export type OciExportCode = CodeOf<typeof OciExportCodes>;
@@ -71,5 +45,30 @@ export function fsError(
   return new OciExportError(code, `${what} ${path}: ${messageOf(cause)}`, { path, cause, hint });
 }
 
-// Shared helpers, re-exported so this package's modules import them from one place.
-export { messageOf, errnoCode };
+/** Stable codes of the errors thrown by `@day11/oci-export`. */
+export const OciExportCodes = {
+  /** A tag does not match the OCI `org.opencontainers.image.ref.name` grammar. */
+  BAD_TAG: 'OCI_BAD_TAG',
+  /** An option is out of range or malformed. */
+  BAD_ARGUMENT: 'OCI_BAD_ARGUMENT',
+  /** A layer directory (or its `fs/`) does not exist. */
+  LAYER_NOT_FOUND: 'OCI_LAYER_NOT_FOUND',
+  /** A layer was written by an overlay with `redirect_dir` or `metacopy` on. */
+  UNSUPPORTED_UPPER: 'OCI_UNSUPPORTED_UPPER',
+  /** A file name or symlink target is not valid UTF-8 (PAX and OCI need UTF-8). */
+  BAD_FILENAME: 'OCI_BAD_FILENAME',
+  /** A file changed size while it was being archived (layers must be immutable). */
+  LAYER_CHANGED: 'OCI_LAYER_CHANGED',
+  /** `index.json` is not valid JSON or not an OCI image index. */
+  INDEX_CORRUPT: 'OCI_INDEX_CORRUPT',
+  /** `oci-layout` is missing from a non-empty layout, or names an unknown version. */
+  LAYOUT_INVALID: 'OCI_LAYOUT_INVALID',
+  /** A blob an index or manifest references does not exist. */
+  BLOB_MISSING: 'OCI_BLOB_MISSING',
+  /** A blob's content does not match its digest, or a manifest/config does not parse. */
+  BLOB_CORRUPT: 'OCI_BLOB_CORRUPT',
+  /** Reading a layer or a layout failed. */
+  READ_FAILED: 'OCI_READ_FAILED',
+  /** Writing a blob, the cache, or `index.json` failed. */
+  WRITE_FAILED: 'OCI_WRITE_FAILED',
+} as const;

@@ -4,28 +4,9 @@
  * packages it builds on (`LayerError`, `ContainerError`, `CommandError`)
  * pass through unchanged: their codes already say what failed.
  */
-import { Day11Error, type CodeOf, messageOf, errnoCode } from '@day11/exec';
-
-/**
- * Stable codes of the errors thrown by `@day11/runner`.
- *
- * @example
- * ```ts
- * if (isDay11Error(err, RunnerCodes.INTERRUPTED)) process.exitCode = 130;
- * ```
- */
-export const RunnerCodes = {
-  /** An option of `runInLayers` or `recover` is missing or malformed. */
-  BAD_ARGUMENT: 'RUNNER_BAD_ARGUMENT',
-  /** The caller's `prepUpper` callback threw; `cause` is its error. */
-  PREP_UPPER_FAILED: 'RUNNER_PREP_UPPER_FAILED',
-  /** The `signal` was aborted before the container started. */
-  ABORTED: 'RUNNER_ABORTED',
-  /** SIGINT/SIGTERM/SIGHUP arrived during the run; everything was cleaned up synchronously. */
-  INTERRUPTED: 'RUNNER_INTERRUPTED',
-  /** The run's temporary files could not be set up or removed, or a mount stayed. */
-  CLEANUP_FAILED: 'RUNNER_CLEANUP_FAILED',
-} as const;
+import { Day11Error, type CodeOf } from '@day11/exec';
+// Shared helpers, re-exported so this package's modules import them from one place.
+export { messageOf, errnoCode } from '@day11/exec';
 
 /**
  * A stable code from {@link RunnerCodes}.
@@ -51,5 +32,23 @@ export type RunnerCode = CodeOf<typeof RunnerCodes>;
  */
 export class RunnerError extends Day11Error<RunnerCode> {}
 
-// Shared helpers, re-exported so this package's modules import them from one place.
-export { messageOf, errnoCode };
+/**
+ * Stable codes of the errors thrown by `@day11/runner`.
+ *
+ * @example
+ * ```ts
+ * if (isDay11Error(err, RunnerCodes.INTERRUPTED)) process.exitCode = 130;
+ * ```
+ */
+export const RunnerCodes = {
+  /** An option of `runInLayers` or `recover` is missing or malformed. */
+  BAD_ARGUMENT: 'RUNNER_BAD_ARGUMENT',
+  /** The caller's `prepUpper` callback threw; `cause` is its error. */
+  PREP_UPPER_FAILED: 'RUNNER_PREP_UPPER_FAILED',
+  /** The `signal` was aborted before the container started. */
+  ABORTED: 'RUNNER_ABORTED',
+  /** SIGINT/SIGTERM/SIGHUP arrived during the run; everything was cleaned up synchronously. */
+  INTERRUPTED: 'RUNNER_INTERRUPTED',
+  /** The run's temporary files could not be set up or removed, or a mount stayed. */
+  CLEANUP_FAILED: 'RUNNER_CLEANUP_FAILED',
+} as const;
