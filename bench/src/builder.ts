@@ -17,14 +17,14 @@ import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { createBuilder, parsePlan, PlanGraph, type Sandbox } from '@day11/build';
 import { OciSpec } from '@day11/container';
-import { Exec, randomHex } from '@day11/exec';
+import { Exec, randomHex, TempName } from '@day11/exec';
 import { median, toMarkdown, type BenchRow } from './table.js';
 
 /** Runs nothing: an empty upper in the cache, exit 0. */
 function nullSandbox(osDir: string): Sandbox {
   return {
     async run() {
-      const upper = join(osDir, `.day11-tmp-${process.pid}-${randomHex(4)}-upper`);
+      const upper = TempName.inside(osDir, 'upper');
       await mkdir(upper);
       return { status: 'exited', exitCode: 0, upper, timing: [] };
     },

@@ -25,7 +25,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { OciSpec, Overlay, Runc } from '@day11/container';
-import { Exec } from '@day11/exec';
+import { Exec, TempName } from '@day11/exec';
 import { Commit, Hash, Import, type Base } from '@day11/layer';
 import { PHASES, recover, runInLayers } from '@day11/runner';
 import { median, toMarkdown, type BenchRow } from './table.js';
@@ -53,7 +53,7 @@ async function makeBusyboxRootfs(dir: string): Promise<void> {
 async function makeLayers(osDir: string, base: Base, count: number): Promise<string[]> {
   const dirs: string[] = [];
   for (let n = 0; n < count; n++) {
-    const upper = join(osDir, `.day11-tmp-${process.pid}-bench-${n}`);
+    const upper = TempName.inside(osDir, `bench-${n}`);
     await mkdir(join(upper, 'layers'), { recursive: true });
     await writeFile(join(upper, 'layers', String(n)), `layer ${n}\n`);
     const { dir } = await Commit.commit({

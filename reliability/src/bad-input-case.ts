@@ -69,8 +69,9 @@ export const BIN = resolve(import.meta.dirname, '../../packages/cli/dist/main.js
 
 /**
  * Runs `day11 ...args` and checks what a user sees of a bad input: exit
- * status `exit`, nothing but one line on stderr, beginning `day11`, naming
- * `names`, with no stack trace and not reported as an unexpected error.
+ * status `exit`, nothing on stderr but one line beginning `day11` that names
+ * `names` and, at most, the hint on the next line (`hint: ...`), with no
+ * stack trace and not reported as an unexpected error.
  */
 export async function cliRejects(args: readonly string[], names: string, exit = 1): Promise<void> {
   const r = await Exec.run(process.execPath, [BIN, ...args], {
@@ -79,8 +80,13 @@ export async function cliRejects(args: readonly string[], names: string, exit = 
   });
   const stderr = r.stderr.trim();
   expect(r.exitCode, `stderr: ${stderr}`).toBe(exit);
-  expect(stderr.split('\n'), `stderr: ${stderr}`).toHaveLength(1);
-  expect(stderr).toMatch(/^day11/);
-  expect(stderr).toContain(names);
+  const [message, ...hint] = stderr.split('\n');
+  expect(message, `stderr: ${stderr}`).toMatch(/^day11/);
+  expect(message, `stderr: ${stderr}`).toContain(names);
+  expect(hint.length, `stderr: ${stderr}`).toBeLessThanOrEqual(1);
+  expect(
+    hint.every((line) => line.startsWith('hint: ')),
+    `stderr: ${stderr}`,
+  ).toBe(true);
   expect(stderr).not.toMatch(/\bat .*:\d+:\d+\)?$|unexpected error/m);
 }

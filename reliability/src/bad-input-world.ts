@@ -5,6 +5,7 @@
  * afresh for each case, so no case can disturb the next. (Not copied from one
  * made once: a copy has new inodes, which invalidate the layers' blob caches.)
  */
+import { OciSpec } from '@day11/container';
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import {
@@ -29,7 +30,8 @@ export const BASE_IMAGE = 'reliability-busybox';
 /** The tag of the world's image. */
 export const TAG = 'good';
 /** Its runtime config (what `day11 export` gives by default, so the CLI re-exports it identically). */
-export const CONFIG = { Cmd: ['/bin/sh'] };
+/** What `day11 export` gives a layer no step made: PATH as containers have it, and a shell. */
+export const CONFIG = { Env: [`PATH=${OciSpec.DEFAULT_PATH}`], Cmd: ['/bin/sh'] };
 
 /** One world, rooted at `root`. */
 export interface World {

@@ -5,8 +5,9 @@
  * (`docker://…`, `oci:DIR:TAG`) need an {@link ImageResolver}, which the
  * caller wires (the CLI uses `@day11/registry`).
  */
-import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
+import { TempName } from '@day11/exec';
 import { Hash, Import, LayerDir, LayerMeta, Sidecar, type Base } from '@day11/layer';
 import { busyboxImageName, makeBusyboxRootfs } from './busybox.js';
 import { BuildCodes, BuildError } from './errors.js';
@@ -118,7 +119,8 @@ async function layerBase(hash: string, osDir: string): Promise<Base> {
 }
 
 async function importBusybox(osDir: string, image: string): Promise<Base> {
-  const work = await mkdtemp(join(osDir, `.day11-tmp-${process.pid}-busybox-`));
+  const work = TempName.inside(osDir, 'busybox');
+  await mkdir(work, { mode: 0o700 });
   try {
     await makeBusyboxRootfs(join(work, 'rootfs'));
     return await Import.fromDirectory({ osDir, dir: join(work, 'rootfs'), image });

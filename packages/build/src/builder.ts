@@ -19,7 +19,7 @@
 import { mkdir, open, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Runc } from '@day11/container';
-import { isDay11Error, messageOf, randomHex, Semaphore } from '@day11/exec';
+import { isDay11Error, messageOf, Semaphore, TempName } from '@day11/exec';
 import {
   Commit,
   Gc,
@@ -594,7 +594,7 @@ class BuildRun {
     const seconds = (): number => (performance.now() - started) / 1000;
     this.report(step, 'running');
     const stack = this.graph.stack(step.id);
-    const logFile = join(this.o.osDir, `.day11-tmp-${process.pid}-${randomHex(4)}-log`);
+    const logFile = TempName.inside(this.o.osDir, 'log');
     try {
       const result = await this.sandbox.run({
         base: this.base,
@@ -688,7 +688,7 @@ class BuildRun {
 
   /** Commits the empty `failed_dep` layer (under the layer's lock, by Commit). */
   private async recordSkip(step: Step, failedDep: string): Promise<{ committed: boolean }> {
-    const upper = join(this.o.osDir, `.day11-tmp-${process.pid}-${randomHex(4)}-skip`);
+    const upper = TempName.inside(this.o.osDir, 'skip');
     await mkdir(upper, { mode: 0o755 });
     const { committed } = await Commit.commit({
       osDir: this.o.osDir,

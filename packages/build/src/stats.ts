@@ -8,7 +8,8 @@
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { z } from 'zod';
-import { Atomic, Lock } from '@day11/layer';
+import { Atomic } from '@day11/exec';
+import { Lock } from '@day11/layer';
 
 /** The file in the cache directory. */
 export const STATS_FILE = 'cache-stats.json';
@@ -94,7 +95,7 @@ export async function addStats(osDir: string, delta: CacheStats): Promise<void> 
         built: now.built + delta.built,
         updated: new Date().toISOString(),
       };
-      await Atomic.writeFileAtomic(file, `${JSON.stringify(next, null, 2)}\n`);
+      await Atomic.writeFile(file, `${JSON.stringify(next, null, 2)}\n`);
     },
     { timeoutMs: 10_000, lockfilePath: join(osDir, Lock.LOCKS_DIR, `${STATS_FILE}.lock`) },
   ).catch(() => undefined);

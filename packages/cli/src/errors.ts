@@ -2,7 +2,37 @@
  * Errors of the `day11` command. Library errors (`Day11Error`) pass through
  * unchanged; these cover what only the CLI knows: bad arguments and bad plans.
  */
-import { Day11Error, type Day11ErrorOptions } from '@day11/exec';
+import { Day11Error, isDay11Error, messageOf, type CodeOf } from '@day11/exec';
+
+/** A stable code from {@link CliCodes}. */
+export type CliCode = CodeOf<typeof CliCodes>;
+
+/** An error the `day11` command reports as one line, its hint on the next, and a non-zero exit. */
+export class CliError extends Day11Error<CliCode> {}
+
+/** Exit status for an error: 2 for usage errors, 1 for everything else. */
+export function exitCodeOf(err: unknown): number {
+  return err instanceof CliError && err.code === CliCodes.USAGE ? 2 : 1;
+}
+
+/**
+ * What the `day11` command prints for an error: `day11: <message>`, then
+ * `hint: <hint>` on a line of its own when there is one. An error that is
+ * not a `Day11Error` was not foreseen: it says so and points to `--debug`.
+ *
+ * @example
+ * ```ts
+ * console.error(formatError(err)); // "day11: Cannot read plan.json: ...\nhint: Fix the plan file; ..."
+ * ```
+ */
+export function formatError(err: unknown): string {
+  const message = messageOf(err);
+  if (!isDay11Error(err)) {
+    return `day11: unexpected error: ${message} (run again with --debug for the stack trace)`;
+  }
+  const first = message.startsWith('day11') ? message : `day11: ${message}`;
+  return err.hint === undefined ? first : `${first}\nhint: ${err.hint}`;
+}
 
 /** Stable codes of the errors thrown by `@day11/cli`. */
 export const CliCodes = {
@@ -21,21 +51,3 @@ export const CliCodes = {
   /** The demo's own checks failed. */
   DEMO_FAILED: 'CLI_DEMO_FAILED',
 } as const;
-
-/** A stable code from {@link CliCodes}. */
-export type CliCode = (typeof CliCodes)[keyof typeof CliCodes];
-
-/** An error the `day11` command reports as one line (plus hint) and a non-zero exit. */
-export class CliError extends Day11Error {
-  override name = 'CliError';
-  declare readonly code: CliCode;
-
-  constructor(code: CliCode, message: string, options: Day11ErrorOptions = {}) {
-    super(code, message, options);
-  }
-}
-
-/** Exit status for an error: 2 for usage errors, 1 for everything else. */
-export function exitCodeOf(err: unknown): number {
-  return err instanceof CliError && err.code === CliCodes.USAGE ? 2 : 1;
-}

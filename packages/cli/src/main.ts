@@ -1,6 +1,5 @@
 #!/usr/bin/env node
 /** The `day11` command. Composed only of the libraries' public APIs. */
-import { isDay11Error } from '@day11/exec';
 import * as buildCmd from './commands/build.js';
 import * as demoCmd from './commands/demo.js';
 import * as exportCmd from './commands/export.js';
@@ -9,7 +8,7 @@ import * as layersCmd from './commands/layers.js';
 import * as layoutCmd from './commands/layout.js';
 import * as recoverCmd from './commands/recover.js';
 import * as runCmd from './commands/run.js';
-import { CliCodes, CliError, exitCodeOf } from './errors.js';
+import { CliCodes, CliError, exitCodeOf, formatError } from './errors.js';
 
 interface Command {
   summary: string;
@@ -87,15 +86,7 @@ main(process.argv.slice(2)).then(
     process.exitCode = code;
   },
   (err: unknown) => {
-    const message = err instanceof Error ? err.message : String(err);
-    if (debug) console.error(err);
-    else if (isDay11Error(err))
-      console.error(message.startsWith('day11') ? message : `day11: ${message}`);
-    // Not a Day11Error: an unforeseen failure, worth a bug report.
-    else
-      console.error(
-        `day11: unexpected error: ${message} (run again with --debug for the stack trace)`,
-      );
+    console.error(debug ? err : formatError(err));
     process.exitCode = exitCodeOf(err);
   },
 );

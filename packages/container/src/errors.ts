@@ -2,7 +2,25 @@
  * Errors of `@day11/container`. Every one is a `Day11Error` with a stable code
  * from {@link ContainerCodes}, the path or container involved, and a hint.
  */
-import { Day11Error, type Day11ErrorOptions, messageOf } from '@day11/exec';
+import { Day11Error, type CodeOf } from '@day11/exec';
+// Shared helpers, re-exported so this package's modules import them from one place.
+export { messageOf } from '@day11/exec';
+
+/** A stable code from {@link ContainerCodes}. */
+export type ContainerCode = CodeOf<typeof ContainerCodes>;
+
+/**
+ * Any error thrown by `@day11/container`: its code says which part failed
+ * (mounting, the spec, the runtime), `path` names the mount point, bundle or
+ * file.
+ *
+ * @example
+ * ```ts
+ * const err = await Overlay.mount({ lowers, target }).catch((e: unknown) => e);
+ * if (err instanceof ContainerError) console.error(`${err.code} at ${err.path}: ${err.hint}`);
+ * ```
+ */
+export class ContainerError extends Day11Error<ContainerCode> {}
 
 /** Stable codes of the errors thrown by `@day11/container`. */
 export const ContainerCodes = {
@@ -25,19 +43,3 @@ export const ContainerCodes = {
   /** An argument is out of range or malformed. */
   BAD_ARGUMENT: 'CONTAINER_BAD_ARGUMENT',
 } as const;
-
-/** A stable code from {@link ContainerCodes}. */
-export type ContainerCode = (typeof ContainerCodes)[keyof typeof ContainerCodes];
-
-/** Any error thrown by `@day11/container`. */
-export class ContainerError extends Day11Error {
-  override name = 'ContainerError';
-  declare readonly code: ContainerCode;
-
-  constructor(code: ContainerCode, message: string, options: Day11ErrorOptions = {}) {
-    super(code, message, options);
-  }
-}
-
-// Shared helpers, re-exported so this package's modules import them from one place.
-export { messageOf };

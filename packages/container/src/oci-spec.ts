@@ -16,9 +16,8 @@
  * await OciSpec.write('/tmp/day11-x', spec); // bundle/config.json, atomically
  * ```
  */
-import { open, rename, rm } from 'node:fs/promises';
 import { isAbsolute, join } from 'node:path';
-import { randomHex } from '@day11/exec';
+import { Atomic } from '@day11/exec';
 import { z } from 'zod';
 import { ContainerCodes, ContainerError, messageOf } from './errors.js';
 
@@ -592,8 +591,9 @@ function checkCgroupsPath(path: string): void {
 }
 
 /**
- * Writes `config.json` into a bundle directory atomically (temporary file,
- * fsync, rename), so a runtime never reads a torn file. Returns its path.
+ * Writes `config.json` into a bundle directory atomically (`Atomic.writeFile`
+ * of `@day11/exec`: temporary file, fsync, rename, fsync of the directory), so
+ * a runtime never reads a torn file. Returns its path.
  *
  * @example
  * ```ts
@@ -605,23 +605,14 @@ function checkCgroupsPath(path: string): void {
 export async function write(bundleDir: string, spec: Spec): Promise<string> {
   const text = `${JSON.stringify(parse(spec), null, 2)}\n`;
   const target = join(bundleDir, 'config.json');
-  const temp = join(bundleDir, `.config.json.${process.pid}-${randomHex(4)}`);
   try {
-    const handle = await open(temp, 'wx', 0o644);
-    try {
-      await handle.writeFile(text);
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
-    await rename(temp, target);
+    await Atomic.writeFile(target, text);
   } catch (cause) {
-    await rm(temp, { force: true });
-    throw new ContainerError(
-      ContainerCodes.BAD_ARGUMENT,
-      `Cannot write ${target}: ${messageOf(cause)}`,
-      { path: target, cause, hint: 'Check that the bundle directory exists and is writable' },
-    );
+    throw new ContainerError(ContainerCodes.BAD_ARGUMENT, messageOf(cause), {
+      path: target,
+      cause,
+      hint: 'Check that the bundle directory exists and is writable',
+    });
   }
   return target;
 }

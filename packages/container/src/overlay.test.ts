@@ -1,6 +1,7 @@
 /**
  * Unit tests of the overlay module: option strings, escaping, de-duplication,
- * common parents, the page budget, mountinfo parsing and strategy planning.
+ * common parents, the page budget and strategy planning (mountinfo parsing is
+ * `Mountinfo` of `@day11/exec`).
  * Nothing here mounts.
  */
 import fc from 'fast-check';
@@ -8,7 +9,6 @@ import { tmpdir } from 'node:os';
 import { join, relative, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { ContainerCodes } from './errors.js';
-import { mountsUnder, parseMountinfo, unescapeOctal } from './mountinfo.js';
 import * as Overlay from './overlay.js';
 import {
   DEFAULT_FEATURES,
@@ -234,70 +234,27 @@ describe('page budget', () => {
   });
 });
 
-describe('mountinfo', () => {
-  const text = [
-    '22 1 0:21 / / rw,relatime shared:1 - ext4 /dev/vda rw',
-    '45 22 0:40 / /tmp/day11\\040x/m\\012n rw,relatime shared:7 master:2 - overlay overlay rw,lowerdir+=/l/a\\054b:c\\134d,lowerdir+=/l/2,upperdir=/u,workdir=/w,uuid=on',
-    '46 45 0:41 / /tmp/day11\\040x/m\\012n/proc rw - proc proc rw',
-    '47 22 0:42 / /tmp/day11\\040x/m\\012n rw - tmpfs tmp\\011fs rw,size=4k',
-    '48 22 0:43 / /tmp/day11\\040xy rw - tmpfs tmpfs rw',
-    'garbage line',
-  ].join('\n');
+/** A strategy available here, with the kernel's limits unless told otherwise. */
+const available = (
+  extra: Partial<Overlay.StrategyCapability> = {},
+): Overlay.StrategyCapability => ({
+  available: true,
+  maxLowers: 500,
+  pageBytes: 4096,
+  ...extra,
+});
 
-  it('unescapes octal sequences', () => {
-    expect(unescapeOctal('a\\040b\\011c\\012d\\134e\\054f')).toBe('a b\tc\nd\\e,f');
-  });
-
-  it('parses fields, optional fields, and escaped option values', () => {
-    const entries = parseMountinfo(text);
-    expect(entries).toHaveLength(5);
-    expect(entries[1]).toEqual({
-      id: 45,
-      parentId: 22,
-      root: '/',
-      mountPoint: '/tmp/day11 x/m\nn',
-      mountOptions: ['rw', 'relatime'],
-      fstype: 'overlay',
-      source: 'overlay',
-      superOptions: [
-        'rw',
-        'lowerdir+=/l/a,b:c\\d',
-        'lowerdir+=/l/2',
-        'upperdir=/u',
-        'workdir=/w',
-        'uuid=on',
-      ],
-    });
-    expect(entries[3]?.source).toBe('tmp\tfs');
-  });
-
-  it('lists mounts at or under a directory, deepest first, stacked ones newest first', () => {
-    const under = mountsUnder(parseMountinfo(text), '/tmp/day11 x');
-    expect(under.map((e) => e.id)).toEqual([46, 47, 45]);
-    expect(mountsUnder(parseMountinfo(text), '/tmp/day11 x/m\nn').map((e) => e.id)).toEqual([
-      46, 47, 45,
-    ]);
-    expect(mountsUnder(parseMountinfo(text), '/').map((e) => e.id)).toEqual([46, 47, 45, 48, 22]);
-  });
+/** A machine where every strategy is available, unless told otherwise. */
+const caps = (over: Partial<Overlay.Capabilities> = {}): Overlay.Capabilities => ({
+  root: true,
+  strategies: ['fsconfig', 'classic', 'relative'],
+  fsconfig: available({ longPaths: true }),
+  classic: available(),
+  relative: available(),
+  ...over,
 });
 
 describe('Overlay.plan', () => {
-  const available = (
-    extra: Partial<Overlay.StrategyCapability> = {},
-  ): Overlay.StrategyCapability => ({
-    available: true,
-    maxLowers: 500,
-    pageBytes: 4096,
-    ...extra,
-  });
-  const caps = (over: Partial<Overlay.Capabilities> = {}): Overlay.Capabilities => ({
-    root: true,
-    strategies: ['fsconfig', 'classic', 'relative'],
-    fsconfig: available({ longPaths: true }),
-    classic: available(),
-    relative: available(),
-    ...over,
-  });
   const noFsconfig = { fsconfig: { available: false, maxLowers: 0, reason: 'old kernel' } };
   /** `n` lowers under a long common directory: classic fits few, relative fits many. */
   const deep = (n: number): string[] =>
@@ -446,6 +403,52 @@ describe('TooManyLowersError', () => {
     expect(err.message).toMatch(
       /501 lower layers on \/m: at most 500 fit \(fsconfig: 500, classic: 45\)/,
     );
-    expect(err.message).toMatch(/Merge the deepest 2 layers/);
+    expect(err.hint).toMatch(/Merge the deepest 2 lowers .* below the other 499 \(Overlay\.fit/);
+    expect(`${err.message} ${err.hint}`).not.toMatch(/Stack\.|@day11\/layer/);
+  });
+});
+
+describe('Overlay.fit', () => {
+  const off = { available: false, maxLowers: 0, reason: 'not here' };
+  const none = { fsconfig: off, classic: off, relative: off, strategies: [] };
+  const fsconfig5 = caps({
+    ...none,
+    strategies: ['fsconfig'],
+    fsconfig: available({ maxLowers: 5, longPaths: true }),
+  });
+  const run = { upper: '/r/upper', work: '/r/work', target: '/r/merged', mergedLower: '/r/lower' };
+  const layers = (n: number, dir = '/c'): string[] =>
+    Array.from({ length: n }, (_, i) => `${dir}/build-${String(i).padStart(12, '0')}/fs`);
+
+  it('keeps every lower separate when the stack fits', async () => {
+    expect(await Overlay.fit({ ...run, lowers: layers(5) }, fsconfig5)).toBe(5);
+  });
+
+  it('past the limit, keeps as many as fit beside the merged lower', async () => {
+    expect(await Overlay.fit({ ...run, lowers: layers(8) }, fsconfig5)).toBe(4);
+    expect(await Overlay.fit({ ...run, lowers: layers(500) }, fsconfig5)).toBe(4);
+  });
+
+  it("counts the merged lower's own bytes on a page-limited strategy", async () => {
+    const classic = caps({ ...none, strategies: ['classic'], classic: available() });
+    const lowers = layers(200, `/c/${'x'.repeat(40)}`);
+    const mergedLower = `/${'m'.repeat(300)}/lower`;
+    const keep = await Overlay.fit({ ...run, mergedLower, lowers }, classic);
+    expect(keep).toBeGreaterThan(0);
+    expect(keep).toBeLessThan(lowers.length);
+    const mounted = (n: number) => [...lowers.slice(0, n), mergedLower];
+    const planOf = (n: number) => Overlay.plan({ ...run, lowers: mounted(n) }, classic);
+    expect((await planOf(keep)).strategy).toBe('classic');
+    expect((await planOf(keep + 1)).strategy).toBeUndefined();
+  });
+
+  it('leaves the stack alone when merging cannot help: the mount says why', async () => {
+    expect(await Overlay.fit({ ...run, lowers: layers(3) }, caps(none))).toBe(3);
+  });
+
+  it('validates like mount', async () => {
+    await expect(Overlay.fit({ ...run, lowers: [] }, fsconfig5)).rejects.toMatchObject({
+      code: ContainerCodes.BAD_ARGUMENT,
+    });
   });
 });

@@ -1,3 +1,4 @@
+import { spawn } from 'node:child_process';
 import { chmod, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -291,17 +292,48 @@ esac
 
   it('sweep deletes the containers of dead owners and ours not running, not those of live processes', async () => {
     const dead = 2 ** 22 + 1; // above pid_max's maximum: never a live process
+    const now = new Date().toISOString();
     const ids = [
       `day11-${dead}-1-aaaaaa`,
       `day11-1-1-bbbbbb`,
       `day11-${process.pid}-9-cccccc`,
       'other',
+      `day11-1-2-dddddd`,
     ];
-    const json = JSON.stringify(ids.map((id) => ({ id, pid: 1, status: 'running' })));
+    // The last was created years before pid 1 started: its owner's pid was reused.
+    const created = [now, now, now, now, '2000-01-01T00:00:00Z'];
+    const json = JSON.stringify(
+      ids.map((id, i) => ({ id, pid: 1, status: 'running', created: created[i] })),
+    );
     const f = await fake({ list: `echo '${json}'` });
-    expect(await Runc.sweep({ runtime: f.runtime })).toEqual([ids[0], ids[2]]);
+    expect(await Runc.sweep({ runtime: f.runtime })).toEqual([ids[0], ids[2], ids[4]]);
     const deletes = (await f.calls()).filter((c) => c.startsWith('delete'));
-    expect(deletes).toEqual([`delete --force ${ids[0]}`, `delete --force ${ids[2]}`]);
+    expect(deletes).toEqual([ids[0], ids[2], ids[4]].map((id) => `delete --force ${id}`));
+  });
+
+  it('killAndDeleteSync kills what names the id, deletes it, and never throws', async () => {
+    const f = await fake({});
+    const id = Runc.newId();
+    const child = spawn(process.execPath, ['-e', 'setTimeout(() => {}, 1e6)', id], {
+      stdio: 'ignore',
+    });
+    const exited = new Promise((resolve) => child.once('exit', (_code, signal) => resolve(signal)));
+    await new Promise((resolve) => child.once('spawn', resolve));
+    Runc.killAndDeleteSync({ runtime: f.runtime, id });
+    expect(await exited).toBe('SIGKILL');
+    expect(await f.calls()).toEqual([`delete --force ${id}`]);
+    Runc.killAndDeleteSync({ runtime: '/nonexistent/runc', id });
+    Runc.killAndDeleteSync({ runtime: f.runtime, id: '../bad id' });
+    expect(await f.calls()).toHaveLength(1);
+  });
+
+  it('a missing runtime gets one install hint, kept apart from the message', async () => {
+    const err = await Runc.list({ runtime: 'day11-no-such-runtime' }).catch((e: unknown) => e);
+    expect(err).toMatchObject({ code: ContainerCodes.RUNTIME_FAILED });
+    const { message, hint } = err as ContainerError;
+    expect(message).toMatch(/day11-no-such-runtime/);
+    expect(message).not.toMatch(/apt-get|install/i);
+    expect(hint).toMatch(/apt-get install -y runc/);
   });
 });
 

@@ -10,28 +10,71 @@
 export interface Day11ErrorOptions {
   /** The file or directory the operation was working on. */
   path?: string | undefined;
-  /** What the user can do about it, one sentence. */
+  /** What the user can do about it, one sentence. Default: the hint of `cause`, if it has one. */
   hint?: string | undefined;
   /** The lower-level error. */
   cause?: unknown;
 }
 
-/** Base class of all day11 errors. `code` is stable across releases. */
-export class Day11Error extends Error {
-  override name = 'Day11Error';
+/**
+ * The union of the values of a package's code table.
+ *
+ * @example
+ * ```ts
+ * export const LayerCodes = { BAD_HASH: 'LAYER_BAD_HASH' } as const;
+ * export type LayerCode = CodeOf<typeof LayerCodes>; // 'LAYER_BAD_HASH'
+ * ```
+ */
+export type CodeOf<Codes extends Readonly<Record<string, string>>> = Codes[keyof Codes];
+
+/**
+ * Base class of all day11 errors; `C` is the union of the codes a package
+ * throws, and `name` is the subclass's, so each package's error class is one
+ * line: `class LayerError extends Day11Error<LayerCode> {}`.
+ *
+ * `message` says what failed; `hint` (what to do about it) is kept apart, so
+ * wrapping an error never piles hints into messages. A wrapper without a hint
+ * of its own keeps its cause's.
+ *
+ * @example
+ * ```ts
+ * throw new Day11Error('MY_CODE', `Cannot read ${path}`, { path, cause, hint: 'Check permissions' });
+ * ```
+ */
+export class Day11Error<C extends string = string> extends Error {
   /** Stable machine-readable code, e.g. `LAYER_META_CORRUPT`. */
-  readonly code: string;
+  readonly code: C;
   /** The file or directory involved, when there is one. */
   readonly path: string | undefined;
   /** What to do about it. */
   readonly hint: string | undefined;
 
-  constructor(code: string, message: string, options: Day11ErrorOptions = {}) {
-    super(options.hint ? `${message}. ${options.hint}` : message, { cause: options.cause });
+  constructor(code: C, message: string, options: Day11ErrorOptions = {}) {
+    super(message, { cause: options.cause });
+    // The subclass's own name (`LayerError`, ...), so subclasses need not set it.
+    this.name = new.target.name;
     this.code = code;
     this.path = options.path;
-    this.hint = options.hint;
+    this.hint = options.hint ?? hintOf(options.cause);
   }
+}
+
+/** The hint an error carries, if it is a {@link Day11Error} with one. */
+export function hintOf(err: unknown): string | undefined {
+  return err instanceof Day11Error ? err.hint : undefined;
+}
+
+/**
+ * How an error reads to a person: its message, then its hint on a line of its own.
+ *
+ * @example
+ * ```ts
+ * console.error(`day11: ${describeError(err)}`);
+ * ```
+ */
+export function describeError(err: unknown): string {
+  const hint = hintOf(err);
+  return hint === undefined ? messageOf(err) : `${messageOf(err)}\n${hint}`;
 }
 
 /** `err.message` for an unknown thrown value. */
@@ -45,8 +88,18 @@ export function errnoCode(err: unknown): string | undefined {
   return typeof code === 'string' ? code : undefined;
 }
 
-/** True when `err` is a {@link Day11Error}, optionally with the given code. */
-export function isDay11Error(err: unknown, code?: string): err is Day11Error {
+/**
+ * True when `err` is a {@link Day11Error}, optionally with the given code.
+ *
+ * @example
+ * ```ts
+ * if (isDay11Error(err, ExecCodes.TIMED_OUT)) retry();
+ * ```
+ */
+export function isDay11Error<C extends string = string>(
+  err: unknown,
+  code?: C,
+): err is Day11Error<C> {
   return err instanceof Day11Error && (code === undefined || err.code === code);
 }
 
@@ -64,8 +117,7 @@ export interface CommandErrorDetails {
 }
 
 /** A subprocess failed: non-zero exit, a signal, a timeout, an abort, or it could not start. */
-export class CommandError extends Day11Error {
-  override name = 'CommandError';
+export class CommandError extends Day11Error<ExecCode> {
   readonly command: string;
   readonly args: readonly string[];
   readonly exitCode: number | undefined;
@@ -75,7 +127,7 @@ export class CommandError extends Day11Error {
   readonly timedOut: boolean;
   readonly aborted: boolean;
 
-  constructor(code: string, details: CommandErrorDetails) {
+  constructor(code: ExecCode, details: CommandErrorDetails) {
     super(code, describeFailure(details), { cause: details.cause, hint: details.hint });
     this.command = details.command;
     this.args = details.args;
@@ -118,11 +170,15 @@ export const ExecCodes = {
   SYSCALL_FAILED: 'SYS_CALL_FAILED',
   /** The native binding for a system call could not be loaded on this platform. */
   SYSCALL_UNAVAILABLE: 'SYS_UNAVAILABLE',
+  /** An atomic write (temporary file, fsync, rename) failed. */
+  WRITE_FAILED: 'EXEC_WRITE_FAILED',
 } as const;
 
+/** A stable code from {@link ExecCodes}. */
+export type ExecCode = CodeOf<typeof ExecCodes>;
+
 /** A system call made through {@link Sys} failed. */
-export class SysError extends Day11Error {
-  override name = 'SysError';
+export class SysError extends Day11Error<ExecCode> {
   /** The call, e.g. `mknod` or `fsconfig`. */
   readonly syscall: string;
   /** Symbolic errno, e.g. `EPERM`, when the kernel returned one. */
@@ -143,3 +199,14 @@ export class SysError extends Day11Error {
     this.errno = errno;
   }
 }
+
+/**
+ * An error of `@day11/exec` that is neither a command's nor a system call's
+ * (e.g. `EXEC_WRITE_FAILED` from {@link Atomic}).
+ *
+ * @example
+ * ```ts
+ * if (err instanceof ExecError && err.code === ExecCodes.WRITE_FAILED) console.error(err.path);
+ * ```
+ */
+export class ExecError extends Day11Error<ExecCode> {}

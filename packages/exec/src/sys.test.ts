@@ -7,6 +7,9 @@ import { ExecCodes, SysError } from './errors.js';
 import { isRoot } from './exec.js';
 import * as Sys from './sys.js';
 
+/** Privileged steps run directly only as root; elsewhere these tests are skipped, not passed. */
+const root = isRoot();
+
 let dir: string;
 beforeEach(async () => {
   dir = await mkdtemp(join(tmpdir(), 'day11-sys-'));
@@ -40,8 +43,7 @@ describe('Sys xattrs', () => {
     expect(await Sys.getXattr(join(dir, 'l'), 'user.a')).toBeUndefined();
   });
 
-  it('sets trusted.overlay.opaque as root', async () => {
-    if (!isRoot()) return;
+  it.skipIf(!root)('sets trusted.overlay.opaque as root', async () => {
     await mkdir(join(dir, 'd'));
     await Sys.setXattr(join(dir, 'd'), 'trusted.overlay.opaque', 'y');
     expect((await Sys.getXattr(join(dir, 'd'), 'trusted.overlay.opaque'))?.toString()).toBe('y');
@@ -55,8 +57,7 @@ describe('Sys xattrs', () => {
 });
 
 describe('Sys.mknod', () => {
-  it('creates an overlay whiteout (character device 0/0) and a fifo', async () => {
-    if (!isRoot()) return;
+  it.skipIf(!root)('creates an overlay whiteout (character device 0/0) and a fifo', async () => {
     Sys.mknod(join(dir, 'wh'), Sys.S_IFCHR, 0, 0);
     const st = await lstat(join(dir, 'wh'));
     expect(st.isCharacterDevice()).toBe(true);
@@ -66,8 +67,7 @@ describe('Sys.mknod', () => {
     expect((await lstat(join(dir, 'fifo'))).mode & 0o777).toBe(0o640 & ~process.umask());
   });
 
-  it('encodes device numbers like glibc makedev', async () => {
-    if (!isRoot()) return;
+  it.skipIf(!root)('encodes device numbers like glibc makedev', async () => {
     Sys.mknod(join(dir, 'null'), Sys.S_IFCHR | 0o666, 1, 3);
     expect((await lstat(join(dir, 'null'))).rdev).toBe(Sys.makedev(1, 3));
     expect(Sys.makedev(1, 3)).toBe(0x103);
@@ -75,8 +75,7 @@ describe('Sys.mknod', () => {
     expect(Sys.makedev(4096, 0)).toBe(2 ** 44);
   });
 
-  it('fails with errno and path when the file exists', () => {
-    if (!isRoot()) return;
+  it.skipIf(!root)('fails with errno and path when the file exists', () => {
     Sys.mknod(join(dir, 'x'), Sys.S_IFIFO | 0o600);
     expect(() => Sys.mknod(join(dir, 'x'), Sys.S_IFIFO | 0o600)).toThrow(
       expect.objectContaining({ errno: 'EEXIST', syscall: 'mknod', path: join(dir, 'x') }),
@@ -85,30 +84,31 @@ describe('Sys.mknod', () => {
 });
 
 describe('Sys mounts', () => {
-  it('mounts overlayfs with fsconfig (one lowerdir+ each) and unmounts it', async () => {
-    if (!isRoot()) return;
-    const lowers = ['l1', 'l2', 'l3'].map((n) => join(dir, n));
-    for (const [i, l] of lowers.entries()) {
-      await mkdir(l);
-      await writeFile(join(l, `f${i}`), String(i));
-    }
-    const target = join(dir, 'merged');
-    await mkdir(target);
-    Sys.mountWithFsconfig({
-      fstype: 'overlay',
-      target,
-      options: lowers.map((l) => ['lowerdir+', l] as const),
-    });
-    try {
-      expect((await readdir(target)).sort()).toEqual(['f0', 'f1', 'f2']);
-    } finally {
-      Sys.umount(target);
-    }
-    expect(await readdir(target)).toEqual([]);
-  });
+  it.skipIf(!root)(
+    'mounts overlayfs with fsconfig (one lowerdir+ each) and unmounts it',
+    async () => {
+      const lowers = ['l1', 'l2', 'l3'].map((n) => join(dir, n));
+      for (const [i, l] of lowers.entries()) {
+        await mkdir(l);
+        await writeFile(join(l, `f${i}`), String(i));
+      }
+      const target = join(dir, 'merged');
+      await mkdir(target);
+      Sys.mountWithFsconfig({
+        fstype: 'overlay',
+        target,
+        options: lowers.map((l) => ['lowerdir+', l] as const),
+      });
+      try {
+        expect((await readdir(target)).sort()).toEqual(['f0', 'f1', 'f2']);
+      } finally {
+        Sys.umount(target);
+      }
+      expect(await readdir(target)).toEqual([]);
+    },
+  );
 
-  it('names the option the kernel refused', async () => {
-    if (!isRoot()) return;
+  it.skipIf(!root)('names the option the kernel refused', async () => {
     const target = join(dir, 'm');
     await mkdir(target);
     expect(() =>
@@ -120,8 +120,7 @@ describe('Sys mounts', () => {
     ).toThrow(/lowerdir\+=.*missing/);
   });
 
-  it("carries the kernel's own message for a refused option", async () => {
-    if (!isRoot()) return;
+  it.skipIf(!root)("carries the kernel's own message for a refused option", async () => {
     const target = join(dir, 'm');
     await mkdir(target);
     expect(() =>
@@ -129,8 +128,7 @@ describe('Sys mounts', () => {
     ).toThrow(/EINVAL \(overlay: Unknown parameter 'lowerdirx\+'\)/);
   });
 
-  it('passes a directory as a file descriptor (FSCONFIG_SET_FD)', async () => {
-    if (!isRoot()) return;
+  it.skipIf(!root)('passes a directory as a file descriptor (FSCONFIG_SET_FD)', async () => {
     // The kernel copies at most 255 bytes of a string value; an fd has no such limit.
     const long = join(dir, 'd'.repeat(200), 'e'.repeat(100));
     await mkdir(long, { recursive: true });
@@ -158,8 +156,7 @@ describe('Sys mounts', () => {
     }
   });
 
-  it('probes options without mounting', () => {
-    if (!isRoot()) return;
+  it.skipIf(!root)('probes options without mounting', () => {
     const probe = Sys.probeFsconfig({
       fstype: 'overlay',
       options: Array.from({ length: 501 }, () => ['lowerdir+', '/'] as const),
@@ -173,8 +170,7 @@ describe('Sys mounts', () => {
     expect(Sys.probeFsconfig({ fstype: 'no-such-fs', options: [] }).error?.errno).toBe('ENODEV');
   });
 
-  it('mounts and unmounts a tmpfs with classic mount(2)', async () => {
-    if (!isRoot()) return;
+  it.skipIf(!root)('mounts and unmounts a tmpfs with classic mount(2)', async () => {
     const target = join(dir, 't');
     await mkdir(target);
     Sys.mount({ source: 'day11-test', target, fstype: 'tmpfs', data: 'size=1m' });
@@ -186,8 +182,7 @@ describe('Sys mounts', () => {
     expect(await readdir(target)).toEqual([]);
   });
 
-  it('reports EINVAL/ENOENT for an unmount of something not mounted', () => {
-    if (!isRoot()) return;
+  it.skipIf(!root)('reports EINVAL/ENOENT for an unmount of something not mounted', () => {
     expect(() => Sys.umount(dir)).toThrow(expect.objectContaining({ errno: 'EINVAL' }));
   });
 

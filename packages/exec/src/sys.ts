@@ -277,7 +277,7 @@ export function umount(target: string, flags = 0): void {
 }
 
 /** Constants of the new mount API (linux/mount.h). */
-export const FsConfig = {
+const FsConfig = {
   FSOPEN_CLOEXEC: 0x1,
   FSMOUNT_CLOEXEC: 0x1,
   SET_FLAG: 0,

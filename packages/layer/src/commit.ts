@@ -15,7 +15,6 @@
  */
 import { copyFile, lstat, mkdir, open, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { fsyncDir, tempPathFor } from './atomic.js';
 import { measure } from './disk-usage.js';
 import { errnoCode, LayerCodes, LayerError, messageOf } from './errors.js';
 import * as InUse from './in-use.js';
@@ -24,6 +23,7 @@ import { FILES, path as layerPath } from './layer-dir.js';
 import * as LayerMeta from './layer-meta.js';
 import * as Lock from './lock.js';
 import * as Sidecar from './sidecar.js';
+import { TempName, Atomic } from '@day11/exec';
 
 /** `layer.json` as given to {@link commit}: `created_at` and `disk_usage` may be left out. */
 export type CommitMeta = Omit<LayerMeta.LayerMeta, 'created_at' | 'disk_usage'> & {
@@ -99,7 +99,7 @@ export async function commit(options: CommitOptions): Promise<CommitResult> {
   await prepare(options);
   if (await isCommitted(dir, options.hash)) return alreadyThere(dir, options.upper);
 
-  const temp = tempPathFor(dir);
+  const temp = TempName.beside(dir);
   const progress: Progress = { upperMoved: false, published: false };
   let committed: boolean;
   try {
@@ -255,7 +255,7 @@ async function assemble(options: CommitOptions, temp: string, progress: Progress
   // layer.json last: a layer directory with it is complete by construction.
   const full = options.hash.length === 64 ? { hash: options.hash } : {};
   await LayerMeta.save(temp, { ...options.meta, ...full, disk_usage: diskUsage });
-  await fsyncDir(temp);
+  await Atomic.fsyncDir(temp);
 }
 
 async function writeLog(path: string, log: CommitLog | undefined): Promise<void> {
@@ -289,7 +289,7 @@ async function publish({ options, temp, dir, held, progress }: Publish): Promise
       return false;
     throw err;
   }
-  await fsyncDir(options.osDir);
+  await Atomic.fsyncDir(options.osDir);
   await step(options, 'renamed');
   return true;
 }
@@ -314,7 +314,7 @@ async function clearBroken(dir: string): Promise<void> {
       },
     );
   }
-  const aside = tempPathFor(dir);
+  const aside = TempName.beside(dir);
   await rename(dir, aside);
   await removeTree(aside);
 }

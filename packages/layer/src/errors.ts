@@ -2,7 +2,32 @@
  * Errors of `@day11/layer`. Every one is a `Day11Error` with a stable code
  * from {@link LayerCodes}, the path involved, and a hint.
  */
-import { Day11Error, type Day11ErrorOptions, messageOf, errnoCode } from '@day11/exec';
+import { Atomic, Day11Error, type CodeOf, messageOf } from '@day11/exec';
+// Shared helpers, re-exported so this package's modules import them from one place.
+export { messageOf, errnoCode } from '@day11/exec';
+
+/** A stable code from {@link LayerCodes}. */
+export type LayerCode = CodeOf<typeof LayerCodes>;
+
+/** Any error thrown by `@day11/layer`. */
+export class LayerError extends Day11Error<LayerCode> {}
+
+/**
+ * Writes a file atomically (`Atomic.writeFile` of `@day11/exec`), failing as
+ * this package does: `LAYER_WRITE_FAILED` naming the file.
+ *
+ * @example
+ * ```ts
+ * await writeFileAtomic(join(dir, 'layer.json'), text);
+ * ```
+ */
+export async function writeFileAtomic(path: string, data: string): Promise<void> {
+  try {
+    await Atomic.writeFile(path, data);
+  } catch (cause) {
+    throw new LayerError(LayerCodes.WRITE_FAILED, messageOf(cause), { path, cause });
+  }
+}
 
 /** Stable codes of the errors thrown by `@day11/layer`. */
 export const LayerCodes = {
@@ -50,19 +75,3 @@ export const LayerCodes = {
   /** A list of layers contradicts what they recorded: a missing parent, a wrong order, a duplicate. */
   BAD_STACK: 'LAYER_BAD_STACK',
 } as const;
-
-/** A stable code from {@link LayerCodes}. */
-export type LayerCode = (typeof LayerCodes)[keyof typeof LayerCodes];
-
-/** Any error thrown by `@day11/layer`. */
-export class LayerError extends Day11Error {
-  override name = 'LayerError';
-  declare readonly code: LayerCode;
-
-  constructor(code: LayerCode, message: string, options: Day11ErrorOptions = {}) {
-    super(code, message, options);
-  }
-}
-
-// Shared helpers, re-exported so this package's modules import them from one place.
-export { messageOf, errnoCode };

@@ -13,7 +13,6 @@
  */
 import { rename, rm, rmdir, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { fsyncDir, tempPathFor } from './atomic.js';
 import { measure, walk } from './disk-usage.js';
 import { errnoCode, LayerCodes, LayerError, messageOf } from './errors.js';
 import * as InUse from './in-use.js';
@@ -21,6 +20,7 @@ import * as LastUsed from './last-used.js';
 import { NAME_HASH_LENGTH, path as layerPath } from './layer-dir.js';
 import * as Lock from './lock.js';
 import * as Scan from './scan.js';
+import { TempName, Atomic } from '@day11/exec';
 
 /** Options of {@link plan}. */
 export interface GcOptions {
@@ -199,14 +199,14 @@ export async function removeLayer({
       });
     }
     held.assertHeld();
-    const to = tempPathFor(dir);
+    const to = TempName.beside(dir);
     try {
       await rename(dir, to);
     } catch (err) {
       if (errnoCode(err) === 'ENOENT') return undefined;
       throw gcFailed(`Cannot remove the layer ${dir}`, dir, err);
     }
-    await fsyncDir(osDir);
+    await Atomic.fsyncDir(osDir);
     return to;
   });
   if (aside === undefined) return false;
@@ -446,14 +446,14 @@ async function hideLayer(
   const now = await LastUsed.get(layer.dir);
   if (now !== undefined && now > layer.lastUsed) return { skipped: 'used-since-plan' };
   held.assertHeld();
-  const aside = tempPathFor(layer.dir);
+  const aside = TempName.beside(layer.dir);
   try {
     await rename(layer.dir, aside);
   } catch (err) {
     if (errnoCode(err) === 'ENOENT') return { skipped: 'vanished' };
     throw err;
   }
-  await fsyncDir(osDir);
+  await Atomic.fsyncDir(osDir);
   return { aside };
 }
 

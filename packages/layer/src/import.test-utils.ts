@@ -8,10 +8,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { buffer } from 'node:stream/consumers';
 import tar, { type Header } from 'tar-stream';
-import { Sys } from '@day11/exec';
+import { Sys, Exec } from '@day11/exec';
 
 /** True when the tests run as root (owners, devices, trusted xattrs need it). */
-export const isRoot = process.getuid?.() === 0;
+export const isRoot = Exec.isRoot();
 
 /** A fresh `day11-` temp dir; remove it with {@link removeAll}. */
 export async function tempDir(): Promise<string> {

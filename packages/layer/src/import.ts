@@ -16,8 +16,7 @@
  */
 import { mkdir, realpath, rm, stat } from 'node:fs/promises';
 import { join, relative, resolve, isAbsolute } from 'node:path';
-import { CommandError, Exec, ExecCodes } from '@day11/exec';
-import { tempPathFor } from './atomic.js';
+import { CommandError, Exec, ExecCodes, TempName } from '@day11/exec';
 import * as Commit from './commit.js';
 import { errnoCode, LayerCodes, LayerError, messageOf } from './errors.js';
 import { baseHash } from './hash.js';
@@ -238,7 +237,7 @@ async function importBase(plan: ImportPlan): Promise<Base> {
   const osDir = resolve(plan.osDir);
   await ensureDir(osDir);
   const hash = baseHash({ image });
-  const upper = tempPathFor(LayerDir.path({ osDir, hash }));
+  const upper = TempName.beside(LayerDir.path({ osDir, hash }));
   const started = performance.now();
   try {
     plan.signal?.throwIfAborted();
@@ -439,7 +438,7 @@ async function exportImage(opts: {
   });
   const id = created.stdout.trim();
   // Exec.run collects output as text, so the tar goes through a file, not a pipe.
-  const exported = tempPathFor(join(opts.osDir, 'docker-export.tar'));
+  const exported = TempName.beside(join(opts.osDir, 'docker-export.tar'));
   try {
     await docker({
       ...opts,

@@ -7,7 +7,7 @@ import { DEAD_PID, META, hashOf, makeUpper, tempDir } from './fixtures/cache.js'
 import { acquire, holders, isInUse, LEASE_DIR, sweep } from './in-use.js';
 import { get } from './last-used.js';
 import { path as layerPath } from './layer-dir.js';
-import * as Proc from './proc.js';
+import { Proc } from '@day11/exec';
 
 let osDir: string;
 beforeEach(async () => {

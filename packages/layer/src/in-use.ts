@@ -15,19 +15,18 @@
  * layer survives, or the layer is collected first and acquire fails.
  */
 import { rmSync } from 'node:fs';
-import { access, mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { access, lstat, mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
-import { randomHex } from '@day11/exec';
+import { randomHex, Proc } from '@day11/exec';
 import { errnoCode, LayerCodes, LayerError, messageOf } from './errors.js';
 import * as LastUsed from './last-used.js';
 import { FILES, hashPrefix } from './layer-dir.js';
 import * as Lock from './lock.js';
-import * as Proc from './proc.js';
 
 /** Directory of the leases inside a layer directory. */
 export const LEASE_DIR = '.in-use';
 /** Suffix of a lease file. */
-export const LEASE_SUFFIX = '.lease';
+const LEASE_SUFFIX = '.lease';
 
 /** Leases held on some layers; release them when the build is done. */
 export interface Lease {
@@ -223,18 +222,21 @@ export async function holders(dir: string): Promise<LeaseHolder[]> {
 }
 
 async function readLease(file: string): Promise<LeaseHolder | undefined> {
-  // The pid in the name is the fallback for a lease still being written.
-  const namePid = Number(/^(\d+)-/.exec(basename(file))?.[1]);
   let record: { pid?: unknown; start?: unknown; acquired_at?: unknown } = {};
   try {
     record = JSON.parse(await readFile(file, 'utf8')) as typeof record;
   } catch (err) {
     if (errnoCode(err) === 'ENOENT') return undefined;
   }
-  const id = Proc.parse(record) ?? Proc.parse({ pid: namePid });
-  if (!id) return undefined;
   const acquiredAt = typeof record.acquired_at === 'string' ? record.acquired_at : undefined;
-  return { file, ...id, acquiredAt, alive: await Proc.isAlive(id) };
+  const id = Proc.parse(record);
+  if (id) return { file, ...id, acquiredAt, alive: await Proc.isAlive(id) };
+  // A lease still being written (or torn by a crash) has only the pid in its name.
+  const pid = Number(/^(\d+)-/.exec(basename(file))?.[1]);
+  const st = await lstat(file).catch(() => undefined);
+  if (!st || !Number.isSafeInteger(pid) || pid <= 0) return undefined;
+  const alive = !(await Proc.ownerGone(pid, st.ctimeMs));
+  return { file, pid, start: undefined, acquiredAt, alive };
 }
 
 /** True when a live process holds a lease on layer `dir`. */

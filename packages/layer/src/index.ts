@@ -23,7 +23,6 @@ export * as Commit from './commit.js';
 export * as InUse from './in-use.js';
 export * as Gc from './gc.js';
 export * as Recover from './recover.js';
-export * as Atomic from './atomic.js';
 export * as Lineage from './lineage.js';
 export type { Base } from './types.js';
 export type { LayerMeta as LayerMetaRecord, Timing } from './layer-meta.js';

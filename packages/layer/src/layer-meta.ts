@@ -6,8 +6,7 @@
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { z } from 'zod';
-import { writeFileAtomic } from './atomic.js';
-import { errnoCode, LayerCodes, LayerError, messageOf } from './errors.js';
+import { errnoCode, LayerCodes, LayerError, messageOf, writeFileAtomic } from './errors.js';
 import { FILES } from './layer-dir.js';
 
 /** `[phase, seconds]` pairs, in the order the phases ran. */

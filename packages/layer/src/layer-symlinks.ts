@@ -5,9 +5,9 @@
  */
 import { mkdir, rename, rm, symlink } from 'node:fs/promises';
 import { join, relative } from 'node:path';
-import { tempPathFor } from './atomic.js';
 import { LayerCodes, LayerError, messageOf } from './errors.js';
 import { isLayerName } from './layer-dir.js';
+import { TempName } from '@day11/exec';
 
 /** Throws unless `id` can name one directory: not empty, no `/`, no NUL, not `.` or `..`. */
 export function assertId(id: string): void {
@@ -50,7 +50,7 @@ export async function ensure({
   const idDir = join(packagesDir, id);
   const link = join(idDir, layerName);
   const target = relative(idDir, join(packagesDir, '..', layerName));
-  const temp = tempPathFor(link);
+  const temp = TempName.beside(link);
   try {
     await mkdir(idDir, { recursive: true });
     await symlink(target, temp);

@@ -44,7 +44,7 @@ export async function stackOf({
 }): Promise<LayerStack> {
   const dir = layerPath({ osDir, hash });
   const meta = await loadOrMissing(dir, 'layer');
-  const own = await Sidecar.read(dir, Import.SIDECAR).catch(() => undefined);
+  const own = await Sidecar.read(dir, Import.SIDECAR);
   if (own !== undefined)
     return { base: { hash: meta.hash ?? hash, dir, image: String(own['image']) }, layers: [] };
   const base = await baseOf(osDir, meta.base_hash, dir);
@@ -65,7 +65,8 @@ export async function stackOf({
  */
 export async function baseOf(osDir: string, hash: string, forDir?: string): Promise<Base> {
   const dir = layerPath({ osDir, hash });
-  const sidecar = await Sidecar.read(dir, Import.SIDECAR).catch(() => undefined);
+  // A missing sidecar is "no base here"; a corrupt one is its own error, naming the file.
+  const sidecar = await Sidecar.read(dir, Import.SIDECAR);
   if (sidecar === undefined || typeof sidecar['image'] !== 'string') {
     throw new LayerError(
       LayerCodes.NOT_FOUND,

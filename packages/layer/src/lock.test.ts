@@ -2,11 +2,11 @@ import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { access, mkdir, readdir, readFile, rm, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { LayerCodes } from './errors.js';
+import { LayerCodes, type LayerError } from './errors.js';
 import { DEAD_PID, hashOf, tempDir } from './fixtures/cache.js';
 import { layerLockPath, ORPHAN_GRACE_MS, owner, staleness, withLayer, withPath } from './lock.js';
-import * as Proc from './proc.js';
 import { layers } from './scan.js';
+import { Proc } from '@day11/exec';
 
 let osDir: string;
 beforeEach(async () => {
@@ -77,7 +77,7 @@ describe('Lock.withLayer', () => {
       path: layerLockPath({ osDir, hash }),
     });
     expect((err as Error).message).toContain(layerLockPath({ osDir, hash }));
-    expect((err as Error).message).toMatch(/Recover\.sweep/);
+    expect((err as LayerError).hint).toMatch(/Recover\.sweep/);
   });
 
   it('stops waiting when the signal aborts', async () => {

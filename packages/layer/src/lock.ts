@@ -19,17 +19,16 @@ import { lstat, mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/pro
 import { join, resolve } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import lockfile from 'proper-lockfile';
-import { tempPathFor } from './atomic.js';
 import { errnoCode, LayerCodes, LayerError, messageOf } from './errors.js';
 import { name as layerName } from './layer-dir.js';
-import * as Proc from './proc.js';
+import { TempName, Proc } from '@day11/exec';
 
 /** Directory of the layer lock files, inside `osDir`. */
 export const LOCKS_DIR = '.locks';
 /** Suffix of a lock directory. */
 export const LOCK_SUFFIX = '.lock';
 /** File inside a lock directory naming its holder. */
-export const OWNER_FILE = 'owner';
+const OWNER_FILE = 'owner';
 /** Default for {@link LockOptions.staleMs} (proper-lockfile's default). */
 export const DEFAULT_STALE_MS = 10_000;
 /** Default for {@link LockOptions.timeoutMs}. */
@@ -84,7 +83,7 @@ const lockFs = {
     );
   },
   rmdirSync: (path: string) => {
-    const aside = tempPathFor(path);
+    const aside = TempName.beside(path);
     fs.renameSync(path, aside);
     fs.rmSync(aside, { recursive: true, force: true });
   },
@@ -101,7 +100,7 @@ const lockFs = {
  * and that blocked the next taker until it went stale.)
  */
 async function createWithOwner(lockPath: string): Promise<void> {
-  const temp = tempPathFor(lockPath);
+  const temp = TempName.beside(lockPath);
   try {
     await mkdir(temp);
     await writeFile(join(temp, OWNER_FILE), JSON.stringify(await Proc.self()));
@@ -122,7 +121,7 @@ async function createWithOwner(lockPath: string): Promise<void> {
  * removal deletes the file first); the aside name is a temp of this process.
  */
 async function removeWithOwner(lockPath: string): Promise<void> {
-  const aside = tempPathFor(lockPath);
+  const aside = TempName.beside(lockPath);
   await rename(lockPath, aside);
   await rm(aside, { recursive: true, force: true });
 }

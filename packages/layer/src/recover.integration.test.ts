@@ -4,9 +4,8 @@
  */
 import { access, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { Exec, Sys } from '@day11/exec';
+import { Exec, Sys, TempName } from '@day11/exec';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { TEMP_PREFIX } from './atomic.js';
 import { DEAD_PID, tempDir } from './fixtures/cache.js';
 import { sweep } from './recover.js';
 
@@ -25,11 +24,11 @@ const exists = (p: string) =>
   );
 
 describe('Recover.sweep and mounts', () => {
-  it.runIf(Exec.isRoot())(
+  it.skipIf(!Exec.isRoot())(
     'never removes a dead temp dir with a mount below it; removes it once unmounted',
     async () => {
       // A name with a space: mountinfo escapes it as \040, and the match must undo that.
-      const temp = join(osDir, `${TEMP_PREFIX}${DEAD_PID}-0a0b0c0d-r un`);
+      const temp = join(osDir, `${TempName.PREFIX}${DEAD_PID}-0a0b0c0d-r un`);
       const target = join(temp, 'merged');
       await mkdir(target, { recursive: true });
       await writeFile(join(temp, 'upper-file'), 'x');

@@ -1,13 +1,12 @@
 import { access, mkdir, readdir, rm, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { TEMP_PREFIX } from './atomic.js';
 import { commit } from './commit.js';
 import { DEAD_PID, META, hashOf, makeUpper, tempDir } from './fixtures/cache.js';
 import { acquire, LEASE_DIR } from './in-use.js';
 import { layerLockPath, withLayer } from './lock.js';
-import * as Proc from './proc.js';
 import { sweep } from './recover.js';
+import { Proc, TempName } from '@day11/exec';
 
 let osDir: string;
 beforeEach(async () => {
@@ -31,12 +30,17 @@ async function layer(n: number): Promise<string> {
 describe('Recover.sweep', () => {
   it('removes temp entries of dead processes, keeps live ones and everything else', async () => {
     const dir = await layer(1);
-    const deadDir = join(osDir, `${TEMP_PREFIX}${DEAD_PID}-0a0b0c0d-build-000000000002`);
-    const deadFile = join(dir, `${TEMP_PREFIX}${DEAD_PID}-0a0b0c0d-layer.json`);
-    const deadPkg = join(osDir, 'packages', 'hello.1.0', `${TEMP_PREFIX}${DEAD_PID}-01-build-x`);
-    const live = join(osDir, `${TEMP_PREFIX}${process.pid}-0a0b0c0d-build-000000000003`);
-    const userFile = join(dir, 'fs', `${TEMP_PREFIX}${DEAD_PID}-0a0b0c0d-mine`); // build output
-    const unparsable = join(osDir, `${TEMP_PREFIX}nopid`);
+    const deadDir = join(osDir, `${TempName.PREFIX}${DEAD_PID}-0a0b0c0d-build-000000000002`);
+    const deadFile = join(dir, `${TempName.PREFIX}${DEAD_PID}-0a0b0c0d-layer.json`);
+    const deadPkg = join(
+      osDir,
+      'packages',
+      'hello.1.0',
+      `${TempName.PREFIX}${DEAD_PID}-01-build-x`,
+    );
+    const live = join(osDir, `${TempName.PREFIX}${process.pid}-0a0b0c0d-build-000000000003`);
+    const userFile = join(dir, 'fs', `${TempName.PREFIX}${DEAD_PID}-0a0b0c0d-mine`); // build output
+    const unparsable = join(osDir, `${TempName.PREFIX}nopid`);
     await mkdir(join(deadDir, 'fs'), { recursive: true });
     await mkdir(join(osDir, 'packages', 'hello.1.0'), { recursive: true });
     for (const f of [deadFile, deadPkg, userFile, unparsable]) await writeFile(f, '');

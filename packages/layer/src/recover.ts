@@ -3,7 +3,7 @@
  * time, also while other day11 processes work in the same cache: it never
  * touches what a live process owns.
  *
- * - temporary entries `.day11-tmp-<pid>-...` (from `tempPathFor`: a commit's
+ * - temporary entries `.day11-tmp-<pid>-...` (`TempName` of `@day11/exec`: a commit's
  *   assembly directory, a layer set aside by Gc, a half-written file) whose
  *   process is dead, or whose pid now belongs to a process started after the
  *   entry was last changed. Looked for in `osDir`, in each layer directory
@@ -20,14 +20,13 @@
  *
  * All processes sharing the cache are assumed to share one pid namespace.
  */
-import { lstat, readdir, readFile, realpath, rename, rm } from 'node:fs/promises';
-import { join, resolve, sep } from 'node:path';
-import { TEMP_PREFIX, tempPathFor } from './atomic.js';
+import { lstat, readdir, rename, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Mountinfo, Proc, TempName } from '@day11/exec';
 import { errnoCode, LayerCodes, LayerError, messageOf } from './errors.js';
 import * as InUse from './in-use.js';
 import { FILES, isLayerName } from './layer-dir.js';
 import * as Lock from './lock.js';
-import * as Proc from './proc.js';
 
 /** What {@link sweep} removed (absolute paths), and what it found but left alone. */
 export interface SweepReport {
@@ -54,14 +53,6 @@ export interface SweepOptions {
   /** A lock not refreshed for this long is stale (default and minimum as in `Lock`). */
   staleMs?: number;
 }
-
-/**
- * A process that started more than this after a temp entry last changed cannot
- * have made it. The margin absorbs tick granularity and clock adjustments.
- */
-const PID_REUSE_MARGIN_MS = 60_000;
-
-const TEMP_RE = new RegExp(`^${TEMP_PREFIX.replace(/[.]/g, '\\.')}(\\d+)-`);
 
 /**
  * Removes the leftovers of killed processes from cache `osDir` (see the module
@@ -105,12 +96,13 @@ async function sweepTemps(dir: string): Promise<{ removed: string[]; mounted: st
   const removed: string[] = [];
   const mounted: string[] = [];
   for (const name of await entries(dir)) {
-    const pid = Number(TEMP_RE.exec(name)?.[1]);
-    if (!pid) continue;
+    const pid = TempName.ownerPid(name);
+    if (pid === undefined) continue;
     const path = join(dir, name);
-    if (!(await ownerDead(pid, path))) continue;
+    const st = await lstat(path).catch(() => undefined);
+    if (!st || !(await Proc.ownerGone(pid, st.ctimeMs))) continue;
     // Read per entry, not per sweep: a mount made since must not be missed.
-    if (await hasMountAtOrBelow(path)) {
+    if ((await Mountinfo.under(path)).length > 0) {
       mounted.push(path);
       continue;
     }
@@ -120,51 +112,11 @@ async function sweepTemps(dir: string): Promise<{ removed: string[]; mounted: st
   return { removed, mounted };
 }
 
-/**
- * True when a mount point in `/proc/self/mountinfo` is `path` or lies below
- * it. Without `/proc` nothing can be known, and nothing is assumed mounted.
- */
-async function hasMountAtOrBelow(path: string): Promise<boolean> {
-  let text: string;
-  try {
-    text = await readFile('/proc/self/mountinfo', 'utf8');
-  } catch {
-    return false;
-  }
-  const dir = await realpath(path).catch(() => resolve(path));
-  const prefix = dir === sep ? sep : dir + sep;
-  return mountPoints(text).some((m) => m === dir || m.startsWith(prefix));
-}
-
-/** The mount points (field 5, octal escapes undone) of a mountinfo text. */
-function mountPoints(mountinfo: string): string[] {
-  return mountinfo
-    .split('\n')
-    .map((line) => line.split(' ')[4])
-    .filter((field): field is string => field !== undefined)
-    .map((field) =>
-      field.replace(/\\([0-3][0-7]{2})/g, (_, octal: string) =>
-        String.fromCharCode(parseInt(octal, 8)),
-      ),
-    );
-}
-
-/** Temp names carry only the pid, so pid reuse is detected by start time versus ctime. */
-async function ownerDead(pid: number, path: string): Promise<boolean> {
-  if (!(await Proc.isAlive({ pid, start: undefined }))) return true;
-  const [started, st] = await Promise.all([
-    Proc.startedAt(pid),
-    lstat(path).catch(() => undefined),
-  ]);
-  if (!st) return false; // gone already
-  return started !== undefined && started > st.ctimeMs + PID_REUSE_MARGIN_MS;
-}
-
 async function sweepLocks(locksDir: string, options: SweepOptions): Promise<string[]> {
   const removed: string[] = [];
   for (const name of await entries(locksDir)) {
     // A lock being assembled is a temporary entry, swept (or not) by sweepTemps.
-    if (!name.endsWith(Lock.LOCK_SUFFIX) || name.startsWith(TEMP_PREFIX)) continue;
+    if (!name.endsWith(Lock.LOCK_SUFFIX) || TempName.is(name)) continue;
     const path = join(locksDir, name);
     if (await removeStaleLock(path, options)) removed.push(path);
   }
@@ -178,7 +130,7 @@ async function sweepLocks(locksDir: string, options: SweepOptions): Promise<stri
  */
 async function removeStaleLock(path: string, options: SweepOptions): Promise<boolean> {
   if (!(await Lock.staleness(path, options))) return false;
-  const aside = tempPathFor(path);
+  const aside = TempName.beside(path);
   try {
     await rename(path, aside);
   } catch (err) {

@@ -5,8 +5,7 @@
  */
 import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { writeFileAtomic } from './atomic.js';
-import { errnoCode, LayerCodes, LayerError, messageOf } from './errors.js';
+import { errnoCode, LayerCodes, LayerError, messageOf, writeFileAtomic } from './errors.js';
 import { FILES } from './layer-dir.js';
 
 /** A sidecar's content: a JSON object. */

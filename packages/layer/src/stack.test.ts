@@ -19,13 +19,12 @@ import { dirname, join } from 'node:path';
 import { Sys } from '@day11/exec';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { LayerCodes } from './errors.js';
-import {
-  merge,
-  ORIGIN_XATTR,
-  planLowerdir,
-  YIELD_EVERY,
-  type PlanLowerdirOptions,
-} from './stack.js';
+import { merge, planLowerdir, type PlanLowerdirOptions } from './stack.js';
+
+/** overlayfs's mark of a copied-up directory, which merge sets above whiteouts. */
+const ORIGIN_XATTR = 'trusted.overlay.origin';
+/** More entries than merge handles in one synchronous stretch (it yields every 2048). */
+const MORE_THAN_ONE_STRETCH = 2548;
 
 // ---------------------------------------------------------------- planLowerdir
 
@@ -439,7 +438,9 @@ describe('Stack.merge', () => {
     // More entries than one stretch of synchronous work, so the walk checks the signal.
     const top = await layer('top', { d: { dir: {} } });
     await Promise.all(
-      Array.from({ length: YIELD_EVERY + 500 }, (_, i) => writeFile(join(top, `fs/d/f${i}`), '')),
+      Array.from({ length: MORE_THAN_ONE_STRETCH }, (_, i) =>
+        writeFile(join(top, `fs/d/f${i}`), ''),
+      ),
     );
     const target = join(work, 'merged');
     const controller = new AbortController();

@@ -122,14 +122,14 @@ export interface MergeResult {
 }
 
 /** The overlayfs xattr that makes a directory hide the layers below it. */
-export const OPAQUE_XATTR = 'trusted.overlay.opaque';
+const OPAQUE_XATTR = 'trusted.overlay.opaque';
 /** Its unprivileged form, used by `userxattr` mounts; honoured when merging. */
-export const USER_OPAQUE_XATTR = 'user.overlay.opaque';
+const USER_OPAQUE_XATTR = 'user.overlay.opaque';
 /**
  * Overlayfs's copy-up origin. Empty means "copied up, origin unknown"; its
  * presence tells overlayfs that the directory may hold whiteouts to filter.
  */
-export const ORIGIN_XATTR = 'trusted.overlay.origin';
+const ORIGIN_XATTR = 'trusted.overlay.origin';
 
 /**
  * Hardlink-merges the `fs/` trees of `layerDirs` (topmost first) into
@@ -178,7 +178,7 @@ export async function merge(opts: MergeOptions): Promise<MergeResult> {
 }
 
 /** Operations between two yields to the event loop (and abort checks) in {@link merge}. */
-export const YIELD_EVERY = 2048;
+const YIELD_EVERY = 2048;
 
 /** One layer's copy of a directory in a merge chain. `xattrs` is filled once listed. */
 interface Source {

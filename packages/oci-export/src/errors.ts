@@ -3,7 +3,47 @@
  * code from {@link OciExportCodes}, the file involved, and a hint saying what
  * to do about it.
  */
-import { Day11Error, type Day11ErrorOptions, messageOf, errnoCode } from '@day11/exec';
+import { Day11Error, type CodeOf, messageOf } from '@day11/exec';
+// Shared helpers, re-exported so this package's modules import them from one place.
+export { messageOf, errnoCode } from '@day11/exec';
+
+/** A stable code from {@link OciExportCodes}. */
+export type OciExportCode = CodeOf<typeof OciExportCodes>;
+
+/**
+ * Any error thrown by `@day11/oci-export` (lock errors of `@day11/layer` and
+ * aborts pass through unchanged).
+ *
+ * @example
+ * ```ts
+ * try {
+ *   await exportImage({ layout, tag: 'bad tag!', base, layers });
+ * } catch (err) {
+ *   if (err instanceof OciExportError && err.code === OciExportCodes.BAD_TAG) console.error(err.hint);
+ * }
+ * ```
+ */
+export class OciExportError extends Day11Error<OciExportCode> {}
+
+/**
+ * Wraps a failed filesystem call; a day11 error or an abort passes through unchanged.
+ *
+ * @example
+ * ```ts
+ * throw fsError(OciExportCodes.READ_FAILED, 'Cannot read', path, err, 'Check permissions');
+ * ```
+ */
+export function fsError(
+  code: OciExportCode,
+  what: string,
+  path: string,
+  cause: unknown,
+  hint: string,
+): unknown {
+  if (cause instanceof Day11Error) return cause;
+  if ((cause as { name?: unknown } | null)?.name === 'AbortError') return cause;
+  return new OciExportError(code, `${what} ${path}: ${messageOf(cause)}`, { path, cause, hint });
+}
 
 /** Stable codes of the errors thrown by `@day11/oci-export`. */
 export const OciExportCodes = {
@@ -32,51 +72,3 @@ export const OciExportCodes = {
   /** Writing a blob, the cache, or `index.json` failed. */
   WRITE_FAILED: 'OCI_WRITE_FAILED',
 } as const;
-
-/** A stable code from {@link OciExportCodes}. */
-export type OciExportCode = (typeof OciExportCodes)[keyof typeof OciExportCodes];
-
-/**
- * Any error thrown by `@day11/oci-export` (lock errors of `@day11/layer` and
- * aborts pass through unchanged).
- *
- * @example
- * ```ts
- * try {
- *   await exportImage({ layout, tag: 'bad tag!', base, layers });
- * } catch (err) {
- *   if (err instanceof OciExportError && err.code === OciExportCodes.BAD_TAG) console.error(err.hint);
- * }
- * ```
- */
-export class OciExportError extends Day11Error {
-  override name = 'OciExportError';
-  declare readonly code: OciExportCode;
-
-  constructor(code: OciExportCode, message: string, options: Day11ErrorOptions = {}) {
-    super(code, message, options);
-  }
-}
-
-/**
- * Wraps a failed filesystem call; a day11 error or an abort passes through unchanged.
- *
- * @example
- * ```ts
- * throw fsError(OciExportCodes.READ_FAILED, 'Cannot read', path, err, 'Check permissions');
- * ```
- */
-export function fsError(
-  code: OciExportCode,
-  what: string,
-  path: string,
-  cause: unknown,
-  hint: string,
-): unknown {
-  if (cause instanceof Day11Error) return cause;
-  if ((cause as { name?: unknown } | null)?.name === 'AbortError') return cause;
-  return new OciExportError(code, `${what} ${path}: ${messageOf(cause)}`, { path, cause, hint });
-}
-
-// Shared helpers, re-exported so this package's modules import them from one place.
-export { messageOf, errnoCode };

@@ -5,17 +5,15 @@
  * 1. Lease every layer (so `Gc.prune` leaves them alone while they are read).
  * 2. Make sure each layer's blob is cached in its directory (`LayerBlob.ensure`),
  *    compressing the missing ones in parallel on a shared pool of slots.
- * 3. Stage the blobs in the layout (hardlinks from the cache; a copy across
- *    filesystems), outside the lock.
- * 4. Under the layout lock: move the staged blobs into place (re-staging any
- *    that a concurrent `Layout.gc` removed), write config and manifest, and
+ * 3. Add the blobs to the layout (`Layout.linkBlob`: hardlinks from the cache,
+ *    a copy across filesystems; idempotent), outside the lock.
+ * 4. Under the layout lock: link again any blob a concurrent `Layout.gc`
+ *    removed meanwhile, add config and manifest (`Layout.putBlob`), and
  *    replace the tag's entry in `index.json`.
  */
-import { copyFile, link, lstat, rename, rm } from 'node:fs/promises';
 import { basename, dirname, resolve } from 'node:path';
 import { InUse, LayerMeta, Lineage, type Base } from '@day11/layer';
-import { OciExportCodes, OciExportError, errnoCode, fsError } from './errors.js';
-import { fsyncFile, tempName, writeAtomic } from './files.js';
+import { OciExportCodes, OciExportError } from './errors.js';
 import { levelOf } from './gzip.js';
 import * as LayerBlob from './layer-blob.js';
 import * as Layout from './layout.js';
@@ -296,149 +294,53 @@ function iso(date: Date): string {
 
 // ---------------------------------------------------------------- publishing
 
-interface Staged {
-  blob: LayerBlob.LayerBlob;
-  /** Temporary name in the layout, when the blob was not there yet. */
-  temp: string | undefined;
-}
-
+/**
+ * Adds the blobs to the layout, then, under the layout lock, makes sure they
+ * are still there (a concurrent `Layout.gc` may have removed them as
+ * unreferenced), writes config and manifest, and tags the manifest.
+ */
 async function publish(
   options: ExportOptions,
   blobs: LayerBlob.LayerBlob[],
   config: Buffer,
 ): Promise<string> {
   const { layout } = options;
-  const staged: Staged[] = [];
-  try {
-    for (const blob of uniqueByDigest(blobs))
-      staged.push({ blob, temp: await stage(layout, blob) });
-    const configDesc = {
-      mediaType: MediaTypes.config,
-      digest: sha256(config),
-      size: config.length,
-    };
-    const layers: Descriptor[] = blobs.map((b) => ({
-      mediaType: MediaTypes.layer,
-      digest: b.digest,
-      size: b.size,
-    }));
-    const manifest = buildManifest(configDesc, layers);
-    const manifestDigest = sha256(manifest);
-    await Layout.withLock(
-      layout,
-      async () => {
-        // Read first: a corrupt index.json must fail the export before any blob is placed.
-        const index = await Layout.readIndex(layout);
-        for (const s of staged) await place(layout, s);
-        await putBytes(layout, configDesc.digest, config);
-        await putBytes(layout, manifestDigest, manifest);
-        const entry = {
-          mediaType: MediaTypes.manifest,
-          digest: manifestDigest,
-          size: manifest.length,
-          platform: {
-            architecture: options.architecture ?? defaultArchitecture(),
-            os: options.os ?? 'linux',
-          },
-        };
-        await Layout.writeIndex(layout, Layout.withTag(index, options.tag, entry));
-      },
-      { timeoutMs: options.lockTimeoutMs, signal: options.signal },
-    );
-    return manifestDigest;
-  } finally {
-    const temps = staged.flatMap((s) => (s.temp ? [s.temp] : []));
-    await Promise.all(temps.map((t) => rm(t, { force: true }).catch(() => undefined)));
-  }
+  const unique = uniqueByDigest(blobs);
+  // Outside the lock: a copy across filesystems may take a while.
+  for (const blob of unique) await Layout.linkBlob(layout, blob);
+  const configDesc = { mediaType: MediaTypes.config, digest: sha256(config), size: config.length };
+  const layers: Descriptor[] = blobs.map((b) => ({
+    mediaType: MediaTypes.layer,
+    digest: b.digest,
+    size: b.size,
+  }));
+  const manifest = buildManifest(configDesc, layers);
+  const manifestDigest = sha256(manifest);
+  await Layout.withLock(
+    layout,
+    async () => {
+      // Read first: a corrupt index.json must fail the export before the tag is written.
+      const index = await Layout.readIndex(layout);
+      for (const blob of unique) await Layout.linkBlob(layout, blob);
+      await Layout.putBlob(layout, config);
+      await Layout.putBlob(layout, manifest);
+      const entry = {
+        mediaType: MediaTypes.manifest,
+        digest: manifestDigest,
+        size: manifest.length,
+        platform: {
+          architecture: options.architecture ?? defaultArchitecture(),
+          os: options.os ?? 'linux',
+        },
+      };
+      await Layout.writeIndex(layout, Layout.withTag(index, options.tag, entry));
+    },
+    { timeoutMs: options.lockTimeoutMs, signal: options.signal },
+  );
+  return manifestDigest;
 }
 
 function uniqueByDigest(blobs: readonly LayerBlob.LayerBlob[]): LayerBlob.LayerBlob[] {
   const seen = new Set<string>();
   return blobs.filter((b) => !seen.has(b.digest) && seen.add(b.digest));
-}
-
-/** True when blob `digest` is in the layout with the right size. */
-async function present(layout: string, digest: string, size: number): Promise<boolean> {
-  const st = await lstat(Layout.blobPath(layout, digest)).catch(() => undefined);
-  return st?.isFile() === true && st.size === size;
-}
-
-/** Hardlinks (or copies) a cached blob to a temporary name in the layout, unless it is there. */
-async function stage(layout: string, blob: LayerBlob.LayerBlob): Promise<string | undefined> {
-  if (await present(layout, blob.digest, blob.size)) return undefined;
-  const temp = tempName(Layout.blobPath(layout, blob.digest));
-  try {
-    await link(blob.file, temp);
-  } catch (err) {
-    if (errnoCode(err) !== 'EXDEV' && errnoCode(err) !== 'EPERM') {
-      throw fsError(
-        OciExportCodes.WRITE_FAILED,
-        'Cannot link the blob to',
-        temp,
-        err,
-        'Check that the layout is writable',
-      );
-    }
-    await copyBlob(blob.file, temp);
-    return temp;
-  }
-  await assertSameCache(blob, temp);
-  return temp;
-}
-
-/**
- * The cache file is replaced only by a rebuild at another gzip level, but a
- * concurrent export may do just that between our lookup and our link: then
- * the link is not the blob the digests describe.
- */
-async function assertSameCache(blob: LayerBlob.LayerBlob, temp: string): Promise<void> {
-  if ((await lstat(temp)).ino === blob.ino) return;
-  await rm(temp, { force: true });
-  throw new OciExportError(
-    OciExportCodes.LAYER_CHANGED,
-    `${blob.file} was replaced while being exported (a rebuild at another gzip level)`,
-    { path: blob.file, hint: 'Export again; use one gzipLevel for exports that run at once' },
-  );
-}
-
-async function copyBlob(from: string, to: string): Promise<void> {
-  try {
-    await copyFile(from, to);
-    await fsyncFile(to);
-  } catch (err) {
-    await rm(to, { force: true });
-    throw fsError(
-      OciExportCodes.WRITE_FAILED,
-      'Cannot copy the blob to',
-      to,
-      err,
-      'Check free space in the layout',
-    );
-  }
-}
-
-/** Under the lock: moves a staged blob into place, or stages it again if a gc removed it meanwhile. */
-async function place(layout: string, s: Staged): Promise<void> {
-  const final = Layout.blobPath(layout, s.blob.digest);
-  if (await present(layout, s.blob.digest, s.blob.size)) return;
-  s.temp ??= await stage(layout, s.blob);
-  if (!s.temp) return;
-  try {
-    await rename(s.temp, final);
-    s.temp = undefined;
-  } catch (err) {
-    throw fsError(
-      OciExportCodes.WRITE_FAILED,
-      'Cannot move the blob to',
-      final,
-      err,
-      'Check that the layout is writable',
-    );
-  }
-}
-
-/** Writes a small blob (config, manifest) unless it is there. */
-async function putBytes(layout: string, digest: string, bytes: Buffer): Promise<void> {
-  if (await present(layout, digest, bytes.length)) return;
-  await writeAtomic(Layout.blobPath(layout, digest), bytes);
 }

@@ -16,18 +16,19 @@ import { basename, dirname, join } from 'node:path';
 import { LayerDir, Lock } from '@day11/layer';
 import { z } from 'zod';
 import { OciExportCodes, OciExportError, fsError } from './errors.js';
-import { tempName, writeAll, writeAtomic } from './files.js';
+import { writeAll, writeAtomic } from './files.js';
 import { gzipChunks, levelOf } from './gzip.js';
 import { DEFAULT_CHUNK_SIZE, tarChunks } from './layer-tar.js';
 import { BufferPool, Semaphore, compressionSlots } from './pool.js';
 import type { WalkWarning } from './walk.js';
+import { TempName } from '@day11/exec';
 
 /** The cached blob, inside the layer directory. */
 export const CACHE_FILE = 'layer.tar.gz';
 /** Its digests, inside the layer directory. */
 export const DIGESTS_FILE = 'layer.tar.gz.digests';
 /** Version of the tar + gzip encoding; a cache of another version is rebuilt. */
-export const FORMAT = 1;
+const FORMAT = 1;
 
 const RecordSchema = z.object({
   format: z.number(),
@@ -172,7 +173,7 @@ async function build(
   assertHeld: () => void,
 ): Promise<LayerBlob> {
   const file = join(dir, CACHE_FILE);
-  const temp = tempName(file);
+  const temp = TempName.beside(file);
   try {
     const result = await compressTo(temp, join(dir, 'fs'), options);
     const ino = (await stat(temp)).ino;

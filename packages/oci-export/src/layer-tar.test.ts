@@ -304,7 +304,7 @@ describe.skipIf(!isRoot)('as root', () => {
       await expect(tarOf(root)).rejects.toMatchObject({
         code: OciExportCodes.UNSUPPORTED_UPPER,
         path: join(root, 'moved'),
-        message: expect.stringContaining('redirect_dir=off,metacopy=off') as string,
+        hint: expect.stringContaining('redirect_dir=off,metacopy=off') as string,
       });
     },
   );

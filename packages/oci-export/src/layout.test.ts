@@ -1,11 +1,11 @@
-import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeEach, describe, expect, it } from 'vitest';
-import { OciExportCodes } from './errors.js';
+import { OciExportCodes, type OciExportError } from './errors.js';
 import { exportImage } from './export.js';
 import { asBase, cleanup, makeLayer, tempDir, type TestLayer } from './fixtures/layers.js';
 import * as Layout from './layout.js';
-import { assertTag, REF_NAME, type Descriptor } from './oci.js';
+import { assertTag, REF_NAME, sha256, type Descriptor } from './oci.js';
 
 afterAll(cleanup);
 
@@ -84,7 +84,7 @@ describe('init and the index', () => {
       code: OciExportCodes.INDEX_CORRUPT,
       path: join(layout, 'index.json'),
     });
-    expect((err as Error).message).toMatch(/export each image again/);
+    expect((err as OciExportError).hint).toMatch(/export each image again/);
     // Every problem, on one line (the CLI prints errors as one line).
     expect((err as Error).message).toMatch(/manifests\.0\.mediaType: .*; manifests\.0\.digest: /);
     expect((err as Error).message).not.toContain('\n');
@@ -111,6 +111,44 @@ describe('init and the index', () => {
       ['d', 'alpha'],
       ['e', 'zeta'],
     ]);
+  });
+});
+
+describe('the blob store', () => {
+  it('adds bytes once, by their digest, with no temporary name left', async () => {
+    const layout = join(await tempDir('put'), 'oci');
+    await Layout.init(layout);
+    const bytes = Buffer.from('{"hello":1}');
+    const ref = await Layout.putBlob(layout, bytes);
+    expect(ref).toEqual({ digest: sha256(bytes), size: bytes.length });
+    const { ino } = await stat(Layout.blobPath(layout, ref.digest));
+    expect(await Layout.putBlob(layout, bytes)).toEqual(ref);
+    expect((await stat(Layout.blobPath(layout, ref.digest))).ino).toBe(ino);
+    expect(await Layout.hasBlob(layout, ref)).toBe(true);
+    expect(await Layout.hasBlob(layout, { ...ref, size: ref.size + 1 })).toBe(false);
+    expect(await readdir(join(layout, 'blobs', 'sha256'))).toEqual([ref.digest.slice(7)]);
+  });
+
+  it('links a file in once; a replaced file is refused, and nothing stays', async () => {
+    const dir = await tempDir('link');
+    const layout = join(dir, 'oci');
+    await Layout.init(layout);
+    const file = join(dir, 'blob');
+    await writeFile(file, 'layer bytes');
+    const blob = { file, digest: sha256(Buffer.from('layer bytes')), size: 11 };
+    const { ino } = await stat(file);
+    expect(await Layout.linkBlob(layout, { ...blob, ino })).toBe(true);
+    expect((await stat(Layout.blobPath(layout, blob.digest))).ino).toBe(ino);
+    expect(await Layout.linkBlob(layout, { ...blob, ino })).toBe(false);
+    // Gone (as a gc would remove it) and linked again from a file that was replaced since.
+    await writeFile(`${file}.new`, 'other bytes'); // while the old inode lives: a new one
+    await rename(`${file}.new`, file);
+    await rm(Layout.blobPath(layout, blob.digest));
+    await expect(Layout.linkBlob(layout, { ...blob, ino })).rejects.toMatchObject({
+      code: OciExportCodes.LAYER_CHANGED,
+      path: file,
+    });
+    expect(await readdir(join(layout, 'blobs', 'sha256'))).toEqual([]);
   });
 });
 

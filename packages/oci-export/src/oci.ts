@@ -20,6 +20,11 @@ export const MediaTypes = {
   dockerLayer: 'application/vnd.docker.image.rootfs.diff.tar.gzip',
 } as const;
 
+/** Media types of image manifests (OCI and Docker v2). */
+export const MANIFEST_TYPES: readonly string[] = [MediaTypes.manifest, MediaTypes.dockerManifest];
+/** Media types of image indexes (OCI and Docker manifest lists). */
+export const INDEX_TYPES: readonly string[] = [MediaTypes.index, MediaTypes.dockerManifestList];
+
 /** The index annotation naming a tag. */
 export const REF_NAME = 'org.opencontainers.image.ref.name';
 

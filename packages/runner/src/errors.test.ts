@@ -13,7 +13,7 @@ describe('RunnerError', () => {
     expect(err).toBeInstanceOf(Day11Error);
     expect(isDay11Error(err, 'RUNNER_PREP_UPPER_FAILED')).toBe(true);
     expect(err).toMatchObject({ name: 'RunnerError', path: '/u', hint: 'Fix it', cause });
-    expect(err.message).toBe('prepUpper failed. Fix it');
+    expect(err.message).toBe('prepUpper failed');
   });
 
   it('has RUNNER_-prefixed, unique codes', () => {

@@ -4,7 +4,33 @@
  * packages it builds on (`LayerError`, `ContainerError`, `CommandError`)
  * pass through unchanged: their codes already say what failed.
  */
-import { Day11Error, type Day11ErrorOptions, messageOf, errnoCode } from '@day11/exec';
+import { Day11Error, type CodeOf } from '@day11/exec';
+// Shared helpers, re-exported so this package's modules import them from one place.
+export { messageOf, errnoCode } from '@day11/exec';
+
+/**
+ * A stable code from {@link RunnerCodes}.
+ *
+ * @example
+ * ```ts
+ * const code: RunnerCode = RunnerCodes.ABORTED;
+ * ```
+ */
+export type RunnerCode = CodeOf<typeof RunnerCodes>;
+
+/**
+ * Any error thrown by `@day11/runner` itself.
+ *
+ * @example
+ * ```ts
+ * try {
+ *   await runInLayers({ base, buildDirs, spec });
+ * } catch (err) {
+ *   if (err instanceof RunnerError && err.code === RunnerCodes.PREP_UPPER_FAILED) console.error(err.cause);
+ * }
+ * ```
+ */
+export class RunnerError extends Day11Error<RunnerCode> {}
 
 /**
  * Stable codes of the errors thrown by `@day11/runner`.
@@ -28,37 +54,3 @@ export const RunnerCodes = {
   /** The runner was closed (`run` after `close`, or a run that `close` stopped). */
   CLOSED: 'RUNNER_CLOSED',
 } as const;
-
-/**
- * A stable code from {@link RunnerCodes}.
- *
- * @example
- * ```ts
- * const code: RunnerCode = RunnerCodes.ABORTED;
- * ```
- */
-export type RunnerCode = (typeof RunnerCodes)[keyof typeof RunnerCodes];
-
-/**
- * Any error thrown by `@day11/runner` itself.
- *
- * @example
- * ```ts
- * try {
- *   await runInLayers({ base, buildDirs, spec });
- * } catch (err) {
- *   if (err instanceof RunnerError && err.code === RunnerCodes.PREP_UPPER_FAILED) console.error(err.cause);
- * }
- * ```
- */
-export class RunnerError extends Day11Error {
-  override name = 'RunnerError';
-  declare readonly code: RunnerCode;
-
-  constructor(code: RunnerCode, message: string, options: Day11ErrorOptions = {}) {
-    super(code, message, options);
-  }
-}
-
-// Shared helpers, re-exported so this package's modules import them from one place.
-export { messageOf, errnoCode };

@@ -18,9 +18,8 @@
  * convenience: consecutive calls reuse one runner (its leases and spare
  * directories) until it has been idle for the calls' `lingerMs`.
  */
-import { readdirSync, readFileSync } from 'node:fs';
-import { Exec } from '@day11/exec';
-import { removeTreeSync, unmountSync } from './mounts.js';
+import { Overlay, Runc } from '@day11/container';
+import { removeTreeSync } from './mounts.js';
 
 /** Signals that tear the active runs down. */
 export const SIGNALS: readonly NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
@@ -223,47 +222,12 @@ export function teardownAllSync(sig: NodeJS.Signals | undefined): void {
   for (const runner of [...runners]) update(runner, false);
 }
 
-/** Container, then mount, then directory: each step needs the one before. */
+/** Container, then mount, then directory: each step needs the one before. Never throws. */
 export function teardownRunSync(run: ActiveRun): void {
-  if (run.containerId !== undefined) stopContainerSync(run.runtime, run.containerId);
-  unmountSync(run.merged);
+  // Also kills a runtime still creating it, which would otherwise create it after we are gone.
+  if (run.containerId !== undefined)
+    Runc.killAndDeleteSync({ runtime: run.runtime, id: run.containerId });
+  Overlay.unmountSync(run.merged);
   removeTreeSync(run.runDir);
   removeTreeSync(run.handover);
-}
-
-/**
- * Kills and deletes a container synchronously: first any runtime process
- * still working on this id (a `runc run` that has not created the container
- * yet would otherwise create it after we are gone), then `delete --force`.
- */
-function stopContainerSync(runtime: string, id: string): void {
-  killProcessesMentioning(id);
-  try {
-    Exec.runSync(runtime, ['delete', '--force', id], {
-      privileged: true,
-      allowNonZeroExit: true,
-      timeoutMs: 10_000,
-    });
-  } catch {
-    // recover() deletes it later (its id carries our pid).
-  }
-}
-
-/** SIGKILLs the processes whose command line has `word` as an argument. */
-function killProcessesMentioning(word: string): void {
-  let pids: string[];
-  try {
-    pids = readdirSync('/proc').filter((name) => /^\d+$/.test(name));
-  } catch {
-    return;
-  }
-  for (const pid of pids) {
-    if (Number(pid) === process.pid) continue;
-    try {
-      const args = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
-      if (args.includes(word)) process.kill(Number(pid), 'SIGKILL');
-    } catch {
-      // Gone, or not ours to read.
-    }
-  }
 }

@@ -88,7 +88,7 @@ describe('writeHosts', () => {
     await expect(lstat(join(upper, 'etc'))).rejects.toMatchObject({ code: 'ENOENT' });
   });
 
-  it.runIf(Exec.isRoot())('treats a whiteout of /etc as no /etc below it', async () => {
+  it.skipIf(!Exec.isRoot())('treats a whiteout of /etc as no /etc below it', async () => {
     const top = join(dir, 'top');
     await mkdir(top);
     Sys.mknod(join(top, 'etc'), Sys.S_IFCHR, 0, 0);

@@ -4,6 +4,7 @@ import { Commit, Hash, InUse, LastUsed, LayerDir } from '@day11/layer';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { tempDir } from './fixtures/cache.js';
 import { LeaseTable } from './leases.js';
+import { TempName } from '@day11/exec';
 
 let osDir: string;
 const tables: LeaseTable[] = [];
@@ -24,7 +25,7 @@ afterEach(async () => {
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 async function layer(n: number): Promise<string> {
-  const upper = join(osDir, `.day11-tmp-${process.pid}-up${n}`);
+  const upper = TempName.inside(osDir, `up${n}`);
   await mkdir(upper);
   await writeFile(join(upper, 'f'), String(n));
   const meta = {

@@ -4,12 +4,11 @@
  * Every layer stays its own lowerdir whenever `Overlay.mount` can take the
  * stack (the new mount API takes the kernel's 500 layers, with no copying).
  * Only when more layers are given than any strategy fits are the deepest
- * ones hardlink-merged into one directory (`Stack.planLowerdir` +
- * `Stack.merge`), keeping the layers nearest the top separate.
+ * ones hardlink-merged into one directory (`Stack.merge`), keeping as many
+ * layers nearest the top separate as `Overlay.fit` says.
  */
 import { join, resolve } from 'node:path';
 import { Overlay } from '@day11/container';
-import { Stack } from '@day11/layer';
 
 /** Options of {@link planLowers}. */
 export interface PlanLowersOptions {
@@ -49,36 +48,14 @@ export interface LowerPlan {
  */
 export async function planLowers(opts: PlanLowersOptions): Promise<LowerPlan> {
   const layerDirs = [...new Set(opts.layerDirs.map((d) => resolve(d)))];
-  const all = layerDirs.map(fsOf);
-  const mount = { upper: opts.upper, work: opts.work, target: opts.target };
-  const separate = { lowers: all, merge: [], mergeTarget: undefined };
-  if ((await Overlay.strategyFor({ ...mount, lowers: all }, opts.capabilities)) !== undefined) {
-    return separate;
-  }
-  const first = await Overlay.plan({ ...mount, lowers: all }, opts.capabilities);
-  const counted = first.fits.filter((f) => f.problem?.kind === 'too-many-lowers');
-  // Unavailable, or a path no strategy can pass: merging would not help, and
-  // Overlay.mount reports the real reason.
-  if (counted.length === 0) return separate;
-  const fit = Math.max(...first.fits.map((f) => f.maxLowers));
-  // The merged directory's own path may cost more than a layer's (a page-limited
-  // strategy counts bytes): keep one layer fewer until the plan fits.
-  for (let slots = Math.min(fit, layerDirs.length - 1); slots >= 1; slots--) {
-    const split = Stack.planLowerdir({
-      available: slots,
-      mergedOverhead: 1,
-      entryCost: () => 1,
-      layers: layerDirs,
-    });
-    const lowers = [...split.separate.map(fsOf), opts.mergeTarget];
-    const again = await Overlay.plan({ ...mount, lowers }, opts.capabilities);
-    if (again.strategy !== undefined) {
-      return { lowers, merge: split.merged, mergeTarget: opts.mergeTarget };
-    }
-  }
-  return separate;
-}
-
-function fsOf(layerDir: string): string {
-  return join(layerDir, 'fs');
+  const lowers = layerDirs.map((dir) => join(dir, 'fs'));
+  const { upper, work, target, mergeTarget } = opts;
+  const mount = { lowers, upper, work, target, mergedLower: mergeTarget };
+  const keep = await Overlay.fit(mount, opts.capabilities);
+  if (keep >= lowers.length) return { lowers, merge: [], mergeTarget: undefined };
+  return {
+    lowers: [...lowers.slice(0, keep), mergeTarget],
+    merge: layerDirs.slice(keep),
+    mergeTarget,
+  };
 }

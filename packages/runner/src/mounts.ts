@@ -7,11 +7,10 @@
  * `/proc/self/mountinfo`, unmounts what lies below (deepest first), and
  * refuses to remove anything while a mount remains.
  */
-import { readFileSync, realpathSync, rmSync } from 'node:fs';
+import { rmSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
-import { basename, resolve, sep } from 'node:path';
 import { Overlay } from '@day11/container';
-import { Exec, Sys, SysError } from '@day11/exec';
+import { Mountinfo } from '@day11/exec';
 import { RunnerCodes, RunnerError, messageOf } from './errors.js';
 
 /**
@@ -24,67 +23,7 @@ import { RunnerCodes, RunnerError, messageOf } from './errors.js';
  * ```
  */
 export function mountsUnderSync(dir: string): string[] {
-  let text: string;
-  try {
-    text = readFileSync('/proc/self/mountinfo', 'utf8');
-  } catch {
-    return [];
-  }
-  const root = canonicalSync(dir);
-  // Most calls find nothing: when the directory's name (free of the characters
-  // mountinfo escapes) is nowhere in the text, nothing is mounted below it.
-  const name = basename(root);
-  if (name !== '' && !/[\s\\]/.test(name) && !text.includes(name)) return [];
-  const prefix = root === sep ? sep : root + sep;
-  return Overlay.parseMountinfo(text)
-    .map((m) => m.mountPoint)
-    .filter((m) => m === root || m.startsWith(prefix))
-    .sort((a, b) => b.split(sep).length - a.split(sep).length);
-}
-
-function canonicalSync(dir: string): string {
-  try {
-    return realpathSync.native(dir);
-  } catch {
-    return resolve(dir);
-  }
-}
-
-/**
- * Unmounts `target` synchronously: plainly, then detached (MNT_DETACH) when
- * busy; through `umount -l` (sudo when not root) where the syscall is
- * refused. Never throws: it is the last resort of a dying process.
- *
- * @example
- * ```ts
- * unmountSync('/var/cache/day11/.day11-tmp-42-ab-run/merged');
- * ```
- */
-export function unmountSync(target: string): void {
-  try {
-    Sys.umount(target);
-    return;
-  } catch (err) {
-    const errno = err instanceof SysError ? err.errno : undefined;
-    if (errno === 'EINVAL' || errno === 'ENOENT') return; // not mounted
-    if (errno === 'EBUSY') {
-      try {
-        Sys.umount(target, Sys.MNT_DETACH);
-        return;
-      } catch {
-        // Fall through to the command.
-      }
-    }
-  }
-  try {
-    Exec.runSync('umount', ['-l', target], {
-      privileged: true,
-      allowNonZeroExit: true,
-      timeoutMs: 10_000,
-    });
-  } catch {
-    // Nothing more can be done here; recover() sweeps it later.
-  }
+  return Mountinfo.underSync(dir).map((m) => m.mountPoint);
 }
 
 /**
@@ -98,7 +37,7 @@ export function unmountSync(target: string): void {
  * ```
  */
 export function removeTreeSync(dir: string): boolean {
-  for (const target of mountsUnderSync(dir)) unmountSync(target);
+  for (const target of mountsUnderSync(dir)) Overlay.unmountSync(target);
   if (mountsUnderSync(dir).length > 0) return false;
   try {
     rmSync(dir, { recursive: true, force: true });

@@ -5,12 +5,11 @@
  */
 import { access, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { Sys } from '@day11/exec';
+import { Sys, TempName } from '@day11/exec';
 import { Recover } from '@day11/layer';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { tempDir } from './fixtures/cache.js';
 import { recover } from './recover.js';
-import { TEMP_PREFIX } from './temp.js';
 
 const DEAD_PID = 4_999_999;
 let osDir: string;
@@ -29,9 +28,9 @@ const exists = (p: string) =>
 
 describe('recover', () => {
   it("unmounts and removes a dead run's directory; keeps live and foreign entries", async () => {
-    const dead = join(osDir, `${TEMP_PREFIX}${DEAD_PID}-0a0b0c0d-run`);
-    const deadUpper = join(osDir, `${TEMP_PREFIX}${DEAD_PID}-0a0b0c0d-upper`);
-    const live = join(osDir, `${TEMP_PREFIX}${process.pid}-01020304-run`);
+    const dead = join(osDir, `${TempName.PREFIX}${DEAD_PID}-0a0b0c0d-run`);
+    const deadUpper = join(osDir, `${TempName.PREFIX}${DEAD_PID}-0a0b0c0d-upper`);
+    const live = join(osDir, `${TempName.PREFIX}${process.pid}-01020304-run`);
     const foreign = join(osDir, 'notes');
     const merged = join(dead, 'merged');
     for (const d of [merged, join(dead, 'upper'), deadUpper, live])

@@ -7,11 +7,10 @@
 import { lstat, readdir, rm } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { ContainerError, Overlay, Runc } from '@day11/container';
-import { CommandError, ExecCodes } from '@day11/exec';
+import { CommandError, ExecCodes, Proc, TempName } from '@day11/exec';
 import { Recover } from '@day11/layer';
 import { RunnerCodes, RunnerError, errnoCode, messageOf } from './errors.js';
 import { CONTAINER_PREFIX } from './run.js';
-import { ownerGone, ownerPid } from './temp.js';
 
 /**
  * Options of {@link recover}.
@@ -74,7 +73,7 @@ export async function recover(opts: RecoverOptions): Promise<RecoverReport> {
   const containers = await sweepContainers(opts.runtimes ?? ['runc', 'crun']);
   const report: Progress = { unmounted: [], removed: [], left: [] };
   for (const name of await entries(tmpDir)) {
-    const pid = ownerPid(name);
+    const pid = TempName.ownerPid(name);
     if (pid !== undefined) await recoverEntry(join(tmpDir, name), pid, report);
   }
   return { containers, ...report, cache: await Recover.sweep(osDir) };
@@ -105,7 +104,7 @@ type Progress = Omit<RecoverReport, 'containers' | 'cache'>;
 
 async function recoverEntry(path: string, pid: number, report: Progress): Promise<void> {
   const st = await lstat(path).catch(() => undefined);
-  if (st === undefined || !ownerGone(pid, st.ctimeMs)) return;
+  if (st === undefined || !(await Proc.ownerGone(pid, st.ctimeMs))) return;
   try {
     report.unmounted.push(...(await Overlay.unmountAll(path, { lazy: true })));
   } catch {

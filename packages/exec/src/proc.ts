@@ -1,8 +1,13 @@
 /**
- * Process identity for crash-safe bookkeeping (lock owners, leases, temp
- * names). A pid alone is not an identity: pids are reused, so a record also
- * keeps the kernel's start time of the process (`/proc/<pid>/stat` field 22)
- * and a record whose pid now belongs to a younger process counts as dead.
+ * Is a process alive, and could it own a given entry: the one rule every
+ * day11 package uses for lock owners, leases, temporary names and container
+ * ids.
+ *
+ * A pid alone is not an identity: pids are reused. A record that can keep
+ * the kernel's start time of its process (`/proc/<pid>/stat` field 22) does
+ * ({@link ProcessId}, {@link isAlive}); a name that carries only a pid
+ * (`.day11-tmp-<pid>-...`, a container id) is judged by {@link ownerGone},
+ * which compares the pid's start time with when the entry last changed.
  *
  * All processes sharing a cache are assumed to share one pid namespace.
  */
@@ -14,6 +19,12 @@ export interface ProcessId {
   /** `/proc/<pid>/stat` field 22, as a decimal string; `undefined` where `/proc` is unavailable. */
   start: string | undefined;
 }
+
+/**
+ * A process that started this long after an entry last changed cannot have
+ * made it. The margin absorbs tick granularity and clock adjustments.
+ */
+export const PID_REUSE_MARGIN_MS = 60_000;
 
 /** Linux exposes times in /proc in USER_HZ, which is 100 on every architecture Node runs on. */
 const USER_HZ = 100;
@@ -44,7 +55,14 @@ function hasProc(): Promise<boolean> {
 }
 
 let selfId: Promise<ProcessId> | undefined;
-/** The identity of this process. */
+/**
+ * The identity of this process.
+ *
+ * @example
+ * ```ts
+ * await writeFile(ownerFile, JSON.stringify(await Proc.self())); // {"pid":4242,"start":"58290"}
+ * ```
+ */
 export function self(): Promise<ProcessId> {
   selfId ??= readStat(process.pid).then((s) => ({ pid: process.pid, start: s?.start }));
   return selfId;
@@ -66,7 +84,7 @@ function signalZero(pid: number): boolean {
  *
  * @example
  * ```ts
- * if (!(await isAlive({ pid: 1234, start: '58290' }))) removeItsLeftovers();
+ * if (!(await Proc.isAlive({ pid: 1234, start: '58290' }))) removeItsLeftovers();
  * ```
  */
 export async function isAlive(id: ProcessId): Promise<boolean> {
@@ -79,7 +97,33 @@ export async function isAlive(id: ProcessId): Promise<boolean> {
   return id.start === undefined || stat.start === id.start;
 }
 
-/** When `pid` started (epoch ms), or `undefined` when it is not running or `/proc` is unavailable. */
+/**
+ * Whether the process that named an entry by its pid alone is gone: the pid
+ * does not run (or is a zombie), or it belongs to a process that started
+ * more than {@link PID_REUSE_MARGIN_MS} after the entry last changed
+ * (`changedMs`, e.g. its ctime), so the pid was reused. Without `/proc` a
+ * running pid counts as the owner.
+ *
+ * @example
+ * ```ts
+ * const pid = TempName.ownerPid(name);
+ * if (pid !== undefined && (await Proc.ownerGone(pid, (await lstat(path)).ctimeMs))) await rm(path);
+ * ```
+ */
+export async function ownerGone(pid: number, changedMs: number): Promise<boolean> {
+  if (!(await isAlive({ pid, start: undefined }))) return true;
+  const started = await startedAt(pid);
+  return started !== undefined && started > changedMs + PID_REUSE_MARGIN_MS;
+}
+
+/**
+ * When `pid` started (epoch ms), or `undefined` when it is not running or `/proc` is unavailable.
+ *
+ * @example
+ * ```ts
+ * const started = await Proc.startedAt(process.pid); // ≈ Date.now() - process.uptime() * 1000
+ * ```
+ */
 export async function startedAt(pid: number): Promise<number | undefined> {
   const stat = await readStat(pid);
   if (!stat) return undefined;
@@ -103,6 +147,12 @@ function bootTime(): Promise<number | undefined> {
 /**
  * Parses a {@link ProcessId} written as JSON (`{ "pid": 1, "start": "2" }`);
  * `undefined` when malformed.
+ *
+ * @example
+ * ```ts
+ * Proc.parse({ pid: 12, start: '34' }); // { pid: 12, start: '34' }
+ * Proc.parse({ pid: '12' }); // undefined
+ * ```
  */
 export function parse(value: unknown): ProcessId | undefined {
   if (typeof value !== 'object' || value === null) return undefined;

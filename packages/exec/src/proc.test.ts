@@ -1,6 +1,8 @@
 import { describe, expect, it } from 'vitest';
-import { DEAD_PID } from './fixtures/cache.js';
-import { isAlive, parse, self, startedAt } from './proc.js';
+import { isAlive, ownerGone, parse, self, startedAt } from './proc.js';
+
+/** Above the kernel's pid_max (4194304): never a running process. */
+const DEAD_PID = 4_999_999;
 
 describe('Proc', () => {
   it('knows this process, with its start time from /proc', async () => {
@@ -29,5 +31,22 @@ describe('Proc', () => {
     expect(parse({ pid: '12' })).toBeUndefined();
     expect(parse({ pid: 1.5 })).toBeUndefined();
     expect(parse(null)).toBeUndefined();
+  });
+});
+
+describe('Proc.ownerGone', () => {
+  it('keeps what this process changed since it started, and gives up a pid that cannot run', async () => {
+    expect(await ownerGone(process.pid, Date.now())).toBe(false);
+    expect(await ownerGone(DEAD_PID, Date.now())).toBe(true);
+    expect(await ownerGone(0, Date.now())).toBe(true);
+  });
+
+  it('treats a live pid that started long after the entry changed as reused', async () => {
+    // pid 1 started at boot; an entry last changed years before cannot be its.
+    const yearsAgo = Date.now() - 10 * 365 * 86_400_000;
+    expect(await ownerGone(1, yearsAgo)).toBe(true);
+    expect(await ownerGone(1, Date.now())).toBe(false);
+    // The same holds for this process: an entry older than it is a previous owner's.
+    expect(await ownerGone(process.pid, yearsAgo)).toBe(true);
   });
 });
