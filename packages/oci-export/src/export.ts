@@ -5,6 +5,8 @@
  * 1. Lease every layer (so `Gc.prune` leaves them alone while they are read).
  * 2. Make sure each layer's blob is cached in its directory (`LayerBlob.ensure`),
  *    compressing the missing ones in parallel on a shared pool of slots.
+ *    With `maxLayers`, a deeper stack merges contiguous runs of layers into
+ *    one blob each (the squash hook, `squash.ts`).
  * 3. Stage the blobs in the layout (hardlinks from the cache; a copy across
  *    filesystems), outside the lock.
  * 4. Under the layout lock: move the staged blobs into place (re-staging any
@@ -31,6 +33,13 @@ import {
   type ImageConfigInput,
 } from './oci.js';
 import { compressionSlots, concurrencyOf, mapLimit } from './pool.js';
+import {
+  checkSquashOptions,
+  squashLayers,
+  type ImageLayer,
+  type SquashOptions,
+  type SquashProgress,
+} from './squash.js';
 import type { WalkWarning } from './walk.js';
 
 /** Progress of an export, reported to {@link ExportOptions.onProgress}. */
@@ -45,10 +54,12 @@ export type ExportProgress =
       size: number;
       cached: boolean;
     }
-  | { phase: 'tagged'; tag: string; manifestDigest: string };
+  | { phase: 'tagged'; tag: string; manifestDigest: string }
+  /** A merged run (with `maxLayers`); its blob's `layer` event follows, indexed among the runs. */
+  | SquashProgress;
 
 /** Options of {@link exportImage}. */
-export interface ExportOptions {
+export interface ExportOptions extends SquashOptions {
   /** The OCI image layout directory; created when missing. A directory holding files but no `oci-layout` is refused. */
   layout: string;
   /** The tag (`org.opencontainers.image.ref.name`), e.g. `0install.2.18`. */
@@ -92,6 +103,8 @@ export interface ExportedLayer {
   size: number;
   /** True when the blob came from the layer's cache (nothing compressed). */
   cached: boolean;
+  /** For a merged run (with `maxLayers`): the layer directories it holds, bottom to top. */
+  squashed?: string[];
 }
 
 /** What {@link exportImage} made. */
@@ -126,23 +139,33 @@ export async function exportImage(options: ExportOptions): Promise<ExportResult>
   // Fail fast on a corrupt index.json, before compressing anything (read again under the lock).
   await Layout.readIndex(options.layout);
   const leases = await leaseAll(dirs);
+  let squashed;
   try {
     const blobs = await ensureBlobs(dirs, options);
-    const config = await configBlob(dirs, blobs, options);
-    const manifestDigest = await publish(options, blobs, config);
+    squashed = await squashLayers({
+      dirs,
+      blobs,
+      options,
+      ensureBlobs: (more) => ensureBlobs(more, options),
+    });
+    const layers = squashed?.layers ?? dirs.map((dir, i) => ({ blob: blobs[i]!, members: [dir] }));
+    const config = await configBlob(layers, options);
+    const manifestDigest = await publish(options, layers, config);
     options.onProgress?.({ phase: 'tagged', tag: options.tag, manifestDigest });
     return {
       manifestDigest,
       configDigest: sha256(config),
-      layers: blobs.map(({ dir, digest, diffId, size, cached }) => ({
+      layers: layers.map(({ blob: { dir, digest, diffId, size, cached }, members }) => ({
         dir,
         digest,
         diffId,
         size,
         cached,
+        ...(members.length > 1 && { squashed: [...members] }),
       })),
     };
   } finally {
+    await squashed?.release();
     await Promise.all(leases.map((l) => l.release().catch(() => undefined)));
   }
 }
@@ -156,6 +179,7 @@ function checkOptions(options: ExportOptions): string[] {
   }
   levelOf(options.gzipLevel);
   concurrencyOf(options.concurrency);
+  checkSquashOptions(options);
   if (typeof options.layout !== 'string' || options.layout === '') {
     throw new OciExportError(OciExportCodes.BAD_ARGUMENT, 'No layout directory given', {
       hint: 'Pass layout: the OCI image layout directory to write into',
@@ -212,18 +236,29 @@ function defaultWarning(warning: WalkWarning): void {
   process.emitWarning(warning.message, { code: 'DAY11_OCI_SKIPPED' });
 }
 
-async function configBlob(
-  dirs: readonly string[],
-  blobs: readonly LayerBlob.LayerBlob[],
-  options: ExportOptions,
-): Promise<Buffer> {
+async function configBlob(layers: readonly ImageLayer[], options: ExportOptions): Promise<Buffer> {
   const fixed = fixedCreated(options.created);
   const history: HistoryEntry[] = [];
-  for (const [i, dir] of dirs.entries()) {
-    const meta = await LayerMeta.find(dir).catch(() => undefined);
+  for (const [i, { members }] of layers.entries()) {
+    // A merged run was made when its newest layer was.
+    const times = await Promise.all(
+      members.map(async (dir) =>
+        normalise((await LayerMeta.find(dir).catch(() => undefined))?.created_at),
+      ),
+    );
+    const names = members.map((dir) => basename(dir)).join(' ');
     history.push({
-      created: fixed ?? normalise(meta?.created_at) ?? EPOCH,
-      created_by: i === 0 ? `day11 import ${options.base.image}` : `day11 build ${basename(dir)}`,
+      created:
+        fixed ??
+        times
+          .filter((t) => t !== undefined)
+          .sort()
+          .at(-1) ??
+        EPOCH,
+      created_by:
+        i === 0
+          ? `day11 import ${options.base.image}`
+          : `day11 ${members.length > 1 ? 'squash' : 'build'} ${names}`,
     });
   }
   const newest =
@@ -236,7 +271,7 @@ async function configBlob(
     os: options.os ?? 'linux',
     created: fixed ?? newest,
     config: options.config,
-    diffIds: blobs.map((b) => b.diffId),
+    diffIds: layers.map((l) => l.blob.diffId),
     history,
   });
 }
@@ -293,23 +328,24 @@ interface Staged {
 
 async function publish(
   options: ExportOptions,
-  blobs: LayerBlob.LayerBlob[],
+  image: readonly ImageLayer[],
   config: Buffer,
 ): Promise<string> {
   const { layout } = options;
   const staged: Staged[] = [];
   try {
-    for (const blob of uniqueByDigest(blobs))
+    for (const blob of uniqueByDigest(image.map((l) => l.blob)))
       staged.push({ blob, temp: await stage(layout, blob) });
     const configDesc = {
       mediaType: MediaTypes.config,
       digest: sha256(config),
       size: config.length,
     };
-    const layers: Descriptor[] = blobs.map((b) => ({
+    const layers: Descriptor[] = image.map(({ blob: b, annotations }) => ({
       mediaType: MediaTypes.layer,
       digest: b.digest,
       size: b.size,
+      ...(annotations && { annotations }),
     }));
     const manifest = buildManifest(configDesc, layers);
     const manifestDigest = sha256(manifest);

@@ -26,7 +26,7 @@ function bruteForce(values: readonly number[], maxLayers: number): number {
     let segments = 0;
     let value = 0;
     let valid = true;
-    for (let i = 0; i < n; ) {
+    for (let i = 0; i < n;) {
       if (kept(i)) {
         value += values[i]!;
         segments++;

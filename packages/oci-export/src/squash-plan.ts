@@ -142,7 +142,13 @@ export function flatten({ values, maxLayers }: PlanOptions): SquashPlan {
   checkMaxLayers(maxLayers);
   const n = values.length;
   if (n <= 2) return planOf(singles(0, n), values);
-  return planOf([{ start: 0, end: 1 }, { start: 1, end: n }], values);
+  return planOf(
+    [
+      { start: 0, end: 1 },
+      { start: 1, end: n },
+    ],
+    values,
+  );
 }
 
 /**
@@ -154,20 +160,27 @@ export function flatten({ values, maxLayers }: PlanOptions): SquashPlan {
  * ```
  */
 export function byStrategy(strategy: SquashStrategy, options: PlanOptions): SquashPlan {
-  switch (strategy) {
-    case 'value':
-      return plan(options);
-    case 'suffix':
-      return suffix(options);
-    case 'flatten':
-      return flatten(options);
-    default:
-      throw new OciExportError(
-        OciExportCodes.BAD_ARGUMENT,
-        `Unknown squash strategy ${JSON.stringify(strategy)}`,
-        { hint: "Use 'value' (the default), 'suffix' or 'flatten'" },
-      );
-  }
+  assertStrategy(strategy);
+  return STRATEGIES[strategy](options);
+}
+
+const STRATEGIES = { value: plan, suffix, flatten } as const;
+
+/**
+ * Throws unless `strategy` is one of `value`, `suffix`, `flatten`.
+ *
+ * @example
+ * ```ts
+ * assertStrategy('suffix'); // ok
+ * ```
+ */
+export function assertStrategy(strategy: string): asserts strategy is SquashStrategy {
+  if (Object.hasOwn(STRATEGIES, strategy)) return;
+  throw new OciExportError(
+    OciExportCodes.BAD_ARGUMENT,
+    `Unknown squash strategy ${JSON.stringify(strategy)}`,
+    { hint: "Use 'value' (the default), 'suffix' or 'flatten'" },
+  );
 }
 
 /**
