@@ -35,6 +35,8 @@ export interface BuildOptions {
   runtime?: Runc.Runtime;
   /** Export one image per successful step into this OCI layout, tagged by step id. */
   oci?: string;
+  /** With `oci`: at most this many layers per image (`exportImage`'s `maxLayers`). */
+  maxLayers?: number;
   reporter: Reporter;
   signal?: AbortSignal;
   /** Per-step timeout. */
@@ -302,6 +304,7 @@ async function exportAll(opts: BuildOptions, state: BuildState, base: Base): Pro
         WorkingDir: step.cwd,
       },
       ...(opts.signal !== undefined && { signal: opts.signal }),
+      ...(opts.maxLayers !== undefined && { maxLayers: opts.maxLayers }),
     });
     opts.reporter.emit({
       type: 'note',

@@ -2,8 +2,9 @@
 import { parseArgs } from 'node:util';
 import { resolve } from 'node:path';
 import { Runc } from '@day11/container';
+import { DOCKER_MAX_LAYERS } from '@day11/oci-export';
 import { recover } from '@day11/runner';
-import { COMMON_OPTIONS, intOption, parse } from '../args.js';
+import { COMMON_OPTIONS, intOption, maxLayersOption, parse } from '../args.js';
 import { build } from '../build.js';
 import { cacheDir } from '../cache.js';
 import { CliCodes, CliError } from '../errors.js';
@@ -27,6 +28,8 @@ Options:
   --jobs N           steps run at once (1-256, default 1)
   --runtime R        runc (default) or crun, or a path to a runc-compatible runtime
   --oci LAYOUT       also export one OCI image per successful step, tagged by step id
+  --max-layers N     with --oci: at most N layers per image (2-500, or docker = 125); deeper
+                     stacks merge contiguous runs of their least shared layers
   --timeout SECONDS  stop a step after this long (not cached)
   --json             newline-delimited JSON events instead of the live display
   --debug            stack traces on errors
@@ -56,6 +59,7 @@ export async function run(argv: string[]): Promise<number> {
         jobs: { type: 'string' },
         runtime: { type: 'string' },
         oci: { type: 'string' },
+        'max-layers': { type: 'string' },
         timeout: { type: 'string' },
         json: { type: 'boolean' },
       },
@@ -73,6 +77,11 @@ export async function run(argv: string[]): Promise<number> {
     def: 0,
   });
   const runtime = runtimeOption(values.runtime);
+  const maxLayers = maxLayersOption('build', values['max-layers'], DOCKER_MAX_LAYERS);
+  if (maxLayers !== undefined && values.oci === undefined)
+    throw new CliError(CliCodes.USAGE, 'day11 build: --max-layers needs --oci LAYOUT', {
+      hint: 'See `day11 build --help`',
+    });
   const plan = await loadPlan(resolve(positionals[0]!));
   await checkRequirements(runtime);
   if (runtime === 'crun') await Runc.prepareCrunCgroups().catch(() => undefined);
@@ -88,6 +97,7 @@ export async function run(argv: string[]): Promise<number> {
       runtime,
       reporter,
       ...(values.oci !== undefined && { oci: resolve(values.oci) }),
+      ...(maxLayers !== undefined && { maxLayers }),
       ...(timeout > 0 && { timeoutMs: timeout * 1000 }),
     });
     return result.summary.failed + result.summary.skipped > 0 ? 1 : 0;
