@@ -1,10 +1,16 @@
 /**
  * What keeping a layer as its own blob is worth, for the squash plan: how
  * many images contain the layer (the one being exported included) times its
- * compressed size. The images are those tagged in the target layout, read
- * back through the {@link LAYERS_ANNOTATION} of each layer descriptor (and,
- * for images exported without it, through the blob digests of the stack's
- * own layers); or the sibling stacks a caller names instead.
+ * compressed size.
+ *
+ * The images are those tagged in the target layout, read back through the
+ * {@link LAYERS_ANNOTATION} of each layer descriptor (and, for images
+ * exported without it, through the blob digests of the stack's own layers).
+ * An image counts when it has the layer as a blob of its own: one that merged
+ * it into a run shares nothing with an image keeping it, and counting it
+ * would let a popular layer win in an image whose neighbours dropped it.
+ * Or the caller names the sibling stacks instead, and an image counts when
+ * its stack has the layer.
  */
 import { basename } from 'node:path';
 import * as Layout from './layout.js';
@@ -63,7 +69,7 @@ function countStacks(stacks: readonly (readonly string[])[]): Map<string, number
   return counts;
 }
 
-/** Images tagged in `layout` (other than `tag`) containing each layer name. */
+/** Images tagged in `layout` (other than `tag`) having each layer name as a blob of its own. */
 async function countLayout(
   layout: string,
   tag: string,
@@ -80,8 +86,8 @@ async function countLayout(
     if (!manifest) continue;
     const names = new Set<string>();
     for (const d of manifest.layers) {
-      const listed = d.annotations?.[LAYERS_ANNOTATION]?.split(',');
-      for (const name of listed ?? [byDigest.get(d.digest)]) if (name) names.add(name);
+      const listed = d.annotations?.[LAYERS_ANNOTATION]?.split(',') ?? [byDigest.get(d.digest)];
+      if (listed.length === 1 && listed[0]) names.add(listed[0]);
     }
     addImage(counts, names);
   }
