@@ -48,6 +48,10 @@ const SUITES: Record<string, Suite> = {
     load: () => import('./export.js'),
     note: "`exportImage` with every blob cache emptied (cold) of five layers copied from this machine's `/usr` (headers, Python, Perl, binaries) against day10's method on the same layers: per layer, sequentially, GNU `tar -c --numeric-owner | gzip -n -6`; the same for one large layer (`/usr/bin`). Warm re-export (every blob cached) into a fresh layout against the cold export. Peak RSS of a child process exporting a layer holding one 2 GiB incompressible file against a 150 MB limit. 3 rounds (7 warm), medians; all reads from the page cache, so this measures CPU, not the disk.",
   },
+  squash: {
+    load: () => import('./squash.js'),
+    note: "Sharing kept under a layer budget (`exportImage` with `maxLayers: 60`), on real exports of layers of incompressible bytes (sizes log-uniform, 1 KiB to 512 KiB): two 140-layer images sharing their first 100 layers; a seeded family of 20 DAG-shaped images (each a package's closure in install order, 126 to 177 layers); a re-export after one package in the middle third of a stack changed (it and its dependents rebuilt). The value plan (a dynamic programme keeping the layers most images have × their size, merging contiguous runs of the rest) is valued by the layout (images exported in turn) or by sibling stacks, against the suffix squash of docker-squash & co (keep the lowest 59, merge the rest) and a flatten that keeps the base. Rows marked *more is better* invert the ratio's sense. Bytes, not time: deterministic, one round.",
+  },
 };
 
 const BENCHMARKS_MD = resolve(import.meta.dirname, '../../BENCHMARKS.md');
