@@ -20,30 +20,19 @@
  * log-uniform from 1 KiB to 512 KiB, so bytes are bytes. Deterministic: one
  * round.
  */
-import { mkdir, mkdtemp, open, rm } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { Hash, LayerDir, LayerMeta, type Base } from '@day11/layer';
+import { Hash, type Base } from '@day11/layer';
 import { exportImage, type ExportResult, type SquashOptions } from '@day11/oci-export';
+import { makeLayer, seeded as random } from './fixtures.js';
 import { toMarkdown, type BenchRow } from './table.js';
 
 const MAX_LAYERS = 60;
 const FAMILY = 20;
 const PACKAGES = 600;
 const BASE_BYTES = 2 * 1024 ** 2;
-
-/** A small seeded generator (mulberry32), so every run builds the same layers. */
-function random(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-  };
-}
 
 /** Log-uniform from 1 KiB to 512 KiB. */
 function sizeFrom(rand: () => number): number {
@@ -58,26 +47,11 @@ class Layers {
   async get(name: string, bytes: number): Promise<string> {
     const known = this.made.get(name);
     if (known) return known;
-    const hash = Hash.baseHash({ image: name });
-    const dir = LayerDir.path({ osDir: this.osDir, hash });
-    await mkdir(join(dir, 'fs'), { recursive: true });
-    const rand = random(Number.parseInt(hash.slice(0, 8), 16));
-    const data = Buffer.alloc(bytes);
-    for (let i = 0; i < bytes; i += 4)
-      data.writeUInt32LE((rand() * 2 ** 32) >>> 0, Math.min(i, bytes - 4));
-    const handle = await open(join(dir, 'fs', `${name}.bin`), 'w');
-    await handle.writeFile(data);
-    await handle.close();
-    await LayerMeta.save(dir, {
-      exit_status: 0,
-      parent_hashes: [],
-      uid: 0,
-      gid: 0,
-      base_hash: hash,
-      disk_usage: 0,
-      timing: [],
-      failed_dep: null,
-      created_at: '2025-01-01T00:00:00Z',
+    const { dir } = await makeLayer(this.osDir, name, async (fs) => {
+      const rand = random(Number.parseInt(Hash.baseHash({ image: name }).slice(0, 8), 16));
+      const data = Buffer.alloc(bytes);
+      for (let i = 0; i + 4 <= bytes; i += 4) data.writeUInt32LE((rand() * 2 ** 32) >>> 0, i);
+      await writeFile(join(fs, `${name}.bin`), data);
     });
     this.made.set(name, dir);
     return dir;

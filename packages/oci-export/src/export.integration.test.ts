@@ -18,8 +18,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Exec, Sys } from '@day11/exec';
 import { LayerDir, type Base } from '@day11/layer';
 import { cleanup, tempDir } from './fixtures/layers.js';
-import { Mounts, buildStep, lowersOf, makeBusyboxBase } from './fixtures/overlay.js';
-import { snapshot } from './fixtures/view.js';
+import { Mounts, buildStep, makeBusyboxBase, overlayView, unpacked } from './fixtures/overlay.js';
 import { exportImage } from './export.js';
 import * as Layout from './layout.js';
 
@@ -141,18 +140,9 @@ describe('export of a DAG built on overlayfs', () => {
   });
 
   it('umoci unpack gives exactly the merged overlay view the last build saw', async () => {
-    const view = join(root, 'view');
     // The last build's view: all its lowers and its own (now committed) upper, read-only.
-    await mounts.mount(view, lowersOf(base, layers));
-    let expected;
-    try {
-      expected = snapshot(view);
-    } finally {
-      mounts.unmount(view);
-    }
-    const bundle = join(root, 'bundle');
-    execFileSync('umoci', ['unpack', '--image', `${layout}:${TAG}`, bundle], { stdio: 'pipe' });
-    const actual = snapshot(join(bundle, 'rootfs'));
+    const expected = await overlayView(mounts, join(root, 'view'), { base, layers });
+    const actual = unpacked(`${layout}:${TAG}`, join(root, 'bundle'));
 
     // Spot checks first, for a readable failure; then everything.
     expect(actual.paths['var/cache/old/x']).toBeUndefined();

@@ -7,21 +7,11 @@
  * (as `SquashLayer` keys it) and weighs what its layers weigh.
  */
 import { describe, expect, it } from 'vitest';
+import { seeded as random } from './fixtures/random.js';
 import * as SquashPlan from './squash-plan.js';
 import * as SquashValue from './squash-value.js';
 
 const MAX_LAYERS = 60;
-
-function random(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-  };
-}
 
 /** Stacks of layer names (base first) and each name's blob size. */
 interface Family {

@@ -14,6 +14,7 @@ import { Gc, InUse, Scan, Sidecar, Stack } from '@day11/layer';
 import { OciExportCodes } from './errors.js';
 import { exportImage, type ExportProgress } from './export.js';
 import { applyImage } from './fixtures/apply.js';
+import { seeded as random } from './fixtures/random.js';
 import { asBase, cleanup, isRoot, makeLayer, tempDir, type TestLayer } from './fixtures/layers.js';
 import * as Layout from './layout.js';
 import { ManifestSchema, REF_NAME } from './oci.js';
@@ -22,18 +23,6 @@ import type { SquashStrategy } from './squash-plan.js';
 import { LAYERS_ANNOTATION } from './squash-value.js';
 
 afterAll(cleanup);
-
-/** mulberry32: a small seeded generator, so a failing case is reproducible by its seed. */
-function random(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-  };
-}
 
 type Node =
   | { kind: 'dir'; opaque: boolean }
