@@ -14,13 +14,21 @@
  * About four minutes on two cores, most of it the engines loading 125 and
  * 140 layers (Docker takes ~0.4 s a layer here).
  */
+import { execFileSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Exec } from '@day11/exec';
 import type { Base } from '@day11/layer';
 import { exportImage, type ExportResult } from './export.js';
-import { DockerDaemon, PodmanStore, mountsUnder, skopeoCopy } from './fixtures/engines.js';
+import {
+  DockerDaemon,
+  PodmanStore,
+  mountsUnder,
+  processesUsing,
+  skopeoCopy,
+} from './fixtures/engines.js';
 import { cleanup, tempDir } from './fixtures/layers.js';
 import { Mounts, buildStep, makeBusyboxBase, overlayView, unpacked } from './fixtures/overlay.js';
 import * as Layout from './layout.js';
@@ -136,6 +144,12 @@ describe(`a ${DEPTH}-layer image squashed to ${DOCKER_MAX_LAYERS}`, () => {
     );
     expect(actual).toEqual(expected);
     expect(await Layout.verify(layout)).toEqual([]);
+    const validated = execFileSync(
+      'oci-image-tool',
+      ['validate', '--type', 'image', '--ref', `name=${SQUASHED}`, layout],
+      { stdio: 'pipe' },
+    ).toString();
+    expect(validated).toContain('Validation succeeded');
   });
 
   it('runs in Docker; the unsquashed image does not load', async () => {
@@ -178,6 +192,8 @@ describe(`a ${DEPTH}-layer image squashed to ${DOCKER_MAX_LAYERS}`, () => {
       await daemon.close();
     }
     expect(mountsUnder(daemon.dir)).toEqual([]);
+    expect(processesUsing(daemon.dir)).toEqual([]);
+    expect(existsSync(daemon.dir)).toBe(false);
   }, 600_000);
 
   it('runs in Podman; the unsquashed image does not', async () => {
@@ -207,5 +223,7 @@ describe(`a ${DEPTH}-layer image squashed to ${DOCKER_MAX_LAYERS}`, () => {
       await store.close();
     }
     expect(mountsUnder(store.dir)).toEqual([]);
+    expect(processesUsing(store.dir)).toEqual([]);
+    expect(existsSync(store.dir)).toBe(false);
   }, 600_000);
 });
