@@ -240,21 +240,9 @@ async function configBlob(layers: readonly ImageLayer[], options: ExportOptions)
   const fixed = fixedCreated(options.created);
   const history: HistoryEntry[] = [];
   for (const [i, { members }] of layers.entries()) {
-    // A merged run was made when its newest layer was.
-    const times = await Promise.all(
-      members.map(async (dir) =>
-        normalise((await LayerMeta.find(dir).catch(() => undefined))?.created_at),
-      ),
-    );
     const names = members.map((dir) => basename(dir)).join(' ');
     history.push({
-      created:
-        fixed ??
-        times
-          .filter((t) => t !== undefined)
-          .sort()
-          .at(-1) ??
-        EPOCH,
+      created: fixed ?? (await newestCreated(members)) ?? EPOCH,
       created_by:
         i === 0
           ? `day11 import ${options.base.image}`
@@ -277,6 +265,19 @@ async function configBlob(layers: readonly ImageLayer[], options: ExportOptions)
 }
 
 const EPOCH = '1970-01-01T00:00:00Z';
+
+/** When the newest of `dirs` was made (a merged run was made when its newest layer was). */
+async function newestCreated(dirs: readonly string[]): Promise<string | undefined> {
+  const times = await Promise.all(
+    dirs.map(async (dir) =>
+      normalise((await LayerMeta.find(dir).catch(() => undefined))?.created_at),
+    ),
+  );
+  return times
+    .filter((t) => t !== undefined)
+    .sort()
+    .at(-1);
+}
 
 /** The creation time fixed by the caller or SOURCE_DATE_EPOCH, as RFC 3339 UTC. */
 function fixedCreated(created: Date | string | undefined): string | undefined {
