@@ -144,16 +144,15 @@ async function build(
 ): Promise<void> {
   const upper = Atomic.tempPathFor(join(options.osDir, 'squash'));
   try {
-    const topmostFirst = cutAtOpaqueRoot([...options.layers].reverse());
+    const { layers, opaque } = cutAtOpaqueRoot([...options.layers].reverse());
     await Stack.merge({
-      layerDirs: topmostFirst,
+      layerDirs: layers,
       target: upper,
       ...(options.signal && { signal: options.signal }),
     });
-    // A run whose lower layer has an opaque root hides everything below the run.
-    if (topmostFirst.length < options.layers.length && !isOpaque(upper)) {
-      Sys.setXattrSync(upper, Stack.OPAQUE_XATTR, 'y');
-    }
+    // Stack.merge copies the top root's xattrs only: an opaque root lower in the run
+    // hides everything below the run too.
+    if (opaque && !isOpaque(upper)) Sys.setXattrSync(upper, Stack.OPAQUE_XATTR, 'y');
     dropHiddenWhiteouts(upper, isOpaque(upper));
     await Commit.commit({
       osDir: options.osDir,
@@ -182,10 +181,11 @@ async function build(
   }
 }
 
-/** The layers down to the highest one whose root is opaque: nothing below it shows. */
-function cutAtOpaqueRoot(topmostFirst: readonly string[]): string[] {
+/** The layers down to the highest one whose root is opaque (nothing below it shows), and whether there is one. */
+function cutAtOpaqueRoot(topmostFirst: readonly string[]): { layers: string[]; opaque: boolean } {
   const cut = topmostFirst.findIndex((dir) => isOpaque(join(dir, 'fs')));
-  return cut < 0 ? [...topmostFirst] : topmostFirst.slice(0, cut + 1);
+  if (cut < 0) return { layers: [...topmostFirst], opaque: false };
+  return { layers: topmostFirst.slice(0, cut + 1), opaque: true };
 }
 
 /**

@@ -200,6 +200,33 @@ describe('exportImage with maxLayers', () => {
     },
   );
 
+  it.skipIf(!isRoot)('keeps an opaque root lower in the run, hiding what lies below', async () => {
+    const root = await tempDir('squash-opaque-root');
+    const osDir = join(root, 'cache');
+    const base = await makeLayer(osDir, 'base', (fs) => writeFileSync(join(fs, 'x'), 'x'));
+    const under = await makeLayer(osDir, 'under', (fs) => writeFileSync(join(fs, 'u'), 'u'));
+    const one = await makeLayer(osDir, 'one', (fs) => {
+      Sys.setXattrSync(fs, Stack.OPAQUE_XATTR, 'y');
+      writeFileSync(join(fs, 'y'), 'y');
+    });
+    const two = await makeLayer(osDir, 'two', (fs) => writeFileSync(join(fs, 'z'), 'z'));
+    const three = await makeLayer(osDir, 'three', (fs) => writeFileSync(join(fs, 'w'), 'w'));
+    const layout = join(root, 'oci');
+    const args = { layout, base: asBase(base), layers: [under.dir, one.dir, two.dir, three.dir] };
+    await exportImage({ ...args, tag: 'full' });
+    // suffix at 3: base, under, then one+two+three merged (the opaque root at its bottom).
+    const squashed = await exportImage({
+      ...args,
+      tag: 'squashed',
+      maxLayers: 3,
+      squashStrategy: 'suffix',
+    });
+    expect(squashed.layers[2]!.squashed).toEqual([one.dir, two.dir, three.dir]);
+    const applied = await applyImage(layout, 'squashed');
+    expect(Object.keys(applied.paths).sort()).toEqual(['w', 'y', 'z']);
+    expect(applied).toEqual(await applyImage(layout, 'full'));
+  });
+
   it.skipIf(!isRoot)('keeps hardlinks within a layer and breaks none across layers', async () => {
     const root = await tempDir('squash-links');
     const osDir = join(root, 'cache');
