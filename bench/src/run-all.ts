@@ -5,12 +5,15 @@
  * suite measures, and how to reproduce it.
  *
  * `node bench/dist/run-all.js [suite...]`: with suite names, only those run
- * and the table is printed; `BENCHMARKS.md` is written by full runs only.
+ * and the table is printed; `BENCHMARKS.md` is written by full runs, or with
+ * `--write` by a run of some suites, which replaces their rows and notes and
+ * keeps the other suites' (and says so under Machine).
  */
-import { writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { arch, cpus, loadavg, release, tmpdir, totalmem } from 'node:os';
 import { resolve } from 'node:path';
 import { Exec } from '@day11/exec';
+import { mergeInto } from './benchmarks-md.js';
 import { metOf, toMarkdown, type BenchRow, type SuiteRows } from './table.js';
 
 interface Suite {
@@ -129,6 +132,7 @@ const REPRODUCE = `\`\`\`sh
 bash .ci/setup                          # once: runc, crun, busybox-static, ... and the workspace
 pnpm bench                              # build, run every suite, rewrite BENCHMARKS.md (needs root; several minutes)
 node bench/dist/run-all.js mount gc     # after \`pnpm build\`: only these suites; prints the table, leaves this file alone
+node bench/dist/run-all.js --write squash  # only this suite, its rows and notes replaced in this file
 node bench/dist/gc.js                   # one suite on its own
 \`\`\`
 
@@ -181,14 +185,23 @@ function chosenSuites(args: readonly string[]): string[] {
 }
 
 const args = process.argv.slice(2);
-const names = chosenSuites(args);
+const write = args.includes('--write');
+const names = chosenSuites(args.filter((a) => a !== '--write'));
 const started = new Date();
 const loadBefore = loadavg();
 const outcome = await runSuites(names);
-const markdown = render(outcome, await describeMachine(started, [loadBefore, loadavg()]));
+const machine = await describeMachine(started, [loadBefore, loadavg()]);
+const markdown = render(outcome, machine);
 console.log(markdown);
-if (args.length === 0) {
+if (names.length === Object.keys(SUITES).length) {
   await writeFile(BENCHMARKS_MD, markdown);
   process.stderr.write(`bench: wrote ${BENCHMARKS_MD}\n`);
+} else if (write && outcome.failures.length === 0) {
+  const previous = await readFile(BENCHMARKS_MD, 'utf8');
+  await writeFile(
+    BENCHMARKS_MD,
+    mergeInto({ previous, fresh: markdown, run: names, order: Object.keys(SUITES), machine }),
+  );
+  process.stderr.write(`bench: updated ${names.join(', ')} in ${BENCHMARKS_MD}\n`);
 }
 if (outcome.failures.length > 0) process.exitCode = 1;
