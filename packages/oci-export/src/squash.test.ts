@@ -395,6 +395,36 @@ describe('exportImage with maxLayers', () => {
     });
   });
 
+  it('names the merged layer whose squash.json lists other layers; skips unreadable manifests', async () => {
+    const root = await tempDir('squash-corrupt');
+    const osDir = join(root, 'cache');
+    const stack = await Promise.all(
+      Array.from({ length: 5 }, (_, i) =>
+        makeLayer(osDir, `k${i}`, (fs) => writeFileSync(join(fs, `f${i}`), `${i}`)),
+      ),
+    );
+    const [base, ...layers] = stack;
+    const layout = join(root, 'oci');
+    const args = { layout, base: asBase(base!), layers: layers.map((l) => l.dir), maxLayers: 3 };
+    const first = await exportImage({ ...args, tag: 'one', squashStrategy: 'suffix' });
+    const run = first.layers.find((l) => l.squashed)!;
+    await Sidecar.write(run.dir, SquashLayer.SIDECAR, {
+      format: 1,
+      layers: ['build-000000000000'],
+    });
+    await expect(
+      exportImage({ ...args, tag: 'two', squashStrategy: 'suffix' }),
+    ).rejects.toMatchObject({ code: OciExportCodes.LAYER_CHANGED, path: run.dir });
+    expect((await Layout.tags(layout)).map((t) => t.tag)).toEqual(['one']);
+
+    // Another image's manifest gone: it no longer counts, the export goes on.
+    await rm(run.dir, { recursive: true });
+    const tagged = (await Layout.tags(layout))[0]!;
+    await rm(Layout.blobPath(layout, tagged.digest));
+    const again = await exportImage({ ...args, tag: 'three' });
+    expect(again.layers).toHaveLength(3);
+  });
+
   it('refuses a bad budget, strategy or siblings before touching anything', async () => {
     const root = await tempDir('squash-bad');
     const osDir = join(root, 'cache');
