@@ -17,13 +17,14 @@
  */
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdir, mkdtemp, open, rm, stat } from 'node:fs/promises';
+import { mkdtemp, open, rm, stat } from 'node:fs/promises';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { Exec } from '@day11/exec';
-import { Hash, LayerDir, LayerMeta, type Base } from '@day11/layer';
+import type { Base } from '@day11/layer';
 import { exportImage, LayerBlob } from '@day11/oci-export';
+import { makeLayer, type Layer } from './fixtures.js';
 import { median, toMarkdown, type BenchRow } from './table.js';
 
 const ROUNDS = 3;
@@ -39,34 +40,6 @@ const IMAGE_TREES = [
 /** The tree of the large single layer. */
 const LARGE_TREE = '/usr/bin';
 const BIG_FILE_BYTES = 2 * 1024 ** 3;
-
-interface Layer {
-  hash: string;
-  dir: string;
-}
-
-/** A layer directory whose `fs/` is a copy of `tree` (or filled by `fill`). */
-async function makeLayer(
-  osDir: string,
-  name: string,
-  fill: (fs: string) => Promise<void>,
-): Promise<Layer> {
-  const hash = Hash.baseHash({ image: name });
-  const dir = LayerDir.path({ osDir, hash });
-  await mkdir(join(dir, 'fs'), { recursive: true });
-  await fill(join(dir, 'fs'));
-  await LayerMeta.save(dir, {
-    exit_status: 0,
-    parent_hashes: [],
-    uid: 0,
-    gid: 0,
-    base_hash: hash,
-    disk_usage: 0,
-    timing: [],
-    failed_dep: null,
-  });
-  return { hash, dir };
-}
 
 const copyTree = (tree: string) => async (fs: string) => {
   await Exec.run('cp', ['-a', `${tree}/.`, fs]);

@@ -5,12 +5,15 @@
  * suite measures, and how to reproduce it.
  *
  * `node bench/dist/run-all.js [suite...]`: with suite names, only those run
- * and the table is printed; `BENCHMARKS.md` is written by full runs only.
+ * and the table is printed; `BENCHMARKS.md` is written by full runs, or with
+ * `--write` by a run of some suites, which replaces their rows and notes and
+ * keeps the other suites' (and says so under Machine).
  */
-import { writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { arch, cpus, loadavg, release, tmpdir, totalmem } from 'node:os';
 import { resolve } from 'node:path';
 import { Exec } from '@day11/exec';
+import { mergeInto } from './benchmarks-md.js';
 import { metOf, toMarkdown, type BenchRow, type SuiteRows } from './table.js';
 
 interface Suite {
@@ -51,6 +54,10 @@ const SUITES: Record<string, Suite> = {
   export: {
     load: () => import('./export.js'),
     note: "`exportImage` with every blob cache emptied (cold) of five layers copied from this machine's `/usr` (headers, Python, Perl, binaries) against day10's method on the same layers: per layer, sequentially, GNU `tar -c --numeric-owner | gzip -n -6`; the same for one large layer (`/usr/bin`). Warm re-export (every blob cached) into a fresh layout against the cold export. Peak RSS of a child process exporting a layer holding one 2 GiB incompressible file against a 150 MB limit. 3 rounds (7 warm), medians; all reads from the page cache, so this measures CPU, not the disk.",
+  },
+  squash: {
+    load: () => import('./squash.js'),
+    note: "Sharing kept under a layer budget (`exportImage` with `maxLayers: 60`), on real exports of layers of incompressible bytes (sizes log-uniform, 1 KiB to 512 KiB): two 140-layer images sharing their first 100 layers; a seeded family of 20 DAG-shaped images (each a package's closure in install order, 126 to 177 layers); a re-export after one package in the middle third of a stack changed (it and its dependents rebuilt). The value plan (a dynamic programme keeping the layers most images have × their size, merging contiguous runs of the rest) is valued by the layout (images exported in turn) or by sibling stacks, against the suffix squash of docker-squash & co (keep the lowest 59, merge the rest) and a flatten that keeps the base. Rows marked *more is better* invert the ratio's sense. Bytes, not time: deterministic, one round.",
   },
 };
 
@@ -129,6 +136,7 @@ const REPRODUCE = `\`\`\`sh
 bash .ci/setup                          # once: runc, crun, busybox-static, ... and the workspace
 pnpm bench                              # build, run every suite, rewrite BENCHMARKS.md (needs root; several minutes)
 node bench/dist/run-all.js mount gc     # after \`pnpm build\`: only these suites; prints the table, leaves this file alone
+node bench/dist/run-all.js --write squash  # only this suite, its rows and notes replaced in this file
 node bench/dist/gc.js                   # one suite on its own
 \`\`\`
 
@@ -181,14 +189,23 @@ function chosenSuites(args: readonly string[]): string[] {
 }
 
 const args = process.argv.slice(2);
-const names = chosenSuites(args);
+const write = args.includes('--write');
+const names = chosenSuites(args.filter((a) => a !== '--write'));
 const started = new Date();
 const loadBefore = loadavg();
 const outcome = await runSuites(names);
-const markdown = render(outcome, await describeMachine(started, [loadBefore, loadavg()]));
+const machine = await describeMachine(started, [loadBefore, loadavg()]);
+const markdown = render(outcome, machine);
 console.log(markdown);
-if (args.length === 0) {
+if (names.length === Object.keys(SUITES).length) {
   await writeFile(BENCHMARKS_MD, markdown);
   process.stderr.write(`bench: wrote ${BENCHMARKS_MD}\n`);
+} else if (write && outcome.failures.length === 0) {
+  const previous = await readFile(BENCHMARKS_MD, 'utf8');
+  await writeFile(
+    BENCHMARKS_MD,
+    mergeInto({ previous, fresh: markdown, run: names, order: Object.keys(SUITES), machine }),
+  );
+  process.stderr.write(`bench: updated ${names.join(', ')} in ${BENCHMARKS_MD}\n`);
 }
 if (outcome.failures.length > 0) process.exitCode = 1;

@@ -64,6 +64,13 @@ export interface BuilderOptions {
   fetchJobs?: number | undefined;
   /** Export one image per ok step into this OCI image layout, tagged with the step's tag. */
   layout?: string | undefined;
+  /**
+   * With `layout`: at most this many layers per image (`DOCKER_MAX_LAYERS`
+   * of `@day11/oci-export` is Docker's 125). A deeper stack keeps its layers
+   * most shared in the layout as blobs of their own and merges contiguous
+   * runs of the others; the image unpacks the same.
+   */
+  maxLayers?: number | undefined;
   /** Stop a step after this long: it is not recorded. */
   timeoutMs?: number | undefined;
   /** Run again the steps whose recorded outcome is a failure, instead of reusing it. */
@@ -191,6 +198,7 @@ interface Checked {
   jobs: number;
   fetchJobs: number;
   layout: string | undefined;
+  maxLayers: number | undefined;
   timeoutMs: number | undefined;
   retryFailed: boolean;
   sources: readonly LayerSource[];
@@ -215,6 +223,18 @@ function checkOptions(options: BuilderOptions): Checked {
       hint: 'Pass the layer cache directory, e.g. /var/cache/day11',
     });
   }
+  if (
+    options.maxLayers !== undefined &&
+    !(Number.isSafeInteger(options.maxLayers) && options.maxLayers >= 2)
+  ) {
+    throw new BuildError(
+      BuildCodes.BAD_ARGUMENT,
+      `Invalid builder option maxLayers: ${options.maxLayers}`,
+      {
+        hint: 'Pass a whole number of layers of at least 2 (Docker runs at most 125), or leave it out',
+      },
+    );
+  }
   if (options.timeoutMs !== undefined && !(options.timeoutMs > 0)) {
     throw new BuildError(
       BuildCodes.BAD_ARGUMENT,
@@ -227,6 +247,7 @@ function checkOptions(options: BuilderOptions): Checked {
     jobs: positive('jobs', options.jobs, 1),
     fetchJobs: positive('fetchJobs', options.fetchJobs, 4),
     layout: options.layout,
+    maxLayers: options.maxLayers,
     timeoutMs: options.timeoutMs,
     retryFailed: options.retryFailed === true,
     sources: options.sources ?? [],
@@ -790,6 +811,7 @@ class BuildRun {
         layers: stack.map((s) => this.dirOf(s.id)),
         createdBy: stack.map((s) => imageOfStep(s).createdBy),
         config: { ...imageOfStep(step).config, Cmd: ['/bin/sh'] },
+        ...(this.o.maxLayers !== undefined && { maxLayers: this.o.maxLayers }),
         ...(this.signal && { signal: this.signal }),
       });
       this.exported.push(step.tag);

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { intOption, numberOption, sizeOption } from './args.js';
+import { intOption, maxLayersOption, numberOption, sizeOption } from './args.js';
 import { CliCodes } from './errors.js';
 import { formatBytes, formatSummary } from './progress.js';
 
@@ -29,6 +29,17 @@ describe('options', () => {
     expect(numberOption('gc', 'before', '1.5', 10)).toBe(1.5);
     expect(() => numberOption('gc', 'before', 'NaN', 10)).toThrow(/--before/);
     expect(() => numberOption('gc', 'before', '1e99', 10)).toThrow(/--before/);
+  });
+
+  it('parses a layer budget, docker meaning 125', () => {
+    expect(maxLayersOption('export', 'docker', 125)).toBe(125);
+    expect(maxLayersOption('export', '60', 125)).toBe(60);
+    expect(maxLayersOption('export', undefined, 125)).toBeUndefined();
+    for (const bad of ['1', '0', '501', '2.5', '-3', 'podman', '']) {
+      expect(() => maxLayersOption('export', bad, 125)).toThrow(
+        /--max-layers must be docker \(125\) or an integer from 2 to 500/,
+      );
+    }
   });
 });
 

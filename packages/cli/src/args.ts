@@ -89,3 +89,24 @@ export function sizeOption(
   }
   return Math.round(bytes);
 }
+
+/** The most layers the kernel's overlayfs stacks (and so any engine) can use. */
+const MAX_LAYERS_LIMIT = 500;
+
+/** `--max-layers N|docker`: a layer budget of 2 to 500, `docker` being Docker's 125. */
+export function maxLayersOption(
+  command: string,
+  value: string | undefined,
+  docker: number,
+): number | undefined {
+  if (value === undefined) return undefined;
+  if (value === 'docker') return docker;
+  const n = Number(value);
+  if (!/^\d+$/.test(value) || n < 2 || n > MAX_LAYERS_LIMIT) {
+    throw usage(
+      command,
+      `--max-layers must be docker (${docker}) or an integer from 2 to ${MAX_LAYERS_LIMIT}, got ${JSON.stringify(value)}`,
+    );
+  }
+  return n;
+}

@@ -136,6 +136,28 @@ describe('day11 export', () => {
     expect(await readFile(join(bundle, 'rootfs/opt/tool'), 'utf8')).toBe('lib\n');
     await expect(readFile(join(bundle, 'rootfs/etc/passwd'))).rejects.toThrow(/ENOENT/);
     expect(await readFile(join(bundle, 'rootfs/etc/group'), 'utf8')).toContain('root');
+
+    // With a budget of 2, lib and tool become one merged layer; the image unpacks the same.
+    const squashed = await day11(
+      'export',
+      '--cache',
+      cache,
+      '--oci',
+      layout,
+      '--tag',
+      'tool-squashed',
+      '--max-layers',
+      '2',
+      lib,
+      toolLayer,
+    );
+    expect(squashed.stdout).toMatch(/\(2 layers merged\)/);
+    const inspect = await Exec.run('skopeo', ['inspect', `oci:${layout}:tool-squashed`]);
+    expect((JSON.parse(inspect.stdout) as { Layers: string[] }).Layers).toHaveLength(2);
+    const again = join(work, 'bundle-squashed');
+    await Exec.run('umoci', ['unpack', '--image', `${layout}:tool-squashed`, again]);
+    expect(await readFile(join(again, 'rootfs/opt/tool'), 'utf8')).toBe('lib\n');
+    await expect(readFile(join(again, 'rootfs/etc/passwd'))).rejects.toThrow(/ENOENT/);
   });
 });
 

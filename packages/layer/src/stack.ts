@@ -29,7 +29,7 @@ import {
 import { lstat, mkdir, readdir, realpath, rm } from 'node:fs/promises';
 import { isAbsolute, join, relative, resolve, sep } from 'node:path';
 import { setImmediate as nextTurn } from 'node:timers/promises';
-import { Sys } from '@day11/exec';
+import { OverlayMarks, Sys } from '@day11/exec';
 import { errnoCode, LayerCodes, LayerError, messageOf } from './errors.js';
 import { FILES } from './layer-dir.js';
 
@@ -122,9 +122,9 @@ export interface MergeResult {
 }
 
 /** The overlayfs xattr that makes a directory hide the layers below it. */
-const OPAQUE_XATTR = 'trusted.overlay.opaque';
+const { OPAQUE_XATTR } = OverlayMarks;
 /** Its unprivileged form, used by `userxattr` mounts; honoured when merging. */
-const USER_OPAQUE_XATTR = 'user.overlay.opaque';
+const { USER_OPAQUE_XATTR } = OverlayMarks;
 /**
  * Overlayfs's copy-up origin. Empty means "copied up, origin unknown"; its
  * presence tells overlayfs that the directory may hold whiteouts to filter.

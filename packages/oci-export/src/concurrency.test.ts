@@ -29,7 +29,25 @@ console.log(JSON.stringify(result));
 
 interface ChildResult {
   manifestDigest: string;
-  layers: Array<{ dir: string; digest: string; cached: boolean }>;
+  layers: Array<{ dir: string; digest: string; cached: boolean; squashed?: string[] }>;
+}
+
+/** Locks, leases and temp files below `root` (there must be none once the exports are done). */
+async function leftovers(root: string): Promise<string> {
+  const { stdout } = await run('find', [
+    root,
+    '(',
+    '-name',
+    '*.lock',
+    '-o',
+    '-name',
+    '*.lease',
+    '-o',
+    '-name',
+    '.day11-tmp-*',
+    ')',
+  ]);
+  return stdout;
 }
 
 describe('concurrent exports into one layout', () => {
@@ -95,19 +113,47 @@ describe('concurrent exports into one layout', () => {
     expect(blobs.length).toBeLessThanOrEqual(layers.length + 2 * manifests.size);
     expect(blobs.every((b) => /^[0-9a-f]{64}$/.test(b))).toBe(true);
     // No lock, lease or temp file anywhere.
-    const { stdout } = await run('find', [
-      root,
-      '(',
-      '-name',
-      '*.lock',
-      '-o',
-      '-name',
-      '*.lease',
-      '-o',
-      '-name',
-      '.day11-tmp-*',
-      ')',
-    ]);
-    expect(stdout).toBe('');
+    expect(await leftovers(root)).toBe('');
+  }, 120_000);
+
+  it(`${PROCESSES} processes squashing the same runs: each run merged and compressed once`, async () => {
+    if (!existsSync(DIST)) throw new Error(`${DIST} is missing: run \`pnpm build\` first`);
+    const root = await tempDir('fork-squash');
+    const osDir = join(root, 'cache');
+    const layout = join(root, 'oci');
+    const layers: TestLayer[] = [];
+    for (let i = 0; i < 10; i++) {
+      layers.push(
+        await makeLayer(osDir, `squash-${i}`, (fs) => {
+          writeFileSync(join(fs, `f${i}`), Buffer.concat([randomBytes(2e5), Buffer.alloc(8e5, i)]));
+        }),
+      );
+    }
+    const [base, ...rest] = layers as [TestLayer, ...TestLayer[]];
+    const script = join(root, 'child.mjs');
+    await writeFile(script, CHILD);
+    const results = await Promise.all(
+      Array.from({ length: PROCESSES }, async (_, p) => {
+        const job = {
+          layout,
+          tag: `img.${p}`,
+          base: asBase(base),
+          layers: rest.map((l) => l.dir),
+          maxLayers: 4,
+          squashStrategy: 'suffix',
+        };
+        const { stdout } = await run('node', [script, JSON.stringify(job)]);
+        return JSON.parse(stdout) as ChildResult;
+      }),
+    );
+    // One image, whoever made which part: the same manifest from every process.
+    expect(new Set(results.map((r) => r.manifestDigest)).size).toBe(1);
+    const runs = results.map((r) => r.layers.find((l) => l.squashed)!);
+    expect(runs[0]!.squashed).toHaveLength(7);
+    expect(runs.filter((l) => !l.cached)).toHaveLength(1);
+    expect(await Layout.verify(layout)).toEqual([]);
+    const merged = (await readdir(osDir)).filter((n) => n.startsWith('build-'));
+    expect(merged).toHaveLength(layers.length + 1);
+    expect(await leftovers(root)).toBe('');
   }, 120_000);
 });

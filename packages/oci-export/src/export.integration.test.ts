@@ -12,14 +12,13 @@
  */
 import { execFileSync } from 'node:child_process';
 import { lstatSync } from 'node:fs';
-import { mkdir, readFile, rm } from 'node:fs/promises';
+import { mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Exec, Sys, TempName } from '@day11/exec';
-import { Commit, Hash, LayerDir, type Base } from '@day11/layer';
-import { makeBusyboxRootfs } from './fixtures/busybox.js';
+import { Exec, Sys } from '@day11/exec';
+import { LayerDir, type Base } from '@day11/layer';
 import { cleanup, tempDir } from './fixtures/layers.js';
-import { snapshot } from './fixtures/view.js';
+import { Mounts, buildStep, makeBusyboxBase, overlayView, unpacked } from './fixtures/overlay.js';
 import { exportImage } from './export.js';
 import * as Layout from './layout.js';
 
@@ -87,37 +86,7 @@ const TAG = 'dag.final';
 let osDir: string;
 let base: Base;
 const built = new Map<string, string>(); // step id → layer dir
-const mounts: string[] = [];
-
-/** Mounts an overlay of `lowers` (topmost first) at `target`, with an upper when given. */
-async function mountOverlay(
-  target: string,
-  lowers: string[],
-  upper?: { upper: string; work: string },
-) {
-  await mkdir(target, { recursive: true });
-  Sys.mountWithFsconfig({
-    fstype: 'overlay',
-    target,
-    options: [
-      ...lowers.map((l) => ['lowerdir+', l] as const),
-      ...(upper
-        ? ([
-            ['upperdir', upper.upper],
-            ['workdir', upper.work],
-          ] as const)
-        : []),
-      ['redirect_dir', 'off'],
-      ['metacopy', 'off'],
-    ],
-  });
-  mounts.push(target);
-}
-
-function unmount(target: string): void {
-  Sys.umount(target);
-  mounts.splice(mounts.indexOf(target), 1);
-}
+const mounts = new Mounts();
 
 /** Layer dirs of every transitive dependency of `step`, in install order (bottom first). */
 function stackOf(step: Step): string[] {
@@ -134,64 +103,8 @@ function stackOf(step: Step): string[] {
   return PLAN.filter((p) => seen.has(p.id)).map((p) => built.get(p.id)!);
 }
 
-/** `fs/` of `layers` (bottom first) and the base below them, topmost first as lowerdir+ wants them. */
-const lowersOf = (layers: string[]) => [base.dir, ...layers].reverse().map((d) => join(d, 'fs'));
-
 async function build(step: Step): Promise<void> {
-  const deps = stackOf(step);
-  const work = TempName.inside(osDir, 'dag');
-  await mkdir(work);
-  const merged = join(work, 'merged');
-  await mkdir(join(work, 'upper'));
-  await mkdir(join(work, 'work'));
-  await mountOverlay(merged, lowersOf(deps), {
-    upper: join(work, 'upper'),
-    work: join(work, 'work'),
-  });
-  try {
-    await Exec.run('chroot', [merged, '/bin/sh', '-c', `set -e; ${step.run}`]);
-  } finally {
-    unmount(merged);
-  }
-  const hash = Hash.layerHash({
-    baseHash: base.hash,
-    depHashes: deps.map((d) => d.slice(-12)),
-    pkg: step.run,
-  });
-  const { dir } = await Commit.commit({
-    osDir,
-    hash,
-    upper: join(work, 'upper'),
-    meta: {
-      exit_status: 0,
-      parent_hashes: [],
-      uid: 0,
-      gid: 0,
-      base_hash: base.hash,
-      timing: [],
-      failed_dep: null,
-    },
-  });
-  await rm(work, { recursive: true, force: true });
-  built.set(step.id, dir);
-}
-
-async function makeBase(): Promise<Base> {
-  const image = 'busybox-static';
-  const hash = Hash.baseHash({ image });
-  const rootfs = TempName.inside(osDir, 'rootfs');
-  await makeBusyboxRootfs(rootfs);
-  const meta = {
-    exit_status: 0,
-    parent_hashes: [],
-    uid: 0,
-    gid: 0,
-    base_hash: hash,
-    timing: [],
-    failed_dep: null,
-  };
-  const { dir } = await Commit.commit({ osDir, hash, upper: rootfs, meta });
-  return { hash, dir, image };
+  built.set(step.id, await buildStep({ osDir, base, deps: stackOf(step), run: step.run, mounts }));
 }
 
 describe.skipIf(!Exec.isRoot())('export of a DAG built on overlayfs', () => {
@@ -204,7 +117,7 @@ describe.skipIf(!Exec.isRoot())('export of a DAG built on overlayfs', () => {
     osDir = join(root, 'cache');
     layout = join(root, 'oci');
     await mkdir(osDir);
-    base = await makeBase();
+    base = await makeBusyboxBase(osDir);
     for (const step of PLAN) await build(step);
     layers = PLAN.map((s) => built.get(s.id)!);
     await exportImage({
@@ -217,27 +130,19 @@ describe.skipIf(!Exec.isRoot())('export of a DAG built on overlayfs', () => {
   }, 120_000);
 
   afterAll(async () => {
-    for (const target of [...mounts].reverse()) Sys.umount(target, Sys.MNT_DETACH);
+    mounts.close();
     await cleanup();
+    // Only ours: other test files (the squash engines' test) may hold day11 mounts right now.
     const count = (await readFile('/proc/mounts', 'utf8'))
       .split('\n')
-      .filter((l) => l.includes('day11')).length;
+      .filter((l) => l.includes(root)).length;
     expect(count).toBe(0);
   });
 
   it('umoci unpack gives exactly the merged overlay view the last build saw', async () => {
-    const view = join(root, 'view');
     // The last build's view: all its lowers and its own (now committed) upper, read-only.
-    await mountOverlay(view, lowersOf(layers));
-    let expected;
-    try {
-      expected = snapshot(view);
-    } finally {
-      unmount(view);
-    }
-    const bundle = join(root, 'bundle');
-    execFileSync('umoci', ['unpack', '--image', `${layout}:${TAG}`, bundle], { stdio: 'pipe' });
-    const actual = snapshot(join(bundle, 'rootfs'));
+    const expected = await overlayView(mounts, join(root, 'view'), { base, layers });
+    const actual = unpacked(`${layout}:${TAG}`, join(root, 'bundle'));
 
     // Spot checks first, for a readable failure; then everything.
     expect(actual.paths['var/cache/old/x']).toBeUndefined();

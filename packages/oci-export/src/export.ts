@@ -5,6 +5,8 @@
  * 1. Lease every layer (so `Gc.prune` leaves them alone while they are read).
  * 2. Make sure each layer's blob is cached in its directory (`LayerBlob.ensure`),
  *    compressing the missing ones in parallel on a shared pool of slots.
+ *    With `maxLayers`, a deeper stack merges contiguous runs of layers into
+ *    one blob each (the squash hook, `squash.ts`).
  * 3. Add the blobs to the layout (`Layout.linkBlob`: hardlinks from the cache,
  *    a copy across filesystems; idempotent), outside the lock.
  * 4. Under the layout lock: link again any blob a concurrent `Layout.gc`
@@ -29,6 +31,13 @@ import {
   type ImageConfigInput,
 } from './oci.js';
 import { compressionSlots, concurrencyOf, mapLimit } from './pool.js';
+import {
+  checkSquashOptions,
+  squashLayers,
+  type ImageLayer,
+  type SquashOptions,
+  type SquashProgress,
+} from './squash.js';
 import type { WalkWarning } from './walk.js';
 
 /** Progress of an export, reported to {@link ExportOptions.onProgress}. */
@@ -43,10 +52,12 @@ export type ExportProgress =
       size: number;
       cached: boolean;
     }
-  | { phase: 'tagged'; tag: string; manifestDigest: string };
+  | { phase: 'tagged'; tag: string; manifestDigest: string }
+  /** A merged run (with `maxLayers`); its blob's `layer` event follows, indexed among the runs. */
+  | SquashProgress;
 
 /** Options of {@link exportImage}. */
-export interface ExportOptions {
+export interface ExportOptions extends SquashOptions {
   /** The OCI image layout directory; created when missing. A directory holding files but no `oci-layout` is refused. */
   layout: string;
   /** The tag (`org.opencontainers.image.ref.name`), e.g. `0install.2.18`. */
@@ -96,6 +107,8 @@ export interface ExportedLayer {
   size: number;
   /** True when the blob came from the layer's cache (nothing compressed). */
   cached: boolean;
+  /** For a merged run (with `maxLayers`): the layer directories it holds, bottom to top. */
+  squashed?: string[];
 }
 
 /** What {@link exportImage} made. */
@@ -132,23 +145,33 @@ export async function exportImage(options: ExportOptions): Promise<ExportResult>
   // Fail fast on a corrupt index.json, before compressing anything (read again under the lock).
   await Layout.readIndex(options.layout);
   const leases = await leaseAll(dirs);
+  let squashed;
   try {
     const blobs = await ensureBlobs(dirs, options);
-    const config = await configBlob(dirs, blobs, options);
-    const manifestDigest = await publish(options, blobs, config);
+    squashed = await squashLayers({
+      dirs,
+      blobs,
+      options,
+      ensureBlobs: (more) => ensureBlobs(more, options),
+    });
+    const layers = squashed?.layers ?? dirs.map((dir, i) => ({ blob: blobs[i]!, members: [dir] }));
+    const config = await configBlob(layers, options);
+    const manifestDigest = await publish(options, layers, config);
     options.onProgress?.({ phase: 'tagged', tag: options.tag, manifestDigest });
     return {
       manifestDigest,
       configDigest: sha256(config),
-      layers: blobs.map(({ dir, digest, diffId, size, cached }) => ({
+      layers: layers.map(({ blob: { dir, digest, diffId, size, cached }, members }) => ({
         dir,
         digest,
         diffId,
         size,
         cached,
+        ...(members.length > 1 && { squashed: [...members] }),
       })),
     };
   } finally {
+    await squashed?.release();
     await Promise.all(leases.map((l) => l.release().catch(() => undefined)));
   }
 }
@@ -162,6 +185,7 @@ function checkOptions(options: ExportOptions): string[] {
   }
   levelOf(options.gzipLevel);
   concurrencyOf(options.concurrency);
+  checkSquashOptions(options);
   if (typeof options.layout !== 'string' || options.layout === '') {
     throw new OciExportError(OciExportCodes.BAD_ARGUMENT, 'No layout directory given', {
       hint: 'Pass layout: the OCI image layout directory to write into',
@@ -218,21 +242,25 @@ function defaultWarning(warning: WalkWarning): void {
   process.emitWarning(warning.message, { code: 'DAY11_OCI_SKIPPED' });
 }
 
-async function configBlob(
-  dirs: readonly string[],
-  blobs: readonly LayerBlob.LayerBlob[],
-  options: ExportOptions,
-): Promise<Buffer> {
+async function configBlob(layers: readonly ImageLayer[], options: ExportOptions): Promise<Buffer> {
   const fixed = fixedCreated(options.created);
+  const createdBy = new Map(
+    options.layers.flatMap((dir, i) => {
+      const line = options.createdBy?.[i];
+      return line === undefined ? [] : [[resolve(dir), line] as const];
+    }),
+  );
   const history: HistoryEntry[] = [];
-  for (const [i, dir] of dirs.entries()) {
-    const meta = await LayerMeta.find(dir).catch(() => undefined);
+  for (const [i, { members }] of layers.entries()) {
+    const names = members.map((dir) => basename(dir)).join(' ');
     history.push({
-      created: fixed ?? normalise(meta?.created_at) ?? EPOCH,
+      created: fixed ?? (await newestCreated(members)) ?? EPOCH,
       created_by:
         i === 0
           ? `day11 import ${options.base.image}`
-          : (options.createdBy?.[i - 1] ?? `day11 build ${basename(dir)}`),
+          : members.length > 1
+            ? `day11 squash ${names}`
+            : (createdBy.get(members[0]!) ?? `day11 build ${names}`),
     });
   }
   const newest =
@@ -245,12 +273,25 @@ async function configBlob(
     os: options.os ?? 'linux',
     created: fixed ?? newest,
     config: options.config,
-    diffIds: blobs.map((b) => b.diffId),
+    diffIds: layers.map((l) => l.blob.diffId),
     history,
   });
 }
 
 const EPOCH = '1970-01-01T00:00:00Z';
+
+/** When the newest of `dirs` was made (a merged run was made when its newest layer was). */
+async function newestCreated(dirs: readonly string[]): Promise<string | undefined> {
+  const times = await Promise.all(
+    dirs.map(async (dir) =>
+      normalise((await LayerMeta.find(dir).catch(() => undefined))?.created_at),
+    ),
+  );
+  return times
+    .filter((t) => t !== undefined)
+    .sort()
+    .at(-1);
+}
 
 /** The creation time fixed by the caller or SOURCE_DATE_EPOCH, as RFC 3339 UTC. */
 function fixedCreated(created: Date | string | undefined): string | undefined {
@@ -301,18 +342,19 @@ function iso(date: Date): string {
  */
 async function publish(
   options: ExportOptions,
-  blobs: LayerBlob.LayerBlob[],
+  image: readonly ImageLayer[],
   config: Buffer,
 ): Promise<string> {
   const { layout } = options;
-  const unique = uniqueByDigest(blobs);
+  const unique = uniqueByDigest(image.map((l) => l.blob));
   // Outside the lock: a copy across filesystems may take a while.
   for (const blob of unique) await Layout.linkBlob(layout, blob);
   const configDesc = { mediaType: MediaTypes.config, digest: sha256(config), size: config.length };
-  const layers: Descriptor[] = blobs.map((b) => ({
+  const layers: Descriptor[] = image.map(({ blob: b, annotations }) => ({
     mediaType: MediaTypes.layer,
     digest: b.digest,
     size: b.size,
+    ...(annotations && { annotations }),
   }));
   const manifest = buildManifest(configDesc, layers);
   const manifestDigest = sha256(manifest);

@@ -17,6 +17,12 @@ export {
   type ExportedLayer,
 } from './export.js';
 export * as Layout from './layout.js';
+export * as SquashPlan from './squash-plan.js';
+export * as SquashLayer from './squash-layer.js';
+export * as SquashValue from './squash-value.js';
+export { DOCKER_MAX_LAYERS } from './squash-plan.js';
+export { LAYERS_ANNOTATION } from './squash-value.js';
+export type { SquashOptions, SquashProgress } from './squash.js';
 export * as LayerBlob from './layer-blob.js';
 export * as Tar from './tar.js';
 export {

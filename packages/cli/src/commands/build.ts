@@ -3,8 +3,9 @@ import { parseArgs } from 'node:util';
 import { resolve } from 'node:path';
 import { createBuilder, loadPlan } from '@day11/build';
 import { Runc } from '@day11/container';
+import { DOCKER_MAX_LAYERS } from '@day11/oci-export';
 import { recover } from '@day11/runner';
-import { COMMON_OPTIONS, intOption, parse } from '../args.js';
+import { COMMON_OPTIONS, intOption, maxLayersOption, parse } from '../args.js';
 import { cacheDir } from '../cache.js';
 import { CliCodes, CliError } from '../errors.js';
 import { makeReporter } from '../progress.js';
@@ -28,6 +29,8 @@ Options:
   --runtime R        runc (default) or crun, or a path to a runc-compatible runtime
   --oci LAYOUT       export one OCI image per successful step as soon as it is
                      built, tagged with the step's tag
+  --max-layers N     with --oci: at most N layers per image (2-500, or docker = 125); deeper
+                     stacks merge contiguous runs of their least shared layers
   --timeout SECONDS  stop a step after this long (not recorded)
   --retry-failed     run again the steps whose recorded outcome is a failure
   --json             newline-delimited JSON events instead of the live display
@@ -70,6 +73,7 @@ export async function run(argv: string[]): Promise<number> {
         jobs: { type: 'string' },
         runtime: { type: 'string' },
         oci: { type: 'string' },
+        'max-layers': { type: 'string' },
         timeout: { type: 'string' },
         'retry-failed': { type: 'boolean' },
         json: { type: 'boolean' },
@@ -88,6 +92,11 @@ export async function run(argv: string[]): Promise<number> {
     def: 0,
   });
   const runtime = runtimeOption(values.runtime);
+  const maxLayers = maxLayersOption('build', values['max-layers'], DOCKER_MAX_LAYERS);
+  if (maxLayers !== undefined && values.oci === undefined)
+    throw new CliError(CliCodes.USAGE, 'day11 build: --max-layers needs --oci LAYOUT', {
+      hint: 'See `day11 build --help`',
+    });
   const plan = await loadPlan(resolve(positionals[0]!));
   await checkRequirements(runtime);
   if (runtime === 'crun') await Runc.prepareCrunCgroups().catch(() => undefined);
@@ -99,6 +108,7 @@ export async function run(argv: string[]): Promise<number> {
     runtime,
     retryFailed: values['retry-failed'] === true,
     ...(values.oci !== undefined && { layout: resolve(values.oci) }),
+    ...(maxLayers !== undefined && { maxLayers }),
     ...(timeout > 0 && { timeoutMs: timeout * 1000 }),
   });
   try {

@@ -3,8 +3,8 @@ import { parseArgs } from 'node:util';
 import { resolve } from 'node:path';
 import { imageOfStep } from '@day11/build';
 import { Sidecar } from '@day11/layer';
-import { exportImage } from '@day11/oci-export';
-import { COMMON_OPTIONS, parse, usage } from '../args.js';
+import { DOCKER_MAX_LAYERS, exportImage } from '@day11/oci-export';
+import { COMMON_OPTIONS, maxLayersOption, parse, usage } from '../args.js';
 import { assertCacheExists, cacheDir, layerDirOf, stackOf } from '../cache.js';
 import { formatBytes } from '../progress.js';
 
@@ -22,11 +22,15 @@ that leaves out or misorders a layer one of them was built on is refused.
 
 Options:
   --cmd CMD          the image's default command (repeatable: one argv word each; default /bin/sh)
+  --max-layers N     at most N layers (2-500, or docker = ${DOCKER_MAX_LAYERS}): a deeper stack keeps
+                     its layers most shared in LAYOUT (× size) and merges contiguous runs of
+                     the others into one cached blob each; the image unpacks the same
   --json             print the result as JSON
 
 Example:
   day11 export --cache /var/cache/day11 --oci /srv/oci --tag app app
   skopeo inspect oci:/srv/oci:app
+  day11 export --cache /var/cache/day11 --oci /srv/oci --tag deep --max-layers docker app
 `;
 
 export async function run(argv: string[]): Promise<number> {
@@ -40,6 +44,7 @@ export async function run(argv: string[]): Promise<number> {
         oci: { type: 'string' },
         tag: { type: 'string' },
         cmd: { type: 'string', multiple: true },
+        'max-layers': { type: 'string' },
         json: { type: 'boolean' },
       },
     }),
@@ -48,6 +53,7 @@ export async function run(argv: string[]): Promise<number> {
   if (!values.oci) throw usage('export', '--oci LAYOUT is required');
   if (!values.tag) throw usage('export', '--tag TAG is required');
   if (positionals.length === 0) throw usage('export', 'name the LAYER to export');
+  const maxLayers = maxLayersOption('export', values['max-layers'], DOCKER_MAX_LAYERS);
   await assertCacheExists(osDir);
   const named = await Promise.all(positionals.map((h) => layerDirOf(osDir, h)));
   const { base, layers } = await stackOf(osDir, named);
@@ -62,14 +68,16 @@ export async function run(argv: string[]): Promise<number> {
     layers,
     createdBy: steps.map((s) => imageOfStep(s).createdBy),
     config: { ...top.config, Cmd: values.cmd ?? ['/bin/sh'] },
+    ...(maxLayers !== undefined && { maxLayers }),
   });
   if (values.json) {
     console.log(JSON.stringify(result));
     return 0;
   }
   for (const l of result.layers) {
+    const merged = l.squashed ? `  (${l.squashed.length} layers merged)` : '';
     console.log(
-      `${l.digest.slice(0, 19)}  ${formatBytes(l.size).padStart(10)}  ${l.cached ? 'cached' : 'compressed'}  ${l.dir}`,
+      `${l.digest.slice(0, 19)}  ${formatBytes(l.size).padStart(10)}  ${l.cached ? 'cached' : 'compressed'}  ${l.dir}${merged}`,
     );
   }
   console.log(`${values.oci}:${values.tag}  manifest ${result.manifestDigest}`);

@@ -1,0 +1,44 @@
+/** What several suites make their data with: a seeded generator and hand-made layer directories. */
+import { mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Hash, LayerDir, LayerMeta } from '@day11/layer';
+
+/** A small seeded generator (mulberry32), so every run draws the same numbers. */
+export function seeded(seed: number): () => number {
+  let a = seed;
+  return () => {
+    a = (a + 0x6d2b79f5) | 0;
+    let t = Math.imul(a ^ (a >>> 15), 1 | a);
+    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** A layer directory made by hand. */
+export interface Layer {
+  hash: string;
+  dir: string;
+}
+
+/** A layer directory `build-<hash of name>` in `osDir` whose `fs/` is filled by `fill`. */
+export async function makeLayer(
+  osDir: string,
+  name: string,
+  fill: (fs: string) => Promise<void>,
+): Promise<Layer> {
+  const hash = Hash.baseHash({ image: name });
+  const dir = LayerDir.path({ osDir, hash });
+  await mkdir(join(dir, 'fs'), { recursive: true });
+  await fill(join(dir, 'fs'));
+  await LayerMeta.save(dir, {
+    exit_status: 0,
+    parent_hashes: [],
+    uid: 0,
+    gid: 0,
+    base_hash: hash,
+    disk_usage: 0,
+    timing: [],
+    failed_dep: null,
+  });
+  return { hash, dir };
+}
