@@ -10,7 +10,7 @@ import { readdir, readFile, rm } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { OverlayMarks, Sys } from '@day11/exec';
-import { Gc, InUse, Scan, Sidecar, Stack } from '@day11/layer';
+import { Gc, InUse, Scan, Sidecar } from '@day11/layer';
 import { OciExportCodes } from './errors.js';
 import { exportImage, type ExportProgress } from './export.js';
 import { applyImage } from './fixtures/apply.js';
