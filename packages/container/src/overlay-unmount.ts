@@ -126,7 +126,7 @@ export async function unmountAll(underDir: string, opts: UnmountOptions = {}): P
  *
  * @example
  * ```ts
- * process.on('exit', () => Overlay.unmountSync('/var/cache/day11/.day11-tmp-42-ab-run/merged'));
+ * ExitHooks.add(() => Overlay.unmountSync('/var/cache/day11/.day11-tmp-42-ab-run/merged'));
  * ```
  */
 export function unmountSync(target: string): void {

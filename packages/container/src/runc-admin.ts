@@ -185,7 +185,7 @@ export interface KillAndDeleteOptions extends RuntimeOptions {
  *
  * @example
  * ```ts
- * process.on('exit', () => Runc.killAndDeleteSync({ runtime: 'crun', id }));
+ * ExitHooks.add(() => Runc.killAndDeleteSync({ runtime: 'crun', id }));
  * ```
  */
 export function killAndDeleteSync(opts: KillAndDeleteOptions): void {

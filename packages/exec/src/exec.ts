@@ -2,6 +2,7 @@
  * Run subprocesses. Every subprocess in day11 goes through {@link run}, so
  * sudo, cancellation, timeouts and error reporting behave the same everywhere.
  */
+import * as ExitHooks from './exit-hooks.js';
 import { spawnSync } from 'node:child_process';
 import { execa, type ExecaError } from 'execa';
 import { CommandError, ExecCodes, type CommandErrorDetails } from './errors.js';
@@ -106,14 +107,9 @@ export async function run(
 
 /** Process groups still running, killed if this process exits first. */
 const liveGroups = new Set<number>();
-let exitHookInstalled = false;
 
-function installExitHook(): void {
-  if (exitHookInstalled) return;
-  exitHookInstalled = true;
-  process.on('exit', () => {
-    for (const pgid of liveGroups) killGroup(pgid, 'SIGKILL');
-  });
+function killLiveGroups(): void {
+  for (const pgid of liveGroups) killGroup(pgid, 'SIGKILL');
 }
 
 function killGroup(pgid: number, signal: NodeJS.Signals): void {
@@ -134,7 +130,7 @@ class GroupKiller {
     private readonly graceMs: number,
   ) {
     if (pgid !== undefined) {
-      installExitHook();
+      ExitHooks.add(killLiveGroups);
       liveGroups.add(pgid);
     }
   }
@@ -151,6 +147,7 @@ class GroupKiller {
       clearTimeout(this.graceTimer);
       signal?.removeEventListener('abort', onAbort);
       if (this.pgid !== undefined) liveGroups.delete(this.pgid);
+      if (liveGroups.size === 0) ExitHooks.remove(killLiveGroups);
     };
   }
 
@@ -184,7 +181,7 @@ const SYNC_MAX_BUFFER = 16 * 1024 * 1024;
 /**
  * Runs `cmd args` synchronously, blocking the event loop until it exits: for
  * the few places that cannot wait for a promise, such as a signal handler or
- * a `process.on('exit')` hook that must stop a container before the process
+ * an exit hook (`ExitHooks.add`) that must stop a container before the process
  * dies. Everything else should use {@link run}.
  *
  * @example

@@ -36,7 +36,7 @@ export interface Lease {
   release(): Promise<void>;
   /**
    * {@link release}, synchronously: for a signal handler or a
-   * `process.on('exit')` hook, where nothing can be awaited. Idempotent, and
+   * exit hook (`ExitHooks` of @day11/exec), where nothing can be awaited. Idempotent, and
    * a no-op after `release()` (and vice versa).
    */
   releaseSync(): void;

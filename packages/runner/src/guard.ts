@@ -19,6 +19,7 @@
  * directories) until it has been idle for the calls' `lingerMs`.
  */
 import { Overlay, Runc } from '@day11/container';
+import { ExitHooks } from '@day11/exec';
 import { removeTreeSync } from './mounts.js';
 
 /** Signals that tear the active runs down. */
@@ -52,7 +53,6 @@ export interface Guarded {
 
 const runners = new Set<Guarded>();
 let signalsInstalled = false;
-let exitInstalled = false;
 
 /**
  * Watches `runner` (or stops watching it), and installs or removes the
@@ -81,11 +81,8 @@ export function update(runner: Guarded, live = true): void {
       else process.removeListener(sig, onSignal);
     }
   }
-  if (holds !== exitInstalled) {
-    exitInstalled = holds;
-    if (holds) process.on('exit', onExit);
-    else process.removeListener('exit', onExit);
-  }
+  if (holds) ExitHooks.add(onExit);
+  else ExitHooks.remove(onExit);
 }
 
 /** A runner shared by `runInLayers` calls, and its idle timer. */
