@@ -1,5 +1,5 @@
 /** Argument parsing on `node:util` parseArgs, with errors a user can act on. */
-import type { ParseArgsConfig } from 'node:util';
+import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { CliCodes, CliError } from './errors.js';
 
 /** Options every command accepts. */
@@ -7,6 +7,28 @@ export const COMMON_OPTIONS = {
   help: { type: 'boolean', short: 'h' },
   debug: { type: 'boolean' },
 } as const satisfies ParseArgsConfig['options'];
+
+/** Option definitions of a command, besides {@link COMMON_OPTIONS}. */
+export type CommandOptions = NonNullable<ParseArgsConfig['options']>;
+
+/** What {@link parseCommand} returns for options `O`. */
+export type ParsedCommand<O extends CommandOptions> = ReturnType<
+  typeof parseArgs<{ args: string[]; allowPositionals: true; options: typeof COMMON_OPTIONS & O }>
+>;
+
+/**
+ * Parses a command's arguments (positionals allowed; `--help` and `--debug`
+ * always accepted); a parse error is a usage error pointing at `--help`.
+ */
+export function parseCommand<const O extends CommandOptions>(
+  command: string,
+  argv: string[],
+  options: O,
+): ParsedCommand<O> {
+  return parse(command, () =>
+    parseArgs({ args: argv, allowPositionals: true, options: { ...COMMON_OPTIONS, ...options } }),
+  );
+}
 
 /**
  * Runs a `parseArgs` call for `command`, turning its errors into usage errors

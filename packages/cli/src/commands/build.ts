@@ -1,11 +1,10 @@
 /** `day11 build PLAN.json --cache DIR [--jobs N] [--runtime R] [--oci LAYOUT] [--json]` */
-import { parseArgs } from 'node:util';
 import { resolve } from 'node:path';
 import { createBuilder, loadPlan } from '@day11/build';
 import { Runc } from '@day11/container';
 import { DOCKER_MAX_LAYERS } from '@day11/oci-export';
 import { recover } from '@day11/runner';
-import { COMMON_OPTIONS, intOption, maxLayersOption, parse } from '../args.js';
+import { intOption, maxLayersOption, parseCommand } from '../args.js';
 import { cacheDir } from '../cache.js';
 import { CliCodes, CliError } from '../errors.js';
 import { makeReporter } from '../progress.js';
@@ -63,23 +62,16 @@ Example:
 `;
 
 export async function run(argv: string[]): Promise<number> {
-  const { values, positionals } = parse('build', () =>
-    parseArgs({
-      args: argv,
-      allowPositionals: true,
-      options: {
-        ...COMMON_OPTIONS,
-        cache: { type: 'string' },
-        jobs: { type: 'string' },
-        runtime: { type: 'string' },
-        oci: { type: 'string' },
-        'max-layers': { type: 'string' },
-        timeout: { type: 'string' },
-        'retry-failed': { type: 'boolean' },
-        json: { type: 'boolean' },
-      },
-    }),
-  );
+  const { values, positionals } = parseCommand('build', argv, {
+    cache: { type: 'string' },
+    jobs: { type: 'string' },
+    runtime: { type: 'string' },
+    oci: { type: 'string' },
+    'max-layers': { type: 'string' },
+    timeout: { type: 'string' },
+    'retry-failed': { type: 'boolean' },
+    json: { type: 'boolean' },
+  });
   if (positionals.length !== 1)
     throw new CliError(CliCodes.USAGE, 'day11 build: give exactly one PLAN.json', {
       hint: 'See `day11 build --help`',

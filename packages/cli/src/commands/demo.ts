@@ -1,5 +1,4 @@
 /** `day11 demo [--cache DIR]`: the main job, end to end, on the busybox base. */
-import { parseArgs } from 'node:util';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -7,7 +6,7 @@ import { Exec } from '@day11/exec';
 import { OciSpec, Runc } from '@day11/container';
 import { Layout } from '@day11/oci-export';
 import { createBuilder, parsePlan } from '@day11/build';
-import { COMMON_OPTIONS, parse } from '../args.js';
+import { parseCommand } from '../args.js';
 import { CliCodes, CliError } from '../errors.js';
 import { makeReporter, type Reporter } from '../progress.js';
 import { checkRequirements, hasCommand, runtimeOption } from './common.js';
@@ -62,18 +61,11 @@ export const DEMO_PLAN = {
 const EXPECTED_CHECK = 'replaced\ntool\ntool-hardlink\n';
 
 export async function run(argv: string[]): Promise<number> {
-  const { values } = parse('demo', () =>
-    parseArgs({
-      args: argv,
-      allowPositionals: true,
-      options: {
-        ...COMMON_OPTIONS,
-        cache: { type: 'string' },
-        runtime: { type: 'string' },
-        json: { type: 'boolean' },
-      },
-    }),
-  );
+  const { values } = parseCommand('demo', argv, {
+    cache: { type: 'string' },
+    runtime: { type: 'string' },
+    json: { type: 'boolean' },
+  });
   const osDir = resolve(values.cache ?? process.env['DAY11_CACHE'] ?? '/var/tmp/day11-demo');
   const layout = join(osDir, 'oci');
   const runtime = runtimeOption(values.runtime);

@@ -1,10 +1,9 @@
 /** `day11 export --cache DIR --oci LAYOUT --tag TAG LAYER...` */
-import { parseArgs } from 'node:util';
 import { resolve } from 'node:path';
 import { imageOfStep } from '@day11/build';
 import { Sidecar } from '@day11/layer';
 import { DOCKER_MAX_LAYERS, exportImage } from '@day11/oci-export';
-import { COMMON_OPTIONS, maxLayersOption, parse, usage } from '../args.js';
+import { maxLayersOption, parseCommand, usage } from '../args.js';
 import { assertCacheExists, cacheDir, layerDirOf, stackOf } from '../cache.js';
 import { formatBytes } from '../progress.js';
 
@@ -34,21 +33,14 @@ Example:
 `;
 
 export async function run(argv: string[]): Promise<number> {
-  const { values, positionals } = parse('export', () =>
-    parseArgs({
-      args: argv,
-      allowPositionals: true,
-      options: {
-        ...COMMON_OPTIONS,
-        cache: { type: 'string' },
-        oci: { type: 'string' },
-        tag: { type: 'string' },
-        cmd: { type: 'string', multiple: true },
-        'max-layers': { type: 'string' },
-        json: { type: 'boolean' },
-      },
-    }),
-  );
+  const { values, positionals } = parseCommand('export', argv, {
+    cache: { type: 'string' },
+    oci: { type: 'string' },
+    tag: { type: 'string' },
+    cmd: { type: 'string', multiple: true },
+    'max-layers': { type: 'string' },
+    json: { type: 'boolean' },
+  });
   const osDir = cacheDir('export', values.cache);
   if (!values.oci) throw usage('export', '--oci LAYOUT is required');
   if (!values.tag) throw usage('export', '--tag TAG is required');

@@ -1,8 +1,7 @@
 /** `day11 import --cache DIR --image NAME (--tarball F | --dir D | --docker)` */
-import { parseArgs } from 'node:util';
 import { resolve } from 'node:path';
 import { Import, LayerDir } from '@day11/layer';
-import { COMMON_OPTIONS, parse, usage } from '../args.js';
+import { parseCommand, usage } from '../args.js';
 import { cacheDir } from '../cache.js';
 
 export const summary = 'import a base layer from a rootfs tarball, a directory or a Docker image';
@@ -21,20 +20,13 @@ Example:
 `;
 
 export async function run(argv: string[]): Promise<number> {
-  const { values } = parse('import', () =>
-    parseArgs({
-      args: argv,
-      allowPositionals: true,
-      options: {
-        ...COMMON_OPTIONS,
-        cache: { type: 'string' },
-        image: { type: 'string' },
-        tarball: { type: 'string' },
-        dir: { type: 'string' },
-        docker: { type: 'boolean' },
-      },
-    }),
-  );
+  const { values } = parseCommand('import', argv, {
+    cache: { type: 'string' },
+    image: { type: 'string' },
+    tarball: { type: 'string' },
+    dir: { type: 'string' },
+    docker: { type: 'boolean' },
+  });
   const osDir = cacheDir('import', values.cache);
   const sources = [values.tarball, values.dir, values.docker].filter(
     (v) => v !== undefined && v !== false,

@@ -1,8 +1,7 @@
 /** `day11 layers ls | show HASH | du | gc` */
-import { parseArgs } from 'node:util';
 import { readStats } from '@day11/build';
 import { Gc, LayerDir, LayerMeta, Scan, Sidecar } from '@day11/layer';
-import { COMMON_OPTIONS, numberOption, parse, sizeOption, usage } from '../args.js';
+import { numberOption, parseCommand, sizeOption, usage } from '../args.js';
 import { assertCacheExists, cacheDir, layerDirOf } from '../cache.js';
 import { formatBytes } from '../progress.js';
 
@@ -39,9 +38,7 @@ const OPTIONS = {
 } as const;
 
 export async function run(argv: string[]): Promise<number> {
-  const { values, positionals } = parse('layers', () =>
-    parseArgs({ args: argv, allowPositionals: true, options: { ...COMMON_OPTIONS, ...OPTIONS } }),
-  );
+  const { values, positionals } = parseCommand('layers', argv, OPTIONS);
   const [sub, ...rest] = positionals;
   const osDir = cacheDir('layers', values.cache);
   await assertCacheExists(osDir);

@@ -1,8 +1,7 @@
 /** `day11 layout ls | rm TAG... | gc | verify --oci LAYOUT` */
-import { parseArgs } from 'node:util';
 import { resolve } from 'node:path';
 import { Layout } from '@day11/oci-export';
-import { COMMON_OPTIONS, parse, usage } from '../args.js';
+import { parseCommand, usage } from '../args.js';
 import { formatBytes } from '../progress.js';
 
 export const summary = 'list, remove and garbage-collect the images of an OCI image layout';
@@ -26,13 +25,10 @@ Examples:
 `;
 
 export async function run(argv: string[]): Promise<number> {
-  const { values, positionals } = parse('layout', () =>
-    parseArgs({
-      args: argv,
-      allowPositionals: true,
-      options: { ...COMMON_OPTIONS, oci: { type: 'string' }, json: { type: 'boolean' } },
-    }),
-  );
+  const { values, positionals } = parseCommand('layout', argv, {
+    oci: { type: 'string' },
+    json: { type: 'boolean' },
+  });
   const [sub, ...rest] = positionals;
   if (!values.oci) throw usage('layout', '--oci LAYOUT is required');
   const layout = resolve(values.oci);

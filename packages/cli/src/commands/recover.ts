@@ -1,7 +1,6 @@
 /** `day11 recover --cache DIR` */
-import { parseArgs } from 'node:util';
 import { recover } from '@day11/runner';
-import { COMMON_OPTIONS, parse } from '../args.js';
+import { parseCommand } from '../args.js';
 import { assertCacheExists, cacheDir } from '../cache.js';
 
 export const summary =
@@ -21,13 +20,10 @@ Example:
 `;
 
 export async function run(argv: string[]): Promise<number> {
-  const { values } = parse('recover', () =>
-    parseArgs({
-      args: argv,
-      allowPositionals: true,
-      options: { ...COMMON_OPTIONS, cache: { type: 'string' }, json: { type: 'boolean' } },
-    }),
-  );
+  const { values } = parseCommand('recover', argv, {
+    cache: { type: 'string' },
+    json: { type: 'boolean' },
+  });
   const osDir = cacheDir('recover', values.cache);
   await assertCacheExists(osDir);
   const report = await recover({ osDir });

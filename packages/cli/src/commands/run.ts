@@ -1,11 +1,10 @@
 /** `day11 run --cache DIR [--layer HASH ...] -- CMD...` */
-import { parseArgs } from 'node:util';
 import { rm } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { OciSpec } from '@day11/container';
 import { Commit, Hash, LayerDir, LayerMeta } from '@day11/layer';
 import { runInLayers } from '@day11/runner';
-import { COMMON_OPTIONS, parse, usage } from '../args.js';
+import { parseCommand, usage } from '../args.js';
 import { resolveBase } from '@day11/build';
 import { cacheDir, layerDirOf, stackOf } from '../cache.js';
 import { checkRequirements, runtimeOption } from './common.js';
@@ -34,20 +33,13 @@ Example:
 `;
 
 export async function run(argv: string[]): Promise<number> {
-  const { values, positionals } = parse('run', () =>
-    parseArgs({
-      args: argv,
-      allowPositionals: true,
-      options: {
-        ...COMMON_OPTIONS,
-        cache: { type: 'string' },
-        layer: { type: 'string', multiple: true },
-        runtime: { type: 'string' },
-        network: { type: 'string' },
-        commit: { type: 'boolean' },
-      },
-    }),
-  );
+  const { values, positionals } = parseCommand('run', argv, {
+    cache: { type: 'string' },
+    layer: { type: 'string', multiple: true },
+    runtime: { type: 'string' },
+    network: { type: 'string' },
+    commit: { type: 'boolean' },
+  });
   if (positionals.length === 0) throw usage('run', 'give the command after --');
   if (values.network !== undefined && values.network !== 'none' && values.network !== 'host') {
     throw usage('run', '--network must be none or host');
