@@ -40,6 +40,7 @@ export {
   type BaseSource,
 } from './plan.js';
 export { PlanGraph, stepKey } from './graph.js';
+export { targetsOf, restrictTo, shardOf } from './shard.js';
 export { imageOfStep, type StepImage, type StepLike } from './image.js';
 export { deriveTag, isValidTag, MAX_TAG_LENGTH } from './tags.js';
 export { DEFAULT_PIDS, type Resources } from './resources.js';

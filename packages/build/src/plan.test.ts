@@ -7,6 +7,7 @@ import { BuildCodes } from './errors.js';
 import { PlanGraph, stepKey } from './graph.js';
 import { MAX_ARG_STRLEN } from './limits.js';
 import { argvOf, loadPlan, parsePlan, userOf } from './plan.js';
+import { restrictTo, shardOf, targetsOf } from './shard.js';
 import { deriveTag } from './tags.js';
 
 let dir: string;
@@ -414,5 +415,55 @@ describe('names and tags', () => {
     expect(() =>
       parsePlan({ base: 'busybox', steps: [{ id: 'x', run: ['/bin/true', `${ok}y`] }] }, '/p'),
     ).toThrow(/past the kernel's limit/);
+  });
+});
+
+describe('targets and shards', () => {
+  const plan = parsePlan(
+    {
+      base: 'busybox',
+      steps: [
+        { id: 'libc', run: 'r' },
+        { id: 'zlib', deps: ['libc'], run: 'r' },
+        { id: 'ssl', deps: ['libc'], run: 'r' },
+        { id: 'curl', deps: ['zlib', 'ssl'], run: 'r' },
+        { id: 'git', deps: ['curl'], run: 'r' },
+        { id: 'docs', run: 'r' },
+        { id: 'gzip', deps: ['zlib'], run: 'r' },
+      ],
+    },
+    '/p',
+  );
+
+  it('finds the targets and restricts a plan to what they need', () => {
+    expect(targetsOf(plan).map((s) => s.id)).toEqual(['docs', 'gzip', 'git']);
+    expect(restrictTo(plan, ['gzip']).steps.map((s) => s.id)).toEqual(['libc', 'zlib', 'gzip']);
+    expect(() => restrictTo(plan, ['nope'])).toThrow(/No step "nope"/);
+  });
+
+  it('splits the targets among shards that together cover the plan, the same way every time', () => {
+    for (const count of [1, 2, 3, 5]) {
+      const shards = Array.from({ length: count }, (_, i) =>
+        shardOf(plan, { index: i + 1, count }),
+      );
+      const covered = new Set(shards.flatMap((s) => s.steps.map((x) => x.id)));
+      expect([...covered].sort()).toEqual(plan.steps.map((s) => s.id).sort());
+      const targets = shards.flatMap((s) => targetsOf(s).map((t) => t.id));
+      expect(targets.sort()).toEqual(['docs', 'git', 'gzip']);
+      expect(shards.map((s) => s.steps.map((x) => x.id))).toEqual(
+        Array.from({ length: count }, (_, i) =>
+          shardOf(plan, { index: i + 1, count }).steps.map((x) => x.id),
+        ),
+      );
+    }
+    // The biggest target (git: 5 steps) goes first; the others balance against it.
+    expect(shardOf(plan, { index: 1, count: 2 }).steps.map((s) => s.id)).toEqual([
+      'libc',
+      'zlib',
+      'ssl',
+      'curl',
+      'git',
+    ]);
+    expect(() => shardOf(plan, { index: 3, count: 2 })).toThrow(/Invalid shard 3\/2/);
   });
 });
