@@ -19,7 +19,7 @@
 import { mkdir, open, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Runc } from '@day11/container';
-import { isDay11Error, messageOf, Semaphore, TempName } from '@day11/exec';
+import { isDay11Error, mapLimit, messageOf, Semaphore, TempName } from '@day11/exec';
 import {
   Commit,
   Gc,
@@ -357,7 +357,7 @@ class BuildRun {
     if (this.o.sources.length === 0) return;
     const missing: string[] = [];
     const steps = [...this.plan.steps].reverse();
-    const present = await Promise.all(steps.map((s) => layerPresent(this.dirOf(s.id))));
+    const present = await mapLimit(steps, CHECK_CONCURRENCY, (s) => layerPresent(this.dirOf(s.id)));
     for (const [i, step] of steps.entries())
       if (!present[i]) missing.push(this.graph.hash(step.id));
     for (const source of this.o.sources) {
@@ -402,6 +402,8 @@ class BuildRun {
     let checking = 0;
     let settled = 0;
     return new Promise<void>((resolve) => {
+      // A shard may hold no step at all.
+      if (steps.length === 0) return resolve();
       const pump = (): void => {
         while (checking < CHECK_CONCURRENCY && next < ready.length) {
           const step = ready[next++]!;
