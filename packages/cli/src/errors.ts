@@ -26,12 +26,26 @@ export function exitCodeOf(err: unknown): number {
  * ```
  */
 export function formatError(err: unknown): string {
-  const message = messageOf(err);
+  const message = oneLine(messageOf(err));
   if (!isDay11Error(err)) {
     return `day11: unexpected error: ${message} (run again with --debug for the stack trace)`;
   }
   const first = message.startsWith('day11') ? message : `day11: ${message}`;
-  return err.hint === undefined ? first : `${first}\nhint: ${err.hint}`;
+  return err.hint === undefined ? first : `${first}\nhint: ${oneLine(err.hint)}`;
+}
+
+/**
+ * `text` with control characters escaped (`\n`, `\x1b`, ...), so that a
+ * message quoting hostile input (a file of binary garbage, a name with a
+ * newline) stays one line and cannot drive the terminal.
+ */
+function oneLine(text: string): string {
+  // eslint-disable-next-line no-control-regex
+  return text.replace(/[\x00-\x08\x0a-\x1f\x7f]/g, (c) => {
+    if (c === '\n') return '\\n';
+    if (c === '\r') return '\\r';
+    return `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`;
+  });
 }
 
 /** Stable codes of the errors thrown by `@day11/cli`. */
