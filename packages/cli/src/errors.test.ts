@@ -12,10 +12,7 @@ describe('formatError', () => {
       hint: 'line\nbreak',
     });
     const lines = formatError(err).split('\n');
-    expect(lines).toEqual([
-      'day11: not valid JSON ("\\n\\x1b[2J\\r\\x00")',
-      'hint: line\\nbreak',
-    ]);
+    expect(lines).toEqual(['day11: not valid JSON ("\\n\\x1b[2J\\r\\x00")', 'hint: line\\nbreak']);
   });
 
   it('says an unforeseen error is one and points to --debug', () => {
