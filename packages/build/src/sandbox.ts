@@ -31,6 +31,8 @@ export interface SandboxRunOptions {
   process: StepProcess;
   /** Where the step's output goes. */
   logFile: string;
+  /** Most bytes of output kept in `logFile` (head and tail, a marker between); `Infinity`: all. */
+  logCap?: number | undefined;
   signal?: AbortSignal | undefined;
   timeoutMs?: number | undefined;
 }
@@ -100,6 +102,7 @@ export function runnerSandbox(options: RunnerSandboxOptions): Sandbox {
           buildDirs: o.lowers,
           spec,
           logFile: o.logFile,
+          ...(o.logCap !== undefined && { logCap: o.logCap }),
           ...(o.signal !== undefined && { signal: o.signal }),
           ...(o.timeoutMs !== undefined && { timeoutMs: o.timeoutMs }),
         });

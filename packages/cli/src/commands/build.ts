@@ -1,11 +1,11 @@
-/** `day11 build PLAN.json --cache DIR [--jobs N] [--runtime R] [--oci LAYOUT] [--json]` */
+/** `day11 build PLAN.json --cache DIR [--jobs N] [--runtime R] [--oci LAYOUT] [--log-cap SIZE] [--json]` */
 import { parseArgs } from 'node:util';
 import { resolve } from 'node:path';
 import { createBuilder, loadPlan } from '@day11/build';
 import { Runc } from '@day11/container';
 import { DOCKER_MAX_LAYERS } from '@day11/oci-export';
 import { recover } from '@day11/runner';
-import { COMMON_OPTIONS, intOption, maxLayersOption, parse } from '../args.js';
+import { COMMON_OPTIONS, intOption, logCapOption, maxLayersOption, parse } from '../args.js';
 import { cacheDir } from '../cache.js';
 import { CliCodes, CliError } from '../errors.js';
 import { makeReporter } from '../progress.js';
@@ -32,6 +32,9 @@ Options:
   --max-layers N     with --oci: at most N layers per image (2-500, or docker = 125); deeper
                      stacks merge contiguous runs of their least shared layers
   --timeout SECONDS  stop a step after this long (not recorded)
+  --log-cap SIZE     most bytes of a step's output kept in its layer.log (default 64M;
+                     none keeps all): past it the log keeps the first and the last half
+                     with a marker between; the output never fails the step
   --retry-failed     run again the steps whose recorded outcome is a failure
   --json             newline-delimited JSON events instead of the live display
   --debug            stack traces on errors
@@ -75,6 +78,7 @@ export async function run(argv: string[]): Promise<number> {
         oci: { type: 'string' },
         'max-layers': { type: 'string' },
         timeout: { type: 'string' },
+        'log-cap': { type: 'string' },
         'retry-failed': { type: 'boolean' },
         json: { type: 'boolean' },
       },
@@ -92,6 +96,7 @@ export async function run(argv: string[]): Promise<number> {
     def: 0,
   });
   const runtime = runtimeOption(values.runtime);
+  const logCap = logCapOption('build', values['log-cap'], Runc.MIN_LOG_CAP);
   const maxLayers = maxLayersOption('build', values['max-layers'], DOCKER_MAX_LAYERS);
   if (maxLayers !== undefined && values.oci === undefined)
     throw new CliError(CliCodes.USAGE, 'day11 build: --max-layers needs --oci LAYOUT', {
@@ -110,6 +115,7 @@ export async function run(argv: string[]): Promise<number> {
     ...(values.oci !== undefined && { layout: resolve(values.oci) }),
     ...(maxLayers !== undefined && { maxLayers }),
     ...(timeout > 0 && { timeoutMs: timeout * 1000 }),
+    ...(logCap !== undefined && { logCap }),
   });
   try {
     // SIGINT/SIGTERM/SIGHUP: the runner unmounts and deletes its containers,
