@@ -32,7 +32,7 @@ describe('OutputLog', () => {
     await log.write(Buffer.from('e1\r\n'), 'stderr');
     await log.write(Buffer.from('2\n\nlast'), 'stdout');
     expect(await log.close()).toEqual({ bytes: 15, omitted: 0 });
-    expect(await readFile(path, 'utf8')).toBe('a1\ne1\r\na2\n\nlast');
+    expect(await readFile(path, 'utf8')).toBe('a1\ne1\r\na2\n\nlast\n');
     expect(lines).toEqual(['stdout:a1', 'stderr:e1', 'stdout:a2', 'stdout:', 'stdout:last']);
     expect(log.stderrHead).toBe('e1\r\n');
   });

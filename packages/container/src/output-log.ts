@@ -27,6 +27,7 @@ const STDERR_HEAD_BYTES = 8192;
 const COPY_BYTES = 1 << 20;
 
 const NEWLINE = 0x0a;
+const NEWLINE_BYTE = Buffer.from([NEWLINE]);
 
 /** Options of {@link OutputLog.open}. */
 export interface OutputLogOptions {
@@ -138,10 +139,12 @@ export class OutputLog {
     if (this.closed) throw new Error('OutputLog closed twice');
     this.closed = true;
     await this.chain;
+    // A last line without its newline gets one in the log, so the two
+    // streams' last lines never run together.
     for (const stream of ['stdout', 'stderr'] as const) {
       const rest = this.pending[stream];
       this.pending[stream] = [];
-      if (rest.length) await this.emit(Buffer.concat(rest), stream);
+      if (rest.length) await this.emit(Buffer.concat([...rest, NEWLINE_BYTE]), stream);
     }
     let omitted = 0;
     try {

@@ -240,6 +240,40 @@ describe.each(RUNTIMES)('%s', (runtime) => {
     expect(existsSync(runtimeLog)).toBe(true); // the caller's file: kept
   });
 
+  it('streams output far past the log cap: exit 0, every line told, the log is head + marker + tail', async () => {
+    const logFile = join(work, `${runtime}-capped.log`);
+    let lines = 0;
+    let last = '';
+    const r = await runIn(
+      rootfs,
+      { args: ['seq', '1', '1000000'] }, // 6,888,896 bytes
+      {
+        runtime,
+        logFile,
+        logCap: 2 ** 20,
+        onOutput: (line, stream) => {
+          if (stream === 'stdout') (lines++, (last = line));
+        },
+      },
+    );
+    expect(r).toMatchObject({ exitCode: 0, timedOut: false });
+    expect([lines, last]).toEqual([1_000_000, '1000000']);
+    const text = await readFile(logFile, 'utf8');
+    expect(text.length).toBeLessThan(2 ** 20 + 200);
+    const [head, marker, tail] = text.split(/(\[day11: \d+ bytes of output left out here;.*\]\n)/);
+    const all = Array.from({ length: 1_000_000 }, (_, i) => `${i + 1}\n`).join('');
+    const half = 2 ** 19;
+    // The head is the first half, cut inside a line: the marker gets a line of its own.
+    expect(head).toBe(`${all.slice(0, half)}${all[half - 1] === '\n' ? '' : '\n'}`);
+    expect(marker).toMatch(/the last 524288 bytes \(log cap 1048576 bytes\)/);
+    // The tail is the end of the output, from the first whole line of its last half.
+    expect(tail!.length).toBeLessThanOrEqual(half);
+    expect(tail).toBe(all.slice(all.length - tail!.length));
+    expect(all[all.length - tail!.length - 1]).toBe('\n');
+    const omitted = Number(/\[day11: (\d+) bytes/.exec(marker!)![1]);
+    expect(half + omitted + tail!.length).toBe(all.length);
+  });
+
   it('pidsLimit stops a fork bomb that runs fine without it', async () => {
     const bomb = 'for i in $(seq 1 200); do sleep 1 & done; wait; echo done';
     const limited = await runIn(
