@@ -893,6 +893,7 @@ function processOf(step: Step): StepProcess {
     ...userOf(step),
     network: step.network,
     resources: step.resources,
+    security: step.security,
   };
 }
 

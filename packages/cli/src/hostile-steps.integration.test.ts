@@ -201,6 +201,43 @@ describe('arguments past the kernel limits', () => {
   });
 });
 
+describe('hardening against the step itself', () => {
+  it.skipIf(!isRoot)(
+    'steps run with the seccomp deny list and no_new_privs; security: false turns each off',
+    async () => {
+      const cache = join(work, 'security-cache');
+      // unshare(CLONE_NEWUSER) needs no capability: only the filter stops it.
+      const probe =
+        'grep -E "^(Seccomp|NoNewPrivs):" /proc/self/status | tr -d "\\t" > /status; ' +
+        '{ unshare -U true && echo userns-ok || echo userns-refused; } > /userns 2>&1; ' +
+        'wc -c < /proc/interrupts > /interrupts';
+      const file = await plan('security', {
+        base: 'busybox',
+        steps: [
+          { id: 'hardened', run: probe },
+          { id: 'open', run: probe, security: { seccomp: false, noNewPrivileges: false } },
+          { id: 'setuid-ok', run: probe, security: { noNewPrivileges: false } },
+        ],
+      });
+      const r = await day11('build', file, '--cache', cache, '--json');
+      expect(r.exitCode).toBe(0);
+      const read = (id: string, name: string): Promise<string> =>
+        readFile(join(cache, final(r.stdout, id).layer!, 'fs', name), 'utf8');
+      expect(await read('hardened', 'status')).toBe('NoNewPrivs:1\nSeccomp:2\n');
+      expect(await read('hardened', 'userns')).toMatch(
+        /Operation not permitted\nuserns-refused\n$/,
+      );
+      expect(await read('open', 'status')).toBe('NoNewPrivs:0\nSeccomp:0\n');
+      expect(await read('open', 'userns')).toBe('userns-ok\n');
+      expect(await read('setuid-ok', 'status')).toBe('NoNewPrivs:0\nSeccomp:2\n');
+      // Masked as Docker masks it, whatever the security settings.
+      expect(await read('hardened', 'interrupts')).toBe('0\n');
+      expect(await read('open', 'interrupts')).toBe('0\n');
+    },
+    120_000,
+  );
+});
+
 describe('process and memory limits', () => {
   it.skipIf(!isRoot)(
     `a step runs in a pids cgroup limited to ${DEFAULT_PIDS} by default; plan-wide and per-step pids set it`,

@@ -44,11 +44,13 @@ Plan format:
     "base": "busybox" | { "tarball": "rootfs.tar.gz" } | { "dir": "rootfs/" }
           | { "docker": "debian:12" } | { "image": "debian:12" } | { "layer": "HASH" },
     "resources": { "memory": "4G", "cpus": 2, "pids": 4096 },
+    "security": { "seccomp": true, "noNewPrivileges": true },
     "steps": [
       { "id": "libstdc++6", "run": "echo hi > /hello.txt" },
       { "id": "app", "deps": ["libstdc++6"], "run": ["/bin/sh", "-c", "cat /hello.txt"],
         "env": { "A": "1" }, "user": "1000:1000", "network": "none", "cwd": "/",
-        "tag": "app-1", "resources": { "memory": "512M" } }
+        "tag": "app-1", "resources": { "memory": "512M" },
+        "security": { "seccomp": false } }
     ]
   }
 
@@ -58,8 +60,20 @@ Plan format:
   runs of those collapsed, and the ends trimmed (g++ → gpp, 1.0~rc1 → 1.0-rc1);
   two steps with one tag are refused before anything runs. Later deps lie
   above earlier ones in the stack. "base": { "image": NAME } is a base already
-  imported (day11 import), { "layer": HASH } a base layer by hash. Steps run
-  with at most 4096 processes unless "resources" says otherwise.
+  imported (day11 import), { "layer": HASH } a base layer by hash.
+
+  "resources" (plan-wide defaults, or per step): "memory" in bytes or
+  512M/4G (past it the step is OOM-killed: exit 137), "cpus" as CPU time
+  (1.5 = one and a half CPUs), "pids" the most processes at once. Steps run
+  with at most 4096 processes unless "pids" says otherwise.
+
+  "security" (plan-wide defaults, or per step): steps run with a seccomp
+  filter refusing (EPERM) system calls builds do not need (keyctl, bpf,
+  perf_event_open, userfaultfd, io_uring, mount, unshare, setns, clone into
+  new namespaces, kexec, modules, reboot, the clock, swap) and with
+  no_new_privs (setuid programs such as su and sudo do not raise
+  privileges). "seccomp": false or "noNewPrivileges": false turns one off
+  for a build that needs it; either setting changes the step's hash.
 
 Example:
   day11 build plan.json --cache /var/cache/day11 --jobs 4 --oci /srv/oci
