@@ -21,6 +21,7 @@ import { join } from 'node:path';
 import { Runc } from '@day11/container';
 import { isDay11Error, messageOf, Semaphore, TempName } from '@day11/exec';
 import {
+  CacheDir,
   Commit,
   Gc,
   LastUsed,
@@ -312,7 +313,7 @@ class BuildRun {
 
   async execute(): Promise<BuildResult> {
     const started = performance.now();
-    await mkdir(this.o.osDir, { recursive: true });
+    await CacheDir.ensure(this.o.osDir);
     this.base = await resolveBase({
       source: this.plan.base,
       osDir: this.o.osDir,

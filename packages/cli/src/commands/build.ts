@@ -6,7 +6,7 @@ import { Runc } from '@day11/container';
 import { DOCKER_MAX_LAYERS } from '@day11/oci-export';
 import { recover } from '@day11/runner';
 import { COMMON_OPTIONS, intOption, logCapOption, maxLayersOption, parse } from '../args.js';
-import { cacheDir } from '../cache.js';
+import { cacheDir, prepareCache } from '../cache.js';
 import { CliCodes, CliError } from '../errors.js';
 import { makeReporter } from '../progress.js';
 import { checkRequirements, runtimeOption } from './common.js';
@@ -118,6 +118,7 @@ export async function run(argv: string[]): Promise<number> {
     });
   const plan = await loadPlan(resolve(positionals[0]!));
   await checkRequirements(runtime);
+  await prepareCache(osDir);
   if (runtime === 'crun') await Runc.prepareCrunCgroups().catch(() => undefined);
   await recover({ osDir }).catch(() => undefined);
   const reporter = makeReporter({ json: values.json === true });

@@ -3,7 +3,7 @@ import { parseArgs } from 'node:util';
 import { resolve } from 'node:path';
 import { Import, LayerDir } from '@day11/layer';
 import { COMMON_OPTIONS, parse, usage } from '../args.js';
-import { cacheDir } from '../cache.js';
+import { cacheDir, prepareCache } from '../cache.js';
 
 export const summary = 'import a base layer from a rootfs tarball, a directory or a Docker image';
 
@@ -43,6 +43,7 @@ export async function run(argv: string[]): Promise<number> {
     throw usage('import', 'give exactly one of --tarball FILE, --dir DIR, --docker');
   if (!values.image && values.docker) throw usage('import', '--docker needs --image NAME');
   const image = values.image;
+  await prepareCache(osDir);
   const base = values.tarball
     ? await Import.fromTarball({ osDir, tarball: resolve(values.tarball), image })
     : values.dir

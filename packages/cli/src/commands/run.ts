@@ -7,7 +7,7 @@ import { Commit, Hash, LayerDir, LayerMeta } from '@day11/layer';
 import { runInLayers } from '@day11/runner';
 import { COMMON_OPTIONS, parse, usage } from '../args.js';
 import { DEFAULT_PIDS, DEFAULT_SECURITY, resolveBase } from '@day11/build';
-import { cacheDir, layerDirOf, stackOf } from '../cache.js';
+import { cacheDir, layerDirOf, prepareCache, stackOf } from '../cache.js';
 import { checkRequirements, runtimeOption } from './common.js';
 
 export const summary =
@@ -56,6 +56,7 @@ export async function run(argv: string[]): Promise<number> {
   const osDir = cacheDir('run', values.cache);
   const runtime = runtimeOption(values.runtime);
   await checkRequirements(runtime);
+  await prepareCache(osDir);
   const named = await Promise.all((values.layer ?? []).map((h) => layerDirOf(osDir, h)));
   const { base, layers } =
     named.length > 0
