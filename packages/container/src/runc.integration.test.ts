@@ -253,7 +253,9 @@ describe.each(RUNTIMES)('%s', (runtime) => {
         logFile,
         logCap: 2 ** 20,
         onOutput: (line, stream) => {
-          if (stream === 'stdout') (lines++, (last = line));
+          if (stream !== 'stdout') return;
+          lines++;
+          last = line;
         },
       },
     );

@@ -112,7 +112,8 @@ export async function run(
   if (result.failed && (result.exitCode === undefined || killer.reason)) {
     throw toCommandError({ cmd, args, err: result as unknown as ExecaError, privileged, killer });
   }
-  if (pumped?.error !== undefined) throw pumped.error;
+  // The consumer's own error (e.g. a full disk under a log), as it threw it.
+  if (pumped?.error !== undefined) throw pumped.error as Error;
   return {
     stdout: typeof result.stdout === 'string' ? result.stdout : '',
     stderr: typeof result.stderr === 'string' ? result.stderr : '',
