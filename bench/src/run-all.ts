@@ -51,6 +51,10 @@ const SUITES: Record<string, Suite> = {
     load: () => import('./builder.js'),
     note: "The builder's own cost per step (validation, hashing, scheduling, cache check, layer lock, commit with its fsyncs, events; a sandbox that runs nothing) at 100, 1,000 and 10,000 independent steps and a 1,000-step chain, with 4 jobs, against what a real step adds on top: `crun run true` and `runc run true` spawned directly on a prepared rootfs (medians of 20). Also the time from `build()` to the first step running, and the time to validate, order and hash a 10,000-step chain. Each size in a fresh cache; 5, 2 and 1 rounds, medians.",
   },
+  output: {
+    load: () => import('./output.js'),
+    note: "A step printing 250 MB, built in a child process per build (so its peak RSS is the build's alone): the builder streams the container's output to the step's `layer.log`, capped at 64 MiB (head and tail kept), never gathering it in memory. Peak RSS against the same build of a step printing nothing; the build's time against the floor of producing and writing those bytes at all (`yes | head -c 250M > file` on the host). 3 rounds alternating, medians; the step differs by an env value each round, so nothing is cached.",
+  },
   export: {
     load: () => import('./export.js'),
     note: "`exportImage` with every blob cache emptied (cold) of five layers copied from this machine's `/usr` (headers, Python, Perl, binaries) against day10's method on the same layers: per layer, sequentially, GNU `tar -c --numeric-owner | gzip -n -6`; the same for one large layer (`/usr/bin`). Warm re-export (every blob cached) into a fresh layout against the cold export. Peak RSS of a child process exporting a layer holding one 2 GiB incompressible file against a 150 MB limit. 3 rounds (7 warm), medians; all reads from the page cache, so this measures CPU, not the disk.",

@@ -8,7 +8,7 @@
 import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { TempName } from '@day11/exec';
-import { Hash, Import, LayerDir, LayerMeta, Sidecar, type Base } from '@day11/layer';
+import { CacheDir, Hash, Import, LayerDir, LayerMeta, Sidecar, type Base } from '@day11/layer';
 import { busyboxImageName, makeBusyboxRootfs } from './busybox.js';
 import { BuildCodes, BuildError } from './errors.js';
 import type { BaseSource } from './plan.js';
@@ -46,7 +46,7 @@ const TRANSPORT = /^(docker|oci|oci-archive|docker-archive):/;
  */
 export async function resolveBase(o: ResolveBaseOptions): Promise<Base> {
   const { source, osDir } = o;
-  await mkdir(osDir, { recursive: true });
+  await CacheDir.ensure(osDir);
   const signal = o.signal;
   switch (source.kind) {
     case 'busybox': {

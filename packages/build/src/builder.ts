@@ -18,9 +18,10 @@
  */
 import { mkdir, open, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { Runc } from '@day11/container';
+import { Runc } from '@day11/container';
 import { isDay11Error, mapLimit, messageOf, Semaphore, TempName } from '@day11/exec';
 import {
+  CacheDir,
   Commit,
   Gc,
   LastUsed,
@@ -73,6 +74,14 @@ export interface BuilderOptions {
   maxLayers?: number | undefined;
   /** Stop a step after this long: it is not recorded. */
   timeoutMs?: number | undefined;
+  /**
+   * Most bytes of a step's output kept in its `layer.log` (default
+   * `Runc.DEFAULT_LOG_CAP` of `@day11/container`, 64 MiB; `Infinity`: all of
+   * it). Past it the log keeps the first and the last half, with a marker
+   * saying how much was left out; the output is streamed either way, and the
+   * step's result is its exit status alone.
+   */
+  logCap?: number | undefined;
   /** Run again the steps whose recorded outcome is a failure, instead of reusing it. */
   retryFailed?: boolean | undefined;
   /** Asked, before building, for the layers not in the cache (see {@link LayerSource}). */
@@ -200,6 +209,7 @@ interface Checked {
   layout: string | undefined;
   maxLayers: number | undefined;
   timeoutMs: number | undefined;
+  logCap: number | undefined;
   retryFailed: boolean;
   sources: readonly LayerSource[];
   publishers: readonly LayerPublisher[];
@@ -242,6 +252,15 @@ function checkOptions(options: BuilderOptions): Checked {
       { hint: 'Pass a positive number of milliseconds, or leave it out' },
     );
   }
+  const cap = options.logCap;
+  if (
+    cap !== undefined &&
+    !(cap === Infinity || (Number.isSafeInteger(cap) && cap >= Runc.MIN_LOG_CAP))
+  ) {
+    throw new BuildError(BuildCodes.BAD_ARGUMENT, `Invalid builder option logCap: ${cap}`, {
+      hint: `Pass a whole number of bytes of at least ${Runc.MIN_LOG_CAP}, or Infinity to keep all output`,
+    });
+  }
   return {
     osDir: options.osDir,
     jobs: positive('jobs', options.jobs, 1),
@@ -249,6 +268,7 @@ function checkOptions(options: BuilderOptions): Checked {
     layout: options.layout,
     maxLayers: options.maxLayers,
     timeoutMs: options.timeoutMs,
+    logCap: cap,
     retryFailed: options.retryFailed === true,
     sources: options.sources ?? [],
     publishers: options.publishers ?? [],
@@ -293,7 +313,7 @@ class BuildRun {
 
   async execute(): Promise<BuildResult> {
     const started = performance.now();
-    await mkdir(this.o.osDir, { recursive: true });
+    await CacheDir.ensure(this.o.osDir);
     this.base = await resolveBase({
       source: this.plan.base,
       osDir: this.o.osDir,
@@ -624,6 +644,7 @@ class BuildRun {
         lowers: stack.map((s) => this.dirOf(s.id)),
         process: processOf(step),
         logFile,
+        logCap: this.o.logCap,
         signal: this.signal,
         timeoutMs: this.o.timeoutMs,
       });
@@ -875,6 +896,7 @@ function processOf(step: Step): StepProcess {
     ...userOf(step),
     network: step.network,
     resources: step.resources,
+    security: step.security,
   };
 }
 

@@ -10,8 +10,8 @@ import type { Plan, Step } from './plan.js';
 
 /**
  * Canonical JSON (sorted keys) of what defines a step's output, apart from
- * its dependencies: its tag is an export detail, and limits count only when
- * set.
+ * its dependencies: its tag is an export detail, and limits and hardening
+ * count only when set.
  *
  * @example
  * ```ts
@@ -19,10 +19,12 @@ import type { Plan, Step } from './plan.js';
  * ```
  */
 export function stepKey(step: Step): string {
-  const { deps: _deps, tag: _tag, resources, ...definition } = step;
-  return canonicalJson(
-    Object.keys(resources).length > 0 ? { ...definition, resources } : definition,
-  );
+  const { deps: _deps, tag: _tag, resources, security, ...definition } = step;
+  return canonicalJson({
+    ...definition,
+    ...(Object.keys(resources).length > 0 && { resources }),
+    ...(Object.keys(security).length > 0 && { security }),
+  });
 }
 
 function canonicalJson(value: unknown): string {

@@ -44,6 +44,7 @@ export { targetsOf, restrictTo, shardOf } from './shard.js';
 export { imageOfStep, type StepImage, type StepLike } from './image.js';
 export { deriveTag, isValidTag, MAX_TAG_LENGTH } from './tags.js';
 export { DEFAULT_PIDS, type Resources } from './resources.js';
+export { DEFAULT_SECURITY, type Security } from './security.js';
 export { MAX_ARG_STRLEN, MAX_ARGS_TOTAL } from './limits.js';
 export { resolveBase, describeBase, type ImageResolver, type ResolveBaseOptions } from './base.js';
 export { busyboxImageName, makeBusyboxRootfs, BUSYBOX } from './busybox.js';

@@ -338,6 +338,37 @@ describe('hashes and stacks', () => {
     expect(stepKey(limited)).toContain('"resources":{"memoryBytes":1073741824,"pids":64}');
   });
 
+  it('takes security per step over the plan, and counts it in the key only when set', () => {
+    const plain = parsePlan({ base: 'busybox', steps: [{ id: 'x', run: 'r' }] }, '/p').steps[0]!;
+    expect(plain.security).toEqual({});
+    expect(stepKey(plain)).toBe(
+      '{"cwd":"/","env":{},"id":"x","network":"none","run":"r","user":0}',
+    );
+    const open = parsePlan(
+      {
+        base: 'busybox',
+        security: { seccomp: false, noNewPrivileges: false },
+        steps: [
+          { id: 'x', run: 'r' },
+          { id: 'y', run: 'r', security: { noNewPrivileges: true } },
+        ],
+      },
+      '/p',
+    ).steps;
+    expect(open.map((s) => s.security)).toEqual([
+      { seccomp: false, noNewPrivileges: false },
+      { seccomp: false, noNewPrivileges: true },
+    ]);
+    expect(stepKey(open[0]!)).toContain('"security":{"noNewPrivileges":false,"seccomp":false}');
+    expect(stepKey(open[0]!)).not.toBe(stepKey(plain));
+    expect(() =>
+      parsePlan(
+        { base: 'busybox', steps: [{ id: 'x', run: 'r', security: { apparmor: 'x' } }] },
+        '/p',
+      ),
+    ).toThrow(/step "x" \(security\): Unrecognized key: "apparmor"/);
+  });
+
   it('parses users', () => {
     const step = (user: unknown) =>
       parsePlan({ base: 'busybox', steps: [{ id: 'x', run: 'r', user }] }, '/p').steps[0]!;

@@ -10,6 +10,7 @@ import { z } from 'zod';
 import { BuildCodes, BuildError } from './errors.js';
 import { checkArgumentSizes } from './limits.js';
 import { parseResources, ResourcesSchema, type Resources } from './resources.js';
+import { SecuritySchema, type Security } from './security.js';
 import { assignTags } from './tags.js';
 
 /** uids and gids are 32-bit, and (uid_t)-1 means "unchanged". */
@@ -53,6 +54,7 @@ const StepSchema = z.strictObject({
   network: z.enum(['none', 'host']).default('none'),
   cwd: z.string().startsWith('/', 'cwd must be an absolute path').default('/'),
   resources: ResourcesSchema.optional(),
+  security: SecuritySchema.optional(),
 });
 
 const BaseSchema = z.union([
@@ -70,6 +72,8 @@ export const PlanSchema = z.strictObject({
   base: BaseSchema,
   /** Defaults for every step's `resources`. */
   resources: ResourcesSchema.optional(),
+  /** Defaults for every step's `security`. */
+  security: SecuritySchema.optional(),
   steps: z.array(StepSchema).min(1, 'a plan needs at least one step'),
 });
 
@@ -77,11 +81,13 @@ export const PlanSchema = z.strictObject({
 export type StepInput = z.infer<typeof StepSchema>;
 
 /** A validated step: the plan's fields, plus what validation derived. */
-export interface Step extends Omit<StepInput, 'resources'> {
+export interface Step extends Omit<StepInput, 'resources' | 'security'> {
   /** The image tag of this step's export: `tag`, or derived from `id` by `deriveTag`. */
   tag: string;
   /** Limits explicitly set for this step (its own, over the plan's); defaults are not included. */
   resources: Resources;
+  /** Hardening explicitly set for this step (its own, over the plan's); defaults are not included. */
+  security: Security;
 }
 
 /** Where the base layer comes from. Paths are absolute (resolved against the plan's directory). */
@@ -154,6 +160,7 @@ export function parsePlan(json: unknown, file: string): Plan {
     throw bad(file, why, undefined, hint);
   };
   const planResources = parsed.data.resources;
+  const planSecurity = parsed.data.security;
   const inputs = parsed.data.steps;
   checkIds(inputs, fail);
   const tags = assignTags(inputs, fail);
@@ -166,7 +173,8 @@ export function parsePlan(json: unknown, file: string): Plan {
     } catch (err) {
       fail((err as Error).message);
     }
-    return { ...s, tag: tags[i]!, resources };
+    const security = { ...planSecurity, ...s.security };
+    return { ...s, tag: tags[i]!, resources, security };
   });
   for (const step of steps) checkArgumentSizes(step, argvOf(step), fail);
   return {

@@ -10,6 +10,7 @@ import { isDay11Error } from '@day11/exec';
 import type { Base, Timing } from '@day11/layer';
 import { createRunner, RunnerCodes } from '@day11/runner';
 import { DEFAULT_PIDS, type Resources } from './resources.js';
+import { DEFAULT_SECURITY, type Security } from './security.js';
 
 /** The process a step runs, fully resolved. */
 export interface StepProcess {
@@ -21,6 +22,8 @@ export interface StepProcess {
   network: 'none' | 'host';
   /** Limits explicitly set; the sandbox applies its defaults for the rest. */
   resources: Resources;
+  /** Hardening explicitly set; the sandbox applies its defaults (all on) for the rest. */
+  security: Security;
 }
 
 /** Options of {@link Sandbox.run}. */
@@ -31,6 +34,8 @@ export interface SandboxRunOptions {
   process: StepProcess;
   /** Where the step's output goes. */
   logFile: string;
+  /** Most bytes of output kept in `logFile` (head and tail, a marker between); `Infinity`: all. */
+  logCap?: number | undefined;
   signal?: AbortSignal | undefined;
   timeoutMs?: number | undefined;
 }
@@ -64,7 +69,8 @@ export interface RunnerSandboxOptions {
  * The real sandbox: each step in a runc/crun container over an overlay of
  * its stack, run by a runner of `@day11/runner` (which keeps the leases on
  * the layers steps share until the sandbox is closed), with a pids limit
- * unless the step sets its own.
+ * unless the step sets its own, and hardened (seccomp deny list,
+ * `no_new_privs`) unless the step turns that off.
  *
  * @example
  * ```ts
@@ -84,6 +90,8 @@ export function runnerSandbox(options: RunnerSandboxOptions): Sandbox {
           uid: p.uid,
           gid: p.gid,
           network: p.network,
+          seccomp: p.security.seccomp ?? DEFAULT_SECURITY.seccomp,
+          noNewPrivileges: p.security.noNewPrivileges ?? DEFAULT_SECURITY.noNewPrivileges,
           resources: {
             pidsLimit: p.resources.pids ?? DEFAULT_PIDS,
             ...(p.resources.memoryBytes !== undefined && {
@@ -100,6 +108,7 @@ export function runnerSandbox(options: RunnerSandboxOptions): Sandbox {
           buildDirs: o.lowers,
           spec,
           logFile: o.logFile,
+          ...(o.logCap !== undefined && { logCap: o.logCap }),
           ...(o.signal !== undefined && { signal: o.signal }),
           ...(o.timeoutMs !== undefined && { timeoutMs: o.timeoutMs }),
         });

@@ -112,6 +112,27 @@ export function sizeOption(
   return Math.round(bytes);
 }
 
+/**
+ * `--log-cap SIZE|none`: most bytes of a step's output kept in its log, at
+ * least `min`; `none` keeps all of it (`Infinity`).
+ */
+export function logCapOption(
+  command: string,
+  value: string | undefined,
+  min: number,
+): number | undefined {
+  if (value === undefined) return undefined;
+  if (value === 'none') return Infinity;
+  const bytes = sizeOption(command, 'log-cap', value)!;
+  if (bytes < min) {
+    throw usage(
+      command,
+      `--log-cap must be at least ${min} bytes (or none), got ${JSON.stringify(value)}`,
+    );
+  }
+  return bytes;
+}
+
 /** The most layers the kernel's overlayfs stacks (and so any engine) can use. */
 const MAX_LAYERS_LIMIT = 500;
 

@@ -1,7 +1,7 @@
 /** The cache directory and the layers in it, as the command line names them. */
 import { readdir, stat } from 'node:fs/promises';
 import { basename, join, resolve } from 'node:path';
-import { LastUsed, LayerDir, LayerMeta, Lineage } from '@day11/layer';
+import { CacheDir, LastUsed, LayerDir, LayerMeta, Lineage } from '@day11/layer';
 import { usage } from './args.js';
 import { CliCodes, CliError } from './errors.js';
 
@@ -10,6 +10,21 @@ export function cacheDir(command: string, value: string | undefined): string {
   const dir = value ?? process.env['DAY11_CACHE'];
   if (!dir) throw usage(command, '--cache DIR is required (or set DAY11_CACHE)');
   return resolve(dir);
+}
+
+/**
+ * Makes the cache (mode 0700) or checks an existing one: another user's, or
+ * a symlink someone else planted (e.g. at a predictable name in /var/tmp), is
+ * refused; one other users can enter is made private, and stderr says so.
+ */
+export async function prepareCache(dir: string): Promise<void> {
+  const { tightenedFrom } = await CacheDir.ensure(dir);
+  if (tightenedFrom !== undefined) {
+    const was = tightenedFrom.toString(8).padStart(4, '0');
+    process.stderr.write(
+      `day11: the cache ${dir} was mode ${was}, open to other users; it is now 0700\n`,
+    );
+  }
 }
 
 /** Throws a clear error unless `dir` is an existing directory. */

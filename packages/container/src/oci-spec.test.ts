@@ -78,9 +78,15 @@ describe('OciSpec.make defaults (OBuilder / runc spec)', () => {
     expect(mountAt(spec, '/tmp')?.options).toEqual(['nosuid', 'nodev', 'mode=1777']);
   });
 
-  it("has runc's masked and read-only paths, new namespaces incl. network, deny-all devices, no seccomp", () => {
+  it("has runc's and Docker's masked paths, runc's read-only paths, new namespaces incl. network, deny-all devices, no seccomp", () => {
     expect(spec.linux.maskedPaths).toContain('/proc/kcore');
-    expect(spec.linux.maskedPaths).toHaveLength(10);
+    expect(spec.linux.maskedPaths).toContain('/proc/interrupts');
+    expect(spec.linux.maskedPaths).toContain('/sys/devices/virtual/powercap');
+    expect(spec.linux.maskedPaths.slice(0, 12)).toEqual(OciSpec.DEFAULT_MASKED_PATHS);
+    // Then each CPU's thermal_throttle this machine has (none on most VMs).
+    for (const extra of spec.linux.maskedPaths.slice(12)) {
+      expect(extra).toMatch(/^\/sys\/devices\/system\/cpu\/cpu\d+\/thermal_throttle$/);
+    }
     expect(spec.linux.readonlyPaths).toEqual([
       '/proc/bus',
       '/proc/fs',
@@ -208,6 +214,57 @@ describe('OciSpec.make options', () => {
         ? OciSpec.seccompArchitectures(process.arch)
         : undefined,
     );
+  });
+});
+
+describe('OciSpec.make seccomp: the deny list', () => {
+  it('refuses the denied calls with EPERM, namespace-making clones too, clone3 with ENOSYS', () => {
+    const { seccomp } = OciSpec.make({ args: ['true'], seccomp: true, arch: 'x64' }).linux;
+    expect(seccomp?.defaultAction).toBe('SCMP_ACT_ALLOW');
+    expect(seccomp?.architectures).toEqual(['SCMP_ARCH_X86_64', 'SCMP_ARCH_X86', 'SCMP_ARCH_X32']);
+    const [deny, ...rest] = seccomp!.syscalls;
+    expect(deny).toMatchObject({ action: 'SCMP_ACT_ERRNO', errnoRet: 1 });
+    for (const name of [
+      'keyctl',
+      'add_key',
+      'bpf',
+      'perf_event_open',
+      'userfaultfd',
+      'mount',
+      'unshare',
+      'setns',
+      'kexec_load',
+      'init_module',
+      'open_by_handle_at',
+      'io_uring_setup',
+      'reboot',
+      'swapon',
+      'clock_settime',
+      'pivot_root',
+    ]) {
+      expect(deny!.names).toContain(name);
+    }
+    // What builds use stays: ptrace (strace, gdb), personality (linux32), the fsync family.
+    for (const name of ['ptrace', 'personality', 'fsync', 'clone', 'chroot']) {
+      expect(deny!.names).not.toContain(name);
+    }
+    const clones = rest.filter((r) => r.names[0] === 'clone');
+    expect(clones).toHaveLength(7);
+    expect(clones).toContainEqual({
+      names: ['clone'],
+      action: 'SCMP_ACT_ERRNO',
+      errnoRet: 1,
+      args: [{ index: 0, value: 0x10000000, valueTwo: 0x10000000, op: 'SCMP_CMP_MASKED_EQ' }],
+    });
+    expect(rest.at(-1)).toEqual({ names: ['clone3'], action: 'SCMP_ACT_ERRNO', errnoRet: 38 });
+  });
+
+  it('combines with fastSync in one filter; off by default', () => {
+    const both = OciSpec.make({ args: ['true'], seccomp: true, fastSync: true }).linux.seccomp!;
+    expect(both.syscalls.at(-1)).toMatchObject({ names: [...OciSpec.SYNC_SYSCALLS], errnoRet: 0 });
+    expect(both.syscalls[0]!.names).toEqual(Object.values(OciSpec.DENIED_SYSCALLS).flat());
+    expect(OciSpec.make({ args: ['true'] }).linux.seccomp).toBeUndefined();
+    expect(OciSpec.make({ args: ['true'], seccomp: false }).linux.seccomp).toBeUndefined();
   });
 });
 

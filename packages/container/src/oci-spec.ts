@@ -16,10 +16,12 @@
  * await OciSpec.write('/tmp/day11-x', spec); // bundle/config.json, atomically
  * ```
  */
+import { existsSync, readdirSync } from 'node:fs';
 import { isAbsolute, join } from 'node:path';
 import { Atomic } from '@day11/exec';
 import { z } from 'zod';
 import { ContainerCodes, ContainerError, messageOf } from './errors.js';
+import * as Seccomp from './seccomp.js';
 
 // ---------------------------------------------------------------- defaults
 
@@ -51,18 +53,26 @@ export const DEFAULT_CAPABILITIES: readonly string[] = [
   'CAP_AUDIT_WRITE',
 ];
 
-/** `runc spec`'s masked paths: hidden from the container (bind of /dev/null or an empty tmpfs). */
+/**
+ * Masked paths: hidden from the container (a bind of /dev/null or an empty
+ * tmpfs): `runc spec`'s, plus what Docker masks since: `/proc/interrupts`
+ * and `/sys/devices/virtual/powercap` (power readings leak what other
+ * processes compute, CVE-2020-8694). Docker also masks each CPU's
+ * `thermal_throttle` directory: {@link maskedPaths} adds those this machine has.
+ */
 export const DEFAULT_MASKED_PATHS: readonly string[] = [
   '/proc/acpi',
   '/proc/asound',
+  '/proc/interrupts',
   '/proc/kcore',
   '/proc/keys',
   '/proc/latency_stats',
   '/proc/timer_list',
   '/proc/timer_stats',
   '/proc/sched_debug',
-  '/sys/firmware',
   '/proc/scsi',
+  '/sys/firmware',
+  '/sys/devices/virtual/powercap',
 ];
 
 /** `runc spec`'s read-only paths. */
@@ -74,15 +84,7 @@ export const DEFAULT_READONLY_PATHS: readonly string[] = [
   '/proc/sysrq-trigger',
 ];
 
-/** The syscalls {@link MakeOptions.fastSync} turns into no-ops (OBuilder's list). */
-export const SYNC_SYSCALLS: readonly string[] = [
-  'fsync',
-  'fdatasync',
-  'msync',
-  'sync',
-  'syncfs',
-  'sync_file_range',
-];
+export { DENIED_SYSCALLS, SYNC_SYSCALLS, seccompArchitectures } from './seccomp.js';
 
 // ---------------------------------------------------------------- schema
 
@@ -240,6 +242,12 @@ export interface MakeOptions {
   readonlyRoot?: boolean;
   /** Set `no_new_privs`: setuid binaries and file capabilities stop working (default false). */
   noNewPrivileges?: boolean;
+  /**
+   * Refuse the system calls of `DENIED_SYSCALLS` (EPERM) and `clone` into
+   * new namespaces, with a seccomp filter (default false). Combines with
+   * `fastSync`.
+   */
+  seccomp?: boolean;
   resources?: Resources;
   /**
    * Make fsync, fdatasync, msync, sync, syncfs and sync_file_range succeed
@@ -288,6 +296,7 @@ const OptionsSchema = z.object({
     .optional(),
   readonlyRoot: z.boolean().optional(),
   noNewPrivileges: z.boolean().optional(),
+  seccomp: z.boolean().optional(),
   resources: z
     .object({
       cpus: z.string().regex(cpuList, 'must be a CPU list such as "0-3" or "0,2"').optional(),
@@ -355,10 +364,10 @@ export function make(opts: MakeOptions): Spec {
     ],
     linux: {
       namespaces: namespaces(o.network ?? 'none'),
-      maskedPaths: [...DEFAULT_MASKED_PATHS],
+      maskedPaths: maskedPaths(),
       readonlyPaths: [...DEFAULT_READONLY_PATHS],
       resources: resources(o.resources),
-      ...(o.fastSync ? { seccomp: fastSyncSeccomp(o.arch ?? process.arch) } : {}),
+      ...seccompOf(o),
     },
   };
   return parse(spec);
@@ -445,21 +454,41 @@ function resources(r: Resources | undefined): NonNullable<z.infer<typeof Resourc
   };
 }
 
-/** seccomp architectures for a Node `process.arch` (native plus its compat ABIs), as OBuilder. */
-export function seccompArchitectures(arch: string): string[] {
-  if (arch === 'x64') return ['SCMP_ARCH_X86_64', 'SCMP_ARCH_X86', 'SCMP_ARCH_X32'];
-  if (arch === 'arm64') return ['SCMP_ARCH_AARCH64', 'SCMP_ARCH_ARM'];
-  return [];
+function seccompOf(o: z.infer<typeof OptionsSchema>): Pick<Spec['linux'], 'seccomp'> {
+  const seccomp = Seccomp.profile({
+    deny: o.seccomp ?? false,
+    fastSync: o.fastSync ?? false,
+    arch: o.arch ?? process.arch,
+  });
+  return seccomp ? { seccomp } : {};
 }
 
-function fastSyncSeccomp(arch: string): NonNullable<Spec['linux']['seccomp']> {
-  const architectures = seccompArchitectures(arch);
-  return {
-    defaultAction: 'SCMP_ACT_ALLOW',
-    ...(architectures.length ? { architectures } : {}),
-    // ERRNO with errnoRet 0 is "return success"; needs runc >= 1.0.0-rc92.
-    syscalls: [{ names: [...SYNC_SYSCALLS], action: 'SCMP_ACT_ERRNO', errnoRet: 0 }],
-  };
+let cpuMasks: string[] | undefined;
+
+/**
+ * {@link DEFAULT_MASKED_PATHS} and the `thermal_throttle` directory of each
+ * CPU of this machine that has one (read once per process).
+ *
+ * @example
+ * ```ts
+ * OciSpec.maskedPaths(); // [...DEFAULT_MASKED_PATHS, '/sys/devices/system/cpu/cpu0/thermal_throttle', ...]
+ * ```
+ */
+export function maskedPaths(): string[] {
+  cpuMasks ??= thermalThrottleDirs();
+  return [...DEFAULT_MASKED_PATHS, ...cpuMasks];
+}
+
+function thermalThrottleDirs(): string[] {
+  const cpus = '/sys/devices/system/cpu';
+  try {
+    return readdirSync(cpus)
+      .filter((name) => /^cpu\d+$/.test(name))
+      .map((name) => join(cpus, name, 'thermal_throttle'))
+      .filter((dir) => existsSync(dir));
+  } catch {
+    return [];
+  }
 }
 
 // ---------------------------------------------------------------- parse, template, write

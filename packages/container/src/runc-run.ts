@@ -2,13 +2,14 @@
  * Run a container in the foreground with runc or crun, stop it on abort or
  * timeout (TERM, then KILL), and delete it whatever happens.
  */
-import { accessSync, createWriteStream, type WriteStream } from 'node:fs';
+import { accessSync } from 'node:fs';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { constants as osConstants, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
-import { Exec, type OutputStream, type RunResult as ExecResult } from '@day11/exec';
-import { ContainerCodes, ContainerError, messageOf } from './errors.js';
+import { Exec, type OutputStream } from '@day11/exec';
+import { ContainerCodes, ContainerError } from './errors.js';
+import { OutputLog } from './output-log.js';
 import { remove } from './runc-admin.js';
 import { HYBRID_REFUSAL, hybridCgroupsError } from './runc-cgroups.js';
 import {
@@ -37,10 +38,21 @@ export interface RunOptions extends RuntimeOptions {
   timeoutMs?: number;
   /** Milliseconds between SIGTERM and SIGKILL (default {@link DEFAULT_KILL_GRACE_MS}). */
   killGraceMs?: number;
-  /** Called with each line the container writes. */
+  /** Called with each line the container writes (a line past 64 KiB comes in pieces). */
   onOutput?: (line: string, stream: OutputStream) => void;
-  /** Appends every output line to this file (created if missing). */
+  /**
+   * Appends the container's output to this file (created, mode 0600, if
+   * missing) as it comes, stdout and stderr interleaved line by line. Nothing
+   * of the output is kept in memory.
+   */
   logFile?: string;
+  /**
+   * Most bytes of output this run writes to `logFile` (default
+   * `DEFAULT_LOG_CAP`, 64 MiB; `Infinity`: no cap). Past it the log keeps the
+   * first and the last half, with a one-line marker saying how much was left
+   * out in between; the command itself is never stopped or failed for it.
+   */
+  logCap?: number;
   /** The container's standard input (default: empty, /dev/null; never a terminal). */
   stdin?: string | Uint8Array;
   /**
@@ -154,14 +166,15 @@ async function runForeground(
   opts: RunOptions,
   runtimeLog: string,
 ): Promise<{ exitCode: number | null; reason: StopReason | undefined }> {
-  const output = opts.logFile === undefined ? undefined : await openLog(opts.logFile);
+  // Streamed to the log (capped) and the listener; never gathered in memory.
+  const output = await OutputLog.open({
+    path: opts.logFile,
+    capBytes: opts.logCap,
+    onOutput: opts.onOutput,
+  });
   // Exec.run's own abort would kill runc, not the container; it is kept as the
   // last resort, fired only when the runtime outlives `runc kill` by far.
   const lastResort = new AbortController();
-  const onOutput = (line: string, stream: OutputStream): void => {
-    output?.write(`${line}\n`);
-    opts.onOutput?.(line, stream);
-  };
   const args = [
     '--log',
     runtimeLog,
@@ -177,8 +190,7 @@ async function runForeground(
     allowNonZeroExit: true,
     signal: lastResort.signal,
     killGraceMs: 500,
-    // Line taps cost a transform stream per output; skip them when nobody listens.
-    ...((output !== undefined || opts.onOutput !== undefined) && { onOutput }),
+    onData: (chunk, stream) => output.write(chunk, stream),
     ...(opts.stdin !== undefined && { input: opts.stdin }),
   });
   const stopper = new Stopper(opts, lastResort, running);
@@ -189,49 +201,18 @@ async function runForeground(
       throw runtimeMissing(opts, err);
     });
     if (result === undefined) return { exitCode: null, reason: stopper.reason };
-    await checkStarted({ opts, result, runtimeLog, stopped: stopper.reason !== undefined });
+    await checkStarted({
+      opts,
+      exitCode: result.exitCode,
+      stderr: output.stderrHead,
+      runtimeLog,
+      stopped: stopper.reason !== undefined,
+    });
     return { exitCode: result.exitCode, reason: stopper.reason };
   } finally {
     disarm();
     await stopper.settled();
-    await closeLog(output);
-  }
-}
-
-async function openLog(path: string): Promise<WriteStream> {
-  const stream = createWriteStream(path, { flags: 'a' });
-  await new Promise<void>((resolve, reject) => {
-    stream.once('open', () => resolve());
-    stream.once('error', (cause) =>
-      reject(
-        new ContainerError(
-          ContainerCodes.BAD_ARGUMENT,
-          `Cannot open log file ${path}: ${messageOf(cause)}`,
-          { path, cause, hint: 'Check that its directory exists and is writable' },
-        ),
-      ),
-    );
-  });
-  // A write error (e.g. a full disk) must not crash the process mid-run: it is
-  // kept and reported when the log is closed.
-  stream.on('error', (err) => {
-    if (!writeErrors.has(stream)) writeErrors.set(stream, err);
-  });
-  return stream;
-}
-
-const writeErrors = new WeakMap<WriteStream, Error>();
-
-async function closeLog(stream: WriteStream | undefined): Promise<void> {
-  if (!stream) return;
-  await new Promise<void>((resolve) => stream.end(() => resolve()));
-  const err = writeErrors.get(stream);
-  if (err) {
-    throw new ContainerError(
-      ContainerCodes.BAD_ARGUMENT,
-      `Cannot write log file ${String(stream.path)}: ${err.message}`,
-      { path: String(stream.path), cause: err, hint: 'Check free space on its filesystem' },
-    );
+    await output.close();
   }
 }
 
@@ -241,15 +222,17 @@ async function closeLog(stream: WriteStream | undefined): Promise<void> {
  */
 async function checkStarted(ctx: {
   opts: RunOptions;
-  result: ExecResult;
+  exitCode: number;
+  /** The first few KiB of stderr. */
+  stderr: string;
   runtimeLog: string;
   stopped: boolean;
 }): Promise<void> {
-  const { opts, result } = ctx;
-  if (result.exitCode === 0 || ctx.stopped) return;
+  const { opts } = ctx;
+  if (ctx.exitCode === 0 || ctx.stopped) return;
   const errors = await runtimeErrors(ctx.runtimeLog);
-  if (!errors.length && !HYBRID_REFUSAL.test(result.stderr)) return;
-  const detail = (errors.length ? errors.join('; ') : result.stderr).trim();
+  if (!errors.length && !HYBRID_REFUSAL.test(ctx.stderr)) return;
+  const detail = (errors.length ? errors.join('; ') : ctx.stderr).trim();
   if (HYBRID_REFUSAL.test(detail)) throw await hybridCgroupsError({ ...opts, detail });
   throw new ContainerError(
     ContainerCodes.RUNTIME_FAILED,

@@ -22,6 +22,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ContainerCodes } from './errors.js';
 import * as OciSpec from './oci-spec.js';
 import * as Runc from './runc.js';
+import { CLONE_NEWUSER, NR, SIGCHLD, syscallProbe } from './syscall-probe.test-utils.js';
 
 const RUNTIMES = ['runc', 'crun'] as const;
 let work: string;
@@ -240,6 +241,42 @@ describe.each(RUNTIMES)('%s', (runtime) => {
     expect(existsSync(runtimeLog)).toBe(true); // the caller's file: kept
   });
 
+  it('streams output far past the log cap: exit 0, every line told, the log is head + marker + tail', async () => {
+    const logFile = join(work, `${runtime}-capped.log`);
+    let lines = 0;
+    let last = '';
+    const r = await runIn(
+      rootfs,
+      { args: ['seq', '1', '1000000'] }, // 6,888,896 bytes
+      {
+        runtime,
+        logFile,
+        logCap: 2 ** 20,
+        onOutput: (line, stream) => {
+          if (stream !== 'stdout') return;
+          lines++;
+          last = line;
+        },
+      },
+    );
+    expect(r).toMatchObject({ exitCode: 0, timedOut: false });
+    expect([lines, last]).toEqual([1_000_000, '1000000']);
+    const text = await readFile(logFile, 'utf8');
+    expect(text.length).toBeLessThan(2 ** 20 + 200);
+    const [head, marker, tail] = text.split(/(\[day11: \d+ bytes of output left out here;.*\]\n)/);
+    const all = Array.from({ length: 1_000_000 }, (_, i) => `${i + 1}\n`).join('');
+    const half = 2 ** 19;
+    // The head is the first half, cut inside a line: the marker gets a line of its own.
+    expect(head).toBe(`${all.slice(0, half)}${all[half - 1] === '\n' ? '' : '\n'}`);
+    expect(marker).toMatch(/the last 524288 bytes \(log cap 1048576 bytes\)/);
+    // The tail is the end of the output, from the first whole line of its last half.
+    expect(tail!.length).toBeLessThanOrEqual(half);
+    expect(tail).toBe(all.slice(all.length - tail!.length));
+    expect(all[all.length - tail!.length - 1]).toBe('\n');
+    const omitted = Number(/\[day11: (\d+) bytes/.exec(marker!)![1]);
+    expect(half + omitted + tail!.length).toBe(all.length);
+  });
+
   it('pidsLimit stops a fork bomb that runs fine without it', async () => {
     const bomb = 'for i in $(seq 1 200); do sleep 1 & done; wait; echo done';
     const limited = await runIn(
@@ -291,6 +328,75 @@ describe.each(RUNTIMES)('%s', (runtime) => {
     );
     expect(r.stdout).toMatch(/Seccomp:\s+2\nsynced\n/);
     expect(r.exitCode).toBe(0);
+  });
+
+  it.skipIf(process.arch !== 'x64')(
+    'seccomp: the deny list refuses each call with EPERM (clone3: ENOSYS); without it they run',
+    async () => {
+      // Each probe exits with the errno of its one system call (0: it worked).
+      const probes: [string, Buffer, number, number][] = [
+        // name, probe, exit without the filter, exit with it
+        ['keyctl', syscallProbe(NR.keyctl, 0, -3, 1), 0, 1], // the session keyring's id
+        ['userfaultfd', syscallProbe(NR.userfaultfd, 1), 0, 1], // UFFD_USER_MODE_ONLY
+        ['io_uring', syscallProbe(NR.io_uring_setup, 1, 0), 14, 1], // EFAULT: no params given
+        ['unshare', syscallProbe(NR.unshare, CLONE_NEWUSER), 0, 1],
+        ['clone-userns', syscallProbe(NR.clone, CLONE_NEWUSER | SIGCHLD), 0, 1],
+        ['clone3', syscallProbe(NR.clone3, 0, 0), 22, 38], // EINVAL (size 0) / ENOSYS
+        ['clone', syscallProbe(NR.clone, SIGCHLD), 0, 0], // a plain fork is fine
+        ['fsync', syscallProbe(NR.fsync, 1), 22, 22], // EINVAL on a pipe: untouched
+      ];
+      await mkdir(join(rootfs, 'probes'), { recursive: true });
+      for (const [name, elf] of probes) {
+        await writeFile(join(rootfs, 'probes', name), elf, { mode: 0o755 });
+      }
+      const script = probes.map(([name]) => `/probes/${name}; echo ${name}=$?`).join('; ');
+      const exits = (out: string) =>
+        Object.fromEntries(
+          out
+            .trim()
+            .split('\n')
+            .map((l) => l.split('=') as [string, string]),
+        );
+      const open = await runIn(rootfs, { args: ['sh', '-c', script] }, { runtime });
+      const closed = await runIn(
+        rootfs,
+        { args: ['sh', '-c', script], seccomp: true },
+        { runtime },
+      );
+      expect(exits(open.stdout)).toEqual(
+        Object.fromEntries(probes.map(([name, , off]) => [name, String(off)])),
+      );
+      expect(exits(closed.stdout)).toEqual(
+        Object.fromEntries(probes.map(([name, , , on]) => [name, String(on)])),
+      );
+      // With fastSync too: both parts in one filter.
+      const both = await runIn(
+        rootfs,
+        {
+          args: ['sh', '-c', '/probes/unshare; echo $?; sync && echo synced'],
+          seccomp: true,
+          fastSync: true,
+        },
+        { runtime },
+      );
+      expect(both.stdout).toBe('1\nsynced\n');
+    },
+  );
+
+  it("masks what Docker masks: /proc/interrupts reads empty, powercap's sysfs is hidden", async () => {
+    const r = await runIn(
+      rootfs,
+      {
+        args: [
+          'sh',
+          '-c',
+          'wc -c < /proc/interrupts; ls /sys/devices/virtual/powercap 2>/dev/null | wc -l',
+        ],
+      },
+      { runtime },
+    );
+    expect(r.stdout).toBe('0\n0\n');
+    expect((await readFile('/proc/interrupts')).length).toBeGreaterThan(0); // the host's is not
   });
 
   it('runs as a non-root uid with a read-only root and no new privileges', async () => {

@@ -22,6 +22,7 @@
 export { ID_PATTERN, assertId, newId } from './runc-ids.js';
 export { stateDir, type Runtime, type RuntimeOptions } from './runc-command.js';
 export { DEFAULT_KILL_GRACE_MS, run, type RunOptions, type RunResult } from './runc-run.js';
+export { DEFAULT_LOG_CAP, MIN_LOG_CAP } from './output-log.js';
 export {
   killAndDeleteSync,
   list,

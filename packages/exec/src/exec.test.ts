@@ -34,6 +34,37 @@ describe('Exec.run', () => {
     expect(lines.sort()).toEqual(['stderr:b', 'stdout:a', 'stdout:c', 'stdout:d']);
   });
 
+  it('onData streams output it does not keep, one chunk at a time per stream', async () => {
+    const bytes = { stdout: 0, stderr: 0 };
+    const inFlight = { stdout: 0, stderr: 0 };
+    let overlapped = false;
+    // 200 MB: more than execa's 100 MB buffer, which would have cut the command short.
+    const r = await run('sh', ['-c', 'head -c 200000000 /dev/zero; echo done >&2; exit 4'], {
+      allowNonZeroExit: true,
+      onData: async (chunk, stream) => {
+        if (inFlight[stream]++ > 0) overlapped = true;
+        bytes[stream] += chunk.length;
+        await new Promise((resolve) => setImmediate(resolve));
+        inFlight[stream]--;
+      },
+    });
+    expect(r).toMatchObject({ exitCode: 4, stdout: '', stderr: '' });
+    expect(bytes).toEqual({ stdout: 200_000_000, stderr: 5 });
+    expect(overlapped).toBe(false);
+  });
+
+  it('onData: a consumer that fails makes run reject once the command is done', async () => {
+    const seen: number[] = [];
+    const err = await run('sh', ['-c', 'head -c 1000000 /dev/zero; sleep 0.2; echo end'], {
+      onData: (chunk) => {
+        seen.push(chunk.length);
+        throw new Error('disk on fire');
+      },
+    }).catch((e: unknown) => e);
+    expect(err).toMatchObject({ message: 'disk on fire' });
+    expect(seen).toHaveLength(1);
+  });
+
   it('rejects a non-zero exit with a CommandError carrying command, args, code and stderr tail', async () => {
     const err = await run('sh', ['-c', 'echo boom >&2; exit 3']).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(CommandError);

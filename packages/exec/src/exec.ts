@@ -4,6 +4,7 @@
  */
 import * as ExitHooks from './exit-hooks.js';
 import { spawnSync } from 'node:child_process';
+import type { Readable } from 'node:stream';
 import { execa, type ExecaError } from 'execa';
 import { CommandError, ExecCodes, type CommandErrorDetails } from './errors.js';
 
@@ -25,8 +26,18 @@ export interface RunOptions {
   env?: Record<string, string | undefined>;
   /** Written to the process's standard input. */
   input?: string | Uint8Array;
-  /** Called with each line of output as it arrives. */
+  /** Called with each line of output as it arrives (the output is still kept in the result). */
   onOutput?: (line: string, stream: OutputStream) => void;
+  /**
+   * Streams the output instead of keeping it: each chunk of stdout and
+   * stderr, as it arrives, and the next chunk of that stream is read only
+   * once the returned promise settles, so a slow consumer slows the command
+   * down (the pipe fills) instead of filling memory. The result's `stdout`
+   * and `stderr` are then empty. If it rejects, the rest of that stream is
+   * read and dropped, and `run` rejects with that error once the command has
+   * ended. Takes the place of `onOutput`.
+   */
+  onData?: (chunk: Buffer, stream: OutputStream) => void | Promise<void>;
   /** Resolve (instead of reject) when the command exits non-zero. Default false. */
   allowNonZeroExit?: boolean;
 }
@@ -65,7 +76,8 @@ export async function run(
   const privileged = opts.privileged === true;
   const [file, argv] = withSudo(cmd, args, privileged);
   const started = performance.now();
-  const onOutput = opts.onOutput;
+  const onData = opts.onData;
+  const onOutput = onData ? undefined : opts.onOutput;
   const subprocess = execa(file, argv, {
     cwd: opts.cwd,
     env: opts.env,
@@ -75,6 +87,8 @@ export async function run(
       stdout: lineTap(onOutput, 'stdout'),
       stderr: lineTap(onOutput, 'stderr'),
     }),
+    // Streamed: execa keeps nothing; the pumps below read both pipes.
+    ...(onData && { buffer: false }),
     // Its own process group, so a timeout or abort kills grandchildren too:
     // a shell's child holding the output pipe open must not outlive the kill.
     detached: true,
@@ -84,9 +98,11 @@ export async function run(
   });
   const killer = new GroupKiller(subprocess.pid, opts.killGraceMs ?? 2000);
   const stop = killer.arm(opts.timeoutMs, opts.signal);
+  const pumped = onData && pumpBoth(subprocess, onData);
   let result;
   try {
     result = await subprocess;
+    await pumped?.done;
   } catch (err) {
     throw toCommandError({ cmd, args, err: err as ExecaError, privileged, killer });
   } finally {
@@ -97,12 +113,45 @@ export async function run(
   if (result.failed && (result.exitCode === undefined || killer.reason)) {
     throw toCommandError({ cmd, args, err: result as unknown as ExecaError, privileged, killer });
   }
+  // The consumer's own error (e.g. a full disk under a log), as it threw it.
+  if (pumped?.error !== undefined) throw pumped.error as Error;
   return {
-    stdout: result.stdout,
-    stderr: result.stderr,
+    stdout: typeof result.stdout === 'string' ? result.stdout : '',
+    stderr: typeof result.stderr === 'string' ? result.stderr : '',
     exitCode: result.exitCode ?? 0,
     durationMs: performance.now() - started,
   };
+}
+
+/** Reads both pipes of `subprocess` into `onData`, one chunk at a time each. */
+function pumpBoth(
+  subprocess: { stdout: Readable | null; stderr: Readable | null },
+  onData: NonNullable<RunOptions['onData']>,
+): { done: Promise<void>; error: unknown } {
+  const state: { done: Promise<void>; error: unknown } = {
+    done: Promise.resolve(),
+    error: undefined,
+  };
+  const pump = async (stream: Readable | null, name: OutputStream): Promise<void> => {
+    if (!stream) return;
+    let failed = false;
+    for await (const chunk of stream as AsyncIterable<Buffer>) {
+      if (failed) continue; // drained, so the command never blocks on a full pipe
+      try {
+        await onData(chunk, name);
+      } catch (err) {
+        failed = true;
+        state.error ??= err;
+      }
+    }
+  };
+  state.done = Promise.all([
+    pump(subprocess.stdout, 'stdout'),
+    pump(subprocess.stderr, 'stderr'),
+  ]).then(() => undefined);
+  // Awaited after the subprocess; a read error then surfaces there.
+  state.done.catch(() => undefined);
+  return state;
 }
 
 /** Process groups still running, killed if this process exits first. */

@@ -13,13 +13,19 @@
  * own files in the upper are not (a killed process loses nothing, the page
  * cache survives it); a caller that must survive power loss syncs them first.
  */
-import { copyFile, lstat, mkdir, open, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { chmod, copyFile, lstat, mkdir, open, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { measure } from './disk-usage.js';
 import { errnoCode, LayerCodes, LayerError, messageOf } from './errors.js';
 import * as InUse from './in-use.js';
 import * as LastUsed from './last-used.js';
-import { FILES, path as layerPath } from './layer-dir.js';
+import * as CacheDir from './cache-dir.js';
+import {
+  DIR_MODE as LAYER_DIR_MODE,
+  FILE_MODE as LAYER_FILE_MODE,
+  FILES,
+  path as layerPath,
+} from './layer-dir.js';
 import * as LayerMeta from './layer-meta.js';
 import * as Lock from './lock.js';
 import * as Sidecar from './sidecar.js';
@@ -180,15 +186,7 @@ async function prepare({ osDir, upper }: CommitOptions): Promise<void> {
   }
   if (!upperStat.isDirectory())
     throw fail('not a directory', 'Pass the upper directory of a finished build');
-  try {
-    await mkdir(osDir, { recursive: true });
-  } catch (cause) {
-    throw fail(
-      `cannot create ${osDir}: ${messageOf(cause)}`,
-      'Check that the cache directory is writable',
-      cause,
-    );
-  }
+  await CacheDir.ensure(osDir);
   if ((await stat(osDir)).dev !== upperStat.dev) {
     throw fail(
       `it is on another filesystem than ${osDir}`,
@@ -242,7 +240,9 @@ async function alreadyThere(dir: string, upper: string): Promise<CommitResult> {
 }
 
 async function assemble(options: CommitOptions, temp: string, progress: Progress): Promise<void> {
-  await mkdir(temp);
+  // Private: what a build made (setuid binaries, world-writable directories)
+  // and what it recorded (its env, its log) are no one else's to reach.
+  await mkdir(temp, { mode: LAYER_DIR_MODE });
   const fsDir = join(temp, FILES.fs);
   await rename(options.upper, fsDir);
   progress.upperMoved = true;
@@ -261,12 +261,13 @@ async function assemble(options: CommitOptions, temp: string, progress: Progress
 async function writeLog(path: string, log: CommitLog | undefined): Promise<void> {
   if (log === undefined) return writeEmpty(path);
   if (typeof log === 'string' || log instanceof Uint8Array)
-    return writeFile(path, log, { flag: 'wx' });
+    return writeFile(path, log, { flag: 'wx', mode: LAYER_FILE_MODE });
   await copyFile(log.file, path);
+  await chmod(path, LAYER_FILE_MODE);
 }
 
 async function writeEmpty(path: string): Promise<void> {
-  const handle = await open(path, 'wx');
+  const handle = await open(path, 'wx', LAYER_FILE_MODE);
   await handle.close();
 }
 

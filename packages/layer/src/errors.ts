@@ -23,7 +23,8 @@ export class LayerError extends Day11Error<LayerCode> {}
  */
 export async function writeFileAtomic(path: string, data: string): Promise<void> {
   try {
-    await Atomic.writeFile(path, data);
+    // A layer's files are its owner's alone (the cache is private: see CacheDir).
+    await Atomic.writeFile(path, data, { mode: 0o600 });
   } catch (cause) {
     throw new LayerError(LayerCodes.WRITE_FAILED, messageOf(cause), { path, cause });
   }
@@ -74,4 +75,6 @@ export const LayerCodes = {
   HASH_COLLISION: 'LAYER_HASH_COLLISION',
   /** A list of layers contradicts what they recorded: a missing parent, a wrong order, a duplicate. */
   BAD_STACK: 'LAYER_BAD_STACK',
+  /** The cache directory is another user's, or a symlink another user planted, or not a directory. */
+  UNSAFE_CACHE: 'LAYER_UNSAFE_CACHE',
 } as const;

@@ -15,6 +15,7 @@
  * Importing needs root: owners, device nodes and `trusted.*` xattrs are kept.
  */
 import { mkdir, realpath, rm, stat } from 'node:fs/promises';
+import * as CacheDir from './cache-dir.js';
 import { join, relative, resolve, isAbsolute } from 'node:path';
 import { CommandError, Exec, ExecCodes, TempName } from '@day11/exec';
 import * as Commit from './commit.js';
@@ -235,7 +236,7 @@ async function importBase(plan: ImportPlan): Promise<Base> {
   const existing = await find({ osDir: plan.osDir, image });
   if (existing) return existing;
   const osDir = resolve(plan.osDir);
-  await ensureDir(osDir);
+  await CacheDir.ensure(osDir);
   const hash = baseHash({ image });
   const upper = TempName.beside(LayerDir.path({ osDir, hash }));
   const started = performance.now();
@@ -279,22 +280,6 @@ function assertImage(image: string): void {
       `Invalid base image name ${JSON.stringify(image)}`,
       {
         hint: 'The image name is any non-empty string without NUL, e.g. debian:12',
-      },
-    );
-  }
-}
-
-async function ensureDir(dir: string): Promise<void> {
-  try {
-    await mkdir(dir, { recursive: true });
-  } catch (cause) {
-    throw new LayerError(
-      LayerCodes.WRITE_FAILED,
-      `Cannot create the cache directory ${dir}: ${messageOf(cause)}`,
-      {
-        path: dir,
-        cause,
-        hint: 'Check the path and its permissions',
       },
     );
   }

@@ -9,6 +9,7 @@
  * const meta = await LayerMeta.load(dir);
  * ```
  */
+export * as CacheDir from './cache-dir.js';
 export * as Hash from './hash.js';
 export * as LayerDir from './layer-dir.js';
 export * as LayerMeta from './layer-meta.js';

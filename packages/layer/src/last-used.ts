@@ -19,7 +19,7 @@ export async function touch(dir: string, when: Date = new Date()): Promise<void>
     await utimes(path, when, when);
   } catch {
     try {
-      const handle = await open(path, 'a');
+      const handle = await open(path, 'a', 0o600);
       await handle.close();
       await utimes(path, when, when);
     } catch {

@@ -44,6 +44,15 @@ export function hashPrefix(dirName: string): string | undefined {
 }
 
 /** Files inside a layer directory. */
+/**
+ * Mode of a layer directory: its owner's alone (with a private cache, a
+ * second wall around what the build made and recorded).
+ */
+export const DIR_MODE = 0o700;
+
+/** Mode of the files of a layer beside `fs/` (`layer.json`, `layer.log`, sidecars). */
+export const FILE_MODE = 0o600;
+
 export const FILES = {
   meta: 'layer.json',
   log: 'layer.log',

@@ -157,6 +157,15 @@ describe('exportImage', () => {
     }
   });
 
+  it("caches a layer's blob private (0600) until a layout publishes it (0644, one inode)", async () => {
+    const cached = await LayerBlob.ensure(dep.dir);
+    expect((await stat(cached.file)).mode & 0o777).toBe(0o600);
+    await exportImage({ layout, tag: 'a', base: asBase(base), layers: [dep.dir] });
+    const published = await stat(Layout.blobPath(layout, cached.digest));
+    expect(published.ino).toBe(cached.ino);
+    expect(published.mode & 0o777).toBe(0o644);
+  });
+
   it('compresses nothing on a warm re-export', async () => {
     const cold = await exportImage({
       layout,

@@ -209,7 +209,9 @@ async function compressTo(
   const slots = options.slots ?? compressionSlots(options.concurrency);
   const window = slots.size + 1;
   const pool = new BufferPool(DEFAULT_CHUNK_SIZE, window + 1);
-  const out = await open(temp, 'wx', 0o644);
+  // The cache's copy is private (its layer directory is too); Layout.linkBlob
+  // makes it readable where a layout publishes it.
+  const out = await open(temp, 'wx', 0o600);
   try {
     const result = await gzipChunks(
       tarChunks(fsDir, { signal: options.signal, onWarning: options.onWarning, pool }),

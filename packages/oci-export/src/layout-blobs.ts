@@ -7,7 +7,7 @@
  * `Layout.gc`, under the layout lock: call these again under that lock to
  * be sure a blob is still there before an index refers to it.
  */
-import { copyFile, link, lstat, rename, rm } from 'node:fs/promises';
+import { chmod, copyFile, link, lstat, rename, rm } from 'node:fs/promises';
 import { Atomic, TempName } from '@day11/exec';
 import { OciExportCodes, OciExportError, errnoCode, fsError } from './errors.js';
 import { writeAtomic } from './files.js';
@@ -79,6 +79,13 @@ export async function linkBlob(layout: string, blob: BlobFile): Promise<boolean>
   const temp = TempName.beside(final);
   try {
     await linkOrCopy(blob, temp);
+    // A layout's blobs are readable by all, as putBlob writes them: a layout
+    // is there to be published. A cache keeps its blob files 0600 in private
+    // directories; the inode it shares with the layout becomes 0644, still
+    // out of reach through the cache.
+    await chmod(temp, BLOB_MODE).catch((err: unknown) => {
+      throw fsError(OciExportCodes.WRITE_FAILED, 'Cannot make readable', temp, err, WRITABLE);
+    });
     await rename(temp, final).catch((err: unknown) => {
       throw fsError(OciExportCodes.WRITE_FAILED, 'Cannot move the blob to', final, err, WRITABLE);
     });
@@ -89,6 +96,9 @@ export async function linkBlob(layout: string, blob: BlobFile): Promise<boolean>
 }
 
 const WRITABLE = 'Check that the layout is writable';
+
+/** Mode of a layout's blob files (`Atomic.writeFile`'s default, as `putBlob` writes them). */
+const BLOB_MODE = 0o644;
 
 async function linkOrCopy(blob: BlobFile, temp: string): Promise<void> {
   try {

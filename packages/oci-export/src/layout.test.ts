@@ -129,6 +129,19 @@ describe('the blob store', () => {
     expect(await readdir(join(layout, 'blobs', 'sha256'))).toEqual([ref.digest.slice(7)]);
   });
 
+  it("links a private file in readable, as the layout's other blobs", async () => {
+    const dir = await tempDir('link-mode');
+    const layout = join(dir, 'oci');
+    await Layout.init(layout);
+    const file = join(dir, 'layer.tar.gz');
+    await writeFile(file, 'private bytes', { mode: 0o600 });
+    const digest = sha256(Buffer.from('private bytes'));
+    expect(await Layout.linkBlob(layout, { file, digest, size: 13 })).toBe(true);
+    expect((await stat(Layout.blobPath(layout, digest))).mode & 0o777).toBe(0o644);
+    const put = await Layout.putBlob(layout, Buffer.from('{}'));
+    expect((await stat(Layout.blobPath(layout, put.digest))).mode & 0o777).toBe(0o644);
+  });
+
   it('links a file in once; a replaced file is refused, and nothing stays', async () => {
     const dir = await tempDir('link');
     const layout = join(dir, 'oci');

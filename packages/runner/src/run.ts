@@ -104,10 +104,17 @@ export interface RunInLayersOptions {
    * the upper into the cache.
    */
   tmpDir?: string;
-  /** Called with each line the container writes. */
+  /** Called with each line the container writes (a line past 64 KiB comes in pieces). */
   onOutput?: (line: string, stream: OutputStream) => void;
-  /** Appends every output line of the container to this file. */
+  /** Appends the container's output to this file as it comes (nothing of it is kept in memory). */
   logFile?: string;
+  /**
+   * Most bytes of output written to `logFile` (default `Runc.DEFAULT_LOG_CAP`
+   * of `@day11/container`, 64 MiB; `Infinity`: no cap): past it the log keeps
+   * the first and the last half with a marker between. The run's result never
+   * depends on it.
+   */
+  logCap?: number;
   /**
    * For `runInLayers` only: keep the in-use leases and the scratch directory
    * this long after the call (default 1000 ms; 0 releases them at once), for
@@ -392,6 +399,7 @@ async function runContainer(run: Run, o: Checked): Promise<Runc.RunResult> {
       ...(o.killGraceMs !== undefined && { killGraceMs: o.killGraceMs }),
       ...(o.onOutput && { onOutput: o.onOutput }),
       ...(o.logFile !== undefined && { logFile: o.logFile }),
+      ...(o.logCap !== undefined && { logCap: o.logCap }),
     });
   } finally {
     // Runc.run deletes the container on every path.

@@ -1,11 +1,11 @@
-/** `day11 build PLAN.json --cache DIR [--jobs N] [--runtime R] [--oci LAYOUT] [--json]` */
+/** `day11 build PLAN.json --cache DIR [--jobs N] [--runtime R] [--oci LAYOUT] [--log-cap SIZE] [--json]` */
 import { resolve } from 'node:path';
 import { createBuilder, loadPlan } from '@day11/build';
 import { Runc } from '@day11/container';
 import { DOCKER_MAX_LAYERS } from '@day11/oci-export';
 import { recover } from '@day11/runner';
-import { intOption, maxLayersOption, parseCommand } from '../args.js';
-import { cacheDir } from '../cache.js';
+import { intOption, logCapOption, maxLayersOption, parseCommand } from '../args.js';
+import { cacheDir, prepareCache } from '../cache.js';
 import { CliCodes, CliError } from '../errors.js';
 import { makeReporter } from '../progress.js';
 import { checkRequirements, runtimeOption } from './common.js';
@@ -31,6 +31,9 @@ Options:
   --max-layers N     with --oci: at most N layers per image (2-500, or docker = 125); deeper
                      stacks merge contiguous runs of their least shared layers
   --timeout SECONDS  stop a step after this long (not recorded)
+  --log-cap SIZE     most bytes of a step's output kept in its layer.log (default 64M;
+                     none keeps all): past it the log keeps the first and the last half
+                     with a marker between; the output never fails the step
   --retry-failed     run again the steps whose recorded outcome is a failure
   --json             newline-delimited JSON events instead of the live display
   --debug            stack traces on errors
@@ -40,11 +43,13 @@ Plan format:
     "base": "busybox" | { "tarball": "rootfs.tar.gz" } | { "dir": "rootfs/" }
           | { "docker": "debian:12" } | { "image": "debian:12" } | { "layer": "HASH" },
     "resources": { "memory": "4G", "cpus": 2, "pids": 4096 },
+    "security": { "seccomp": true, "noNewPrivileges": true },
     "steps": [
       { "id": "libstdc++6", "run": "echo hi > /hello.txt" },
       { "id": "app", "deps": ["libstdc++6"], "run": ["/bin/sh", "-c", "cat /hello.txt"],
         "env": { "A": "1" }, "user": "1000:1000", "network": "none", "cwd": "/",
-        "tag": "app-1", "resources": { "memory": "512M" } }
+        "tag": "app-1", "resources": { "memory": "512M" },
+        "security": { "seccomp": false } }
     ]
   }
 
@@ -54,8 +59,20 @@ Plan format:
   runs of those collapsed, and the ends trimmed (g++ → gpp, 1.0~rc1 → 1.0-rc1);
   two steps with one tag are refused before anything runs. Later deps lie
   above earlier ones in the stack. "base": { "image": NAME } is a base already
-  imported (day11 import), { "layer": HASH } a base layer by hash. Steps run
-  with at most 4096 processes unless "resources" says otherwise.
+  imported (day11 import), { "layer": HASH } a base layer by hash.
+
+  "resources" (plan-wide defaults, or per step): "memory" in bytes or
+  512M/4G (past it the step is OOM-killed: exit 137), "cpus" as CPU time
+  (1.5 = one and a half CPUs), "pids" the most processes at once. Steps run
+  with at most 4096 processes unless "pids" says otherwise.
+
+  "security" (plan-wide defaults, or per step): steps run with a seccomp
+  filter refusing (EPERM) system calls builds do not need (keyctl, bpf,
+  perf_event_open, userfaultfd, io_uring, mount, unshare, setns, clone into
+  new namespaces, kexec, modules, reboot, the clock, swap) and with
+  no_new_privs (setuid programs such as su and sudo do not raise
+  privileges). "seccomp": false or "noNewPrivileges": false turns one off
+  for a build that needs it; either setting changes the step's hash.
 
 Example:
   day11 build plan.json --cache /var/cache/day11 --jobs 4 --oci /srv/oci
@@ -69,6 +86,7 @@ export async function run(argv: string[]): Promise<number> {
     oci: { type: 'string' },
     'max-layers': { type: 'string' },
     timeout: { type: 'string' },
+    'log-cap': { type: 'string' },
     'retry-failed': { type: 'boolean' },
     json: { type: 'boolean' },
   });
@@ -84,6 +102,7 @@ export async function run(argv: string[]): Promise<number> {
     def: 0,
   });
   const runtime = runtimeOption(values.runtime);
+  const logCap = logCapOption('build', values['log-cap'], Runc.MIN_LOG_CAP);
   const maxLayers = maxLayersOption('build', values['max-layers'], DOCKER_MAX_LAYERS);
   if (maxLayers !== undefined && values.oci === undefined)
     throw new CliError(CliCodes.USAGE, 'day11 build: --max-layers needs --oci LAYOUT', {
@@ -91,6 +110,7 @@ export async function run(argv: string[]): Promise<number> {
     });
   const plan = await loadPlan(resolve(positionals[0]!));
   await checkRequirements(runtime);
+  await prepareCache(osDir);
   if (runtime === 'crun') await Runc.prepareCrunCgroups().catch(() => undefined);
   await recover({ osDir }).catch(() => undefined);
   const reporter = makeReporter({ json: values.json === true });
@@ -102,6 +122,7 @@ export async function run(argv: string[]): Promise<number> {
     ...(values.oci !== undefined && { layout: resolve(values.oci) }),
     ...(maxLayers !== undefined && { maxLayers }),
     ...(timeout > 0 && { timeoutMs: timeout * 1000 }),
+    ...(logCap !== undefined && { logCap }),
   });
   try {
     // SIGINT/SIGTERM/SIGHUP: the runner unmounts and deletes its containers,

@@ -7,6 +7,7 @@ import { OciSpec, Runc } from '@day11/container';
 import { Layout } from '@day11/oci-export';
 import { createBuilder, parsePlan } from '@day11/build';
 import { parseCommand } from '../args.js';
+import { prepareCache } from '../cache.js';
 import { CliCodes, CliError } from '../errors.js';
 import { makeReporter, type Reporter } from '../progress.js';
 import { checkRequirements, hasCommand, runtimeOption } from './common.js';
@@ -24,7 +25,9 @@ umoci and runs its check with the runtime, then prints a summary. A second
 run finds every step cached.
 
 Options:
-  --cache DIR        the cache (default /var/tmp/day11-demo; the layout goes in DIR/oci)
+  --cache DIR        the cache (default /var/tmp/day11-demo, made private to you; a
+                     symlink or a directory another user made there is refused; the
+                     layout goes in DIR/oci)
   --runtime R        runc (default) or crun
 
 Example:
@@ -70,6 +73,9 @@ export async function run(argv: string[]): Promise<number> {
   const layout = join(osDir, 'oci');
   const runtime = runtimeOption(values.runtime);
   await checkRequirements(runtime);
+  // The default is a predictable name in a shared directory: a symlink or a
+  // directory another user put there first is refused, never followed or used.
+  await prepareCache(osDir);
   if (runtime === 'crun') await Runc.prepareCrunCgroups().catch(() => undefined);
   const reporter = makeReporter({ json: values.json === true });
   const builder = createBuilder({ osDir, jobs: 2, runtime, layout });

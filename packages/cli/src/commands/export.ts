@@ -4,7 +4,7 @@ import { imageOfStep } from '@day11/build';
 import { Sidecar } from '@day11/layer';
 import { DOCKER_MAX_LAYERS, exportImage } from '@day11/oci-export';
 import { maxLayersOption, parseCommand, usage } from '../args.js';
-import { assertCacheExists, cacheDir, layerDirOf, stackOf } from '../cache.js';
+import { assertCacheExists, cacheDir, layerDirOf, prepareCache, stackOf } from '../cache.js';
 import { formatBytes } from '../progress.js';
 
 export const summary = 'export a layer with everything it was built on as an OCI image';
@@ -47,6 +47,7 @@ export async function run(argv: string[]): Promise<number> {
   if (positionals.length === 0) throw usage('export', 'name the LAYER to export');
   const maxLayers = maxLayersOption('export', values['max-layers'], DOCKER_MAX_LAYERS);
   await assertCacheExists(osDir);
+  await prepareCache(osDir);
   const named = await Promise.all(positionals.map((h) => layerDirOf(osDir, h)));
   const { base, layers } = await stackOf(osDir, named);
   const steps = await Promise.all(

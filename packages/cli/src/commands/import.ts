@@ -2,7 +2,7 @@
 import { resolve } from 'node:path';
 import { Import, LayerDir } from '@day11/layer';
 import { parseCommand, usage } from '../args.js';
-import { cacheDir } from '../cache.js';
+import { cacheDir, prepareCache } from '../cache.js';
 
 export const summary = 'import a base layer from a rootfs tarball, a directory or a Docker image';
 
@@ -35,6 +35,7 @@ export async function run(argv: string[]): Promise<number> {
     throw usage('import', 'give exactly one of --tarball FILE, --dir DIR, --docker');
   if (!values.image && values.docker) throw usage('import', '--docker needs --image NAME');
   const image = values.image;
+  await prepareCache(osDir);
   const base = values.tarball
     ? await Import.fromTarball({ osDir, tarball: resolve(values.tarball), image })
     : values.dir

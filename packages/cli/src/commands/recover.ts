@@ -1,7 +1,7 @@
 /** `day11 recover --cache DIR` */
 import { recover } from '@day11/runner';
 import { parseCommand } from '../args.js';
-import { assertCacheExists, cacheDir } from '../cache.js';
+import { assertCacheExists, cacheDir, prepareCache } from '../cache.js';
 
 export const summary =
   'remove what killed day11 processes left: mounts, containers, temp dirs, stale locks';
@@ -26,6 +26,7 @@ export async function run(argv: string[]): Promise<number> {
   });
   const osDir = cacheDir('recover', values.cache);
   await assertCacheExists(osDir);
+  await prepareCache(osDir);
   const report = await recover({ osDir });
   if (values.json) {
     console.log(JSON.stringify(report));

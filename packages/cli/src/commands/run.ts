@@ -5,8 +5,8 @@ import { OciSpec } from '@day11/container';
 import { Commit, Hash, LayerDir, LayerMeta } from '@day11/layer';
 import { runInLayers } from '@day11/runner';
 import { parseCommand, usage } from '../args.js';
-import { resolveBase } from '@day11/build';
-import { cacheDir, layerDirOf, stackOf } from '../cache.js';
+import { DEFAULT_PIDS, DEFAULT_SECURITY, resolveBase } from '@day11/build';
+import { cacheDir, layerDirOf, prepareCache, stackOf } from '../cache.js';
 import { checkRequirements, runtimeOption } from './common.js';
 
 export const summary =
@@ -16,8 +16,9 @@ export const help = `Usage: day11 run --cache DIR [--layer HASH ...] [options] -
 
 Runs CMD in a container whose root is the overlay of a layer and everything
 it was built on (its base and the stack recorded when it was built), or the
-busybox base when no layer is given. Output goes to this terminal; the exit
-status is CMD's.
+busybox base when no layer is given. It runs as plan steps do: at most
+4096 processes, the seccomp deny list and no_new_privs (see day11 build
+--help). Output goes to this terminal; the exit status is CMD's.
 
 Options:
   --layer LAYER      the top layer: a hash, build-xxxxxxxxxxxx or step id; repeat
@@ -47,6 +48,7 @@ export async function run(argv: string[]): Promise<number> {
   const osDir = cacheDir('run', values.cache);
   const runtime = runtimeOption(values.runtime);
   await checkRequirements(runtime);
+  await prepareCache(osDir);
   const named = await Promise.all((values.layer ?? []).map((h) => layerDirOf(osDir, h)));
   const { base, layers } =
     named.length > 0
@@ -57,6 +59,11 @@ export async function run(argv: string[]): Promise<number> {
     OciSpec.make({
       args: positionals,
       network: values.network ?? 'none',
+      // As plan steps run: a fork bomb here must not take the machine, and
+      // what fails in a step under the filter fails here too.
+      resources: { pidsLimit: DEFAULT_PIDS },
+      seccomp: DEFAULT_SECURITY.seccomp,
+      noNewPrivileges: DEFAULT_SECURITY.noNewPrivileges,
     }),
   );
   const result = await runInLayers({
