@@ -20,12 +20,13 @@ import { OciSpec } from '@day11/container';
 import { Exec, randomHex, TempName } from '@day11/exec';
 import { median, toMarkdown, type BenchRow } from './table.js';
 
-/** Runs nothing: an empty upper in the cache, exit 0. */
+/** Runs nothing: an empty upper in the cache and an empty log (as a runtime opens it), exit 0. */
 function nullSandbox(osDir: string): Sandbox {
   return {
-    async run() {
+    async run({ logFile }) {
       const upper = TempName.inside(osDir, 'upper');
       await mkdir(upper);
+      await writeFile(logFile, '');
       return { status: 'exited', exitCode: 0, upper, timing: [] };
     },
     async close() {},

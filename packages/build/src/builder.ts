@@ -479,6 +479,8 @@ class BuildRun {
   private async hit(step: Step, meta: LayerMetaRecord): Promise<StepOutcome> {
     const dir = this.dirOf(step.id);
     await LastUsed.touch(dir);
+    // A process killed between a commit and its link leaves the layer without it.
+    await this.register(step);
     this.counters.hits++;
     const outcome = this.recordedOutcome(step, meta, 'cached');
     if (isOk(outcome)) {
@@ -590,6 +592,7 @@ class BuildRun {
       return undefined;
     }
     this.counters.fetched++;
+    await this.register(step);
     const outcome = this.recordedOutcome(step, meta, 'fetched');
     const seconds = (performance.now() - started) / 1000;
     if (isOk(outcome)) {
@@ -652,11 +655,7 @@ class BuildRun {
         await rm(result.upper, { recursive: true, force: true }).catch(() => undefined);
         throw err;
       }
-      await LayerSymlinks.ensure({
-        packagesDir: join(this.o.osDir, 'packages'),
-        id: step.id,
-        layerName: LayerDir.name(hash),
-      });
+      await this.register(step);
       const meta = await LayerMeta.load(dir);
       this.bytes += meta.disk_usage;
       this.publish(step);
@@ -676,6 +675,15 @@ class BuildRun {
     } finally {
       await rm(logFile, { force: true });
     }
+  }
+
+  /** Links the step's layer under `packages/{id}/`, where `day11` finds a layer by step id. */
+  private async register(step: Step): Promise<void> {
+    await LayerSymlinks.ensure({
+      packagesDir: join(this.o.osDir, 'packages'),
+      id: step.id,
+      layerName: LayerDir.name(this.graph.hash(step.id)),
+    });
   }
 
   /**

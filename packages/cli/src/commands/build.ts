@@ -3,7 +3,7 @@ import { parseArgs } from 'node:util';
 import { resolve } from 'node:path';
 import { createBuilder, loadPlan } from '@day11/build';
 import { Runc } from '@day11/container';
-import { DOCKER_MAX_LAYERS } from '@day11/oci-export';
+import { DOCKER_MAX_LAYERS, Layout } from '@day11/oci-export';
 import { recover } from '@day11/runner';
 import { COMMON_OPTIONS, intOption, maxLayersOption, parse } from '../args.js';
 import { cacheDir } from '../cache.js';
@@ -101,6 +101,7 @@ export async function run(argv: string[]): Promise<number> {
   await checkRequirements(runtime);
   if (runtime === 'crun') await Runc.prepareCrunCgroups().catch(() => undefined);
   await recover({ osDir }).catch(() => undefined);
+  if (values.oci !== undefined) await Layout.recover(resolve(values.oci)).catch(() => undefined);
   const reporter = makeReporter({ json: values.json === true });
   const builder = createBuilder({
     osDir,
