@@ -2,11 +2,11 @@
  * The builder's logic against a fake sandbox: no root, no runtime. Real
  * temporary caches, real commits, locks and exports.
  */
-import { existsSync } from 'node:fs';
+import { existsSync, rmSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Commit, LayerDir, LayerMeta, Sidecar } from '@day11/layer';
+import { Commit, Gc, InUse, LayerDir, LayerMeta, Sidecar } from '@day11/layer';
 import { Layout } from '@day11/oci-export';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { createBuilder, type BuilderOptions, type BuildResult } from './builder.js';
@@ -358,6 +358,45 @@ describe('a dependency collected during the build', () => {
     expect(statusOf(result)).toEqual({ a: 'cached', b: 'done' });
     expect(sandbox.names).toEqual(['b', 'a', 'b']);
     expect(existsSync(join(result.steps[0]!.dir, 'layer.json'))).toBe(true);
+  });
+
+  it('is made again when its export finds it gone, and the image is written', async () => {
+    const layout = join(work, 'oci');
+    const plan = planOf([{ id: 'a' }, { id: 'b', deps: ['a'] }]);
+    await build(plan);
+    sandbox.calls.length = 0;
+    const events: BuildEvent[] = [];
+    const builder = createBuilder({ osDir, sandbox, layout });
+    let aDir = '';
+    const result = await builder
+      .build(plan, {
+        onEvent: (e) => {
+          events.push(e);
+          if (e.type === 'step' && e.id === 'a' && e.status === 'cached')
+            aDir = join(osDir, e.layer);
+          // A concurrent GC takes a's layer once both steps were found cached.
+          if (e.type === 'step' && e.id === 'b' && e.status === 'cached')
+            rmSync(aDir, { recursive: true });
+        },
+      })
+      .finally(() => builder.close());
+    expect(result.ok).toBe(true);
+    expect(result.summary.exported.sort()).toEqual(['a', 'b']);
+    expect(sandbox.names).toEqual(['a']);
+    expect(await Layout.verify(layout)).toEqual([]);
+  });
+
+  it('never takes the base: it is leased for the whole build', async () => {
+    sandbox.beforeRun = async () => {
+      sandbox.beforeRun = undefined;
+      // keepBytes 0: everything nobody holds goes (here, before the first step, only the base).
+      await Gc.prune({ osDir, keepBytes: 0 });
+    };
+    const { result } = await build(planOf([{ id: 'a' }, { id: 'b', deps: ['a'] }]));
+    expect(statusOf(result)).toEqual({ a: 'done', b: 'done' });
+    expect(existsSync(join(result.base.dir, 'layer.json'))).toBe(true);
+    // Released afterwards: nothing holds it any more.
+    expect(await InUse.holders(result.base.dir)).toEqual([]);
   });
 });
 
