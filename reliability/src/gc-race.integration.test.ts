@@ -16,7 +16,7 @@ import { tempRoot } from './fixtures/layers.js';
 import { layoutProblems, leftovers, procMounts } from './fixtures/leftovers.js';
 
 /** Builds per loop (DAY11_GC_ROUNDS): each a mix of cache hits and steps rebuilt after a collection. */
-const ROUNDS = Number(process.env['DAY11_GC_ROUNDS'] ?? 4);
+const ROUNDS = Number(process.env['DAY11_GC_ROUNDS'] ?? 5);
 
 let root: string;
 let cache: string;
@@ -28,10 +28,10 @@ function plan(p: number): object {
   return {
     base: 'busybox',
     steps: [
-      { id: 'shared-a', run: 'mkdir -p /opt && echo a > /opt/a' },
-      { id: 'shared-b', deps: ['shared-a'], run: 'cat /opt/a > /opt/b && echo b >> /opt/b' },
-      { id: `own-${p}`, deps: ['shared-b'], run: `echo ${p} > /opt/own && sleep 0.1` },
-      { id: `top-${p}`, deps: [`own-${p}`, 'shared-a'], run: 'cat /opt/own /opt/b > /opt/top' },
+      { id: 'shared-a', run: 'mkdir -p /opt && head -c 1000000 /dev/urandom > /opt/a' },
+      { id: 'shared-b', deps: ['shared-a'], run: 'head -c 1000000 /dev/urandom > /opt/b' },
+      { id: `own-${p}`, deps: ['shared-b'], run: `head -c 1000000 /dev/urandom > /opt/own-${p}` },
+      { id: `top-${p}`, deps: [`own-${p}`, 'shared-a'], run: 'cat /opt/own-* /opt/b > /opt/top' },
     ],
   };
 }
@@ -70,16 +70,18 @@ describe('day11 layers gc --keep-bytes 0 in a loop while two builds and their ex
     'makes no build fail',
     async () => {
       let building = true;
-      const gcLoop = (async () => {
+      // Two collectors, so that one is nearly always at work.
+      const gcLoop = async (): Promise<void> => {
         while (building) {
           const r = await day11(['layers', 'gc', '--cache', cache, '--keep-bytes', '0', '--json']);
           if (r.code === 0 && r.stdout.trim() !== '') {
             collections++;
             deleted += (JSON.parse(r.stdout) as { deletions: unknown[] }).deletions.length;
           }
-          await delay(50);
+          await delay(10);
         }
-      })();
+      };
+      const gcLoops = Promise.all([gcLoop(), gcLoop()]);
       const loop = async (p: number): Promise<Round[]> => {
         const out: Round[] = [];
         for (let round = 0; round < ROUNDS; round++) {
@@ -107,7 +109,7 @@ describe('day11 layers gc --keep-bytes 0 in a loop while two builds and their ex
         rounds = (await Promise.all([loop(0), loop(1)])).flat();
       } finally {
         building = false;
-        await gcLoop;
+        await gcLoops;
       }
       console.log(
         `gc race: ${rounds.length} builds, ${rounds.filter((r) => r.code !== 0).length} failed; ${collections} collections deleted ${deleted} layers`,

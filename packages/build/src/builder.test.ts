@@ -3,7 +3,7 @@
  * temporary caches, real commits, locks and exports.
  */
 import { existsSync, rmSync } from 'node:fs';
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Commit, Gc, InUse, LayerDir, LayerMeta, Sidecar } from '@day11/layer';
@@ -253,6 +253,22 @@ describe('failures', () => {
     expect(result.steps[0]!.reason).toMatch(/ENOSPC/);
     expect(existsSync(result.steps[0]!.dir)).toBe(false);
     expect(existsSync(result.steps[1]!.dir)).toBe(false);
+  });
+
+  it('records nothing for a step that failed because the disk was full, and drops what it wrote', async () => {
+    sandbox.behaviour.set('a', {
+      exitCode: 2,
+      files: { '/opt/partial': 'x' },
+      output: 'cc1: fatal error: writing output: No space left on device\n',
+    });
+    const plan = planOf([{ id: 'a' }, { id: 'b', deps: ['a'] }]);
+    const { result } = await build(plan);
+    expect(statusOf(result)).toEqual({ a: 'failed (not recorded)', b: 'skipped (not recorded)' });
+    expect(result.steps[0]!.reason).toMatch(/^exit 2, not recorded: it ran out of disk space/);
+    expect((await readdir(osDir)).filter((n) => n.includes('upper'))).toEqual([]);
+    // Space freed, the same plan builds.
+    sandbox.behaviour.set('a', {});
+    expect(statusOf((await build(plan)).result)).toEqual({ a: 'done', b: 'done' });
   });
 });
 

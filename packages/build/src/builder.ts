@@ -38,6 +38,7 @@ import { resolveBase, type ImageResolver } from './base.js';
 import { BuildCodes, BuildError } from './errors.js';
 import { now, type BuildEvent, type StepEvent, type SummaryEvent } from './events.js';
 import { PlanGraph } from './graph.js';
+import { outOfSpace } from './disk.js';
 import { imageOfStep } from './image.js';
 import { argvOf, userOf, type Plan, type Step } from './plan.js';
 import { runnerSandbox, type Sandbox, type StepProcess } from './sandbox.js';
@@ -663,6 +664,16 @@ class BuildRun {
       });
       if (result.status === 'interrupted') {
         const reason = result.reason === 'timeout' ? 'timed out' : 'aborted';
+        this.report(step, 'failed', { seconds: seconds(), reason, recorded: false });
+        return this.unrecorded(step, reason);
+      }
+      // A step that failed because the disk filled up did not fail by itself:
+      // nothing is recorded, and what it wrote goes at once.
+      const noSpace =
+        result.exitCode === 0 ? undefined : await outOfSpace({ dir: this.o.osDir, logFile });
+      if (noSpace !== undefined) {
+        await rm(result.upper, { recursive: true, force: true });
+        const reason = `exit ${result.exitCode}, not recorded: ${noSpace}`;
         this.report(step, 'failed', { seconds: seconds(), reason, recorded: false });
         return this.unrecorded(step, reason);
       }
