@@ -130,6 +130,22 @@ describe('ordering', () => {
     const second = await build(planOf(wide), { jobs: 8 });
     expect(second.result.summary.built).toBe(200);
   });
+
+  it('settles 20,000 steps that need no waiting (an abort) without nesting a call per step', async () => {
+    const wide = Array.from({ length: 20_000 }, (_, i) => ({ id: `w${i}` }));
+    const ac = new AbortController();
+    const builder = createBuilder({ osDir, sandbox });
+    const result = await builder
+      .build(planOf(wide), {
+        signal: ac.signal,
+        onEvent: (e) => {
+          if (e.type === 'step' && e.status === 'running') ac.abort();
+        },
+      })
+      .finally(() => builder.close());
+    expect(result.summary.failed).toBe(20_000);
+    expect(sandbox.calls).toHaveLength(1);
+  }, 60_000);
 });
 
 describe('cache hits and misses', () => {

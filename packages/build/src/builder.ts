@@ -428,7 +428,28 @@ class BuildRun {
     let checking = 0;
     let settled = 0;
     return new Promise<void>((resolve) => {
+      // A step can settle without awaiting anything (once the build is
+      // aborted, every waiting step does) and so call back into pump from
+      // inside it: the nested call only asks for another round, or 10,000
+      // such steps would nest 10,000 calls deep.
+      let pumping = false;
+      let again = false;
       const pump = (): void => {
+        if (pumping) {
+          again = true;
+          return;
+        }
+        pumping = true;
+        try {
+          do {
+            again = false;
+            fill();
+          } while (again);
+        } finally {
+          pumping = false;
+        }
+      };
+      const fill = (): void => {
         while (checking < CHECK_CONCURRENCY && next < ready.length) {
           const step = ready[next++]!;
           checking++;
