@@ -16,12 +16,13 @@
  * many trials were clean; the schedule is seeded, trial n of a kind gets the
  * same fault whatever the count.
  */
-import { chmod, mkdir, readdir, readFile, rm, rmdir, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm, rmdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import type { BuildEvent } from '@day11/build';
 import { LayerDir, LayerMeta } from '@day11/layer';
 import { Layout } from '@day11/oci-export';
+import { writeExecutable } from './concurrency.js';
 import {
   day11,
   killGroup,
@@ -143,8 +144,7 @@ export async function signallingRuntime(dir: string): Promise<string> {
     'exec "${DAY11_FAULT_RUNTIME:-runc}" "$@"',
     '',
   ].join('\n');
-  await writeFile(path, script);
-  await chmod(path, 0o755);
+  await writeExecutable(path, script);
   return path;
 }
 
@@ -306,7 +306,7 @@ async function runTrial(t: Trial): Promise<TrialReport> {
           DAY11_FAULT_RUNTIME: runtime,
         }
       : undefined;
-  const p = startDay11(args, { json: args[0] === 'build', ...(env && { env }) });
+  const p = startDay11(args, { json: args[0] === 'build', watch: true, ...(env && { env }) });
   let timer: NodeJS.Timeout | undefined;
   if (fault === 'signal') timer = setTimeout(() => process.kill(p.pid, signal), afterMs);
   if (fault === 'kill-build' || fault === 'kill-export')
