@@ -7,10 +7,11 @@
  * The baselines: the container run itself (`crun run true` and `runc run
  * true` spawned directly on a prepared rootfs), which a real step adds on
  * top. Also the time from `build()` to the first step starting, and the
- * time to validate and hash a 10,000-step chain. Each size in its own fresh
- * cache; medians of the rounds.
+ * time to validate and hash a 10,000-step chain; and for the whole command,
+ * process start to the first step running of `day11 build` with 10,000
+ * steps. Each size in its own fresh cache; medians of the rounds.
  */
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { chmod, copyFile, mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -20,12 +21,13 @@ import { OciSpec } from '@day11/container';
 import { Exec, randomHex, TempName } from '@day11/exec';
 import { median, toMarkdown, type BenchRow } from './table.js';
 
-/** Runs nothing: an empty upper in the cache, exit 0. */
+/** Runs nothing: an empty upper in the cache and an empty log (as a runtime opens it), exit 0. */
 function nullSandbox(osDir: string): Sandbox {
   return {
-    async run() {
+    async run({ logFile }) {
       const upper = TempName.inside(osDir, 'upper');
       await mkdir(upper);
+      await writeFile(logFile, '');
       return { status: 'exited', exitCode: 0, upper, timing: [] };
     },
     async close() {},
@@ -81,6 +83,45 @@ const chain = (n: number): object[] =>
     ...(i > 0 && { deps: [`pkg-${i - 1}`] }),
   }));
 
+/** The built CLI. */
+const CLI = join(import.meta.dirname, '../../packages/cli/dist/main.js');
+
+/**
+ * `day11 build` of `steps` on busybox in `osDir` (the base already
+ * imported): milliseconds from spawning the process to its first step
+ * running; then SIGTERM, and `day11 recover` for what the kill left.
+ */
+async function cliFirstStep(work: string, osDir: string, steps: object[]): Promise<number> {
+  const plan = join(work, `plan-${randomHex(4)}.json`);
+  await writeFile(plan, JSON.stringify({ base: 'busybox', steps }));
+  const started = performance.now();
+  const child = spawn(process.execPath, [CLI, 'build', plan, '--cache', osDir, '--json'], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  const ms = await new Promise<number>((resolve, reject) => {
+    let buffered = '';
+    child.stdout.setEncoding('utf8').on('data', (chunk: string) => {
+      buffered += chunk;
+      if (/"status":"running"/.test(buffered)) {
+        resolve(performance.now() - started);
+        child.kill('SIGTERM');
+      }
+      buffered = buffered.slice(-200);
+    });
+    child.once('close', () => reject(new Error('day11 build ended before a step ran')));
+  });
+  await new Promise((resolve) =>
+    child.exitCode === null ? child.once('close', resolve) : resolve(0),
+  );
+  spawnSync(process.execPath, [CLI, 'recover', '--cache', osDir], { stdio: 'ignore' });
+  return ms;
+}
+
+/** `steps` with commands of their own for round `r`: nothing of an earlier round is cached. */
+function salted(steps: readonly object[], r: number): object[] {
+  return steps.map((s) => ({ ...s, run: `true ${r}` }));
+}
+
 /** `runtime run true` on a prepared bundle, spawned directly, median of `rounds`. */
 async function bareRun(work: string, runtime: string, rounds: number): Promise<number> {
   const bundle = join(work, `bundle-${runtime}`);
@@ -133,6 +174,20 @@ export async function run(): Promise<BenchRow[]> {
       rows.push({
         name: `time to the first step, ${label}`,
         value: median(runs.map((m) => m.firstStepMs)),
+      });
+    }
+    // The command as a user runs it, process start included (the base imported beforehand).
+    const osDir = join(work, 'cli-cache');
+    await cliFirstStep(work, osDir, [{ id: 'warm', run: 'true' }]);
+    for (const [label, steps] of [
+      ['10,000 independent steps', independent(10_000)],
+      ['a chain of 10,000 steps', chain(10_000)],
+    ] as const) {
+      const times: number[] = [];
+      for (let r = 0; r < 3; r++) times.push(await cliFirstStep(work, osDir, salted(steps, r)));
+      rows.push({
+        name: `\`day11 build\` of ${label}: process start to the first step running`,
+        value: median(times),
       });
     }
     const t = performance.now();

@@ -49,7 +49,7 @@ const SUITES: Record<string, Suite> = {
   },
   builder: {
     load: () => import('./builder.js'),
-    note: "The builder's own cost per step (validation, hashing, scheduling, cache check, layer lock, commit with its fsyncs, events; a sandbox that runs nothing) at 100, 1,000 and 10,000 independent steps and a 1,000-step chain, with 4 jobs, against what a real step adds on top: `crun run true` and `runc run true` spawned directly on a prepared rootfs (medians of 20). Also the time from `build()` to the first step running, and the time to validate, order and hash a 10,000-step chain. Each size in a fresh cache; 5, 2 and 1 rounds, medians.",
+    note: "The builder's own cost per step (validation, hashing, scheduling, cache check, layer lock, commit with its fsyncs, events; a sandbox that runs nothing) at 100, 1,000 and 10,000 independent steps and a 1,000-step chain, with 4 jobs, against what a real step adds on top: `crun run true` and `runc run true` spawned directly on a prepared rootfs (medians of 20). Also the time from `build()` to the first step running, the time to validate, order and hash a 10,000-step chain, and, for the whole command, the time from spawning `day11 build` of 10,000 independent steps or of a 10,000-step chain (busybox base already imported, nothing else cached) to its first step running (3 rounds, then SIGTERM and `day11 recover`). Each size in a fresh cache; 5, 2 and 1 rounds, medians.",
   },
   output: {
     load: () => import('./output.js'),

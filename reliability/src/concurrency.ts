@@ -3,13 +3,12 @@
  * one cache, exporting into one layout. The plans, a runtime wrapper that
  * counts container runs, and the processes' JSON event streams.
  */
-import { spawn } from 'node:child_process';
 import { chmod, readFile, writeFile } from 'node:fs/promises';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import type { BuildEvent, StepEvent, SummaryEvent } from '@day11/build';
+import { day11 } from './fixtures/cli.js';
 
-/** The built CLI (run `pnpm build` first). */
-export const CLI = resolve(import.meta.dirname, '../../packages/cli/dist/main.js');
+export { CLI } from './fixtures/cli.js';
 
 /** One step of a plan file. */
 export interface PlanStep {
@@ -67,9 +66,21 @@ export async function countingRuntime(dir: string, counter: string): Promise<str
     'exec runc "$@"',
     '',
   ].join('\n');
-  await writeFile(path, script);
-  await chmod(path, 0o755);
+  await writeExecutable(path, script);
   return path;
+}
+
+/**
+ * Writes `text` to `path` and makes it executable (a script for `--runtime`).
+ *
+ * @example
+ * ```ts
+ * await writeExecutable(join(dir, 'runtime'), '#!/bin/sh\nexec runc "$@"\n');
+ * ```
+ */
+export async function writeExecutable(path: string, text: string): Promise<void> {
+  await writeFile(path, text);
+  await chmod(path, 0o755);
 }
 
 /** Lines of the counter file: one per container run. */
@@ -93,28 +104,12 @@ export interface BuildProcess {
  * const r = await day11Json(['build', plan, '--cache', cache]);
  * ```
  */
-export function day11Json(args: readonly string[], timeoutMs = 300_000): Promise<BuildProcess> {
-  const child = spawn(process.execPath, [CLI, ...args, '--json'], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.setEncoding('utf8').on('data', (c: string) => (stdout += c));
-  child.stderr.setEncoding('utf8').on('data', (c: string) => (stderr += c));
-  const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-  return new Promise((resolvePromise) => {
-    child.once('close', (code) => {
-      clearTimeout(timer);
-      resolvePromise({ code, events: parseEvents(stdout), stderr });
-    });
-  });
-}
-
-function parseEvents(stdout: string): BuildEvent[] {
-  return stdout
-    .split('\n')
-    .filter((line) => line.startsWith('{'))
-    .map((line) => JSON.parse(line) as BuildEvent);
+export async function day11Json(
+  args: readonly string[],
+  timeoutMs = 300_000,
+): Promise<BuildProcess> {
+  const r = await day11(args, { json: true, timeoutMs });
+  return { code: r.code, events: r.events, stderr: r.stderr };
 }
 
 /** The final status event of every step of a process. */

@@ -2,11 +2,11 @@
  * The builder's logic against a fake sandbox: no root, no runtime. Real
  * temporary caches, real commits, locks and exports.
  */
-import { existsSync } from 'node:fs';
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { existsSync, rmSync } from 'node:fs';
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Commit, LayerDir, LayerMeta, Sidecar } from '@day11/layer';
+import { Commit, Gc, InUse, LayerDir, LayerMeta, Sidecar } from '@day11/layer';
 import { Layout } from '@day11/oci-export';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { createBuilder, type BuilderOptions, type BuildResult } from './builder.js';
@@ -130,6 +130,22 @@ describe('ordering', () => {
     const second = await build(planOf(wide), { jobs: 8 });
     expect(second.result.summary.built).toBe(200);
   });
+
+  it('settles 20,000 steps that need no waiting (an abort) without nesting a call per step', async () => {
+    const wide = Array.from({ length: 20_000 }, (_, i) => ({ id: `w${i}` }));
+    const ac = new AbortController();
+    const builder = createBuilder({ osDir, sandbox });
+    const result = await builder
+      .build(planOf(wide), {
+        signal: ac.signal,
+        onEvent: (e) => {
+          if (e.type === 'step' && e.status === 'running') ac.abort();
+        },
+      })
+      .finally(() => builder.close());
+    expect(result.summary.failed).toBe(20_000);
+    expect(sandbox.calls).toHaveLength(1);
+  }, 60_000);
 });
 
 describe('cache hits and misses', () => {
@@ -254,6 +270,22 @@ describe('failures', () => {
     expect(existsSync(result.steps[0]!.dir)).toBe(false);
     expect(existsSync(result.steps[1]!.dir)).toBe(false);
   });
+
+  it('records nothing for a step that failed because the disk was full, and drops what it wrote', async () => {
+    sandbox.behaviour.set('a', {
+      exitCode: 2,
+      files: { '/opt/partial': 'x' },
+      output: 'cc1: fatal error: writing output: No space left on device\n',
+    });
+    const plan = planOf([{ id: 'a' }, { id: 'b', deps: ['a'] }]);
+    const { result } = await build(plan);
+    expect(statusOf(result)).toEqual({ a: 'failed (not recorded)', b: 'skipped (not recorded)' });
+    expect(result.steps[0]!.reason).toMatch(/^exit 2, not recorded: it ran out of disk space/);
+    expect((await readdir(osDir)).filter((n) => n.includes('upper'))).toEqual([]);
+    // Space freed, the same plan builds.
+    sandbox.behaviour.set('a', {});
+    expect(statusOf((await build(plan)).result)).toEqual({ a: 'done', b: 'done' });
+  });
 });
 
 describe('cancellation', () => {
@@ -358,6 +390,45 @@ describe('a dependency collected during the build', () => {
     expect(statusOf(result)).toEqual({ a: 'cached', b: 'done' });
     expect(sandbox.names).toEqual(['b', 'a', 'b']);
     expect(existsSync(join(result.steps[0]!.dir, 'layer.json'))).toBe(true);
+  });
+
+  it('is made again when its export finds it gone, and the image is written', async () => {
+    const layout = join(work, 'oci');
+    const plan = planOf([{ id: 'a' }, { id: 'b', deps: ['a'] }]);
+    await build(plan);
+    sandbox.calls.length = 0;
+    const events: BuildEvent[] = [];
+    const builder = createBuilder({ osDir, sandbox, layout });
+    let aDir = '';
+    const result = await builder
+      .build(plan, {
+        onEvent: (e) => {
+          events.push(e);
+          if (e.type === 'step' && e.id === 'a' && e.status === 'cached')
+            aDir = join(osDir, e.layer);
+          // A concurrent GC takes a's layer once both steps were found cached.
+          if (e.type === 'step' && e.id === 'b' && e.status === 'cached')
+            rmSync(aDir, { recursive: true });
+        },
+      })
+      .finally(() => builder.close());
+    expect(result.ok).toBe(true);
+    expect(result.summary.exported.sort()).toEqual(['a', 'b']);
+    expect(sandbox.names).toEqual(['a']);
+    expect(await Layout.verify(layout)).toEqual([]);
+  });
+
+  it('never takes the base: it is leased for the whole build', async () => {
+    sandbox.beforeRun = async () => {
+      sandbox.beforeRun = undefined;
+      // keepBytes 0: everything nobody holds goes (here, before the first step, only the base).
+      await Gc.prune({ osDir, keepBytes: 0 });
+    };
+    const { result } = await build(planOf([{ id: 'a' }, { id: 'b', deps: ['a'] }]));
+    expect(statusOf(result)).toEqual({ a: 'done', b: 'done' });
+    expect(existsSync(join(result.base.dir, 'layer.json'))).toBe(true);
+    // Released afterwards: nothing holds it any more.
+    expect(await InUse.holders(result.base.dir)).toEqual([]);
   });
 });
 

@@ -24,6 +24,7 @@ import {
   CacheDir,
   Commit,
   Gc,
+  InUse,
   LastUsed,
   LayerCodes,
   LayerDir,
@@ -33,11 +34,12 @@ import {
   type Base,
   type LayerMetaRecord,
 } from '@day11/layer';
-import { exportImage } from '@day11/oci-export';
+import { exportImage, OciExportCodes } from '@day11/oci-export';
 import { resolveBase, type ImageResolver } from './base.js';
 import { BuildCodes, BuildError } from './errors.js';
 import { now, type BuildEvent, type StepEvent, type SummaryEvent } from './events.js';
 import { PlanGraph } from './graph.js';
+import { outOfSpace } from './disk.js';
 import { imageOfStep } from './image.js';
 import { argvOf, userOf, type Plan, type Step } from './plan.js';
 import { runnerSandbox, type Sandbox, type StepProcess } from './sandbox.js';
@@ -314,12 +316,36 @@ class BuildRun {
   async execute(): Promise<BuildResult> {
     const started = performance.now();
     await CacheDir.ensure(this.o.osDir);
-    this.base = await resolveBase({
-      source: this.plan.base,
-      osDir: this.o.osDir,
-      resolveImage: this.o.resolveImage,
-      signal: this.signal,
-    });
+    const baseLease = await this.leaseBase();
+    try {
+      return await this.buildOn(started);
+    } finally {
+      await baseLease.release();
+    }
+  }
+
+  /**
+   * Resolves the base and leases it for the whole build: a concurrent GC
+   * may not collect it between steps (nothing rebuilds a base). Collected
+   * between its import and the lease, it is resolved (imported) again.
+   */
+  private async leaseBase(): Promise<InUse.Lease> {
+    for (let attempt = 1; ; attempt++) {
+      this.base = await resolveBase({
+        source: this.plan.base,
+        osDir: this.o.osDir,
+        resolveImage: this.o.resolveImage,
+        signal: this.signal,
+      });
+      try {
+        return await InUse.acquire({ osDir: this.o.osDir, dirs: [this.base.dir] });
+      } catch (err) {
+        if (!collected(err) || attempt >= RESTORE_ATTEMPTS) throw err;
+      }
+    }
+  }
+
+  private async buildOn(started: number): Promise<BuildResult> {
     this.emit({ type: 'base', image: this.base.image, layer: LayerDir.name(this.base.hash) });
     this.graph = new PlanGraph(this.plan, this.base.hash);
     this.emit({ type: 'plan', file: this.plan.file, steps: this.plan.steps.length });
@@ -424,7 +450,28 @@ class BuildRun {
     return new Promise<void>((resolve) => {
       // A shard may hold no step at all.
       if (steps.length === 0) return resolve();
+      // A step can settle without awaiting anything (once the build is
+      // aborted, every waiting step does) and so call back into pump from
+      // inside it: the nested call only asks for another round, or 10,000
+      // such steps would nest 10,000 calls deep.
+      let pumping = false;
+      let again = false;
       const pump = (): void => {
+        if (pumping) {
+          again = true;
+          return;
+        }
+        pumping = true;
+        try {
+          do {
+            again = false;
+            fill();
+          } while (again);
+        } finally {
+          pumping = false;
+        }
+      };
+      const fill = (): void => {
         while (checking < CHECK_CONCURRENCY && next < ready.length) {
           const step = ready[next++]!;
           checking++;
@@ -470,7 +517,8 @@ class BuildRun {
       if (failing.length > 0) return await this.dependencyFailed(step, failing);
       if (this.signal?.aborted) return this.notStarted(step, 'aborted before it started');
       const meta = await this.findMeta(step);
-      if (meta && this.reusable(meta)) return this.hit(step, meta);
+      const found = meta && this.reusable(meta) ? await this.hit(step, meta) : undefined;
+      if (found) return found;
       release();
       return await this.makeRetrying(step);
     } catch (err) {
@@ -498,9 +546,14 @@ class BuildRun {
     return meta.exit_status === 0 || !this.o.retryFailed;
   }
 
-  private async hit(step: Step, meta: LayerMetaRecord): Promise<StepOutcome> {
+  private async hit(step: Step, meta: LayerMetaRecord): Promise<StepOutcome | undefined> {
     const dir = this.dirOf(step.id);
     await LastUsed.touch(dir);
+    // Collected between the check and the touch (a GC that planned before the
+    // touch skips a layer used since): not a hit after all.
+    if (!(await layerPresent(dir))) return undefined;
+    // A process killed between a commit and its link leaves the layer without it.
+    await this.register(step);
     this.counters.hits++;
     const outcome = this.recordedOutcome(step, meta, 'cached');
     if (isOk(outcome)) {
@@ -545,15 +598,17 @@ class BuildRun {
       try {
         return await this.make(step);
       } catch (err) {
-        if (!isDay11Error(err, LayerCodes.NOT_FOUND) || attempt >= 3) throw err;
+        if (!collected(err) || attempt >= RESTORE_ATTEMPTS) throw err;
         await this.restoreStack(step);
       }
     }
   }
 
-  /** Makes again the layers of `step`'s stack that are gone, bottom first. */
-  private async restoreStack(step: Step): Promise<void> {
-    for (const below of this.graph.stack(step.id).reverse()) {
+  /** Makes again the layers of `step`'s stack (and with `self`, its own) that are gone, bottom first. */
+  private async restoreStack(step: Step, self = false): Promise<void> {
+    const layers = this.graph.stack(step.id).reverse();
+    if (self) layers.push(step);
+    for (const below of layers) {
       if (await layerPresent(this.dirOf(below.id))) continue;
       const outcome = await this.make(below);
       if (!isOk(outcome)) {
@@ -581,8 +636,10 @@ class BuildRun {
         },
         async () => {
           // Another process may have made it while we waited for the lock.
+          // (Under the lock no GC can take it before the touch.)
           const meta = await this.findMeta(step);
-          if (meta && this.reusable(meta)) return this.hit(step, meta);
+          const found = meta && this.reusable(meta) ? await this.hit(step, meta) : undefined;
+          if (found) return found;
           if (this.signal?.aborted) return this.notStarted(step, 'aborted before it started');
           this.counters.misses++;
           if (meta) await Gc.removeLayer({ osDir: this.o.osDir, hash });
@@ -612,6 +669,7 @@ class BuildRun {
       return undefined;
     }
     this.counters.fetched++;
+    await this.register(step);
     const outcome = this.recordedOutcome(step, meta, 'fetched');
     const seconds = (performance.now() - started) / 1000;
     if (isOk(outcome)) {
@@ -653,6 +711,16 @@ class BuildRun {
         this.report(step, 'failed', { seconds: seconds(), reason, recorded: false });
         return this.unrecorded(step, reason);
       }
+      // A step that failed because the disk filled up did not fail by itself:
+      // nothing is recorded, and what it wrote goes at once.
+      const noSpace =
+        result.exitCode === 0 ? undefined : await outOfSpace({ dir: this.o.osDir, logFile });
+      if (noSpace !== undefined) {
+        await rm(result.upper, { recursive: true, force: true });
+        const reason = `exit ${result.exitCode}, not recorded: ${noSpace}`;
+        this.report(step, 'failed', { seconds: seconds(), reason, recorded: false });
+        return this.unrecorded(step, reason);
+      }
       this.counters.built++;
       try {
         await Commit.commit({
@@ -675,11 +743,7 @@ class BuildRun {
         await rm(result.upper, { recursive: true, force: true }).catch(() => undefined);
         throw err;
       }
-      await LayerSymlinks.ensure({
-        packagesDir: join(this.o.osDir, 'packages'),
-        id: step.id,
-        layerName: LayerDir.name(hash),
-      });
+      await this.register(step);
       const meta = await LayerMeta.load(dir);
       this.bytes += meta.disk_usage;
       this.publish(step);
@@ -699,6 +763,15 @@ class BuildRun {
     } finally {
       await rm(logFile, { force: true });
     }
+  }
+
+  /** Links the step's layer under `packages/{id}/`, where `day11` finds a layer by step id. */
+  private async register(step: Step): Promise<void> {
+    await LayerSymlinks.ensure({
+      packagesDir: join(this.o.osDir, 'packages'),
+      id: step.id,
+      layerName: LayerDir.name(this.graph.hash(step.id)),
+    });
   }
 
   /**
@@ -825,9 +898,8 @@ class BuildRun {
     const started = performance.now();
     const seconds = (): number => (performance.now() - started) / 1000;
     const stack = [...this.graph.stack(step.id).reverse(), step];
-    try {
-      if (this.signal?.aborted) throw new Error('aborted before it started');
-      const result = await exportImage({
+    const exportOnce = () =>
+      exportImage({
         layout,
         tag: step.tag,
         base: this.base,
@@ -837,6 +909,18 @@ class BuildRun {
         ...(this.o.maxLayers !== undefined && { maxLayers: this.o.maxLayers }),
         ...(this.signal && { signal: this.signal }),
       });
+    try {
+      if (this.signal?.aborted) throw new Error('aborted before it started');
+      let result;
+      for (let attempt = 1; result === undefined; attempt++) {
+        try {
+          result = await exportOnce();
+        } catch (err) {
+          // A layer of the image was collected since it was made or found: make it again.
+          if (!collected(err) || attempt >= RESTORE_ATTEMPTS) throw err;
+          await this.restoreStack(step, true);
+        }
+      }
       this.exported.push(step.tag);
       this.emit({
         type: 'export',
@@ -903,6 +987,18 @@ function processOf(step: Step): StepProcess {
 /** The `step.json` sidecar: the step as written, and the plan it came from. */
 function stepRecord(step: Step, plan: Plan): Record<string, unknown> {
   return { ...step, plan: plan.file };
+}
+
+/** Tries of a step, or of an export, whose layers a concurrent GC keeps collecting. */
+const RESTORE_ATTEMPTS = 5;
+
+/** Whether `err` says a layer is not in the cache (any more): a concurrent GC took it. */
+function collected(err: unknown): boolean {
+  return (
+    isDay11Error(err, LayerCodes.NOT_FOUND) ||
+    isDay11Error(err, LayerCodes.META_MISSING) ||
+    isDay11Error(err, OciExportCodes.LAYER_NOT_FOUND)
+  );
 }
 
 async function layerPresent(dir: string): Promise<boolean> {

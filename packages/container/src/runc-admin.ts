@@ -5,8 +5,9 @@
  */
 import { readdirSync, readFileSync } from 'node:fs';
 import { lstat, readdir, rm } from 'node:fs/promises';
+import { basename } from 'node:path';
 import { Exec, Proc } from '@day11/exec';
-import { removeCgroups } from './runc-cgroups.js';
+import { findCgroups, removeCgroupDir, removeCgroups, removeCgroupsSync } from './runc-cgroups.js';
 import {
   NOT_FOUND,
   STATE_ROOTS,
@@ -99,9 +100,11 @@ export interface SweepOptions extends RuntimeOptions {
  *
  * That includes, for runc and crun, a container whose runtime was killed while
  * creating it: its state directory has no state yet, so `list` does not show
- * it, and its cgroups have no record to be found by. Both are removed (the
- * cgroups from the top of each hierarchy and from below this process's own
- * cgroup, where a relative `cgroupsPath` puts them; best effort).
+ * it, and its cgroups have no record to be found by. Both are removed; and
+ * so are cgroups named like such an id wherever they are in any hierarchy
+ * (a relative `cgroupsPath` puts them below the cgroup the runtime ran in),
+ * with any process left in them, when nothing else of the container is
+ * left to find them by (best effort).
  *
  * @example
  * ```ts
@@ -131,6 +134,12 @@ export async function sweep(opts: SweepOptions = {}): Promise<string[]> {
     if (st === undefined || !(await orphaned(id, st.ctimeMs))) continue;
     await removeHalfCreated(id, opts);
     swept.push(id);
+  }
+  for (const dir of await findCgroups((name) => owner.test(name) && ID_PATTERN.test(name))) {
+    const id = basename(dir);
+    const st = await lstat(dir).catch(() => undefined);
+    if (st === undefined || !(await orphaned(id, st.ctimeMs))) continue;
+    if ((await removeCgroupDir(dir)) && !swept.includes(id)) swept.push(id);
   }
   return swept;
 }
@@ -181,7 +190,9 @@ export interface KillAndDeleteOptions extends RuntimeOptions {
  * about to die (a signal handler, an `exit` hook): first SIGKILL to any
  * process whose command line names the id (a `runc run` that has not
  * created the container yet would otherwise create it after we are gone),
- * then `delete --force`. Never throws: what is left is for {@link sweep}.
+ * then `delete --force`, then its cgroups go with whatever is still in them
+ * (a runtime killed while creating the container has no state to delete
+ * them by). Never throws: what is left is for {@link sweep}.
  *
  * @example
  * ```ts
@@ -200,6 +211,7 @@ export function killAndDeleteSync(opts: KillAndDeleteOptions): void {
   } catch {
     // sweep() deletes it later (its id carries the owner's pid).
   }
+  removeCgroupsSync(opts.id);
 }
 
 /** SIGKILLs the processes whose command line has `word` as an argument. */

@@ -2,6 +2,7 @@
  * runc and crun for real, as root, on a busybox-static rootfs: a plain
  * directory and an overlay mounted here (Overlay is tested on its own).
  */
+import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import {
   copyFile,
@@ -454,6 +455,51 @@ describe('Runc.sweep', () => {
       }
     });
   }
+});
+
+describe('cgroups a killed runtime left', () => {
+  /** A v1 cgroup `name` below `parent` of the pids hierarchy, with a process in it. */
+  async function cgroupWithProcess(parent: string, name: string) {
+    const dir = join('/sys/fs/cgroup/pids', parent, name);
+    await mkdir(dir, { recursive: true });
+    const sleeper = spawn('sleep', ['1000'], { stdio: 'ignore' });
+    await writeFile(join(dir, 'cgroup.procs'), String(sleeper.pid));
+    const gone = new Promise<string | null>((resolve) =>
+      sleeper.once('exit', (_, sig) => resolve(sig)),
+    );
+    return { dir, gone };
+  }
+
+  it.skipIf(!existsSync('/sys/fs/cgroup/pids/cgroup.procs'))(
+    "Runc.sweep finds them by name anywhere, kills what is in them and removes them; a live owner's stay",
+    async () => {
+      // No state anywhere, as after a signal during create: only the name says whose it is.
+      const orphan = await cgroupWithProcess('day11-test-parent', `day11-${2 ** 22 + 3}-1-cccccc`);
+      const live = join('/sys/fs/cgroup/pids', `day11-1-1-dddddd`); // pid 1 runs
+      await mkdir(live);
+      try {
+        expect(await Runc.sweep({ runtime: 'runc' })).toContain(`day11-${2 ** 22 + 3}-1-cccccc`);
+        expect(await orphan.gone).toBe('SIGKILL');
+        expect(existsSync(orphan.dir)).toBe(false);
+        expect(existsSync(live)).toBe(true);
+      } finally {
+        await rmdir(orphan.dir).catch(() => undefined);
+        await rmdir(join('/sys/fs/cgroup/pids', 'day11-test-parent')).catch(() => undefined);
+        await rmdir(live).catch(() => undefined);
+      }
+    },
+  );
+
+  it.skipIf(!existsSync('/sys/fs/cgroup/pids/cgroup.procs'))(
+    "killAndDeleteSync removes the container's cgroups with what is left in them",
+    async () => {
+      const id = Runc.newId('day11-test');
+      const left = await cgroupWithProcess('', id);
+      Runc.killAndDeleteSync({ id });
+      expect(await left.gone).toBe('SIGKILL');
+      expect(existsSync(left.dir)).toBe(false);
+    },
+  );
 });
 
 describe('afterwards', () => {

@@ -3,7 +3,7 @@
  * The id is opaque ("name.version" for opam callers, anything for others);
  * it lets a caller find every layer built for one id without reading them all.
  */
-import { mkdir, rename, rm, symlink } from 'node:fs/promises';
+import { mkdir, readlink, rename, rm, symlink } from 'node:fs/promises';
 import { join, relative } from 'node:path';
 import { LayerCodes, LayerError, messageOf } from './errors.js';
 import { isLayerName } from './layer-dir.js';
@@ -21,7 +21,8 @@ export function assertId(id: string): void {
 /**
  * Makes `{packagesDir}/{id}/{layerName}` a symlink to the layer directory
  * `{packagesDir}/../{layerName}` (relative, so the cache can be moved),
- * replacing any existing link atomically.
+ * replacing any other existing link atomically; a link that is already
+ * right costs one `readlink`.
  *
  * @example
  * ```ts
@@ -50,6 +51,7 @@ export async function ensure({
   const idDir = join(packagesDir, id);
   const link = join(idDir, layerName);
   const target = relative(idDir, join(packagesDir, '..', layerName));
+  if ((await readlink(link).catch(() => undefined)) === target) return;
   const temp = TempName.beside(link);
   try {
     await mkdir(idDir, { recursive: true });

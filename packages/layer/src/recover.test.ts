@@ -4,8 +4,8 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { commit } from './commit.js';
 import { DEAD_PID, META, hashOf, makeUpper, tempDir } from './fixtures/cache.js';
 import { acquire, LEASE_DIR } from './in-use.js';
-import { layerLockPath, withLayer } from './lock.js';
-import { sweep } from './recover.js';
+import { layerLockPath, withLayer, withPath } from './lock.js';
+import { sweep, sweepDirs } from './recover.js';
 import { Proc, TempName } from '@day11/exec';
 
 let osDir: string;
@@ -92,5 +92,39 @@ describe('Recover.sweep', () => {
     expect(await sweep(join(osDir, 'missing'))).toEqual(empty);
     await layer(1);
     expect(await sweep(osDir)).toEqual(empty);
+  });
+});
+
+describe('Recover.sweepDirs', () => {
+  it("removes dead temps in the given directories and a dead holder's lock, keeps the rest", async () => {
+    const store = join(osDir, 'store');
+    const blobs = join(store, 'blobs');
+    await mkdir(blobs, { recursive: true });
+    const deadBlob = join(blobs, `${TempName.PREFIX}${DEAD_PID}-0a0b0c0d-blob`);
+    const deadIndex = join(store, `${TempName.PREFIX}${DEAD_PID}-0a0b0c0d-index.json`);
+    const liveIndex = join(store, `${TempName.PREFIX}${process.pid}-0a0b0c0d-index.json`);
+    const blob = join(blobs, 'abcd');
+    const nested = join(store, 'sub', `${TempName.PREFIX}${DEAD_PID}-0a0b0c0d-x`);
+    await mkdir(join(store, 'sub'));
+    for (const f of [deadBlob, deadIndex, liveIndex, blob, nested]) await writeFile(f, '');
+    const lock = join(store, 'index.json.lock');
+    await mkdir(lock);
+    await writeFile(join(lock, 'owner'), JSON.stringify({ pid: DEAD_PID, start: '7' }));
+
+    const report = await sweepDirs({ dirs: [store, blobs, join(osDir, 'missing')], locks: [lock] });
+    expect(report.temps.sort()).toEqual([deadBlob, deadIndex].sort());
+    expect(report.locks).toEqual([lock]);
+    expect(report.mounted).toEqual([]);
+    for (const p of [deadBlob, deadIndex, lock]) expect(await exists(p)).toBe(false);
+    // Live temps, real files, and what is below the given directories stay.
+    for (const p of [liveIndex, blob, nested]) expect(await exists(p)).toBe(true);
+  });
+
+  it('keeps a lock whose holder lives', async () => {
+    const file = join(osDir, 'index.json');
+    const report = await withPath(file, () =>
+      sweepDirs({ dirs: [osDir], locks: [`${file}.lock`] }),
+    );
+    expect(report.locks).toEqual([]);
   });
 });

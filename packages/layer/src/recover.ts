@@ -92,6 +92,42 @@ export async function sweep(osDir: string, options: SweepOptions = {}): Promise<
   return report;
 }
 
+/** Options of {@link sweepDirs}. */
+export interface SweepDirsOptions extends SweepOptions {
+  /** Directories whose temporary entries of dead processes go (each directory's own entries only). */
+  dirs: readonly string[];
+  /** Lock directories (as `Lock.withPath` makes them) to remove when stale. */
+  locks?: readonly string[];
+}
+
+/** What {@link sweepDirs} removed, and what it left because of a mount below. */
+export type SweepDirsReport = Pick<SweepReport, 'temps' | 'locks' | 'mounted'>;
+
+/**
+ * The sweep of {@link sweep} for a store outside the cache that follows the
+ * same conventions (`TempName` names, `Lock.withPath` locks), such as an OCI
+ * image layout: temporary entries of dead processes directly in each of
+ * `dirs`, and the stale ones of `locks`. Missing directories and locks are
+ * skipped. Safe while live processes work there.
+ *
+ * @example
+ * ```ts
+ * await Recover.sweepDirs({ dirs: [layout, `${layout}/blobs/sha256`], locks: [`${layout}/index.json.lock`] });
+ * ```
+ * @throws {LayerError} `LAYER_WRITE_FAILED` when a leftover cannot be removed.
+ */
+export async function sweepDirs(opts: SweepDirsOptions): Promise<SweepDirsReport> {
+  const report: SweepDirsReport = { temps: [], locks: [], mounted: [] };
+  for (const dir of opts.dirs) {
+    const { removed, mounted } = await sweepTemps(dir);
+    report.temps.push(...removed);
+    report.mounted.push(...mounted);
+  }
+  for (const lock of opts.locks ?? [])
+    if (await removeStaleLock(lock, opts)) report.locks.push(lock);
+  return report;
+}
+
 async function sweepTemps(dir: string): Promise<{ removed: string[]; mounted: string[] }> {
   const removed: string[] = [];
   const mounted: string[] = [];

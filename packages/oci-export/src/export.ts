@@ -141,6 +141,8 @@ export async function exportImage(options: ExportOptions): Promise<ExportResult>
   const dirs = checkOptions(options);
   // A layer exported without what it was built on is not the image its build saw.
   await Lineage.check({ base: options.base, layers: dirs.slice(1) });
+  // Before anything is written there: what a kill leaves, recovering the cache finds.
+  await Layout.remember({ osDir: dirname(dirs[0]!), layout: options.layout });
   await Layout.init(options.layout);
   // Fail fast on a corrupt index.json, before compressing anything (read again under the lock).
   await Layout.readIndex(options.layout);

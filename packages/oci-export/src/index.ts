@@ -35,5 +35,5 @@ export {
   type OciManifest,
 } from './oci.js';
 export type { WalkWarning } from './walk.js';
-export type { GcResult, Problem, TagInfo } from './layout.js';
+export type { GcResult, Problem, RecoverResult, TagInfo } from './layout.js';
 export { OciExportCodes, OciExportError, type OciExportCode } from './errors.js';

@@ -249,6 +249,43 @@ describe('tags, removeTag, gc, verify', () => {
     expect(await Layout.verify(layout)).toEqual([]);
   });
 
+  it('recover removes what a killed exporter left (temps, its lock) but no blob, and leaves index.json alone', async () => {
+    const { a } = await exportBoth();
+    await Layout.removeTag(layout, 'img.a'); // a's blobs are unreferenced now: gc's, not recover's
+    const index = await readFile(join(layout, 'index.json'));
+    const deadBlob = join(layout, 'blobs/sha256/.day11-tmp-999999999-abcd-blob');
+    const deadIndex = join(layout, '.day11-tmp-999999999-abcd-index.json');
+    const liveIndex = join(layout, `.day11-tmp-${process.pid}-abcd-index.json`);
+    const lock = join(layout, 'index.json.lock');
+    for (const f of [deadBlob, deadIndex, liveIndex]) await writeFile(f, 'partial');
+    await mkdir(lock);
+    await writeFile(join(lock, 'owner'), '{"pid":999999999,"start":"1"}');
+    const result = await Layout.recover(layout);
+    expect(result.temps.sort()).toEqual([deadBlob, deadIndex].sort());
+    expect(result.locks).toEqual([lock]);
+    expect(await readFile(join(layout, 'index.json'))).toEqual(index);
+    const blobs = await readdir(join(layout, 'blobs/sha256'));
+    for (const l of a.layers) expect(blobs).toContain(l.digest.slice(7));
+    expect(await readdir(layout)).toContain(liveIndex.split('/').pop());
+    // A layout that does not exist has nothing to recover.
+    expect(await Layout.recover(join(layout, 'missing'))).toMatchObject({ temps: [], locks: [] });
+  });
+
+  it('the cache remembers the layouts it exported into, and forgets those gone', async () => {
+    await exportBoth();
+    const other = join(layout, '..', 'oci-2');
+    await exportImage({ layout: other, tag: 'img.c', base: asBase(base), layers: [shared.dir] });
+    expect(await Layout.remembered(osDir)).toEqual([layout, other].sort());
+    // Idempotent: remembering again adds nothing.
+    await Layout.remember({ osDir, layout });
+    expect(await readdir(join(osDir, Layout.REGISTRY_DIR))).toHaveLength(2);
+    // A note a killed process left half-written, or one whose layout is gone, goes.
+    await writeFile(join(osDir, Layout.REGISTRY_DIR, '0123456789abcdef'), '{"lay');
+    await rm(other, { recursive: true });
+    expect(await Layout.remembered(osDir)).toEqual([layout]);
+    expect(await readdir(join(osDir, Layout.REGISTRY_DIR))).toHaveLength(1);
+  });
+
   it('gc deletes nothing when a referenced manifest is missing', async () => {
     const { a } = await exportBoth();
     await Layout.removeTag(layout, 'img.b');

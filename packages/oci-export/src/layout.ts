@@ -2,7 +2,8 @@
  * An OCI image layout directory: `oci-layout`, `index.json` and
  * `blobs/<alg>/<hex>`, by concern: the index and its tags
  * (`layout-index.ts`), the blob store (`layout-blobs.ts`), garbage
- * collection (`layout-gc.ts`) and verification (`layout-verify.ts`).
+ * collection (`layout-gc.ts`), verification (`layout-verify.ts`), and the
+ * recovery of what killed writers left (`layout-recover.ts`).
  * Every file is written to a temporary name and renamed; `index.json`
  * changes only under the layout lock, which garbage collection takes too.
  *
@@ -31,4 +32,11 @@ export {
 } from './layout-index.js';
 export { hasBlob, linkBlob, putBlob, type BlobFile, type BlobRef } from './layout-blobs.js';
 export { gc, type GcResult } from './layout-gc.js';
+export {
+  REGISTRY_DIR,
+  recover,
+  remember,
+  remembered,
+  type RecoverResult,
+} from './layout-recover.js';
 export { verify, type Problem } from './layout-verify.js';

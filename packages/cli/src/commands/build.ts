@@ -2,7 +2,7 @@
 import { resolve } from 'node:path';
 import { createBuilder, loadPlan } from '@day11/build';
 import { Runc } from '@day11/container';
-import { DOCKER_MAX_LAYERS } from '@day11/oci-export';
+import { DOCKER_MAX_LAYERS, Layout } from '@day11/oci-export';
 import { recover } from '@day11/runner';
 import { intOption, logCapOption, maxLayersOption, parseCommand } from '../args.js';
 import { cacheDir, prepareCache } from '../cache.js';
@@ -113,6 +113,7 @@ export async function run(argv: string[]): Promise<number> {
   await prepareCache(osDir);
   if (runtime === 'crun') await Runc.prepareCrunCgroups().catch(() => undefined);
   await recover({ osDir }).catch(() => undefined);
+  if (values.oci !== undefined) await Layout.recover(resolve(values.oci)).catch(() => undefined);
   const reporter = makeReporter({ json: values.json === true });
   const builder = createBuilder({
     osDir,
