@@ -1,5 +1,6 @@
 /**
- * `layer.json`: the generic per-layer record (seed 000's `Layer_meta.t`).
+ * `layer.json`: the generic per-layer record, as every day11 implementation
+ * writes it.
  * Keys stay snake_case so caches written by other day11 implementations read
  * back; keys this version does not know are kept through a load/save.
  */

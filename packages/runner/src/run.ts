@@ -34,7 +34,7 @@ import { makeRunDir, type SparePool } from './scratch.js';
 import { runPaths } from './temp.js';
 import { PhaseClock, type PhaseTiming } from './timing.js';
 
-/** The merged lower inside a run directory, when the stack is too deep (SPEC §5). */
+/** The merged lower inside a run directory, when the stack is deeper than the kernel mounts. */
 const MERGED_LOWER = 'lower';
 
 /**
