@@ -14,7 +14,7 @@
  * cache survives it); a caller that must survive power loss syncs them first.
  */
 import { copyFile, lstat, mkdir, open, rename, rm, stat, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { measure } from './disk-usage.js';
 import { errnoCode, LayerCodes, LayerError, messageOf } from './errors.js';
 import * as InUse from './in-use.js';
@@ -230,7 +230,7 @@ export function assertSameHash(meta: LayerMeta.LayerMeta, hash: string, dir: str
     `The layer directory ${dir} holds layer ${meta.hash}, not ${hash}: the two hashes share their first 12 digits`,
     {
       path: dir,
-      hint: 'The existing layer is left alone. Remove it if it is not needed (`day11 layers rm`), or change the step so its hash changes',
+      hint: `The existing layer is left alone. Remove it if it is not needed (\`day11 layers rm --cache ${dirname(dir)} ${basename(dir)}\`), or change the step so its hash changes`,
     },
   );
 }

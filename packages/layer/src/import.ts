@@ -342,7 +342,7 @@ async function sourceDirectory(dir: string): Promise<string> {
   }
   throw new LayerError(LayerCodes.IMPORT_FAILED, `Cannot import ${dir}: it is not a directory`, {
     path: dir,
-    hint: 'For a tarball use Import.fromTarball',
+    hint: 'For a tarball use `day11 import --tarball FILE` (Import.fromTarball)',
   });
 }
 
@@ -411,7 +411,7 @@ async function requireDocker(opts: {
       `Cannot import Docker image ${opts.image}: no Docker engine is reachable (${why})`,
       {
         cause,
-        hint: 'Without an engine, export the image elsewhere (`docker export $(docker create IMAGE true) > rootfs.tar`) and use Import.fromTarball, or unpack a rootfs and use Import.fromDirectory',
+        hint: `Without an engine, export the image elsewhere (\`docker export $(docker create ${opts.image} true) > rootfs.tar\`) and import that: \`day11 import --image ${opts.image} --tarball rootfs.tar\` (Import.fromTarball), or --dir ROOTFS for an unpacked one`,
       },
     );
   }

@@ -5,9 +5,16 @@
  * back; keys this version does not know are kept through a load/save.
  */
 import { readFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { z } from 'zod';
-import { errnoCode, LayerCodes, LayerError, messageOf, writeFileAtomic } from './errors.js';
+import {
+  errnoCode,
+  LayerCodes,
+  LayerError,
+  messageOf,
+  removeLayerHint,
+  writeFileAtomic,
+} from './errors.js';
 import { FILES } from './layer-dir.js';
 
 /** `[phase, seconds]` pairs, in the order the phases ran. */
@@ -96,7 +103,7 @@ export async function load(dir: string): Promise<LayerMeta> {
       throw new LayerError(LayerCodes.META_MISSING, `No layer metadata at ${path}`, {
         path,
         cause,
-        hint: 'The directory is not a committed layer; rebuild it, or remove it with Gc/Recover',
+        hint: `It is not a committed layer (a commit writes layer.json last). ${removeLayerHint(dir)}`,
       });
     }
     throw corrupt(path, messageOf(cause), cause);
@@ -125,6 +132,6 @@ function corrupt(path: string, why: string, cause: unknown): LayerError {
   return new LayerError(LayerCodes.META_CORRUPT, `Corrupt layer metadata in ${path}: ${why}`, {
     path,
     cause,
-    hint: 'Delete this layer directory so it is rebuilt; other layers are unaffected',
+    hint: `${removeLayerHint(dirname(path))}; other layers are unaffected`,
   });
 }

@@ -338,7 +338,7 @@ export async function readJsonBlob<T>(
         {
           path,
           cause,
-          hint: 'Export the image again (or remove its tag with Layout.removeTag), then run Layout.verify',
+          hint: blobHint(layout),
         },
       );
     }
@@ -355,10 +355,15 @@ export async function readJsonBlob<T>(
       {
         path,
         cause,
-        hint: 'Export the image again (or remove its tag with Layout.removeTag), then run Layout.verify',
+        hint: blobHint(layout),
       },
     );
   }
+}
+
+/** The fix for a tag whose blobs are damaged, as the `day11` command makes it. */
+function blobHint(layout: string): string {
+  return `Export the image again (\`day11 export --oci ${layout} ...\`) or remove its tag (\`day11 layout rm --oci ${layout} TAG\`), then check with \`day11 layout verify --oci ${layout}\``;
 }
 
 /**
