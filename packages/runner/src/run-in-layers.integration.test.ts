@@ -6,7 +6,7 @@
 import { lstat, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { OciSpec, Runc } from '@day11/container';
-import { Sys } from '@day11/exec';
+import { Sys, type Day11Error } from '@day11/exec';
 import { Commit, Hash, InUse, LayerDir, type Base } from '@day11/layer';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { RunnerCodes } from './errors.js';
@@ -208,13 +208,21 @@ describe('runInLayers', () => {
     expect(await leftovers(osDir)).toEqual(CLEAN);
   });
 
-  it('a container that cannot start is CONTAINER_RUNTIME_FAILED, and leaves nothing', async () => {
-    const spec = OciSpec.template(OciSpec.make({ args: ['/no/such/program'] }));
-    await expect(runInLayers({ base, buildDirs: [], spec })).rejects.toMatchObject({
-      code: 'CONTAINER_RUNTIME_FAILED',
-    });
-    expect(await leftovers(osDir)).toEqual(CLEAN);
-  });
+  it.each(RUNTIMES)(
+    'a container that cannot start is CONTAINER_RUNTIME_FAILED naming what to check, not a removed file (%s)',
+    async (runtime) => {
+      const spec = OciSpec.template(OciSpec.make({ args: ['/no/such/program'] }));
+      const err = await runInLayers({ base, buildDirs: [], spec, runtime }).catch(
+        (e: unknown) => e,
+      );
+      expect(err).toMatchObject({ code: 'CONTAINER_RUNTIME_FAILED', path: undefined });
+      const { message, hint } = err as Day11Error;
+      expect(message).toMatch(new RegExp(`^${runtime} could not start container day11-run-\\S+: `));
+      expect(`${message} ${hint}`).not.toMatch(/config\.json|\.day11-tmp-/);
+      expect(hint).toContain('"/no/such/program" must be in the stack\'s files');
+      expect(await leftovers(osDir)).toEqual(CLEAN);
+    },
+  );
 
   it('an abort before the container starts rejects with RUNNER_ABORTED, leaving nothing', async () => {
     const ac = new AbortController();

@@ -15,8 +15,8 @@ import {
   type Stats,
 } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
-import { OciSpec, Overlay, Runc } from '@day11/container';
-import type { OutputStream } from '@day11/exec';
+import { ContainerCodes, ContainerError, OciSpec, Overlay, Runc } from '@day11/container';
+import { isDay11Error, type OutputStream } from '@day11/exec';
 import { Stack, type Base } from '@day11/layer';
 import { RunnerCodes, RunnerError, messageOf } from './errors.js';
 import {
@@ -444,7 +444,33 @@ function classify(err: unknown, run: Run, o: Checked): unknown {
   if (err instanceof RunnerError) return err;
   if (run.interrupted) return interrupted(run, err);
   if (o.signal?.aborted && !run.started) return aborted(o.signal, err);
+  if (isDay11Error(err, ContainerCodes.RUNTIME_FAILED) && err.path === run.runDir)
+    return notStarted(err, run);
   return err;
+}
+
+/**
+ * The runtime names the bundle's `config.json`, which went with the run:
+ * say what in the spec to check instead.
+ */
+function notStarted(err: ContainerError, run: Run): ContainerError {
+  const { args, cwd, env } = run.spec.process;
+  const path = env.find((e) => e.startsWith('PATH='))?.slice('PATH='.length) ?? '';
+  const sources = run.spec.mounts.filter((m) => m.type === 'bind').map((m) => m.source);
+  return new ContainerError(
+    ContainerCodes.RUNTIME_FAILED,
+    err.message.replace(` (bundle ${run.runDir})`, ''),
+    {
+      cause: err,
+      hint:
+        `Check the spec given to runInLayers: ${JSON.stringify(args[0])} must be in the stack's files ` +
+        `(on PATH=${path} unless a path), the working directory ${cwd} must exist or be creatable` +
+        (sources.length
+          ? `, and the bind mounts' sources (${sources.join(', ')}) must exist`
+          : '') +
+        '. The run and its bundle were removed',
+    },
+  );
 }
 
 function aborted(signal: AbortSignal, cause: unknown): RunnerError {
