@@ -83,8 +83,12 @@ export interface RunInLayersOptions {
    * container needs). If it throws, the run is abandoned and nothing is left.
    */
   prepUpper?: (ctx: PrepUpperContext) => void | Promise<void>;
-  /** The container: an `OciSpec` template (`OciSpec.template(OciSpec.make({...}))`). */
-  spec: OciSpec.Template;
+  /**
+   * The container: a spec from `OciSpec.make({...})` or its template
+   * (`OciSpec.template(...)`, e.g. stored with a layer). The run sets the
+   * rootfs and the cgroup.
+   */
+  spec: OciSpec.Template | OciSpec.Spec;
   /** `runc` (default), `crun`, or the path of a runtime with runc's command line. */
   runtime?: Runc.Runtime;
   /**
