@@ -25,9 +25,18 @@ import * as Lock from './lock.js';
 import * as Sidecar from './sidecar.js';
 import { TempName, Atomic } from '@day11/exec';
 
-/** `layer.json` as given to {@link commit}: `created_at` and `disk_usage` may be left out. */
-export type CommitMeta = Omit<LayerMeta.LayerMeta, 'created_at' | 'disk_usage'> & {
+/**
+ * `layer.json` as given to {@link commit}: the {@link LayerMeta.LayerRecord}
+ * fields (see there what each means), `created_at` and `disk_usage` optional,
+ * `hash` taken from the commit's own. Only these: a misspelt field
+ * (`createdAt`, `diskUsage`) does not compile, and at run time a camelCase
+ * spelling of one is refused. A record read back (`LayerMeta.load`) may be
+ * passed whole; keys it has beyond these are stored as they are.
+ */
+export type CommitMeta = Omit<LayerMeta.LayerRecord, 'created_at' | 'disk_usage' | 'hash'> & {
+  /** Default: now. */
   created_at?: string;
+  /** Default (or 0): measured from the upper. */
   disk_usage?: number;
 };
 
@@ -151,6 +160,7 @@ function validate(options: CommitOptions): void {
     ? []
     : parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`);
   if ((options.meta.disk_usage ?? 0) < 0) problems.push('disk_usage: must not be negative');
+  problems.push(...misspelt(options.meta));
   if (problems.length > 0) {
     const why = problems.join('; ');
     throw new LayerError(
@@ -162,6 +172,15 @@ function validate(options: CommitOptions): void {
       },
     );
   }
+}
+
+/** Keys that are a `layer.json` field spelt in camelCase (`createdAt`), which would be stored beside it. */
+function misspelt(meta: object): string[] {
+  const fields: readonly string[] = LayerMeta.FIELDS;
+  return Object.keys(meta)
+    .map((key) => [key, key.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`)] as const)
+    .filter(([key, snake]) => snake !== key && fields.includes(snake))
+    .map(([key, snake]) => `${key}: not a layer.json field; the field is ${snake}`);
 }
 
 /** Checks the upper and makes `osDir`; fails before anything moves. */
