@@ -67,6 +67,12 @@ export const LayerCodes = {
   IMPORT_FAILED: 'LAYER_IMPORT_FAILED',
   /** A tar entry would escape the target: `..`, an absolute path, or a write through a symlink. */
   IMPORT_UNSAFE_PATH: 'LAYER_IMPORT_UNSAFE_PATH',
+  /**
+   * A base is already imported under this image name from other content (the
+   * tarball or directory changed since): importing it again would silently
+   * give the old files.
+   */
+  BASE_CHANGED: 'LAYER_BASE_CHANGED',
   /** No Docker engine is reachable. */
   NO_DOCKER: 'LAYER_NO_DOCKER',
   /** A lock could not be taken in time. */
