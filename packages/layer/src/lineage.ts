@@ -9,7 +9,7 @@
 import { dirname } from 'node:path';
 import { LayerCodes, LayerError } from './errors.js';
 import * as Import from './import.js';
-import { name as layerName, path as layerPath } from './layer-dir.js';
+import { PREFIX, name as layerName, path as layerPath } from './layer-dir.js';
 import * as LayerMeta from './layer-meta.js';
 import * as Sidecar from './sidecar.js';
 import type { Base } from './types.js';
@@ -81,6 +81,23 @@ export async function baseOf(osDir: string, hash: string, forDir?: string): Prom
 }
 
 /**
+ * Reads a layer's `layer.json`; by default `LayerMeta.load`. A caller that
+ * already knows a layer's record (one it holds a lease on: a committed layer
+ * never changes) passes its own, so a check costs no reads.
+ */
+export type MetaOf = (dir: string) => LayerMeta.LayerMeta | Promise<LayerMeta.LayerMeta>;
+
+/** Options of {@link check}. */
+export interface CheckOptions {
+  /** The base the layers stand on. */
+  base: Base;
+  /** The layer directories above the base, bottom to top. */
+  layers: readonly string[];
+  /** How a layer's record is read (default `LayerMeta.load`). */
+  metaOf?: MetaOf | undefined;
+}
+
+/**
  * Checks a stack listed by hand (`base`, then `layers` bottom to top)
  * against what each layer recorded: no layer twice, every layer on this
  * base, and every layer's recorded parents below it in their recorded order
@@ -97,10 +114,8 @@ export async function baseOf(osDir: string, hash: string, forDir?: string): Prom
 export async function check({
   base,
   layers,
-}: {
-  base: Base;
-  layers: readonly string[];
-}): Promise<void> {
+  metaOf = LayerMeta.load,
+}: CheckOptions): Promise<void> {
   const position = new Map<string, number>();
   for (const [i, dir] of layers.entries()) {
     const name = dir.split('/').pop()!;
@@ -110,7 +125,7 @@ export async function check({
     position.set(name, i);
   }
   for (const [i, dir] of layers.entries()) {
-    const meta = await LayerMeta.load(dir);
+    const meta = await metaOf(dir);
     const name = dir.split('/').pop()!;
     // Only a recorded base that is a base of this cache can be contradicted.
     if (meta.base_hash !== base.hash && (await isBase(dirname(dir), meta.base_hash))) {
@@ -137,6 +152,161 @@ export async function check({
       }
       last = at;
     }
+  }
+}
+
+/** Options of {@link stackFor}. */
+export interface StackForOptions {
+  /** The layer cache. */
+  osDir: string;
+  /** The layers a build stands on (its direct dependencies, in any order): hashes, 12 to 64 hex. */
+  deps: readonly string[];
+  /** How a layer's record is read (default `LayerMeta.load`). */
+  metaOf?: MetaOf | undefined;
+}
+
+/**
+ * The stack a build on `deps` runs over: each of them with every layer it
+ * was built on (their recorded `parent_hashes`, followed until nothing is
+ * new), on their common base, bottom to top. The order keeps every recorded
+ * stack's own order (each layer above its parents, parents as recorded) and
+ * otherwise puts lower layers first — by height (one above the highest layer
+ * it was built on), then by hash — which is the order `@day11/build` gives
+ * every stack, so a layer built on this stack and recorded with it agrees
+ * with the builder's.
+ *
+ * @example
+ * ```ts
+ * const { base, layers } = await Lineage.stackFor({ osDir, deps: [zlib, openssl] });
+ * const buildDirs = [...layers].reverse(); // topmost first, for runInLayers
+ * ```
+ * @throws {LayerError} `LAYER_NOT_FOUND` for a missing layer (or one it was
+ *   built on) or base; `LAYER_BAD_STACK` when `deps` is empty, when they were
+ *   built on different bases, or when their records order two layers both
+ *   ways; `LAYER_META_CORRUPT`.
+ */
+export async function stackFor({
+  osDir,
+  deps,
+  metaOf = LayerMeta.load,
+}: StackForOptions): Promise<LayerStack> {
+  if (deps.length === 0) {
+    throw badStack(
+      'no layers given',
+      'Give the layers the build stands on, or none and the base alone',
+    );
+  }
+  const { found, bases } = await gather(osDir, deps, metaOf);
+  const baseHashes = new Set([...bases, ...[...found.values()].map((l) => l.meta.base_hash)]);
+  if (baseHashes.size > 1) {
+    throw badStack(
+      `${deps.map((h) => layerName(h)).join(', ')} were built on different bases (${[...baseHashes].map((h) => layerName(h)).join(', ')})`,
+      'A stack has one base: build each dependency on the same base',
+    );
+  }
+  const base = await baseOf(osDir, [...baseHashes][0]!);
+  return { base, layers: order(found).map((l) => l.dir) };
+}
+
+interface Found {
+  name: string;
+  dir: string;
+  meta: LayerMeta.LayerMeta;
+  /** Names of the layers it recorded, bottom to top. */
+  parents: string[];
+}
+
+/** Every layer of `deps` and below, by directory name, with its record; and the bases among `deps`. */
+async function gather(
+  osDir: string,
+  deps: readonly string[],
+  metaOf: MetaOf,
+): Promise<{ found: Map<string, Found>; bases: Set<string> }> {
+  const found = new Map<string, Found>();
+  const bases = new Set<string>();
+  const todo = deps.map((hash) => ({ hash, why: 'layer' }));
+  for (let next = todo.pop(); next !== undefined; next = todo.pop()) {
+    const name = layerName(next.hash);
+    if (found.has(name)) continue;
+    const dir = layerPath({ osDir, hash: next.hash });
+    const meta = await metaOrMissing(dir, next.why, metaOf);
+    // A base records itself as its base: it lies below the stack, not in it.
+    if (layerName(meta.base_hash) === name) {
+      bases.add(meta.base_hash);
+      continue;
+    }
+    const parents = [...meta.parent_hashes].reverse().map((h) => layerName(h));
+    found.set(name, { name, dir, meta, parents });
+    for (const parent of meta.parent_hashes)
+      todo.push({ hash: parent, why: `layer ${layerName(parent)}, which ${name} was built on,` });
+  }
+  return { found, bases };
+}
+
+/**
+ * A topological order of the recorded constraints (each layer above its
+ * parents, each record's parents in their order), lowest (height, hash) first.
+ */
+function order(found: Map<string, Found>): Found[] {
+  const height = new Map<string, number>();
+  const heightOf = (layer: Found): number => {
+    const known = height.get(layer.name);
+    if (known !== undefined) return known;
+    height.set(layer.name, 0); // a cycle ends here; the ordering below reports it
+    const h = 1 + Math.max(0, ...layer.parents.map((p) => heightOf(found.get(p)!)));
+    height.set(layer.name, h);
+    return h;
+  };
+  const above = new Map<string, Set<string>>([...found.keys()].map((n) => [n, new Set()]));
+  const below = new Map<string, number>([...found.keys()].map((n) => [n, 0]));
+  const edge = (lower: string, upper: string): void => {
+    if (above.get(lower)!.has(upper)) return;
+    above.get(lower)!.add(upper);
+    below.set(upper, below.get(upper)! + 1);
+  };
+  for (const layer of found.values()) {
+    layer.parents.forEach((p, i) => edge(p, layer.parents[i + 1] ?? layer.name));
+  }
+  const key = (l: Found): [number, string] => [
+    heightOf(l),
+    l.meta.hash ?? l.name.slice(PREFIX.length),
+  ];
+  const lower = (a: Found, b: Found): boolean => {
+    const [[ha, xa], [hb, xb]] = [key(a), key(b)];
+    return ha < hb || (ha === hb && xa < xb);
+  };
+  const ready = [...found.values()].filter((l) => below.get(l.name) === 0);
+  const result: Found[] = [];
+  while (ready.length > 0) {
+    const i = ready.reduce((best, l, j) => (lower(l, ready[best]!) ? j : best), 0);
+    const [next] = ready.splice(i, 1) as [Found];
+    result.push(next);
+    for (const upper of above.get(next.name)!) {
+      below.set(upper, below.get(upper)! - 1);
+      if (below.get(upper) === 0) ready.push(found.get(upper)!);
+    }
+  }
+  if (result.length < found.size) {
+    const stuck = [...found.keys()].filter((n) => !result.some((l) => l.name === n));
+    throw badStack(
+      `the records of ${stuck.join(', ')} order some of them both ways`,
+      'Rebuild these layers: a layer records the stack it was built on, and these records contradict each other',
+    );
+  }
+  return result;
+}
+
+async function metaOrMissing(
+  dir: string,
+  what: string,
+  metaOf: MetaOf,
+): Promise<LayerMeta.LayerMeta> {
+  try {
+    return await metaOf(dir);
+  } catch (err) {
+    if (err instanceof LayerError && err.code === LayerCodes.META_MISSING)
+      return loadOrMissing(dir, what);
+    throw err;
   }
 }
 
