@@ -6,7 +6,7 @@
  * its build saw. So a layer expands to its stack, and a stack someone lists
  * by hand is checked against what each layer recorded.
  */
-import { dirname } from 'node:path';
+import { basename, dirname } from 'node:path';
 import { LayerCodes, LayerError } from './errors.js';
 import * as Import from './import.js';
 import { PREFIX, name as layerName, path as layerPath } from './layer-dir.js';
@@ -102,7 +102,8 @@ export interface CheckOptions {
  * against what each layer recorded: no layer twice, every layer on this
  * base, and every layer's recorded parents below it in their recorded order
  * (other layers may lie between them, as in a diamond). Reads each
- * `layer.json` once.
+ * `layer.json` once. A caller that checks stack after stack keeps a
+ * {@link StackChecker} instead.
  *
  * @example
  * ```ts
@@ -111,49 +112,141 @@ export interface CheckOptions {
  * @throws {LayerError} `LAYER_BAD_STACK` naming the layer and what is wrong;
  *   `LAYER_META_MISSING`/`LAYER_META_CORRUPT` for a layer without a readable `layer.json`.
  */
-export async function check({
-  base,
-  layers,
-  metaOf = LayerMeta.load,
-}: CheckOptions): Promise<void> {
-  const position = new Map<string, number>();
-  for (const [i, dir] of layers.entries()) {
-    const name = dir.split('/').pop()!;
-    if (position.has(name) || name === layerName(base.hash)) {
-      throw badStack(`${name} is listed twice`, 'List each layer once, bottom to top');
+export async function check(options: CheckOptions): Promise<void> {
+  await new StackChecker().check(options);
+}
+
+/**
+ * {@link check}, remembering across calls what it learnt of each record
+ * (layers by number, each record's parents as numbers), so that checking a
+ * stack costs a few array reads per recorded parent: a runner checks stack
+ * after stack over the same layers. Keep one per such owner; it holds only
+ * layer names and the records `metaOf` hands it (weakly).
+ *
+ * @example
+ * ```ts
+ * const checker = new Lineage.StackChecker();
+ * for (const step of steps) await checker.check({ base, layers: step.layers, metaOf });
+ * ```
+ */
+export class StackChecker {
+  /** Layer directory name → number, and back. */
+  private readonly ids = new Map<string, number>();
+  private readonly names: string[] = [];
+  /** Each record's parents, bottom to top, as numbers. */
+  private readonly parentIds = new WeakMap<LayerMeta.LayerMeta, Int32Array>();
+  /** A layer's number → its index in the stack being checked, or -1. */
+  private positions = new Int32Array(64).fill(-1);
+
+  /**
+   * Checks one stack, as {@link check} does.
+   *
+   * @throws {LayerError} as {@link check}.
+   */
+  async check({ base, layers, metaOf = LayerMeta.load }: CheckOptions): Promise<void> {
+    const metas: LayerMeta.LayerMeta[] = [];
+    for (const dir of layers) {
+      const read = metaOf(dir);
+      metas.push(read instanceof Promise ? await read : read);
     }
-    position.set(name, i);
+    for (const [i, meta] of metas.entries()) {
+      const dir = layers[i]!;
+      // Only a recorded base that is a base of this cache can be contradicted.
+      if (meta.base_hash !== base.hash && (await isBase(dirname(dir), meta.base_hash))) {
+        throw badStack(
+          `${basename(dir)} was built on the base ${layerName(meta.base_hash)}, not on ${layerName(base.hash)} (${base.image})`,
+          'Export or run a layer on the base it was built on',
+        );
+      }
+    }
+    this.checkOrder(layerName(base.hash), layers, metas);
   }
-  for (const [i, dir] of layers.entries()) {
-    const meta = await metaOf(dir);
-    const name = dir.split('/').pop()!;
-    // Only a recorded base that is a base of this cache can be contradicted.
-    if (meta.base_hash !== base.hash && (await isBase(dirname(dir), meta.base_hash))) {
-      throw badStack(
-        `${name} was built on the base ${layerName(meta.base_hash)}, not on ${layerName(base.hash)} (${base.image})`,
-        'Export or run a layer on the base it was built on',
-      );
+
+  /**
+   * Every layer once, and its recorded parents below it in their order.
+   * Synchronous: concurrent checks share the positions array.
+   */
+  private checkOrder(
+    baseName: string,
+    layers: readonly string[],
+    metas: readonly LayerMeta.LayerMeta[],
+  ): void {
+    const listed = layers.map((dir) => this.idOf(basename(dir)));
+    const parents = metas.map((meta) => this.parentsOf(meta));
+    if (this.positions.length < this.names.length) {
+      this.positions = new Int32Array(this.names.length * 2).fill(-1);
     }
-    let last = -1;
-    // parent_hashes is topmost first: walk it bottom up, each must lie higher than the one before.
-    for (const parent of [...meta.parent_hashes].reverse()) {
-      const at = position.get(layerName(parent));
-      if (at === undefined || at >= i) {
-        throw badStack(
-          `${name} was built on ${layerName(parent)}, which is ${at === undefined ? 'not in the list' : 'not below it'}`,
-          'Name just the top layer and its whole stack is used (`day11 export TOP`), or list every layer it was built on, bottom to top',
-        );
+    const at = this.positions;
+    try {
+      for (const [i, id] of listed.entries()) {
+        if (at[id] !== -1 || this.names[id] === baseName) {
+          throw badStack(
+            `${this.names[id]} is listed twice`,
+            'List each layer once, bottom to top',
+          );
+        }
+        at[id] = i;
       }
-      if (at < last) {
-        throw badStack(
-          `${name} was built with ${layerName(parent)} above a layer that is listed above it`,
-          'Keep the order the layers were built in: name just the top layer to get it',
-        );
+      for (const [i, ids] of parents.entries()) {
+        let last = -1;
+        // Bottom up: each parent must lie higher than the one before, and below the layer.
+        for (let j = 0; j < ids.length; j++) {
+          const parent = ids[j]!;
+          const pos = at[parent]!;
+          if (pos === -1 || pos >= i) {
+            throw badStack(
+              `${this.names[listed[i]!]} was built on ${this.names[parent]}, which is ${pos === -1 ? 'not in the list' : 'not below it'}`,
+              'Name just the top layer and its whole stack is used (`day11 export TOP`), or list every layer it was built on, bottom to top',
+            );
+          }
+          if (pos < last) {
+            throw badStack(
+              `${this.names[listed[i]!]} was built with ${this.names[parent]} above a layer that is listed above it`,
+              'Keep the order the layers were built in: name just the top layer to get it',
+            );
+          }
+          last = pos;
+        }
       }
-      last = at;
+    } finally {
+      for (const id of listed) at[id] = -1;
     }
+  }
+
+  private idOf(name: string): number {
+    let id = this.ids.get(name);
+    if (id === undefined) {
+      id = this.names.push(name) - 1;
+      this.ids.set(name, id);
+    }
+    return id;
+  }
+
+  private parentsOf(meta: LayerMeta.LayerMeta): Int32Array {
+    let ids = this.parentIds.get(meta);
+    if (ids === undefined) {
+      ids = Int32Array.from(parentNames(meta), (name) => this.idOf(name));
+      this.parentIds.set(meta, ids);
+    }
+    return ids;
   }
 }
+
+/**
+ * The directory names of the layers a record was built on, bottom to top.
+ * Remembered per record object: a caller that keeps records (a lessee) checks
+ * stack after stack against the same ones.
+ */
+function parentNames(meta: LayerMeta.LayerMeta): readonly string[] {
+  let names = parentNamesOf.get(meta);
+  if (names === undefined) {
+    names = meta.parent_hashes.map((h) => layerName(h)).reverse();
+    parentNamesOf.set(meta, names);
+  }
+  return names;
+}
+
+const parentNamesOf = new WeakMap<LayerMeta.LayerMeta, readonly string[]>();
 
 /** Options of {@link stackFor}. */
 export interface StackForOptions {
@@ -213,7 +306,7 @@ interface Found {
   dir: string;
   meta: LayerMeta.LayerMeta;
   /** Names of the layers it recorded, bottom to top. */
-  parents: string[];
+  parents: readonly string[];
 }
 
 /** Every layer of `deps` and below, by directory name, with its record; and the bases among `deps`. */
@@ -235,8 +328,7 @@ async function gather(
       bases.add(meta.base_hash);
       continue;
     }
-    const parents = [...meta.parent_hashes].reverse().map((h) => layerName(h));
-    found.set(name, { name, dir, meta, parents });
+    found.set(name, { name, dir, meta, parents: parentNames(meta) });
     for (const parent of meta.parent_hashes)
       todo.push({ hash: parent, why: `layer ${layerName(parent)}, which ${name} was built on,` });
   }

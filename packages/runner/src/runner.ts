@@ -5,6 +5,7 @@
  */
 import { dirname, resolve } from 'node:path';
 import type { Runc } from '@day11/container';
+import { Lineage } from '@day11/layer';
 import { RunnerCodes, RunnerError } from './errors.js';
 import { teardownRunSync, update, type Guarded } from './guard.js';
 import { LeaseTable } from './leases.js';
@@ -143,6 +144,7 @@ class LayerRunner implements Runner, RunHost, Guarded {
   readonly osDir: string;
   readonly leases: LeaseTable;
   readonly spares: SparePool;
+  readonly checker = new Lineage.StackChecker();
   private readonly active = new Set<Run>();
   private readonly pending = new Set<Promise<unknown>>();
   private readonly stopping = new AbortController();
