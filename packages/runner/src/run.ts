@@ -687,12 +687,13 @@ function checkStackOption(opts: RunInLayersOptions, baseDir: string): 'buildDirs
     );
   }
   const option = given[0]!;
-  const dirs = opts[option];
+  const dirs: unknown = opts[option];
   if (!Array.isArray(dirs) || dirs.some((d) => typeof d !== 'string' || !d)) {
     throw badArgument(`${option} must be an array of layer directories`, option);
   }
   const osDir = dirname(resolve(baseDir));
-  const stray = option === 'deps' ? dirs.find((d) => !isLayerOf(osDir, d)) : undefined;
+  const stray =
+    option === 'deps' ? (dirs as string[]).find((d) => !isLayerOf(osDir, d)) : undefined;
   if (stray !== undefined) {
     throw badArgument(
       `${stray} is not a layer directory (build-<12 hex>) of the cache ${osDir}`,
