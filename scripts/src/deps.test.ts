@@ -23,7 +23,7 @@ afterEach(() => {
   for (const dir of temps.splice(0)) rmSync(dir, { recursive: true, force: true });
 });
 
-describe('one-way package dependencies (SPEC §2)', () => {
+describe('one-way package dependencies', () => {
   it('hold in this repository', () => {
     expect(checkWorkspace(ROOT)).toEqual([]);
   });

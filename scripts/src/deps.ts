@@ -1,5 +1,6 @@
 /**
- * The one-way dependency rules of SPEC §2, checked from the files themselves:
+ * The one-way dependency rules between the packages (the root README's
+ * table), checked from the files themselves:
  * package.json `workspace:^` dependencies, tsconfig project references, and
  * the `@day11/*` imports of every source file must agree with each other and
  * with {@link ALLOWED}.

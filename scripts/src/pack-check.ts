@@ -3,8 +3,9 @@
  * `packages/` (its `prepack` builds it), checks what each tarball holds,
  * installs the tarballs with npm into a fresh project outside the workspace,
  * then imports and requires each package, runs every installed bin with
- * `--help`, dry-runs `npm publish` of each tarball, and type-checks the
- * README examples against the installed types.
+ * `--help`, dry-runs `npm publish` of each tarball, type-checks the README
+ * examples against the installed types, and runs the runner README's
+ * program there (as root, with busybox-static; skipped otherwise, saying so).
  *
  * Usage: `pnpm pack-check [--keep]` (after `pnpm build`); `--keep` leaves the
  * temporary project in place and prints its path.
@@ -15,6 +16,7 @@ import { rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, relative, resolve } from 'node:path';
 import { readmeExamples } from './readme-examples.js';
+import { runReadmeProgram } from './readme-program.js';
 import { tarballProblems } from './tarball.js';
 import { binNames, workspacePackages, type WorkspacePackage } from './workspace.js';
 
@@ -225,6 +227,13 @@ async function main(): Promise<number> {
     }
 
     problems.push(...(await typecheckExamples(consumer, packages)));
+
+    const readme = join(ROOT, 'packages/runner/README.md');
+    step(`running the program of ${relative(ROOT, readme)} in ${consumer}`);
+    const program = await runReadmeProgram({ readme, consumer, tsc: TSC });
+    if (program.skipped) step(`skipped the runner README's program: ${program.skipped}`);
+    else if (program.output !== undefined) console.log(program.output);
+    problems.push(...program.problems);
   } catch (err) {
     problems.push(err instanceof Error ? err.message : String(err));
   } finally {

@@ -5,8 +5,8 @@
 import { existsSync, rmSync } from 'node:fs';
 import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { Commit, Gc, InUse, LayerDir, LayerMeta, Sidecar } from '@day11/layer';
+import { basename, join } from 'node:path';
+import { Commit, Gc, InUse, LayerDir, LayerMeta, Lineage, Sidecar } from '@day11/layer';
 import { Layout } from '@day11/oci-export';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { createBuilder, type BuilderOptions, type BuildResult } from './builder.js';
@@ -114,6 +114,28 @@ describe('ordering', () => {
     expect(meta.parent_hashes).toEqual(stack.map(hash));
     expect(meta.hash).toBe(hash('d'));
     expect(await Sidecar.read(dir('d'), 'step.json')).toMatchObject({ id: 'd', plan: plan.file });
+  });
+
+  it("agrees with Lineage.stackFor: a layer's recorded stack is what its direct deps expand to", async () => {
+    // A DAG with ties of height (b, c; e, f) and a layer above a diamond and a chain.
+    const plan = planOf([
+      ...diamond,
+      { id: 'e', deps: ['a'] },
+      { id: 'f', deps: ['e', 'b'] },
+      { id: 'g', deps: ['d', 'f'] },
+    ]);
+    const { result } = await build(plan);
+    const step = (id: string) => result.steps.find((s) => s.id === id)!;
+    for (const s of plan.steps) {
+      const recorded = (await LayerMeta.load(step(s.id).dir)).parent_hashes;
+      const deps = s.deps.map((d) => step(d).hash);
+      const expanded = deps.length
+        ? (await Lineage.stackFor({ osDir, deps })).layers.map((d) =>
+            LayerDir.hashPrefix(basename(d)),
+          )
+        : [];
+      expect([...expanded].reverse(), s.id).toEqual(recorded.map((h) => h.slice(0, 12)));
+    }
   });
 
   it('builds a 200-step chain and 200 independent steps; stacks 2,000 deep without recursion', async () => {

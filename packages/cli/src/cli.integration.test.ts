@@ -161,6 +161,30 @@ describe('day11 export', () => {
   });
 });
 
+describe('day11 layers rm', () => {
+  it("a damaged layer's hint is a day11 command; running it removes the layer and a build makes it again", async () => {
+    const { stdout } = await day11('layers', 'ls', '--cache', cache, '--json');
+    const tool = stdout
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as LsLine & { step: { id: string } | null })
+      .find((l) => l.step?.id === 'tool')!;
+    await writeFile(join(cache, tool.name, 'layer.json'), '{ torn');
+    const shown = await day11('layers', 'show', '--cache', cache, tool.name);
+    expect(shown.exitCode).toBe(1);
+    const hint = /hint: .*`(day11 layers rm [^`]+)`/.exec(shown.stderr)?.[1];
+    expect(hint, shown.stderr).toBe(`day11 layers rm --cache ${cache} ${tool.name}`);
+    const removed = await day11(...hint!.split(' ').slice(1));
+    expect(removed.stdout).toBe(`removed ${tool.name}\n`);
+    expect((await ls()).map((l) => l.name)).not.toContain(tool.name);
+    const typo = await day11('layers', 'rm', '--cache', cache, 'build-000000000000');
+    expect(typo.stderr).toMatch(/No layer build-000000000000/);
+    const again = await day11('build', join(work, 'plan.json'), '--cache', cache);
+    expect(again.stdout).toMatch(/done +tool .*\n[^]*Summary: 1 built, 1 cached, 1 failed/);
+    expect((await ls()).map((l) => l.name)).toContain(tool.name);
+  });
+});
+
 describe('day11 layers gc', () => {
   it('deletes nothing on a dry run, then collects for real', async () => {
     const before = await ls();

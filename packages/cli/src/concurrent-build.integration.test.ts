@@ -1,7 +1,7 @@
 /**
  * Processes building the same plan in one cache at once: a step is run by one
- * of them, and the others wait for its layer and find it cached (SPEC §3: a
- * per-layer lock, then a re-check). Runs the built binary: `pnpm build` first.
+ * of them, and the others wait for its layer and find it cached (a per-layer
+ * lock, then a re-check). Runs the built binary: `pnpm build` first.
  */
 import { chmod, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';

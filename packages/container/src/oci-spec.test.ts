@@ -314,13 +314,16 @@ describe('OciSpec.parse / parseTemplate', () => {
     expect(OciSpec.parse(JSON.parse(JSON.stringify(spec)))).toEqual(spec);
   });
 
-  it('reject a spec without process, or a template with a rootfs', () => {
+  it('reject a spec without process, or a template with a rootfs, saying to template it', () => {
     const noProcess: Record<string, unknown> = { ...OciSpec.make({ args: ['true'] }) };
     delete noProcess['process'];
     expect(badSpec(() => OciSpec.parse(noProcess)).message).toMatch(/process/);
-    expect(badSpec(() => OciSpec.parseTemplate(OciSpec.make({ args: ['true'] }))).message).toMatch(
-      /root\.path/,
-    );
+    const spec = OciSpec.make({ args: ['true'] });
+    const err = badSpec(() => OciSpec.parseTemplate(spec));
+    expect(err.message).toMatch(/root\.path/);
+    expect(err.hint).toMatch(/^This is a spec, not a template: pass OciSpec\.template\(spec\)/);
+    const broken = { ...spec, process: { ...spec.process, args: [] } };
+    expect(badSpec(() => OciSpec.parseTemplate(broken)).hint).toBeUndefined();
   });
 });
 
@@ -343,6 +346,17 @@ describe('OciSpec.template / instantiate', () => {
     const stored = OciSpec.parseTemplate(JSON.parse(JSON.stringify(template)));
     const again = OciSpec.instantiate(stored, { rootfs: '/tmp/day11-m/merged' });
     expect(again).toEqual({ ...spec, root: { path: '/tmp/day11-m/merged', readonly: false } });
+  });
+
+  it('instantiates a spec as its template: its rootfs and cgroup are replaced', () => {
+    const made = { ...spec, linux: { ...spec.linux, cgroupsPath: 'old' } };
+    const viaTemplate = OciSpec.instantiate(OciSpec.template(made), {
+      rootfs: '/r',
+      cgroupsPath: 'c',
+    });
+    expect(OciSpec.instantiate(made, { rootfs: '/r', cgroupsPath: 'c' })).toEqual(viaTemplate);
+    expect(OciSpec.instantiate(made, { rootfs: '/r' }).linux.cgroupsPath).toBeUndefined();
+    expect(made.root.path).toBe('rootfs'); // the input is not mutated
   });
 
   it('sets a per-run cgroupsPath; one template gives independent specs', () => {

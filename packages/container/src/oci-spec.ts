@@ -535,11 +535,32 @@ function validTemplate(value: unknown): Template {
   // The text is what a runtime reads; parsing it back is also the cheapest deep copy.
   if (text !== undefined && validTexts.has(text)) return JSON.parse(text) as Template;
   const parsed = TemplateSchema.safeParse(value);
-  if (!parsed.success) throw badSpec('Invalid OCI spec template', parsed.error);
+  if (!parsed.success) {
+    const err = badSpec('Invalid OCI spec template', parsed.error);
+    if (!parsed.error.issues.every(isRunPart)) throw err;
+    throw new ContainerError(ContainerCodes.BAD_SPEC, err.message, {
+      cause: parsed.error,
+      hint: 'This is a spec, not a template: pass OciSpec.template(spec), which drops its rootfs (root.path) and cgroupsPath',
+    });
+  }
   if (text === undefined) return parsed.data;
   if (validTexts.size >= VALID_TEXTS_MAX) validTexts.clear();
   validTexts.add(text);
   return JSON.parse(text) as Template;
+}
+
+/** An issue about the per-run parts a template leaves out: the value is a spec. */
+function isRunPart(issue: z.core.$ZodIssue): boolean {
+  const path = issue.path.join('.');
+  return path === 'root.path' || path === 'linux.cgroupsPath';
+}
+
+/** A spec's per-run parts dropped, so it can be instantiated like its template. */
+function withoutRunParts(value: Template | Spec): Template | Spec {
+  if (value?.root?.path === undefined && value?.linux?.cgroupsPath === undefined) return value;
+  const { path: _path, ...root } = value.root;
+  const { cgroupsPath: _cgroupsPath, ...linux } = value.linux;
+  return { ...value, root, linux };
 }
 
 function jsonOf(value: unknown): string | undefined {
@@ -582,7 +603,9 @@ export interface InstantiateOptions {
 }
 
 /**
- * Fills a template with a rootfs (and optionally a cgroup) for one run.
+ * Fills a template with a rootfs (and optionally a cgroup) for one run. A
+ * spec (from {@link make}) is taken as its {@link template}: its own rootfs
+ * and cgroup are replaced.
  *
  * @example
  * ```ts
@@ -591,8 +614,8 @@ export interface InstantiateOptions {
  * ```
  * @throws {ContainerError} `CONTAINER_BAD_SPEC` for an empty rootfs or a bad cgroup path.
  */
-export function instantiate(tpl: Template, opts: InstantiateOptions): Spec {
-  const base = validTemplate(tpl);
+export function instantiate(tpl: Template | Spec, opts: InstantiateOptions): Spec {
+  const base = validTemplate(withoutRunParts(tpl));
   if (!opts.rootfs || !noNul(opts.rootfs)) {
     throw new ContainerError(ContainerCodes.BAD_SPEC, 'The rootfs of an OCI spec must be a path', {
       hint: 'Pass the container root directory, e.g. the merged overlay directory',

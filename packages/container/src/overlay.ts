@@ -1,6 +1,6 @@
 /**
  * Overlayfs mounts of layer stacks up to the kernel's 500 lower layers, with
- * no copying, and their unmounting and recovery (SPEC §5). By concern:
+ * no copying, and their unmounting and recovery. By concern:
  * `overlay-capabilities.ts` (what this machine offers), `overlay-plan.ts`
  * (which strategy, how many lowers fit), `overlay-mount.ts`,
  * `overlay-unmount.ts`; option strings in `overlay-options.ts`.

@@ -164,7 +164,7 @@ export const ExecCodes = {
   TIMED_OUT: 'EXEC_TIMED_OUT',
   /** The `signal` passed to the call was aborted. */
   ABORTED: 'EXEC_ABORTED',
-  /** A privileged step was needed, we are not root, and `sudo -n` refused. */
+  /** A privileged step was needed, we are not root, and `sudo -n` refused or is not installed. */
   NO_PRIVILEGE: 'EXEC_NO_PRIVILEGE',
   /** A system call failed; `errno` says why. */
   SYSCALL_FAILED: 'SYS_CALL_FAILED',

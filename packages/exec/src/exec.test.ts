@@ -151,7 +151,9 @@ describe('Exec.run', () => {
             timeout: 20_000,
           },
         );
-        expect(stdout).toMatch(/^EXEC_(NO_PRIVILEGE|COMMAND_NOT_FOUND) /);
+        // With sudo installed it asks for a password; without it there is none to ask:
+        // either way the missing piece is the privilege, as the README promises.
+        expect(stdout).toMatch(/^EXEC_NO_PRIVILEGE /);
         expect(stdout).toMatch(/sudo/);
       } finally {
         await rm(dir, { recursive: true, force: true });

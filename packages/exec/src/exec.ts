@@ -366,6 +366,13 @@ function toCommandError({
   });
 }
 
+function notFound(cmd: string, base: CommandErrorDetails): CommandError {
+  return new CommandError(ExecCodes.COMMAND_NOT_FOUND, {
+    ...base,
+    hint: `\`${cmd}\` is not installed, not on PATH or not executable; install it (e.g. apt-get install -y ${cmd})`,
+  });
+}
+
 /** The typed error for a failed command, shared by {@link run} and {@link runSync}. */
 function classify(ctx: {
   cmd: string;
@@ -376,18 +383,18 @@ function classify(ctx: {
   base: CommandErrorDetails;
 }): CommandError {
   const { cmd, privileged, stderr, base } = ctx;
+  const viaSudo = privileged && !isRoot();
   if (ctx.spawnCode === 'ENOENT' || ctx.spawnCode === 'EACCES') {
-    const missing = privileged && !isRoot() ? 'sudo' : cmd;
-    return new CommandError(ExecCodes.COMMAND_NOT_FOUND, {
-      ...base,
-      hint: `\`${missing}\` is not installed, not on PATH or not executable; install it (e.g. apt-get install -y ${missing})`,
-    });
+    // Without root, what could not start is sudo: the missing piece is the privilege.
+    if (viaSudo) {
+      return new CommandError(ExecCodes.NO_PRIVILEGE, {
+        ...base,
+        hint: `This step needs root, and \`sudo\` is not installed or not on PATH. Run as root, or install sudo and allow this user to run \`${cmd}\` without a password`,
+      });
+    }
+    return notFound(cmd, base);
   }
-  if (
-    privileged &&
-    !isRoot() &&
-    /sudo: (a password is required|.*not allowed|.*may not run)/.test(stderr)
-  ) {
+  if (viaSudo && /sudo: (a password is required|.*not allowed|.*may not run)/.test(stderr)) {
     return new CommandError(ExecCodes.NO_PRIVILEGE, {
       ...base,
       hint: `This step needs root. Run as root, or allow this user to run \`${cmd}\` with passwordless sudo`,

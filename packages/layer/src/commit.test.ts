@@ -187,6 +187,35 @@ describe('Commit.commit failures: nothing becomes visible', () => {
     expect(await layers(osDir)).toEqual([]);
   });
 
+  it('types meta strictly and refuses a camelCase field at run time; a loaded record keeps its extra keys', async () => {
+    const upper = await makeUpper(osDir, { f: 'x' });
+    const typo = commit({
+      osDir,
+      hash,
+      upper,
+      // @ts-expect-error -- createdAt is not a layer.json field (created_at is)
+      meta: { ...META, createdAt: '2020-01-01T00:00:00Z' },
+    });
+    const err = await typo.catch((e: unknown) => e);
+    expect(err).toMatchObject({ code: LayerCodes.BAD_ARGUMENT });
+    expect((err as Error).message).toMatch(
+      /createdAt: not a layer\.json field; the field is created_at/,
+    );
+    const diskUsage: object = { ...META, diskUsage: 5 };
+    await expect(commit({ osDir, hash, upper, meta: diskUsage as typeof META })).rejects.toThrow(
+      /diskUsage: .*disk_usage/,
+    );
+    expect(await layers(osDir)).toEqual([]);
+    // A record read back, with a key another writer added, is stored with it.
+    const stored = { ...META, created_at: '2020-01-01T00:00:00.000Z', origin_host: 'ci-7' };
+    const { dir } = await commit({ osDir, hash, upper, meta: stored });
+    expect(await load(dir)).toMatchObject({
+      origin_host: 'ci-7',
+      created_at: '2020-01-01T00:00:00.000Z',
+      hash,
+    });
+  });
+
   it('fails with LAYER_COMMIT_FAILED for a missing upper, a file, or another filesystem', async () => {
     await expect(
       commit({ osDir, hash, upper: join(osDir, 'missing'), meta: META }),

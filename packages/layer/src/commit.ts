@@ -14,7 +14,7 @@
  * cache survives it); a caller that must survive power loss syncs them first.
  */
 import { chmod, copyFile, lstat, mkdir, open, rename, rm, stat, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { measure } from './disk-usage.js';
 import { errnoCode, LayerCodes, LayerError, messageOf } from './errors.js';
 import * as InUse from './in-use.js';
@@ -31,9 +31,18 @@ import * as Lock from './lock.js';
 import * as Sidecar from './sidecar.js';
 import { TempName, Atomic } from '@day11/exec';
 
-/** `layer.json` as given to {@link commit}: `created_at` and `disk_usage` may be left out. */
-export type CommitMeta = Omit<LayerMeta.LayerMeta, 'created_at' | 'disk_usage'> & {
+/**
+ * `layer.json` as given to {@link commit}: the {@link LayerMeta.LayerRecord}
+ * fields (see there what each means), `created_at` and `disk_usage` optional,
+ * `hash` taken from the commit's own. Only these: a misspelt field
+ * (`createdAt`, `diskUsage`) does not compile, and at run time a camelCase
+ * spelling of one is refused. A record read back (`LayerMeta.load`) may be
+ * passed whole; keys it has beyond these are stored as they are.
+ */
+export type CommitMeta = Omit<LayerMeta.LayerRecord, 'created_at' | 'disk_usage' | 'hash'> & {
+  /** Default: now. */
   created_at?: string;
+  /** Default (or 0): measured from the upper. */
   disk_usage?: number;
 };
 
@@ -157,6 +166,7 @@ function validate(options: CommitOptions): void {
     ? []
     : parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`);
   if ((options.meta.disk_usage ?? 0) < 0) problems.push('disk_usage: must not be negative');
+  problems.push(...misspelt(options.meta));
   if (problems.length > 0) {
     const why = problems.join('; ');
     throw new LayerError(
@@ -168,6 +178,15 @@ function validate(options: CommitOptions): void {
       },
     );
   }
+}
+
+/** Keys that are a `layer.json` field spelt in camelCase (`createdAt`), which would be stored beside it. */
+function misspelt(meta: object): string[] {
+  const fields: readonly string[] = LayerMeta.FIELDS;
+  return Object.keys(meta)
+    .map((key) => [key, key.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`)] as const)
+    .filter(([key, snake]) => snake !== key && fields.includes(snake))
+    .map(([key, snake]) => `${key}: not a layer.json field; the field is ${snake}`);
 }
 
 /** Checks the upper and makes `osDir`; fails before anything moves. */
@@ -228,7 +247,7 @@ export function assertSameHash(meta: LayerMeta.LayerMeta, hash: string, dir: str
     `The layer directory ${dir} holds layer ${meta.hash}, not ${hash}: the two hashes share their first 12 digits`,
     {
       path: dir,
-      hint: 'The existing layer is left alone. Remove it if it is not needed (`day11 layers rm`), or change the step so its hash changes',
+      hint: `The existing layer is left alone. Remove it if it is not needed (\`day11 layers rm --cache ${dirname(dir)} ${basename(dir)}\`), or change the step so its hash changes`,
     },
   );
 }

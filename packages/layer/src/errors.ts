@@ -2,6 +2,7 @@
  * Errors of `@day11/layer`. Every one is a `Day11Error` with a stable code
  * from {@link LayerCodes}, the path involved, and a hint.
  */
+import { basename, dirname } from 'node:path';
 import { Atomic, Day11Error, type CodeOf, messageOf } from '@day11/exec';
 // Shared helpers, re-exported so this package's modules import them from one place.
 export { messageOf, errnoCode } from '@day11/exec';
@@ -11,6 +12,19 @@ export type LayerCode = CodeOf<typeof LayerCodes>;
 
 /** Any error thrown by `@day11/layer`. */
 export class LayerError extends Day11Error<LayerCode> {}
+
+/**
+ * The fix for a damaged layer directory, as a user of the `day11` command
+ * makes it: remove the layer, and the next build makes it again.
+ *
+ * @example
+ * ```ts
+ * new LayerError(LayerCodes.META_CORRUPT, message, { path, hint: removeLayerHint(dir) });
+ * ```
+ */
+export function removeLayerHint(dir: string): string {
+  return `Remove the layer so it is built again: \`day11 layers rm --cache ${dirname(dir)} ${basename(dir)}\` (Gc.removeLayer)`;
+}
 
 /**
  * Writes a file atomically (`Atomic.writeFile` of `@day11/exec`), failing as
@@ -54,6 +68,12 @@ export const LayerCodes = {
   IMPORT_FAILED: 'LAYER_IMPORT_FAILED',
   /** A tar entry would escape the target: `..`, an absolute path, or a write through a symlink. */
   IMPORT_UNSAFE_PATH: 'LAYER_IMPORT_UNSAFE_PATH',
+  /**
+   * A base is already imported under this image name from other content (the
+   * tarball or directory changed since): importing it again would silently
+   * give the old files.
+   */
+  BASE_CHANGED: 'LAYER_BASE_CHANGED',
   /** No Docker engine is reachable. */
   NO_DOCKER: 'LAYER_NO_DOCKER',
   /** A lock could not be taken in time. */

@@ -461,6 +461,6 @@ function gcFailed(what: string, path: string, cause: unknown): LayerError {
   return new LayerError(LayerCodes.GC_FAILED, `${what}: ${messageOf(cause)}`, {
     path,
     cause,
-    hint: 'Check permissions and retry; leftover .day11-tmp-* directories are removed by Recover.sweep',
+    hint: `Check permissions and retry; \`day11 recover --cache ${dirname(path)}\` (Recover.sweep) removes what is left in .day11-tmp-* directories`,
   });
 }

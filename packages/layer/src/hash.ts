@@ -42,7 +42,8 @@ export function layerHash({
 
 /**
  * A key for the state after applying an operation to a parent state
- * (seed 004's `DeriveKey`): chains of steps give chains of keys.
+ * (the key of each stage of a multi-stage build): chains of steps give
+ * chains of keys.
  */
 export function deriveKey(parentKey: string, opKey: string): string {
   return ofStrings(['derive', parentKey, opKey]);

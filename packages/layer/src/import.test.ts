@@ -110,6 +110,7 @@ describe.skipIf(!isRoot)('fromTarball', () => {
       image: base.image,
       source: tarball,
       kind: 'tarball',
+      digest: `sha256:${await sha256(tarball)}`,
     });
     expect(await LastUsed.get(base.dir)).toBeDefined();
     const fs = join(base.dir, 'fs');
@@ -145,6 +146,40 @@ describe.skipIf(!isRoot)('fromTarball', () => {
     expect(base).toMatchObject({ image: 'debian:12', hash: Hash.baseHash({ image: 'debian:12' }) });
     expect(await Import.find({ osDir, image: 'debian:12' })).toEqual(base);
     expect(await Import.find({ osDir, image: 'debian:13' })).toBeUndefined();
+  });
+
+  it('refuses to give the old base for a name whose tarball changed; the same bytes, or an old base, are reused', async () => {
+    const tarball = await writeTarball('debian.tgz', rootfsEntries());
+    const first = await Import.fromTarball({ osDir, tarball, image: 'debian:12' });
+    expect(await Import.fromTarball({ osDir, tarball, image: 'debian:12' })).toEqual(first);
+    const before = await readFile(tarball);
+    await writeTarball('debian.tgz', [
+      ...rootfsEntries(),
+      { header: { name: './etc/new' }, body: 'new' },
+    ]);
+    const err = await expectCode(
+      Import.fromTarball({ osDir, tarball, image: 'debian:12' }),
+      LayerCodes.BASE_CHANGED,
+    );
+    expect(err.message).toContain(`${tarball} now holds sha256:${await sha256(tarball)}`);
+    expect(err.message).toMatch(/Every layer built on debian:12 was built on the old files/);
+    expect(err.hint).toContain(
+      `day11 import --cache ${osDir} --image debian:12-2 --tarball ${tarball}`,
+    );
+    expect(err.path).toBe(tarball);
+    expect(await visible()).toEqual([LayerDir.name(first.hash)]);
+    // Under a new name, or none, the new content is a base of its own.
+    const renamed = await Import.fromTarball({ osDir, tarball, image: 'debian:12-2' });
+    expect(renamed.hash).not.toBe(first.hash);
+    // A base imported before digests were recorded cannot be checked: it is reused.
+    await writeFile(tarball, before);
+    await Sidecar.write(first.dir, Import.SIDECAR, {
+      image: 'debian:12',
+      source: tarball,
+      kind: 'tarball',
+    });
+    await writeTarball('debian.tgz', [{ header: { name: './other' }, body: 'x' }]);
+    expect(await Import.fromTarball({ osDir, tarball, image: 'debian:12' })).toEqual(first);
   });
 
   describe('a failed import leaves nothing behind and an existing layer untouched', () => {
@@ -260,6 +295,7 @@ describe.skipIf(!isRoot)('fromDirectory', () => {
       image: base.image,
       source: src,
       kind: 'directory',
+      digest: `tree:${base.image.slice('directory:'.length)}`,
     });
     expect(await visible()).toEqual([LayerDir.name(base.hash)]);
   });
@@ -276,6 +312,21 @@ describe.skipIf(!isRoot)('fromDirectory', () => {
     const second = await Import.fromDirectory({ osDir, dir: src });
     expect(second.hash).not.toBe(first.hash);
     expect(await visible()).toHaveLength(2);
+  });
+
+  it('refuses to give the old base for a name whose directory changed', async () => {
+    const src = join(work, 'rootfs');
+    await mkdir(src);
+    await richTree(src);
+    const first = await Import.fromDirectory({ osDir, dir: src, image: 'mine:1' });
+    expect(await Import.fromDirectory({ osDir, dir: src, image: 'mine:1' })).toEqual(first);
+    await writeFile(join(src, 'etc/passwd'), 'changed');
+    const err = await expectCode(
+      Import.fromDirectory({ osDir, dir: src, image: 'mine:1' }),
+      LayerCodes.BASE_CHANGED,
+    );
+    expect(err.hint).toContain(`--image mine:1-2 --dir ${src}`);
+    expect(await visible()).toEqual([LayerDir.name(first.hash)]);
   });
 
   it('refuses a missing directory, a file, and a tree that contains the cache', async () => {
@@ -327,8 +378,10 @@ describe('fromDocker', () => {
       LayerCodes.NO_DOCKER,
     );
     expect(err.message).toMatch(/not installed/);
-    expect(err.hint).toMatch(/fromTarball/);
-    expect(err.hint).toMatch(/fromDirectory/);
+    expect(err.hint).toContain(
+      '`day11 import --image debian:12 --tarball rootfs.tar` (Import.fromTarball)',
+    );
+    expect(err.hint).toMatch(/--dir ROOTFS/);
   });
 
   it('rejects with LAYER_NO_DOCKER when `docker info` fails', async () => {

@@ -4,9 +4,14 @@
  *
  * A base is an ordinary committed layer `build-{hash[:12]}/` whose `fs/` is
  * the root filesystem, with `layer.json` (no parents, `base_hash` = its own
- * hash) and a `base.json` sidecar `{ image, source, kind }`. Its hash is
- * `Hash.baseHash({ image })`, so importing the same image name twice reuses
- * the first import (and touches `last_used`).
+ * hash) and a `base.json` sidecar `{ image, source, kind, digest }`. Its hash
+ * is `Hash.baseHash({ image })`: the name is the base's identity, and every
+ * layer built on it is cached under it. Importing under a name already
+ * imported reuses that base (and touches `last_used`) when the tarball or
+ * directory still holds what it was imported from (its recorded `digest`),
+ * and is refused with `LAYER_BASE_CHANGED` when it does not: changed content
+ * needs a new name, or no name at all — then the name is derived from the
+ * content. A Docker image is not looked at again once imported.
  *
  * The rootfs is built in a `.day11-tmp-<pid>-...` directory inside `osDir`
  * and committed with one rename: a failed or interrupted import leaves no
@@ -16,7 +21,7 @@
  */
 import { mkdir, realpath, rm, stat } from 'node:fs/promises';
 import * as CacheDir from './cache-dir.js';
-import { join, relative, resolve, isAbsolute } from 'node:path';
+import { dirname, join, relative, resolve, isAbsolute } from 'node:path';
 import { CommandError, Exec, ExecCodes, TempName } from '@day11/exec';
 import * as Commit from './commit.js';
 import { errnoCode, LayerCodes, LayerError, messageOf } from './errors.js';
@@ -24,6 +29,7 @@ import { baseHash } from './hash.js';
 import * as LastUsed from './last-used.js';
 import * as LayerDir from './layer-dir.js';
 import * as LayerMeta from './layer-meta.js';
+import * as Sidecar from './sidecar.js';
 import { extractTarball } from './tar-extract.js';
 import { fileSha256, treeDigest } from './tree-digest.js';
 import type { Base } from './types.js';
@@ -41,6 +47,12 @@ export interface BaseSidecar {
   /** The absolute tarball or directory path, or the Docker image reference. */
   source: string;
   kind: BaseKind;
+  /**
+   * What the source held when it was imported: `sha256:<hex>` of a tarball's
+   * bytes, `tree:<hex>` ({@link treeDigest}) of a directory. Absent for Docker
+   * images and for bases imported by older versions, which are not checked.
+   */
+  digest?: string;
 }
 
 interface CommonOptions {
@@ -54,7 +66,10 @@ interface CommonOptions {
 export interface FromTarballOptions extends CommonOptions {
   /** A plain or gzip tar of a root filesystem (e.g. `docker export` output). */
   tarball: string;
-  /** The base's name; default `tarball:` + sha256 hex of the tarball's bytes. */
+  /**
+   * The base's name; default `tarball:` + sha256 hex of the tarball's bytes.
+   * A name already imported from other bytes is `LAYER_BASE_CHANGED`.
+   */
   image?: string | undefined;
 }
 
@@ -62,13 +77,21 @@ export interface FromTarballOptions extends CommonOptions {
 export interface FromDirectoryOptions extends CommonOptions {
   /** A root filesystem directory (a symlink to one is resolved; links inside are not followed). */
   dir: string;
-  /** The base's name; default `directory:` + {@link treeDigest} of the tree. */
+  /**
+   * The base's name; default `directory:` + {@link treeDigest} of the tree.
+   * A name already imported from another tree is `LAYER_BASE_CHANGED`.
+   */
   image?: string | undefined;
 }
 
 /** Options of {@link fromDocker}. */
 export interface FromDockerOptions extends CommonOptions {
-  /** A Docker image reference, e.g. `debian:12`; pulled when missing. It is also the base's name. */
+  /**
+   * A Docker image reference, e.g. `debian:12`; pulled when missing. It is
+   * also the base's name: once imported, the engine is not asked again, so a
+   * newer `debian:12` needs a reference that changes with it (its digest,
+   * `debian@sha256:…`).
+   */
   image: string;
   /** The Docker CLI to run (default `docker` from PATH). */
   docker?: string | undefined;
@@ -116,7 +139,8 @@ export async function find({
 /**
  * Imports a rootfs tarball (plain or gzip, detected by magic bytes) as a base.
  * Without `image`, the name is `tarball:<sha256 of the file>`, so the same
- * bytes give the same base wherever the file lives.
+ * bytes give the same base wherever the file lives. With an `image` already
+ * imported, the tarball is hashed and must hold the bytes that base came from.
  *
  * @example
  * ```ts
@@ -126,7 +150,8 @@ export async function find({
  * ```
  * @throws {LayerError} `LAYER_IMPORT_UNSAFE_PATH` for an entry that escapes the
  *   root (`..`, absolute names, writes through symlinks); `LAYER_IMPORT_FAILED`
- *   for a missing, truncated or corrupt tarball.
+ *   for a missing, truncated or corrupt tarball; `LAYER_BASE_CHANGED` when
+ *   `image` names a base imported from other bytes.
  */
 export async function fromTarball(opts: FromTarballOptions): Promise<Base> {
   const tarball = resolve(opts.tarball);
@@ -136,6 +161,10 @@ export async function fromTarball(opts: FromTarballOptions): Promise<Base> {
     osDir: opts.osDir,
     sidecar: { image, source: tarball, kind: 'tarball' },
     signal: opts.signal,
+    // A content-derived name cannot hold other content.
+    ...(opts.image !== undefined && {
+      digestNow: async () => `sha256:${await tarballSha256(tarball)}`,
+    }),
     fill: async (upper) => {
       await mkdir(upper, { mode: 0o700 });
       const result = await extractTarball({ tarball, dest: upper, signal: opts.signal });
@@ -150,6 +179,7 @@ export async function fromTarball(opts: FromTarballOptions): Promise<Base> {
           },
         );
       }
+      return `sha256:${result.sha256}`;
     },
   });
 }
@@ -165,17 +195,26 @@ export async function fromTarball(opts: FromTarballOptions): Promise<Base> {
  * ```ts
  * const base = await Import.fromDirectory({ osDir: '/var/cache/day11', dir: '/srv/rootfs', image: 'my-rootfs:1' });
  * ```
- * @throws {LayerError} `LAYER_IMPORT_FAILED` when `dir` is not a directory or the copy fails.
+ * @throws {LayerError} `LAYER_IMPORT_FAILED` when `dir` is not a directory or the copy fails;
+ *   `LAYER_BASE_CHANGED` when `image` names a base imported from another tree.
  */
 export async function fromDirectory(opts: FromDirectoryOptions): Promise<Base> {
   const dir = await sourceDirectory(opts.dir);
   assertOutside({ dir, osDir: resolve(opts.osDir) });
-  const image = opts.image ?? `directory:${await treeDigest(dir)}`;
+  const named = opts.image === undefined ? await treeDigest(dir) : undefined;
+  const image = opts.image ?? `directory:${named}`;
+  const digestNow = async () => `tree:${named ?? (await treeDigest(dir))}`;
   return importBase({
     osDir: opts.osDir,
     sidecar: { image, source: dir, kind: 'directory' },
     signal: opts.signal,
-    fill: (upper) => copyTree({ from: dir, to: upper, signal: opts.signal }),
+    ...(opts.image !== undefined && { digestNow }),
+    fill: async (upper) => {
+      // Digested before the copy: the tree must not change during the import.
+      const digest = await digestNow();
+      await copyTree({ from: dir, to: upper, signal: opts.signal });
+      return digest;
+    },
   });
 }
 
@@ -226,15 +265,26 @@ interface ImportPlan {
   osDir: string;
   sidecar: BaseSidecar;
   signal: AbortSignal | undefined;
-  /** Creates the rootfs at `upper` (a path that does not exist yet). */
-  fill: (upper: string) => Promise<void>;
+  /**
+   * Creates the rootfs at `upper` (a path that does not exist yet); resolves
+   * with the source's digest, when it has one, for `base.json`.
+   */
+  fill: (upper: string) => Promise<string | void>;
+  /**
+   * The source's digest as it is now, to compare with an existing base of
+   * this name; left out when the name already says what the content is.
+   */
+  digestNow?: () => Promise<string>;
 }
 
 /** The shared path: reuse an existing base, else fill a temp dir and commit it. */
 async function importBase(plan: ImportPlan): Promise<Base> {
   const { image } = plan.sidecar;
   const existing = await find({ osDir: plan.osDir, image });
-  if (existing) return existing;
+  if (existing) {
+    if (plan.digestNow) await assertUnchanged(existing, plan, plan.digestNow);
+    return existing;
+  }
   const osDir = resolve(plan.osDir);
   await CacheDir.ensure(osDir);
   const hash = baseHash({ image });
@@ -242,7 +292,7 @@ async function importBase(plan: ImportPlan): Promise<Base> {
   const started = performance.now();
   try {
     plan.signal?.throwIfAborted();
-    await plan.fill(upper);
+    const digest = await plan.fill(upper);
     plan.signal?.throwIfAborted();
     const seconds = (performance.now() - started) / 1000;
     const { dir } = await Commit.commit({
@@ -250,7 +300,7 @@ async function importBase(plan: ImportPlan): Promise<Base> {
       hash,
       upper,
       meta: baseMeta({ hash, seconds }),
-      sidecars: { [SIDECAR]: { ...plan.sidecar } },
+      sidecars: { [SIDECAR]: { ...plan.sidecar, ...(digest && { digest }) } },
     });
     return { hash, dir, image };
   } finally {
@@ -258,6 +308,32 @@ async function importBase(plan: ImportPlan): Promise<Base> {
     // fails, Recover.sweep removes it later (its name carries our pid).
     await rm(upper, { recursive: true, force: true }).catch(() => undefined);
   }
+}
+
+/**
+ * An existing base of this name must have come from what the source holds
+ * now, when its `base.json` says what that was (older bases do not).
+ */
+async function assertUnchanged(
+  existing: Base,
+  plan: ImportPlan,
+  digestNow: () => Promise<string>,
+): Promise<void> {
+  const recorded = (await Sidecar.read(existing.dir, SIDECAR))?.['digest'];
+  if (typeof recorded !== 'string') return;
+  const now = await digestNow();
+  if (now === recorded) return;
+  const { image, source, kind } = plan.sidecar;
+  const osDir = dirname(existing.dir);
+  const option = kind === 'tarball' ? '--tarball' : '--dir';
+  throw new LayerError(
+    LayerCodes.BASE_CHANGED,
+    `The base ${image} in ${osDir} was imported from other content: ${source} now holds ${now}, the base ${recorded}. Every layer built on ${image} was built on the old files`,
+    {
+      path: source,
+      hint: `Import the new content under a new name (\`day11 import --cache ${osDir} --image ${image}-2 ${option} ${source}\`), or leave --image out to name the base by its content`,
+    },
+  );
 }
 
 /** `layer.json` of a base; commit measures `disk_usage` from the committed tree. */
@@ -327,7 +403,7 @@ async function sourceDirectory(dir: string): Promise<string> {
   }
   throw new LayerError(LayerCodes.IMPORT_FAILED, `Cannot import ${dir}: it is not a directory`, {
     path: dir,
-    hint: 'For a tarball use Import.fromTarball',
+    hint: 'For a tarball use `day11 import --tarball FILE` (Import.fromTarball)',
   });
 }
 
@@ -396,7 +472,7 @@ async function requireDocker(opts: {
       `Cannot import Docker image ${opts.image}: no Docker engine is reachable (${why})`,
       {
         cause,
-        hint: 'Without an engine, export the image elsewhere (`docker export $(docker create IMAGE true) > rootfs.tar`) and use Import.fromTarball, or unpack a rootfs and use Import.fromDirectory',
+        hint: `Without an engine, export the image elsewhere (\`docker export $(docker create ${opts.image} true) > rootfs.tar\`) and import that: \`day11 import --image ${opts.image} --tarball rootfs.tar\` (Import.fromTarball), or --dir ROOTFS for an unpacked one`,
       },
     );
   }

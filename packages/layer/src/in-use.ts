@@ -177,7 +177,7 @@ function cannotRemoveLease(file: string, cause: unknown): LayerError {
     {
       path: file,
       cause,
-      hint: 'The lease stops counting when this process exits; Recover.sweep then removes it',
+      hint: `The lease stops counting when this process exits; \`day11 recover --cache ${dirname(dirname(dirname(file)))}\` (Recover.sweep) then removes it`,
     },
   );
 }

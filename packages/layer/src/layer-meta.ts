@@ -1,18 +1,76 @@
 /**
- * `layer.json`: the generic per-layer record (seed 000's `Layer_meta.t`).
+ * `layer.json`: the generic per-layer record, as every day11 implementation
+ * writes it.
  * Keys stay snake_case so caches written by other day11 implementations read
  * back; keys this version does not know are kept through a load/save.
  */
 import { readFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { z } from 'zod';
-import { errnoCode, LayerCodes, LayerError, messageOf, writeFileAtomic } from './errors.js';
+import {
+  errnoCode,
+  LayerCodes,
+  LayerError,
+  messageOf,
+  removeLayerHint,
+  writeFileAtomic,
+} from './errors.js';
 import { FILES } from './layer-dir.js';
 
 /** `[phase, seconds]` pairs, in the order the phases ran. */
 export const TimingSchema = z.array(z.tuple([z.string(), z.number()]));
 
-/** Schema of `layer.json`. Unknown keys pass through. */
+/** `[phase, seconds]` pairs, e.g. `[['mkdirs', 0.001], ..., ['runc_run', 2.5], ['total', 2.6]]`. */
+export type Timing = z.infer<typeof TimingSchema>;
+
+/**
+ * The fields of `layer.json`, the record every layer directory has (keys in
+ * snake_case, as every day11 implementation writes them).
+ */
+export interface LayerRecord {
+  /**
+   * The build command's exit status: 0 for a layer others can be built on,
+   * non-zero for a recorded failure (its `layer.log` says why), -1 for a step
+   * that was not run because a dependency failed (see `failed_dep`).
+   */
+  exit_status: number;
+  /**
+   * The full hashes of every layer this one was built on — all its
+   * transitive dependencies, not only the direct ones — topmost first: the
+   * lowers that were mounted above the base, in mount order. Empty for a
+   * layer built on the base alone, and for a base. The layer's image is the
+   * base, then these reversed, then the layer (`Lineage.stackOf`).
+   */
+  parent_hashes: string[];
+  /** The user id the build ran as in the container. */
+  uid: number;
+  /** The group id the build ran as in the container. */
+  gid: number;
+  /** The full hash of the base layer at the bottom of the stack; a base records its own hash. */
+  base_hash: string;
+  /**
+   * Bytes the layer's `fs/` takes on disk (`st_blocks × 512`, each hardlinked
+   * inode once), measured by `Commit.commit` unless given.
+   */
+  disk_usage: number;
+  /** How long each phase of the build took: `[phase, seconds]`, in the order they ran. */
+  timing: Timing;
+  /** When the layer was committed: ISO-8601 UTC, e.g. `2025-01-31T12:00:00.000Z`. */
+  created_at: string;
+  /**
+   * For a step that was not run: the dependency whose failure stopped it
+   * (the builder records the step id); `null` for every layer that ran.
+   */
+  failed_dep: string | null;
+  /**
+   * The layer's full hash (64 hex). The directory is named by its first 12
+   * digits only, so a cache hit checks this. Recorded by `Commit.commit`
+   * when given a full hash; absent in layers made by older versions.
+   */
+  hash?: string | undefined;
+}
+
+/** Schema of `layer.json`: the {@link LayerRecord} fields; unknown keys pass through. */
 export const Schema = z.looseObject({
   exit_status: z.number().int(),
   parent_hashes: z.array(z.string()),
@@ -23,21 +81,26 @@ export const Schema = z.looseObject({
   timing: TimingSchema,
   created_at: z.string(),
   failed_dep: z.string().nullable(),
-  /**
-   * The layer's full hash (64 hex). The directory is named by its first 12
-   * digits only, so a cache hit checks this. Recorded by `Commit.commit`
-   * when given a full hash; absent in layers made by older versions.
-   */
   hash: z
     .string()
     .regex(/^[0-9a-f]{64}$/, 'a full sha256 hex hash')
     .optional(),
 });
 
-/** The record stored in `layer.json`. */
-export type LayerMeta = z.infer<typeof Schema>;
-/** `[phase, seconds]` pairs. */
-export type Timing = z.infer<typeof TimingSchema>;
+/** The names of the {@link LayerRecord} fields. */
+export const FIELDS = Object.keys(Schema.shape) as readonly (keyof LayerRecord)[];
+
+/**
+ * A `layer.json` as read: its {@link LayerRecord} fields, and any other key
+ * its writer added (another implementation, a newer version), which
+ * {@link save} keeps.
+ */
+export type LayerMeta = LayerRecord & { [key: string]: unknown };
+
+// The schema and the documented record are one: a change to either without the other fails to compile.
+type Same<A, B> = [A] extends [B] ? ([B] extends [A] ? true : false) : false;
+const schemaIsRecord: Same<z.infer<typeof Schema>, LayerMeta> = true;
+void schemaIsRecord;
 
 /** The `layer.json` path of a layer directory. */
 export function file(dir: string): string {
@@ -95,7 +158,7 @@ export async function load(dir: string): Promise<LayerMeta> {
       throw new LayerError(LayerCodes.META_MISSING, `No layer metadata at ${path}`, {
         path,
         cause,
-        hint: 'The directory is not a committed layer; rebuild it, or remove it with Gc/Recover',
+        hint: `It is not a committed layer (a commit writes layer.json last). ${removeLayerHint(dir)}`,
       });
     }
     throw corrupt(path, messageOf(cause), cause);
@@ -124,6 +187,6 @@ function corrupt(path: string, why: string, cause: unknown): LayerError {
   return new LayerError(LayerCodes.META_CORRUPT, `Corrupt layer metadata in ${path}: ${why}`, {
     path,
     cause,
-    hint: 'Delete this layer directory so it is rebuilt; other layers are unaffected',
+    hint: `${removeLayerHint(dirname(path))}; other layers are unaffected`,
   });
 }

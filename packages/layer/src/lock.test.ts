@@ -77,7 +77,9 @@ describe('Lock.withLayer', () => {
       path: layerLockPath({ osDir, hash }),
     });
     expect((err as Error).message).toContain(layerLockPath({ osDir, hash }));
-    expect((err as LayerError).hint).toMatch(/Recover\.sweep/);
+    expect((err as LayerError).hint).toContain(
+      `\`day11 recover --cache ${osDir}\` (Recover.sweep)`,
+    );
   });
 
   it('stops waiting when the signal aborts', async () => {

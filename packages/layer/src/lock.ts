@@ -16,7 +16,7 @@
 import { AsyncLocalStorage } from 'node:async_hooks';
 import * as fs from 'node:fs';
 import { lstat, mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
-import { join, resolve } from 'node:path';
+import { basename, dirname, join, resolve } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import lockfile from 'proper-lockfile';
 import { errnoCode, LayerCodes, LayerError, messageOf } from './errors.js';
@@ -317,6 +317,14 @@ async function sleep(ms: number, signal: AbortSignal | undefined): Promise<void>
   }
 }
 
+/** How a user removes a dead process's lock at `lockPath`, when `day11 recover` can. */
+function sweepOf(lockPath: string): string {
+  const parent = dirname(lockPath);
+  return basename(parent) === LOCKS_DIR
+    ? `run \`day11 recover --cache ${dirname(parent)}\` (Recover.sweep) `
+    : '';
+}
+
 function timedOut(lockPath: string, timeoutMs: number, staleMs: number): LayerError {
   return new LayerError(
     LayerCodes.LOCK_TIMEOUT,
@@ -325,7 +333,7 @@ function timedOut(lockPath: string, timeoutMs: number, staleMs: number): LayerEr
       path: lockPath,
       hint:
         'Another process holds it (see its owner file); wait for it, pass a longer timeoutMs, ' +
-        `or if no day11 process is running, run Recover.sweep (a dead holder's lock also expires after ${staleMs} ms)`,
+        `or if no day11 process is running, ${sweepOf(lockPath)}(a dead holder's lock also expires after ${staleMs} ms)`,
     },
   );
 }

@@ -6,7 +6,7 @@
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { readdir, readlink, stat } from 'node:fs/promises';
 import { join, resolve, dirname } from 'node:path';
-import { errnoCode, LayerCodes, LayerError, messageOf } from './errors.js';
+import { errnoCode, LayerCodes, LayerError, messageOf, removeLayerHint } from './errors.js';
 import * as LastUsed from './last-used.js';
 import { hashPrefix } from './layer-dir.js';
 import * as LayerMeta from './layer-meta.js';
@@ -100,7 +100,7 @@ function readMeta(dir: string): Pick<ScannedLayer, 'meta' | 'metaError'> {
     const error = new LayerError(
       missing ? LayerCodes.META_MISSING : LayerCodes.META_CORRUPT,
       missing ? `No layer metadata at ${path}` : `Cannot read ${path}: ${messageOf(cause)}`,
-      { path, cause, hint: 'Delete this layer directory so it is rebuilt, or run Recover.sweep' },
+      { path, cause, hint: removeLayerHint(dirname(path)) },
     );
     return { meta: undefined, metaError: error };
   }

@@ -4,8 +4,15 @@
  * This module reads and writes any of them without knowing their schema.
  */
 import { readdir, readFile } from 'node:fs/promises';
-import { join } from 'node:path';
-import { errnoCode, LayerCodes, LayerError, messageOf, writeFileAtomic } from './errors.js';
+import { dirname, join } from 'node:path';
+import {
+  errnoCode,
+  LayerCodes,
+  LayerError,
+  messageOf,
+  removeLayerHint,
+  writeFileAtomic,
+} from './errors.js';
 import { FILES } from './layer-dir.js';
 
 /** A sidecar's content: a JSON object. */
@@ -95,6 +102,6 @@ function corrupt(path: string, why: string, cause: unknown): LayerError {
   return new LayerError(LayerCodes.SIDECAR_CORRUPT, `Corrupt sidecar ${path}: ${why}`, {
     path,
     cause,
-    hint: 'Rewrite it with Sidecar.write, or delete the layer so it is rebuilt',
+    hint: removeLayerHint(dirname(path)),
   });
 }

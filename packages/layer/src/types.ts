@@ -1,7 +1,8 @@
 /** Types shared across `@day11/layer`. */
 
 /**
- * The base layer at the bottom of every overlay stack (seed 000's `Layer_type.base`).
+ * The base layer at the bottom of every overlay stack: a root filesystem
+ * imported by `Import`.
  * `dir` is the layer directory; its root filesystem is `dir/fs`.
  */
 export interface Base {

@@ -12,10 +12,10 @@
  */
 import { execFileSync } from 'node:child_process';
 import { lstatSync } from 'node:fs';
-import { mkdir, readFile } from 'node:fs/promises';
+import { mkdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Exec, Sys } from '@day11/exec';
+import { Exec, Sys, type Day11Error } from '@day11/exec';
 import { LayerDir, type Base } from '@day11/layer';
 import { cleanup, tempDir } from './fixtures/layers.js';
 import { Mounts, buildStep, makeBusyboxBase, overlayView, unpacked } from './fixtures/overlay.js';
@@ -194,6 +194,30 @@ describe.skipIf(!Exec.isRoot())('export of a DAG built on overlayfs', () => {
     expect(Sys.getXattrSync(join(app, 'var/cache/old'), 'trusted.overlay.opaque')?.toString()).toBe(
       'y',
     );
+  });
+
+  it('agrees with umoci on a layout without index.json (an export stopped before tagging), and an export repairs it', async () => {
+    const umociLs = (dir: string) =>
+      Exec.run('umoci', ['ls', '--layout', dir], { allowNonZeroExit: true });
+    const empty = join(root, 'empty');
+    await Layout.init(empty);
+    expect(await Layout.verify(empty)).toEqual([]);
+    expect((await umociLs(empty)).exitCode).toBe(0);
+
+    const stopped = join(root, 'stopped');
+    execFileSync('cp', ['-a', layout, stopped]);
+    await rm(join(stopped, 'index.json'));
+    expect((await umociLs(stopped)).exitCode).not.toBe(0);
+    const problems = await Layout.verify(stopped);
+    expect(problems.map((p) => p.path)).toEqual([join(stopped, 'index.json')]);
+    expect(problems[0]!.message).toMatch(/index\.json is missing/);
+    const err = await Layout.tags(stopped).catch((e: unknown) => e);
+    expect(err).toMatchObject({ code: 'OCI_LAYOUT_INVALID', path: join(stopped, 'index.json') });
+    expect((err as Day11Error).hint).toContain(`day11 export --oci ${stopped}`);
+
+    await exportImage({ layout: stopped, tag: TAG, base, layers });
+    expect(await Layout.verify(stopped)).toEqual([]);
+    expect((await umociLs(stopped)).stdout.trim()).toBe(TAG);
   });
 
   it('verifies, and the layer dirs are proper layers', async () => {

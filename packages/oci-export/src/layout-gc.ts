@@ -44,10 +44,12 @@ export interface GcResult {
  * await Layout.removeTag('/tmp/oci', 'old');
  * const { removed, bytes } = await Layout.gc('/tmp/oci');
  * ```
- * @throws {OciExportError} `OCI_INDEX_CORRUPT`, `OCI_BLOB_MISSING`, `OCI_BLOB_CORRUPT`,
+ * @throws {OciExportError} `OCI_LAYOUT_INVALID` (no layout, or no `index.json`), `OCI_INDEX_CORRUPT`, `OCI_BLOB_MISSING`, `OCI_BLOB_CORRUPT`,
  *   `OCI_WRITE_FAILED`; lock errors.
  */
 export async function gc(layout: string, options: LayoutLockOptions = {}): Promise<GcResult> {
+  // Not a layout (or no index): say so before the lock would be made inside it.
+  await readIndex(layout);
   return withLock(
     layout,
     async () => {

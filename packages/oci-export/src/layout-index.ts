@@ -5,9 +5,9 @@
  * `Lock.withPath` lock of `@day11/layer`) and is always replaced atomically,
  * so any number of processes can tag images in one layout at once.
  */
-import { readdir, readFile, mkdir } from 'node:fs/promises';
+import { link, mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { TempName } from '@day11/exec';
+import { Atomic, TempName } from '@day11/exec';
 import { Lock } from '@day11/layer';
 import { z } from 'zod';
 import { OciExportCodes, OciExportError, errnoCode, fsError, messageOf } from './errors.js';
@@ -15,7 +15,6 @@ import { writeAtomic } from './files.js';
 import {
   IMAGE_LAYOUT_VERSION,
   IndexSchema,
-  MediaTypes,
   REF_NAME,
   assertTag,
   buildIndex,
@@ -51,8 +50,10 @@ export function blobPath(layout: string, digest: string): string {
 }
 
 /**
- * Makes `layout` an OCI image layout if it is not one yet: `blobs/sha256/`
- * and `oci-layout`. An existing `oci-layout` must name version 1.0.0. A
+ * Makes `layout` an OCI image layout if it is not one yet: `blobs/sha256/`,
+ * `oci-layout`, and an `index.json` with no images (written under the layout
+ * lock, never over an index that is there), so a layout is complete before
+ * anything is exported into it. An existing `oci-layout` must name version 1.0.0. A
  * directory that holds files but no `oci-layout` is refused, not turned into
  * a layout: it is either a layout that lost its marker or not a layout at all.
  *
@@ -91,6 +92,46 @@ export async function init(layout: string): Promise<void> {
   }
   if (text === undefined) {
     await writeAtomic(file, JSON.stringify({ imageLayoutVersion: IMAGE_LAYOUT_VERSION }));
+  }
+  await ensureIndex(layout);
+}
+
+/**
+ * Writes an empty `index.json` unless there is one: umoci and skopeo refuse
+ * a layout without it. A hardlink of a complete temporary file, which fails
+ * rather than replace an index that a concurrent export has just tagged.
+ */
+async function ensureIndex(layout: string): Promise<void> {
+  const file = join(layout, INDEX_FILE);
+  if (await exists(file)) return;
+  const temp = TempName.beside(file);
+  try {
+    await writeFile(temp, buildIndex({ schemaVersion: 2, manifests: [] }), { flag: 'wx' });
+    await Atomic.fsyncFile(temp);
+    await link(temp, file).catch((err: unknown) => {
+      if (errnoCode(err) !== 'EEXIST') throw err;
+    });
+    await Atomic.fsyncDir(layout);
+  } catch (cause) {
+    throw fsError(
+      OciExportCodes.WRITE_FAILED,
+      'Cannot write',
+      file,
+      cause,
+      'Check that the directory is writable and has free space',
+    );
+  } finally {
+    await rm(temp, { force: true }).catch(() => undefined);
+  }
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await stat(path);
+    return true;
+  } catch (err) {
+    if (errnoCode(err) === 'ENOENT') return false;
+    throw fsError(OciExportCodes.READ_FAILED, 'Cannot read', path, err, 'Check permissions');
   }
 }
 
@@ -151,14 +192,16 @@ export function layoutProblem(text: string): string | undefined {
 }
 
 /**
- * Reads `index.json`; a layout without one has an empty index.
+ * Reads `index.json`.
  *
  * @example
  * ```ts
  * const index = await Layout.readIndex('/tmp/oci');
  * console.log(index.manifests.length);
  * ```
- * @throws {OciExportError} `OCI_INDEX_CORRUPT` naming the file, `OCI_READ_FAILED`.
+ * @throws {OciExportError} `OCI_LAYOUT_INVALID` when `layout` does not exist,
+ *   is not an OCI image layout, or has no `index.json` (which umoci and
+ *   skopeo refuse too); `OCI_INDEX_CORRUPT` naming the file; `OCI_READ_FAILED`.
  */
 export async function readIndex(layout: string): Promise<OciIndex> {
   const file = join(layout, INDEX_FILE);
@@ -166,8 +209,7 @@ export async function readIndex(layout: string): Promise<OciIndex> {
   try {
     text = await readFile(file, 'utf8');
   } catch (err) {
-    if (errnoCode(err) === 'ENOENT')
-      return { schemaVersion: 2, mediaType: MediaTypes.index, manifests: [] };
+    if (errnoCode(err) === 'ENOENT') throw await noIndex(layout, err);
     throw fsError(OciExportCodes.READ_FAILED, 'Cannot read', file, err, 'Check permissions');
   }
   let value: unknown;
@@ -179,6 +221,35 @@ export async function readIndex(layout: string): Promise<OciIndex> {
   const parsed = IndexSchema.safeParse(value);
   if (!parsed.success) throw corruptIndex(file, describeIssues(parsed.error), parsed.error);
   return parsed.data;
+}
+
+/** Why `layout` has no `index.json`: no such directory, not a layout, or a layout without it. */
+async function noIndex(layout: string, cause: unknown): Promise<OciExportError> {
+  const creates = `\`day11 export --oci ${layout} --tag TAG LAYER\` (exportImage)`;
+  if (!(await exists(layout))) {
+    return new OciExportError(
+      OciExportCodes.LAYOUT_INVALID,
+      `There is no OCI image layout at ${layout}: the directory does not exist`,
+      { path: layout, cause, hint: `Check the path; ${creates} makes a layout` },
+    );
+  }
+  if (!(await exists(join(layout, OCI_LAYOUT_FILE)))) {
+    return new OciExportError(
+      OciExportCodes.LAYOUT_INVALID,
+      `${layout} is not an OCI image layout: it has no ${OCI_LAYOUT_FILE} and no ${INDEX_FILE}`,
+      { path: layout, cause, hint: `Check the path; ${creates} makes a layout` },
+    );
+  }
+  const file = join(layout, INDEX_FILE);
+  return new OciExportError(
+    OciExportCodes.LAYOUT_INVALID,
+    `${file} is missing: an export into ${layout} stopped before writing it, or it was removed (umoci and skopeo refuse such a layout)`,
+    {
+      path: file,
+      cause,
+      hint: `Export an image into it again with ${creates}: that writes ${INDEX_FILE}, and blobs already there are reused`,
+    },
+  );
 }
 
 function corruptIndex(file: string, why: string, cause: unknown): OciExportError {
@@ -268,7 +339,7 @@ export interface TagInfo {
  * ```ts
  * for (const { tag, digest } of await Layout.tags('/tmp/oci')) console.log(tag, digest);
  * ```
- * @throws {OciExportError} `OCI_INDEX_CORRUPT`.
+ * @throws {OciExportError} `OCI_LAYOUT_INVALID` (no layout at that path, or no `index.json`), `OCI_INDEX_CORRUPT`.
  */
 export async function tags(layout: string): Promise<TagInfo[]> {
   const index = await readIndex(layout);
@@ -291,7 +362,7 @@ export async function tags(layout: string): Promise<TagInfo[]> {
  * if (await Layout.removeTag('/tmp/oci', 'hello.1.0')) await Layout.gc('/tmp/oci');
  * ```
  * @returns true when the tag existed.
- * @throws {OciExportError} `OCI_BAD_TAG`, `OCI_INDEX_CORRUPT`, `OCI_WRITE_FAILED`; lock errors.
+ * @throws {OciExportError} `OCI_BAD_TAG`, `OCI_LAYOUT_INVALID`, `OCI_INDEX_CORRUPT`, `OCI_WRITE_FAILED`; lock errors.
  */
 export async function removeTag(
   layout: string,
@@ -299,6 +370,8 @@ export async function removeTag(
   options: LayoutLockOptions = {},
 ): Promise<boolean> {
   assertTag(tag);
+  // Not a layout (or no index): say so before the lock would be made inside it.
+  await readIndex(layout);
   return withLock(
     layout,
     async () => {
@@ -338,7 +411,7 @@ export async function readJsonBlob<T>(
         {
           path,
           cause,
-          hint: 'Export the image again (or remove its tag with Layout.removeTag), then run Layout.verify',
+          hint: blobHint(layout),
         },
       );
     }
@@ -355,10 +428,15 @@ export async function readJsonBlob<T>(
       {
         path,
         cause,
-        hint: 'Export the image again (or remove its tag with Layout.removeTag), then run Layout.verify',
+        hint: blobHint(layout),
       },
     );
   }
+}
+
+/** The fix for a tag whose blobs are damaged, as the `day11` command makes it. */
+function blobHint(layout: string): string {
+  return `Export the image again (\`day11 export --oci ${layout} ...\`) or remove its tag (\`day11 layout rm --oci ${layout} TAG\`), then check with \`day11 layout verify --oci ${layout}\``;
 }
 
 /**

@@ -69,7 +69,38 @@ describe('init and the index', () => {
     const layout = await tempDir('interrupted');
     await mkdir(join(layout, 'blobs', 'sha256'), { recursive: true });
     await Layout.init(layout);
-    expect(await readdir(layout)).toEqual(['blobs', 'oci-layout']);
+    expect(await readdir(layout)).toEqual(['blobs', 'index.json', 'oci-layout']);
+    expect(await Layout.readIndex(layout)).toMatchObject({ schemaVersion: 2, manifests: [] });
+  });
+
+  it('never writes the empty index over one a concurrent export tagged', async () => {
+    const layout = await tempDir('inittagged');
+    await Layout.init(layout);
+    const tagged = Layout.withTag(await Layout.readIndex(layout), 'kept', {
+      mediaType: 'application/vnd.oci.image.manifest.v1+json',
+      digest: `sha256:${'a'.repeat(64)}`,
+      size: 1,
+    });
+    await Layout.writeIndex(layout, tagged);
+    await Promise.all([Layout.init(layout), Layout.init(layout)]);
+    expect((await Layout.tags(layout)).map((t) => t.tag)).toEqual(['kept']);
+  });
+
+  it('says that a layout does not exist, or is not one, instead of listing no tags', async () => {
+    const missing = join(await tempDir('missing'), 'nothing-here');
+    const err = await Layout.tags(missing).catch((e: unknown) => e);
+    expect(err).toMatchObject({ code: OciExportCodes.LAYOUT_INVALID, path: missing });
+    expect((err as Error).message).toMatch(/no OCI image layout at .*does not exist/);
+    expect((err as OciExportError).hint).toContain('day11 export --oci');
+    const plain = await tempDir('plain');
+    await expect(Layout.tags(plain)).rejects.toThrow(/is not an OCI image layout/);
+    await expect(Layout.gc(plain)).rejects.toMatchObject({ code: OciExportCodes.LAYOUT_INVALID });
+    await expect(Layout.removeTag(missing, 'x')).rejects.toMatchObject({
+      code: OciExportCodes.LAYOUT_INVALID,
+    });
+    expect((await Layout.verify(missing)).map((p) => p.message)).toContainEqual(
+      expect.stringMatching(/does not exist/),
+    );
   });
 
   it('names the file and the fix when index.json is corrupt', async () => {
@@ -395,6 +426,9 @@ describe('tags, removeTag, gc, verify', () => {
   it('keeps a valid layout valid: a fresh mkdir is not a layout until init', async () => {
     const dir = join(await tempDir('plain'), 'x');
     await mkdir(dir);
-    expect((await Layout.verify(dir)).map((p) => p.message)).toEqual(['missing']);
+    expect((await Layout.verify(dir)).map((p) => p.message)).toEqual([
+      'missing',
+      `${dir} is not an OCI image layout: it has no oci-layout and no index.json`,
+    ]);
   });
 });

@@ -1,5 +1,6 @@
 /**
- * Which directories a run mounts as its overlay lowers (SPEC §5).
+ * Which directories a run mounts as its overlay lowers, for stacks of any
+ * depth.
  *
  * Every layer stays its own lowerdir whenever `Overlay.mount` can take the
  * stack (the new mount API takes the kernel's 500 layers, with no copying).

@@ -9,6 +9,7 @@
  */
 import { rmSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
+import { dirname } from 'node:path';
 import { Overlay } from '@day11/container';
 import { Mountinfo } from '@day11/exec';
 import { RunnerCodes, RunnerError, messageOf } from './errors.js';
@@ -92,6 +93,6 @@ function cleanupFailed(dir: string, why: string, cause: unknown): RunnerError {
   return new RunnerError(RunnerCodes.CLEANUP_FAILED, `Cannot remove ${dir}: ${why}`, {
     path: dir,
     cause,
-    hint: 'Nothing below a mount was deleted. Stop what uses it (`fuser -vm DIR`), then run recover() from @day11/runner',
+    hint: `Nothing below a mount was deleted. Stop what uses it (\`fuser -vm ${dir}\`), then run \`day11 recover --cache ${dirname(dir)}\` (recover() of @day11/runner)`,
   });
 }

@@ -3,11 +3,11 @@
  * `Import.fromDirectory`, layers built with runInLayers and committed with
  * `Commit.commit`, runc and crun, overlayfs through the new mount API.
  */
-import { lstat, readdir, readFile, rm, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { lstat, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { basename, join } from 'node:path';
 import { OciSpec, Runc } from '@day11/container';
-import { Sys } from '@day11/exec';
-import { Commit, Hash, InUse, LayerDir, type Base } from '@day11/layer';
+import { Sys, type Day11Error } from '@day11/exec';
+import { Commit, Hash, InUse, LayerDir, LayerMeta, type Base } from '@day11/layer';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { RunnerCodes } from './errors.js';
 import { CLEAN, busyboxBase, fileLayer, leftovers, meta, tempDir } from './fixtures/cache.js';
@@ -31,12 +31,7 @@ afterAll(async () => {
   if (osDir) await rm(osDir, { recursive: true, force: true });
 });
 
-interface Step {
-  run: Awaited<ReturnType<typeof runInLayers>>['run'];
-  upper: string;
-  timing: Awaited<ReturnType<typeof runInLayers>>['timing'];
-  out: string;
-}
+type Step = Awaited<ReturnType<typeof runInLayers>> & { out: string };
 
 /** Runs `script` with `sh -c` over `deps` (nearest first), collecting its output. */
 async function step(
@@ -56,12 +51,11 @@ async function step(
   return { ...r, out };
 }
 
-/** Commits a step's upper as the layer of (deps, script); returns the layer directory. */
-async function commit(s: Step, deps: readonly string[], script: string): Promise<string> {
-  const depHashes = deps.map((d) => Hash.ofStrings([d]));
+/** Commits a step's upper as the layer of (its stack, script), recording the stack it ran over. */
+async function commit(s: Step, script: string): Promise<string> {
   const hash = Hash.layerHash({
     baseHash: base.hash,
-    depHashes,
+    depHashes: s.parentHashes,
     pkg: `${script}\n${Math.random()}`,
   });
   const { dir } = await Commit.commit({
@@ -69,7 +63,7 @@ async function commit(s: Step, deps: readonly string[], script: string): Promise
     hash,
     upper: s.upper,
     meta: {
-      ...meta({ base, parents: depHashes, exitStatus: s.run.exitCode ?? -1 }),
+      ...meta({ base, parents: s.parentHashes, exitStatus: s.run.exitCode ?? -1 }),
       timing: s.timing,
     },
     log: s.out,
@@ -86,7 +80,7 @@ describe.each(RUNTIMES)('a diamond DAG built with runInLayers + Commit.commit (%
     const A = 'echo A > /a.txt && mkdir -p /opt/data/sub && echo a > /opt/data/sub/from-a';
     const a = await step(A, [], { runtime });
     expect(a.run).toMatchObject({ exitCode: 0, timedOut: false, aborted: false });
-    const aDir = await commit(a, [], A);
+    const aDir = await commit(a, A);
 
     const B = 'echo B > /b.txt && cat /etc/hosts';
     const b = await step(B, [], { runtime });
@@ -94,7 +88,7 @@ describe.each(RUNTIMES)('a diamond DAG built with runInLayers + Commit.commit (%
     expect(b.out).toBe('127.0.0.1 localhost builder\n');
     // The runner's own hosts file, untouched by the step, is not part of its layer.
     await expect(lstat(join(b.upper, 'etc'))).rejects.toMatchObject({ code: 'ENOENT' });
-    const bDir = await commit(b, [], B);
+    const bDir = await commit(b, B);
 
     const C = [
       'cat /a.txt /b.txt /etc/issue /opt/data/from-base /opt/data/sub/from-a > /c.txt',
@@ -107,7 +101,12 @@ describe.each(RUNTIMES)('a diamond DAG built with runInLayers + Commit.commit (%
     // runInLayers itself records nothing: no layer.json, no new layer, no sidecar.
     expect(await readdir(c.upper)).not.toContain('layer.json');
     expect(await layerNames()).toEqual(before);
-    const cDir = await commit(c, [bDir, aDir], C);
+    expect(c.buildDirs).toEqual([bDir, aDir]);
+    const cDir = await commit(c, C);
+    expect((await LayerMeta.load(cDir)).parent_hashes).toEqual([
+      (await LayerMeta.load(bDir)).hash,
+      (await LayerMeta.load(aDir)).hash,
+    ]);
 
     expect(await readFile(join(cDir, 'fs/c.txt'), 'utf8')).toBe('A\nB\nbusybox base\nbase\na\n');
     const whiteout = await lstat(join(cDir, 'fs/etc/issue'));
@@ -117,10 +116,18 @@ describe.each(RUNTIMES)('a diamond DAG built with runInLayers + Commit.commit (%
     ).toBe('y');
     expect(await readdir(join(cDir, 'fs/opt/data'))).toEqual(['only']);
 
-    // D over C, B, A: sees C's view, then fails; the caller commits nothing.
+    // D over C alone is refused: C was built on B and A, which C's view needs.
     const D = 'cat /c.txt; ls /opt/data; test -e /etc/issue || echo no-issue; exit 3';
+    const incomplete = await step(D, [cDir], { runtime }).catch((e: unknown) => e);
+    expect(incomplete).toMatchObject({ code: RunnerCodes.BAD_ARGUMENT });
+    expect((incomplete as Error).message).toContain(
+      `Invalid runInLayers option buildDirs: Not a stack its layers were built on: ${basename(cDir)} was built on ${basename(aDir)}, which is not in the list`,
+    );
+    expect((incomplete as Day11Error).hint).toMatch(/or pass deps/);
+    // D over deps: [C]: C's recorded stack comes with it; it sees C's view, then fails.
     const layersBefore = await layerNames();
-    const d = await step(D, [cDir, bDir, aDir], { runtime });
+    const d = await step(D, [], { runtime, buildDirs: undefined, deps: [cDir] });
+    expect(d.buildDirs).toEqual([cDir, bDir, aDir]);
     expect(d.run).toMatchObject({
       exitCode: 3,
       signal: undefined,
@@ -208,13 +215,21 @@ describe('runInLayers', () => {
     expect(await leftovers(osDir)).toEqual(CLEAN);
   });
 
-  it('a container that cannot start is CONTAINER_RUNTIME_FAILED, and leaves nothing', async () => {
-    const spec = OciSpec.template(OciSpec.make({ args: ['/no/such/program'] }));
-    await expect(runInLayers({ base, buildDirs: [], spec })).rejects.toMatchObject({
-      code: 'CONTAINER_RUNTIME_FAILED',
-    });
-    expect(await leftovers(osDir)).toEqual(CLEAN);
-  });
+  it.each(RUNTIMES)(
+    'a container that cannot start is CONTAINER_RUNTIME_FAILED naming what to check, not a removed file (%s)',
+    async (runtime) => {
+      const spec = OciSpec.template(OciSpec.make({ args: ['/no/such/program'] }));
+      const err = await runInLayers({ base, buildDirs: [], spec, runtime }).catch(
+        (e: unknown) => e,
+      );
+      expect(err).toMatchObject({ code: 'CONTAINER_RUNTIME_FAILED', path: undefined });
+      const { message, hint } = err as Day11Error;
+      expect(message).toMatch(new RegExp(`^${runtime} could not start container day11-run-\\S+: `));
+      expect(`${message} ${hint}`).not.toMatch(/config\.json|\.day11-tmp-/);
+      expect(hint).toContain('"/no/such/program" must be in the stack\'s files');
+      expect(await leftovers(osDir)).toEqual(CLEAN);
+    },
+  );
 
   it('an abort before the container starts rejects with RUNNER_ABORTED, leaving nothing', async () => {
     const ac = new AbortController();
@@ -264,6 +279,41 @@ describe('runInLayers', () => {
     expect(await temps()).toEqual([]);
     expect(await InUse.isInUse(dep)).toBe(false);
     for (const s of [first, second, third]) await rm(s.upper, { recursive: true });
+    expect(await leftovers(osDir)).toEqual(CLEAN);
+  });
+
+  it('reads each layer.json once per lease: a next run over leased layers reads none', async () => {
+    const low = await fileLayer({ osDir, base, files: { low: 'low\n' } });
+    const lowHash = (await LayerMeta.load(low)).hash!;
+    const high = await fileLayer({ osDir, base, files: { high: 'high\n' }, parents: [lowHash] });
+    const first = await step('cat /low /high', [], {
+      buildDirs: undefined,
+      deps: [high],
+      lingerMs: 60_000,
+    });
+    expect(first.out).toBe('low\nhigh\n');
+    expect(first.parentHashes).toEqual([(await LayerMeta.load(high)).hash, lowHash]);
+    // While the leases linger, the records are known: hide them and run again.
+    const hidden = (dir: string) => [LayerMeta.file(dir), `${LayerMeta.file(dir)}.hidden`] as const;
+    for (const dir of [low, high]) await rename(...hidden(dir));
+    try {
+      const second = await step('cat /low /high', [], {
+        buildDirs: undefined,
+        deps: [high],
+        lingerMs: 60_000,
+      });
+      expect(second.out).toBe('low\nhigh\n');
+      const third = await step('cat /low /high', [high, low], { lingerMs: 60_000 });
+      expect(third.parentHashes).toEqual(first.parentHashes);
+      for (const s of [second, third]) await rm(s.upper, { recursive: true });
+      // Once the leases are gone, so is what was known.
+      await releaseIdle();
+      await expect(step('true', [high, low])).rejects.toMatchObject({ code: 'LAYER_NOT_FOUND' });
+    } finally {
+      for (const dir of [low, high])
+        await rename(...([...hidden(dir)].reverse() as [string, string]));
+    }
+    await rm(first.upper, { recursive: true });
     expect(await leftovers(osDir)).toEqual(CLEAN);
   });
 

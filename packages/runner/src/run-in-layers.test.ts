@@ -27,6 +27,10 @@ describe('runInLayers option checks', () => {
     ['base', { base: { hash: 'a', image: 'x' } }],
     ['buildDirs', { buildDirs: 'build-x' }],
     ['buildDirs', { buildDirs: [''] }],
+    ['buildDirs', { buildDirs: undefined }],
+    ['buildDirs', { deps: [] }],
+    ['deps', { buildDirs: undefined, deps: 'build-x' }],
+    ['deps', { buildDirs: undefined, deps: ['/elsewhere/build-000000000000'] }],
     ['timeoutMs', { timeoutMs: 0 }],
     ['prepUpper', { prepUpper: 'not a function' }],
     ['tmpDir', { tmpDir: '' }],
@@ -47,11 +51,17 @@ describe('runInLayers option checks', () => {
     expect((await readdir('/dev/shm')).filter((n) => n.startsWith('.day11-tmp-'))).toEqual([]);
   });
 
-  it('refuses a spec that is not a template with CONTAINER_BAD_SPEC', async () => {
-    const spec = OciSpec.make({ args: ['true'] }) as unknown as OciSpec.Template;
+  it('takes a spec from OciSpec.make as its template; a bad one is CONTAINER_BAD_SPEC', async () => {
+    // Past the spec, to the missing base: the spec was accepted.
+    const spec = OciSpec.make({ args: ['true'], rootfs: '/elsewhere' });
     await expect(runInLayers({ ...options, spec })).rejects.toMatchObject({
+      code: 'LAYER_NOT_FOUND',
+    });
+    const bad = { ...spec, process: { ...spec.process, args: [] } };
+    await expect(runInLayers({ ...options, spec: bad })).rejects.toMatchObject({
       code: 'CONTAINER_BAD_SPEC',
     });
+    await rm(join(osDir, '.locks'), { recursive: true, force: true });
     expect(await readdir(osDir)).toEqual([]);
   });
 

@@ -15,10 +15,13 @@ import {
 import { createRunner, type Runner } from './runner.js';
 
 /**
- * Runs the container of `spec` over an overlay of `buildDirs` (topmost
- * first) on `base`, with a fresh upper, and hands the upper to the caller;
- * `Runner.run` describes the steps and what is guaranteed. `buildDirs` must
- * be the whole stack the command should see: every layer it was built on.
+ * Runs the container of `spec` over an overlay of a stack of layers on
+ * `base`, with a fresh upper, and hands the upper to the caller;
+ * `Runner.run` describes the steps and what is guaranteed. The stack is
+ * `deps` (the layers the command builds on) with every layer they were built
+ * on, as recorded; or `buildDirs`, the exact stack, topmost first, which is
+ * checked against those records (a list lacking a layer one of them was
+ * built on is refused, naming both).
  *
  * @example
  * ```ts
@@ -26,10 +29,10 @@ import { createRunner, type Runner } from './runner.js';
  * import { OciSpec } from '@day11/container';
  * import { runInLayers } from '@day11/runner';
  *
- * const spec = OciSpec.template(OciSpec.make({ args: ['sh', '-c', 'make install'], cwd: '/src' }));
- * const { run, upper, timing } = await runInLayers({ base, buildDirs: [depB.dir, depA.dir], spec });
+ * const spec = OciSpec.make({ args: ['sh', '-c', 'make install'], cwd: '/src' });
+ * const { run, upper, timing, parentHashes } = await runInLayers({ base, deps: [libDir], spec });
  * if (run.exitCode === 0) {
- *   await Commit.commit({ osDir, hash, upper, meta: { exit_status: 0, timing, ... } });
+ *   await Commit.commit({ osDir, hash, upper, meta: { exit_status: 0, parent_hashes: parentHashes, timing, ... } });
  * } else {
  *   await rm(upper, { recursive: true, force: true });
  * }

@@ -15,9 +15,9 @@ import {
   type Stats,
 } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
-import { OciSpec, Overlay, Runc } from '@day11/container';
-import type { OutputStream } from '@day11/exec';
-import { Stack, type Base } from '@day11/layer';
+import { ContainerCodes, ContainerError, OciSpec, Overlay, Runc } from '@day11/container';
+import { isDay11Error, type Day11Error, type OutputStream } from '@day11/exec';
+import { LayerCodes, LayerDir, LayerMeta, Lineage, Stack, type Base } from '@day11/layer';
 import { RunnerCodes, RunnerError, messageOf } from './errors.js';
 import {
   chownLike,
@@ -34,7 +34,7 @@ import { makeRunDir, type SparePool } from './scratch.js';
 import { runPaths } from './temp.js';
 import { PhaseClock, type PhaseTiming } from './timing.js';
 
-/** The merged lower inside a run directory, when the stack is too deep (SPEC §5). */
+/** The merged lower inside a run directory, when the stack is deeper than the kernel mounts. */
 const MERGED_LOWER = 'lower';
 
 /**
@@ -76,15 +76,34 @@ export interface PrepUpperContext {
 export interface RunInLayersOptions {
   /** The base layer (from `Import` of `@day11/layer`); its `dir/fs` is the bottom of the stack. */
   base: Base;
-  /** Dependency layer directories (`{osDir}/build-*`), nearest first: topmost in the stack first. */
-  buildDirs: readonly string[];
+  /**
+   * The exact stack above the base, topmost first: layer directories
+   * (`{osDir}/build-*`), every layer the command should see — the ones it
+   * builds on and every layer those were built on (their `parent_hashes`).
+   * Checked against what each layer recorded: a list that leaves one out,
+   * misorders or repeats one is refused (`RUNNER_BAD_ARGUMENT` naming it).
+   * Give this or {@link RunInLayersOptions.deps}.
+   */
+  buildDirs?: readonly string[] | undefined;
+  /**
+   * The layers the command builds on — its direct dependencies, layer
+   * directories in any order — each brought with every layer it was built
+   * on, as recorded (`Lineage.stackFor` of `@day11/layer`: the order
+   * `@day11/build` gives stacks). The result's `buildDirs` and
+   * `parentHashes` say what it expanded to. Give this or `buildDirs`.
+   */
+  deps?: readonly string[] | undefined;
   /**
    * Seeds the upper before the overlay is mounted (files, mkdirs, chowns the
    * container needs). If it throws, the run is abandoned and nothing is left.
    */
   prepUpper?: (ctx: PrepUpperContext) => void | Promise<void>;
-  /** The container: an `OciSpec` template (`OciSpec.template(OciSpec.make({...}))`). */
-  spec: OciSpec.Template;
+  /**
+   * The container: a spec from `OciSpec.make({...})` or its template
+   * (`OciSpec.template(...)`, e.g. stored with a layer). The run sets the
+   * rootfs and the cgroup.
+   */
+  spec: OciSpec.Template | OciSpec.Spec;
   /** `runc` (default), `crun`, or the path of a runtime with runc's command line. */
   runtime?: Runc.Runtime;
   /**
@@ -144,6 +163,13 @@ export interface RunInLayersResult {
   upper: string;
   /** `[phase, seconds]` for every phase, in order (see `PHASES`). */
   timing: PhaseTiming;
+  /** The stack the command ran over, topmost first (with `deps`: what they expanded to). */
+  buildDirs: string[];
+  /**
+   * The hashes of that stack, topmost first — the full hash each layer
+   * recorded, else its 12 digits: the `parent_hashes` to commit the upper with.
+   */
+  parentHashes: string[];
 }
 
 /** The state of one run, as the synchronous teardown also sees it. */
@@ -166,6 +192,8 @@ export interface Run extends ActiveRun {
 
 /** Validated options. */
 export interface Checked extends RunInLayersOptions {
+  /** Exactly one of `buildDirs` and `deps`. */
+  stackGiven: 'buildDirs' | 'deps';
   tmpDir: string;
   tmpDirGiven: boolean;
   runtime: Runc.Runtime;
@@ -176,6 +204,8 @@ export interface Checked extends RunInLayersOptions {
 export interface RunHost {
   readonly leases: LeaseTable;
   readonly spares: SparePool;
+  /** Checks `buildDirs` against the records, remembering what it learnt of them. */
+  readonly checker: Lineage.StackChecker;
   /** The run has begun: the runner tracks it (and the guard, its runner). */
   started(run: Run): void;
   /** The run is over, whatever the outcome. */
@@ -203,10 +233,10 @@ export async function executeRun(host: RunHost, o: Checked): Promise<RunInLayers
   host.started(run);
   try {
     await clock.time('mkdirs', () => makeDirs(run, o));
-    const result = await execute(host, run, o, clock);
+    const { result, stack } = await execute(host, run, o, clock);
     await clock.time('cleanup', () => handOver(host, run, o));
     if (run.interrupted) throw interrupted(run, undefined);
-    return { run: result, upper: run.handover, timing: clock.timing() };
+    return { run: result, upper: run.handover, timing: clock.timing(), ...stack };
   } catch (err) {
     await abandon(run);
     throw classify(err, run, o);
@@ -281,9 +311,9 @@ async function execute(
   run: Run,
   o: Checked,
   clock: PhaseClock,
-): Promise<Runc.RunResult> {
-  const layerDirs = [...o.buildDirs, o.base.dir];
-  run.leases = await clock.time('touch', () => host.leases.leaseAll(layerDirs));
+): Promise<{ result: Runc.RunResult; stack: RunStack }> {
+  const stack = await clock.time('touch', () => leaseStack(host, run, o));
+  const layerDirs = [...stack.buildDirs, o.base.dir];
   stopIfAsked(run, o);
   const plan = await clock.time('plan', () =>
     planLowers({
@@ -316,8 +346,130 @@ async function execute(
   stopIfAsked(run, o);
   const result = await clock.time('runc_run', () => runContainer(run, o));
   await clock.time('overlay_umount', () => unmount(run));
-  return result;
+  return { result, stack };
 }
+
+/** The stack a run went over, for its result. */
+type RunStack = Pick<RunInLayersResult, 'buildDirs' | 'parentHashes'>;
+
+/**
+ * Step 2: the stack — `deps` expanded, or `buildDirs` checked against what
+ * the layers recorded — every layer of it leased.
+ */
+async function leaseStack(host: RunHost, run: Run, o: Checked): Promise<RunStack> {
+  const records = new Records(host.leases);
+  const expansion = o.stackGiven === 'deps' ? new Expansion(host.leases, o) : undefined;
+  const buildDirs = expansion
+    ? (expansion.known() ?? (await expand(o, records)))
+    : o.buildDirs!.map((d) => resolve(d));
+  run.leases = await host.leases.leaseAll([...buildDirs, o.base.dir]);
+  records.keep();
+  expansion?.keep(buildDirs);
+  if (o.stackGiven === 'buildDirs') {
+    const layers = [...buildDirs].reverse();
+    await host.checker
+      .check({ base: o.base, layers, metaOf: records.metaOf })
+      .catch((err: unknown) => {
+        throw isDay11Error(err, LayerCodes.BAD_STACK) ? stackRefused('buildDirs', err) : err;
+      });
+  }
+  const parentHashes: string[] = [];
+  for (const dir of buildDirs) {
+    const read = records.metaOf(dir);
+    const meta = read instanceof Promise ? await read : read;
+    parentHashes.push(meta.hash ?? LayerDir.hashPrefix(basename(dir))!);
+  }
+  return { buildDirs: [...buildDirs], parentHashes };
+}
+
+/**
+ * What `deps` expanded to, remembered while the first of them is leased:
+ * records never change, so the same deps on the same base give the same stack.
+ */
+class Expansion {
+  private readonly first: string;
+  private readonly key: string;
+
+  constructor(
+    private readonly leases: LeaseTable,
+    o: Checked,
+  ) {
+    const dirs = o.deps!.map((d) => resolve(d));
+    this.first = dirs[0] ?? '';
+    this.key = `stack of ${o.base.hash} ${[...dirs].sort().join(' ')}`;
+  }
+
+  known(): string[] | undefined {
+    return this.leases.memo(this.first)?.get(this.key) as string[] | undefined;
+  }
+
+  keep(buildDirs: string[]): void {
+    this.leases.memo(this.first)?.set(this.key, buildDirs);
+  }
+}
+
+/** `deps` with everything they were built on, topmost first, on `base`. */
+async function expand(o: Checked, records: Records): Promise<string[]> {
+  const osDir = dirname(resolve(o.base.dir));
+  const deps = o.deps!.map((d) => LayerDir.hashPrefix(basename(d))!);
+  if (deps.length === 0) return [];
+  const stack = await Lineage.stackFor({ osDir, deps, metaOf: records.metaOf }).catch(
+    (err: unknown) => {
+      throw isDay11Error(err, LayerCodes.BAD_STACK) ? stackRefused('deps', err) : err;
+    },
+  );
+  if (stack.base.hash !== o.base.hash) {
+    throw badArgument(
+      `the layers were built on the base ${stack.base.image} (${LayerDir.name(stack.base.hash)}), not on ${o.base.image} (${LayerDir.name(o.base.hash)})`,
+      'deps',
+    );
+  }
+  return [...stack.layers].reverse();
+}
+
+function stackRefused(option: 'buildDirs' | 'deps', cause: Day11Error): RunnerError {
+  return new RunnerError(
+    RunnerCodes.BAD_ARGUMENT,
+    `Invalid runInLayers option ${option}: ${cause.message}`,
+    {
+      cause,
+      hint:
+        option === 'buildDirs'
+          ? 'List every layer the command should see, topmost first: the layers it builds on and all they were built on — or pass deps: [their directories] and the stack is found from their records'
+          : (cause.hint ?? 'Rebuild the layers whose records disagree'),
+    },
+  );
+}
+
+/**
+ * The `layer.json` of a run's layers, read once per lease: a committed
+ * layer never changes and a leased one cannot be collected, so a builder's
+ * next step over the same layers reads nothing.
+ */
+class Records {
+  private readonly read = new Map<string, LayerMeta.LayerMeta>();
+
+  constructor(private readonly leases: LeaseTable) {}
+
+  readonly metaOf = (dir: string): LayerMeta.LayerMeta | Promise<LayerMeta.LayerMeta> => {
+    const key = resolve(dir);
+    const known = (this.leases.memo(key)?.get(META) ?? this.read.get(key)) as
+      LayerMeta.LayerMeta | undefined;
+    if (known !== undefined) return known;
+    return LayerMeta.load(key).then((meta) => {
+      this.read.set(key, meta);
+      this.leases.memo(key)?.set(META, meta);
+      return meta;
+    });
+  };
+
+  /** Remembers what was read before the layers were leased, now that they are. */
+  keep(): void {
+    for (const [dir, meta] of this.read) this.leases.memo(dir)?.set(META, meta);
+  }
+}
+
+const META = 'layer.json';
 
 /** The upper root as a copy-up would make it, then the caller's files, then /etc/hosts. */
 async function prepareUpper(
@@ -452,7 +604,33 @@ function classify(err: unknown, run: Run, o: Checked): unknown {
   if (err instanceof RunnerError) return err;
   if (run.interrupted) return interrupted(run, err);
   if (o.signal?.aborted && !run.started) return aborted(o.signal, err);
+  if (isDay11Error(err, ContainerCodes.RUNTIME_FAILED) && err.path === run.runDir)
+    return notStarted(err, run);
   return err;
+}
+
+/**
+ * The runtime names the bundle's `config.json`, which went with the run:
+ * say what in the spec to check instead.
+ */
+function notStarted(err: ContainerError, run: Run): ContainerError {
+  const { args, cwd, env } = run.spec.process;
+  const path = env.find((e) => e.startsWith('PATH='))?.slice('PATH='.length) ?? '';
+  const sources = run.spec.mounts.filter((m) => m.type === 'bind').map((m) => m.source);
+  return new ContainerError(
+    ContainerCodes.RUNTIME_FAILED,
+    err.message.replace(` (bundle ${run.runDir})`, ''),
+    {
+      cause: err,
+      hint:
+        `Check the spec given to runInLayers: ${JSON.stringify(args[0])} must be in the stack's files ` +
+        `(on PATH=${path} unless a path), the working directory ${cwd} must exist or be creatable` +
+        (sources.length
+          ? `, and the bind mounts' sources (${sources.join(', ')}) must exist`
+          : '') +
+        '. The run and its bundle were removed',
+    },
+  );
 }
 
 function aborted(signal: AbortSignal, cause: unknown): RunnerError {
@@ -481,9 +659,7 @@ export function check(opts: RunInLayersOptions): Checked {
   if (typeof base?.dir !== 'string' || !base.dir || typeof base.hash !== 'string') {
     throw badArgument('base must be a Base ({ hash, dir, image }) from @day11/layer', 'base');
   }
-  if (!Array.isArray(opts.buildDirs) || opts.buildDirs.some((d) => typeof d !== 'string' || !d)) {
-    throw badArgument('buildDirs must be an array of layer directories', 'buildDirs');
-  }
+  const stackGiven = checkStackOption(opts, base.dir);
   if (opts.timeoutMs !== undefined && !(opts.timeoutMs > 0)) {
     throw badArgument(`timeoutMs must be a positive number, got ${opts.timeoutMs}`, 'timeoutMs');
   }
@@ -499,11 +675,45 @@ export function check(opts: RunInLayersOptions): Checked {
   }
   return {
     ...opts,
+    stackGiven,
     tmpDir,
     tmpDirGiven: opts.tmpDir !== undefined,
     runtime: opts.runtime ?? 'runc',
     lingerMs: opts.lingerMs ?? DEFAULT_LINGER_MS,
   };
+}
+
+/** Which of `buildDirs` and `deps` is given (exactly one must be), checked. */
+function checkStackOption(opts: RunInLayersOptions, baseDir: string): 'buildDirs' | 'deps' {
+  const given = (['buildDirs', 'deps'] as const).filter((k) => opts[k] !== undefined);
+  if (given.length !== 1) {
+    throw badArgument(
+      given.length === 0
+        ? 'give buildDirs (the exact stack, topmost first) or deps (the layers to build on, with the stacks they recorded)'
+        : 'give buildDirs or deps, not both',
+      'buildDirs',
+    );
+  }
+  const option = given[0]!;
+  const dirs: unknown = opts[option];
+  if (!Array.isArray(dirs) || dirs.some((d) => typeof d !== 'string' || !d)) {
+    throw badArgument(`${option} must be an array of layer directories`, option);
+  }
+  const osDir = dirname(resolve(baseDir));
+  const stray =
+    option === 'deps' ? (dirs as string[]).find((d) => !isLayerOf(osDir, d)) : undefined;
+  if (stray !== undefined) {
+    throw badArgument(
+      `${stray} is not a layer directory (build-<12 hex>) of the cache ${osDir}`,
+      option,
+    );
+  }
+  return option;
+}
+
+function isLayerOf(osDir: string, dir: string): boolean {
+  const abs = resolve(dir);
+  return dirname(abs) === osDir && LayerDir.isLayerName(basename(abs));
 }
 
 function badArgument(message: string, option: string): RunnerError {

@@ -5,6 +5,7 @@
  */
 import { dirname, resolve } from 'node:path';
 import type { Runc } from '@day11/container';
+import { Lineage } from '@day11/layer';
 import { RunnerCodes, RunnerError } from './errors.js';
 import { teardownRunSync, update, type Guarded } from './guard.js';
 import { LeaseTable } from './leases.js';
@@ -56,8 +57,8 @@ export type RunOptions = Omit<RunInLayersOptions, 'lingerMs'>;
  * const runner = createRunner({ osDir: '/var/cache/day11', runtime: 'crun' });
  * try {
  *   for (const step of steps) {
- *     const { run, upper, timing } = await runner.run({ base, buildDirs: step.stack, spec: step.spec });
- *     await Commit.commit({ osDir, hash: step.hash, upper, meta: { ...step.meta, exit_status: run.exitCode ?? 137, timing } });
+ *     const { run, upper, timing, parentHashes } = await runner.run({ base, deps: step.deps, spec: step.spec });
+ *     await Commit.commit({ osDir, hash: step.hash, upper, meta: { ...step.meta, parent_hashes: parentHashes, exit_status: run.exitCode ?? 137, timing } });
  *   }
  * } finally {
  *   await runner.close();
@@ -68,13 +69,17 @@ export interface Runner {
   /** The layer cache. */
   readonly osDir: string;
   /**
-   * Runs the container of `spec` over an overlay of `buildDirs` (topmost
-   * first) on `base`, with a fresh upper, and hands the upper to the caller:
+   * Runs the container of `spec` over an overlay of a stack of layers on
+   * `base` — `deps` with everything they were built on, or the exact
+   * `buildDirs` (topmost first) — with a fresh upper, and hands the upper to
+   * the caller:
    *
    * 1. makes `{tmpDir}/.day11-tmp-<pid>-<hex>-run/` with `upper/`, `work/`, `merged/`
    *    (or reuses a spare one);
-   * 2. leases every layer (base included) for the whole run, marking each used,
-   *    so `Gc` never deletes one under the mount;
+   * 2. finds the stack from the records of `deps`, or checks `buildDirs`
+   *    against them (each `layer.json` read once per lease), and leases every
+   *    layer (base included) for the whole run, marking each used, so `Gc`
+   *    never deletes one under the mount;
    * 3. plans the lowers: each layer its own lowerdir, unless more are given
    *    than the kernel takes, when the deepest are merged;
    * 4. calls `prepUpper`, then writes `/etc/hosts` into the upper;
@@ -88,7 +93,8 @@ export interface Runner {
    * (`Commit.commit` of `@day11/layer`) or throws it away. When it rejects,
    * nothing is left, not even the upper.
    *
-   * @throws {RunnerError} `RUNNER_BAD_ARGUMENT`, `RUNNER_PREP_UPPER_FAILED`,
+   * @throws {RunnerError} `RUNNER_BAD_ARGUMENT` (also for a `buildDirs` that
+   *   lacks, misorders or repeats a layer of the recorded stacks), `RUNNER_PREP_UPPER_FAILED`,
    *   `RUNNER_ABORTED` (before the container started), `RUNNER_INTERRUPTED`
    *   (a signal tore the run down), `RUNNER_CLEANUP_FAILED`, `RUNNER_CLOSED`.
    * @throws {LayerError} `LAYER_NOT_FOUND` when a layer does not exist (or was
@@ -143,6 +149,7 @@ class LayerRunner implements Runner, RunHost, Guarded {
   readonly osDir: string;
   readonly leases: LeaseTable;
   readonly spares: SparePool;
+  readonly checker = new Lineage.StackChecker();
   private readonly active = new Set<Run>();
   private readonly pending = new Set<Promise<unknown>>();
   private readonly stopping = new AbortController();

@@ -1,4 +1,4 @@
-/** `day11 import --cache DIR --image NAME (--tarball F | --dir D | --docker)` */
+/** `day11 import --cache DIR [--image NAME] (--tarball F | --dir D | --docker)` */
 import { resolve } from 'node:path';
 import { Import, LayerDir } from '@day11/layer';
 import { parseCommand, usage } from '../args.js';
@@ -6,14 +6,20 @@ import { cacheDir, prepareCache } from '../cache.js';
 
 export const summary = 'import a base layer from a rootfs tarball, a directory or a Docker image';
 
-export const help = `Usage: day11 import --cache DIR --image NAME (--tarball FILE | --dir DIR | --docker)
+export const help = `Usage: day11 import --cache DIR [--image NAME] (--tarball FILE | --dir DIR | --docker)
 
 Creates the base layer NAME (its hash is derived from NAME) from:
   --tarball FILE     a rootfs tarball, plain or gzip (e.g. the output of docker export)
   --dir DIR          a root filesystem directory (copied; owners, modes, xattrs kept)
   --docker           the Docker image NAME (needs a Docker engine)
-Importing an existing base does nothing. Hostile tarballs (.. paths, absolute
-paths, symlink escapes) are refused and nothing is left behind.
+Without --image (tarball, dir), the name is derived from the content
+(tarball:SHA256, directory:DIGEST). The name is the base's identity: every
+layer built on it is cached under it. Importing NAME again does nothing when
+the tarball or directory still holds what NAME was imported from, and is
+refused when it changed: import the new content under a new NAME, or without
+--image. A Docker image is not asked for again once imported: name a newer one
+by its digest (debian@sha256:...). Hostile tarballs (.. paths, absolute paths,
+symlink escapes) are refused and nothing is left behind.
 
 Example:
   day11 import --cache /var/cache/day11 --image debian:12 --tarball debian-12.tar.gz

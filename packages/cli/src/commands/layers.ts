@@ -1,17 +1,20 @@
-/** `day11 layers ls | show HASH | du | gc` */
+/** `day11 layers ls | show LAYER | rm LAYER... | du | gc` */
+import { basename } from 'node:path';
 import { readStats } from '@day11/build';
 import { Gc, LayerDir, LayerMeta, Scan, Sidecar } from '@day11/layer';
 import { numberOption, parseCommand, sizeOption, usage } from '../args.js';
 import { assertCacheExists, cacheDir, layerDirOf } from '../cache.js';
 import { formatBytes } from '../progress.js';
 
-export const summary = 'list, show, measure and garbage-collect the layers of a cache';
+export const summary = 'list, show, remove, measure and garbage-collect the layers of a cache';
 
-export const help = `Usage: day11 layers <ls|show|du|gc> --cache DIR [options]
+export const help = `Usage: day11 layers <ls|show|rm|du|gc> --cache DIR [options]
 
   ls                 every layer: name, last use, status, the step that made it
   show LAYER         layer.json and every sidecar, pretty-printed (LAYER: a hash,
                      a build-xxxxxxxxxxxx name, or a step id)
+  rm LAYER...        remove these layers now (a damaged one, say); a layer in use
+                     is refused. Layers built on one stay: a build makes it again
   du                 real disk usage per layer and in total (hardlinked files once),
                      and the cache's hits and misses
   gc                 delete least-recently-used layers; layers in use are never deleted
@@ -26,6 +29,7 @@ Options:
 Examples:
   day11 layers ls --cache /var/cache/day11
   day11 layers show 0123456789ab --cache /var/cache/day11
+  day11 layers rm build-0123456789ab --cache /var/cache/day11
   day11 layers gc --cache /var/cache/day11 --before 30 --keep-bytes 50G --dry-run
 `;
 
@@ -49,6 +53,9 @@ export async function run(argv: string[]): Promise<number> {
     case 'show':
       if (rest.length !== 1) throw usage('layers', 'show takes one LAYER');
       return show(osDir, rest[0]!);
+    case 'rm':
+      if (rest.length === 0) throw usage('layers', 'rm takes one or more LAYERs');
+      return remove(osDir, rest);
     case 'du':
       return du(osDir, json);
     case 'gc': {
@@ -61,7 +68,9 @@ export async function run(argv: string[]): Promise<number> {
     default:
       throw usage(
         'layers',
-        sub ? `unknown subcommand ${JSON.stringify(sub)}` : 'give a subcommand: ls, show, du or gc',
+        sub
+          ? `unknown subcommand ${JSON.stringify(sub)}`
+          : 'give a subcommand: ls, show, rm, du or gc',
       );
   }
 }
@@ -126,6 +135,17 @@ async function show(osDir: string, name: string): Promise<number> {
   for (const sidecar of await Sidecar.list(dir)) {
     console.log(`\n## ${sidecar}`);
     console.log(JSON.stringify(await Sidecar.read(dir, sidecar), null, 2));
+  }
+  return 0;
+}
+
+async function remove(osDir: string, names: readonly string[]): Promise<number> {
+  // Every name resolved first: a typo removes nothing.
+  const dirs = await Promise.all(names.map((name) => layerDirOf(osDir, name)));
+  for (const dir of dirs) {
+    const hash = LayerDir.hashPrefix(basename(dir))!;
+    const removed = await Gc.removeLayer({ osDir, hash });
+    console.log(`${removed ? 'removed' : 'already gone:'} ${basename(dir)}`);
   }
   return 0;
 }
