@@ -14,6 +14,7 @@ export const ALLOWED: Readonly<Record<string, readonly string[]>> = {
   container: ['exec'],
   runner: ['layer', 'container', 'exec'],
   'oci-export': ['layer', 'exec'],
+  registry: ['exec', 'layer', 'oci-export'],
   cli: ['exec', 'layer', 'container', 'runner', 'oci-export'],
 };
 

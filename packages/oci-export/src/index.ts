@@ -28,6 +28,7 @@ export {
   type OciIndex,
   type OciManifest,
 } from './oci.js';
+export { Semaphore, mapLimit } from './pool.js';
 export type { WalkWarning } from './walk.js';
 export type { GcResult, Problem, TagInfo } from './layout.js';
 export { OciExportCodes, OciExportError, type OciExportCode } from './errors.js';

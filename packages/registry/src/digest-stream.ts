@@ -1,0 +1,78 @@
+/**
+ * Pass-through streams that check bytes as they flow: every download is
+ * verified against its digest and size without holding it in memory.
+ */
+import { createHash, type Hash } from 'node:crypto';
+import { Transform, type TransformCallback } from 'node:stream';
+
+/** A pass-through that hashes and counts the bytes it sees. */
+export class Sha256Tap extends Transform {
+  private readonly hash: Hash = createHash('sha256');
+  /** Bytes seen so far. */
+  bytes = 0;
+  private digestValue: string | undefined;
+
+  override _transform(chunk: Buffer, _enc: BufferEncoding, done: TransformCallback): void {
+    this.hash.update(chunk);
+    this.bytes += chunk.length;
+    done(null, chunk);
+  }
+
+  /** `sha256:<hex>` of everything that passed; call once the stream has ended. */
+  digest(): string {
+    this.digestValue ??= `sha256:${this.hash.digest('hex')}`;
+    return this.digestValue;
+  }
+}
+
+/** What a {@link VerifiedStream} reports when the bytes are not the expected ones. */
+export type VerifyFailure =
+  | { kind: 'too-long'; bytes: number }
+  | { kind: 'too-short'; bytes: number }
+  | { kind: 'digest'; actual: string };
+
+/**
+ * A pass-through that fails the stream (with the error `fail` makes) when
+ * the bytes exceed `size`, end short of it, or do not hash to `digest`.
+ * Checked before the stream ends, so a consumer never sees a clean end of
+ * wrong bytes.
+ *
+ * @example
+ * ```ts
+ * const checked = new VerifiedStream({ digest, size, fail: (f) => new Error(f.kind) });
+ * await pipeline(download, checked, createWriteStream(file));
+ * ```
+ */
+export class VerifiedStream extends Sha256Tap {
+  private readonly expected: { digest: string; size: number | undefined };
+  private readonly fail: (failure: VerifyFailure) => Error;
+
+  constructor(opts: {
+    digest: string;
+    size?: number | undefined;
+    fail: (failure: VerifyFailure) => Error;
+  }) {
+    super();
+    this.expected = { digest: opts.digest, size: opts.size };
+    this.fail = opts.fail;
+  }
+
+  override _transform(chunk: Buffer, enc: BufferEncoding, done: TransformCallback): void {
+    const { size } = this.expected;
+    if (size !== undefined && this.bytes + chunk.length > size) {
+      done(this.fail({ kind: 'too-long', bytes: this.bytes + chunk.length }));
+      return;
+    }
+    super._transform(chunk, enc, done);
+  }
+
+  override _flush(done: TransformCallback): void {
+    const { size, digest } = this.expected;
+    if (size !== undefined && this.bytes < size) {
+      done(this.fail({ kind: 'too-short', bytes: this.bytes }));
+      return;
+    }
+    const actual = this.digest();
+    done(actual === digest ? null : this.fail({ kind: 'digest', actual }));
+  }
+}
