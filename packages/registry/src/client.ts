@@ -11,11 +11,10 @@
  * - Manifests: GET (at most 4 MiB, digest checked), HEAD, PUT.
  * - Tags: paginated listing (`Link: <…>; rel="next"`).
  */
-import { createHash } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { MediaTypes } from '@day11/oci-export';
 import { mergeScopes, scopeOf, type Scope } from './auth.js';
-import { VerifiedStream, type VerifyFailure } from './digest-stream.js';
+import { VerifiedStream, sha256Of, type VerifyFailure } from './digest-stream.js';
 import { RegistryCodes, RegistryError, isAbort } from './errors.js';
 import { DIGEST_RE } from './reference.js';
 import {
@@ -380,7 +379,7 @@ export class RegistryClient {
       return undefined;
     }
     const bytes = await this.readManifest(spec, res);
-    const digest = `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
+    const digest = sha256Of(bytes);
     const claimed = res.headers.get('docker-content-digest');
     const expected = DIGEST_RE.test(reference) ? reference : claimed;
     if (expected !== null && expected !== digest && DIGEST_RE.test(expected)) {
@@ -427,7 +426,7 @@ export class RegistryClient {
     manifest: { bytes: Buffer; mediaType: string },
     opts: Signal = {},
   ): Promise<string> {
-    const digest = `sha256:${createHash('sha256').update(manifest.bytes).digest('hex')}`;
+    const digest = sha256Of(manifest.bytes);
     const res = await this.transport.request({
       method: 'PUT',
       url: `/v2/${repository}/manifests/${reference}`,
@@ -608,7 +607,7 @@ function parseTagPage(bytes: Buffer): string[] | undefined {
     const json = JSON.parse(bytes.toString('utf8')) as { tags?: unknown };
     if (json.tags === null || json.tags === undefined) return [];
     if (Array.isArray(json.tags) && json.tags.every((t) => typeof t === 'string')) {
-      return json.tags as string[];
+      return json.tags;
     }
   } catch {
     // reported by the caller

@@ -5,6 +5,18 @@
 import { createHash, type Hash } from 'node:crypto';
 import { Transform, type TransformCallback } from 'node:stream';
 
+/**
+ * `sha256:<hex>` of `bytes`.
+ *
+ * @example
+ * ```ts
+ * sha256Of(Buffer.from('{}')); // 'sha256:44136fa3...'
+ * ```
+ */
+export function sha256Of(bytes: Uint8Array): string {
+  return `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
+}
+
 /** A pass-through that hashes and counts the bytes it sees. */
 export class Sha256Tap extends Transform {
   private readonly hash: Hash = createHash('sha256');

@@ -124,9 +124,10 @@ export function isAbort(err: unknown, signal?: AbortSignal): boolean {
 
 /** The first {@link RegistryError} in `err`'s cause chain (extraction wraps stream errors). */
 export function registryCause(err: unknown): RegistryError | undefined {
-  for (let at: unknown = err, depth = 0; at !== undefined && depth < 8; depth++) {
+  let at: unknown = err;
+  for (let depth = 0; depth < 8 && at instanceof Error; depth++) {
     if (at instanceof RegistryError) return at;
-    at = (at as { cause?: unknown } | null)?.cause;
+    at = at.cause;
   }
   return undefined;
 }

@@ -228,7 +228,7 @@ export class Transport {
         redirect: 'manual',
         signal: AbortSignal.any(signals),
         ...(streamed && { duplex: 'half' }),
-      } as RequestInit);
+      });
     } finally {
       clearTimeout(timer);
     }

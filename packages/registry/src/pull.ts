@@ -1,0 +1,323 @@
+/**
+ * Pulling a layer by hash from the cache repository into a local cache.
+ *
+ * The layers of its stack come first (each from its own `build-` tag, the
+ * base as a base layer), so a visible layer always has its stack. The
+ * layer's blob streams from the registry through a digest check, a copy to
+ * a temporary file (kept as the layer's cached blob, so a later export or
+ * push compresses nothing), gunzip and a diff_id check, into
+ * `@day11/layer`'s safe extraction, which turns `.wh.<name>` back into
+ * overlay whiteouts and `.wh..wh..opq` into opaque directories. The tree is
+ * committed with `Commit.commit` and the `layer.json`, log and sidecars the
+ * publisher recorded: a pulled layer is indistinguishable from a built one.
+ *
+ * Everything is written under `.day11-tmp-<pid>-…` names in the cache and
+ * renamed into place at the end: a failure or a kill leaves no partial
+ * layer, and `Recover.sweep` removes the temporaries of a killed process.
+ */
+import { mkdir, open, rm, type FileHandle } from 'node:fs/promises';
+import { join } from 'node:path';
+import { PassThrough, Transform, type Readable, type TransformCallback } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { createGunzip } from 'node:zlib';
+import { Atomic, Commit, Hash, Import, LayerDir, LayerError, Lock, TarExtract } from '@day11/layer';
+import { LayerBlob, mapLimit } from '@day11/oci-export';
+import { buildTag, parseManifest, type CacheImage } from './cache-image.js';
+import type { RegistryClient } from './client.js';
+import { Sha256Tap } from './digest-stream.js';
+import { RegistryCodes, RegistryError, isAbort, messageOf, registryCause } from './errors.js';
+import { applyFsRoot, isCommitted, stackOf } from './local.js';
+import * as Record from './record.js';
+
+/** State shared by the pulls of one cache object: a layer wanted twice is pulled once. */
+export interface PullSession {
+  readonly inflight: Map<string, Promise<PullStatus>>;
+}
+
+/** A fresh {@link PullSession}. */
+export function newPullSession(): PullSession {
+  return { inflight: new Map() };
+}
+
+/** Options of {@link pullLayer}. */
+export interface PullOptions {
+  client: RegistryClient;
+  /** The cache repository on `client`'s registry. */
+  repository: string;
+  osDir: string;
+  /** The layer's full 64-hex hash. */
+  hash: string;
+  /** Layers of the stack downloaded at once (default 4). */
+  concurrency?: number | undefined;
+  signal?: AbortSignal | undefined;
+  session?: PullSession | undefined;
+  /** The layer's manifest when the caller has it already (a lookup read it). */
+  manifest?: { bytes: Buffer; digest: string } | undefined;
+}
+
+/** `pulled`: committed by this call; `present`: it was in the cache; `missing`: the registry lacks it (or part of its stack). */
+export type PullStatus = 'pulled' | 'present' | 'missing';
+
+/** What {@link pullLayer} did. */
+export interface PullResult {
+  hash: string;
+  status: PullStatus;
+  /** Hashes committed by this call, the stack's included, bottom first. */
+  pulled: string[];
+}
+
+/**
+ * Brings layer `hash` (and the stack it was built on) from the cache
+ * repository into `osDir`.
+ *
+ * @example
+ * ```ts
+ * const client = new RegistryClient({ registry: '127.0.0.1:5000' });
+ * const { status } = await pullLayer({ client, repository: 'ns/day11-cache', osDir, hash });
+ * ```
+ * @throws {RegistryError} `REGISTRY_FOREIGN_IMAGE`, `REGISTRY_MANIFEST_INVALID`,
+ *   `REGISTRY_DIGEST_MISMATCH`, `REGISTRY_TRUNCATED`, `REGISTRY_UNSAFE_LAYER`,
+ *   `REGISTRY_WRITE_FAILED` and the client's errors. Nothing half-written stays.
+ */
+export async function pullLayer(options: PullOptions): Promise<PullResult> {
+  const pulled: string[] = [];
+  const ctx: Context = { ...options, session: options.session ?? newPullSession(), pulled };
+  const status = await pullOne(ctx, options.hash, options.manifest);
+  return { hash: options.hash, status, pulled };
+}
+
+type Context = PullOptions & { session: PullSession; pulled: string[] };
+
+function pullOne(
+  ctx: Context,
+  hash: string,
+  manifest?: { bytes: Buffer; digest: string },
+): Promise<PullStatus> {
+  const running = ctx.session.inflight.get(hash);
+  if (running) return running;
+  const promise = pullFresh(ctx, hash, manifest).finally(() => ctx.session.inflight.delete(hash));
+  ctx.session.inflight.set(hash, promise);
+  return promise;
+}
+
+async function pullFresh(
+  ctx: Context,
+  hash: string,
+  given?: { bytes: Buffer; digest: string },
+): Promise<PullStatus> {
+  if (await isCommitted(ctx.osDir, hash)) return 'present';
+  const image = await readImage(ctx, hash, given);
+  if (!image) return 'missing';
+  const below = image.stack.slice(0, -1).map((l) => l.hash);
+  const statuses = await mapLimit(below, ctx.concurrency ?? 4, (h) => pullOne(ctx, h));
+  if (statuses.includes('missing')) return 'missing';
+  return Lock.withLayer(
+    { osDir: ctx.osDir, hash, timeoutMs: Infinity, signal: ctx.signal },
+    async () => {
+      if (await isCommitted(ctx.osDir, hash)) return 'present';
+      await extractAndCommit(ctx, image);
+      ctx.pulled.push(hash);
+      return 'pulled';
+    },
+  );
+}
+
+/** The `build-<hash>` image, checked for consistency; `undefined` when the tag is absent. */
+async function readImage(
+  ctx: Context,
+  hash: string,
+  given?: { bytes: Buffer; digest: string },
+): Promise<CacheImage | undefined> {
+  const { client, repository } = ctx;
+  const tag = buildTag(hash);
+  const fetched = given ?? (await client.manifest(repository, tag, ctx));
+  if (!fetched) return undefined;
+  const origin = { registry: client.registry, repository, reference: tag };
+  const image = parseManifest(fetched.bytes, { hash, digest: fetched.digest, origin });
+  const expected = stackOf({ hash, meta: image.meta });
+  const actual = image.stack.map((l) => l.hash);
+  const baseName = image.sidecars[Import.SIDECAR]?.['image'];
+  const why =
+    expected.join() !== actual.join()
+      ? 'its layers are not the stack its layer.json names'
+      : expected.length === 1 &&
+          typeof baseName === 'string' &&
+          Hash.baseHash({ image: baseName }) !== hash
+        ? `its base.json names image ${JSON.stringify(baseName)}, whose hash is not ${hash}`
+        : undefined;
+  if (why) {
+    throw new RegistryError(
+      RegistryCodes.MANIFEST_INVALID,
+      `${client.registry}/${repository}:${tag} is inconsistent: ${why}`,
+      {
+        registry: client.registry,
+        repository,
+        digest: fetched.digest,
+        hint: 'The image is damaged or was edited; delete the tag so the layer is built and published again',
+      },
+    );
+  }
+  return image;
+}
+
+/** Downloads, checks and extracts the layer's own blob, then commits it. */
+async function extractAndCommit(ctx: Context, image: CacheImage): Promise<void> {
+  const { osDir, hash } = { osDir: ctx.osDir, hash: image.hash };
+  const name = LayerDir.name(hash);
+  const upper = Atomic.tempPathFor(LayerDir.path({ osDir, hash }));
+  const gz = Atomic.tempPathFor(join(osDir, `${name}.tar.gz`));
+  const log = Atomic.tempPathFor(join(osDir, `${name}.log`));
+  const own = image.stack.at(-1)!;
+  try {
+    await mkdir(osDir, { recursive: true });
+    await mkdir(upper, { mode: 0o700 });
+    const tar = await extractBlob(ctx, { image, upper, gz });
+    await applyFsRoot(upper, image.fsRoot);
+    if (image.log.size > 0) await download(ctx, image.log, log);
+    const { dir, committed } = await Commit.commit({
+      osDir,
+      hash,
+      upper,
+      meta: image.meta,
+      log: image.log.size > 0 ? { file: log } : undefined,
+      sidecars: image.sidecars,
+    });
+    if (committed && image.blob.format === LayerBlob.FORMAT) {
+      const { diffId, format, level, chunkSize } = image.blob;
+      await LayerBlob.adopt(dir, {
+        file: gz,
+        digest: own.digest,
+        diffId,
+        size: own.size,
+        tarSize: tar.bytes,
+        encoding: { format, level, chunkSize },
+      }).catch(() => undefined); // only a cache: a later export compresses again
+    }
+    await Record.remember(dir, {
+      registry: ctx.client.registry,
+      repository: ctx.repository,
+      manifest: image.digest,
+      blob: own.digest,
+    });
+  } catch (err) {
+    throw asPullError(ctx, image, err);
+  } finally {
+    await Promise.all(
+      [upper, gz, log].map((p) => rm(p, { recursive: true, force: true }).catch(() => undefined)),
+    );
+  }
+}
+
+/** Streams the blob into `upper` (and a copy into `gz`); resolves with the tar's size. */
+async function extractBlob(
+  ctx: Context,
+  o: { image: CacheImage; upper: string; gz: string },
+): Promise<{ bytes: number }> {
+  const own = o.image.stack.at(-1)!;
+  const body = await ctx.client.blob(ctx.repository, own, ctx);
+  const file = await open(o.gz, 'wx', 0o644);
+  const diff = new Sha256Tap();
+  const tar = new PassThrough();
+  // Settles with the first stream error (or undefined): never an unhandled rejection.
+  const piping = pipeline(body, new FileTee(file), createGunzip(), diff, tar).then(
+    () => undefined,
+    (err: unknown) => (err instanceof Error ? err : new Error(String(err))),
+  );
+  try {
+    await TarExtract.extractStream({
+      source: tar,
+      dest: o.upper,
+      archive: { label: `blob ${own.digest} of ${ctx.client.registry}/${ctx.repository}` },
+      whiteouts: 'overlay',
+      signal: ctx.signal,
+    });
+    const streamError = await piping;
+    if (streamError !== undefined) throw streamError;
+    await file.sync();
+  } catch (err) {
+    body.destroy();
+    // Bytes that are not what the manifest promised explain any extraction failure.
+    throw registryCause(await piping) ?? err;
+  } finally {
+    await file.close();
+  }
+  if (diff.digest() !== o.image.blob.diffId) {
+    throw new RegistryError(
+      RegistryCodes.DIGEST_MISMATCH,
+      `The layer tar of ${own.digest} hashes to ${diff.digest()}, but its manifest says diff_id ${o.image.blob.diffId}`,
+      {
+        registry: ctx.client.registry,
+        repository: ctx.repository,
+        digest: own.digest,
+        hint: 'The image is damaged; delete its tag so the layer is built and published again',
+      },
+    );
+  }
+  return { bytes: diff.bytes };
+}
+
+/** Downloads a (log) blob to `file`, verified. */
+async function download(
+  ctx: Context,
+  blob: { digest: string; size: number },
+  file: string,
+): Promise<void> {
+  const body: Readable = await ctx.client.blob(ctx.repository, blob, ctx);
+  const handle = await open(file, 'wx', 0o644);
+  try {
+    await pipeline(body, new FileTee(handle), new PassThrough().resume());
+  } finally {
+    await handle.close();
+  }
+}
+
+/** A pass-through that also writes every chunk to a file, in order, before passing it on. */
+class FileTee extends Transform {
+  constructor(private readonly handle: FileHandle) {
+    super();
+  }
+
+  override _transform(chunk: Buffer, _enc: BufferEncoding, done: TransformCallback): void {
+    writeFully(this.handle, chunk).then(
+      () => done(null, chunk),
+      (err: unknown) => done(err as Error),
+    );
+  }
+}
+
+async function writeFully(handle: FileHandle, chunk: Buffer): Promise<void> {
+  for (let at = 0; at < chunk.length;) at += (await handle.write(chunk, at)).bytesWritten;
+}
+
+/** Our own errors pass; a hostile or corrupt tar names the blob; aborts pass unchanged. */
+function asPullError(ctx: Context, image: CacheImage, err: unknown): unknown {
+  if (isAbort(err, ctx.signal)) return err;
+  const own = image.stack.at(-1)!;
+  const ours = registryCause(err);
+  if (ours) return ours;
+  const where = {
+    registry: ctx.client.registry,
+    repository: ctx.repository,
+    digest: own.digest,
+    cause: err,
+  };
+  if (err instanceof LayerError && err.code.startsWith('LAYER_IMPORT')) {
+    return new RegistryError(
+      RegistryCodes.UNSAFE_LAYER,
+      `Refusing layer ${image.hash} from ${ctx.client.registry}/${ctx.repository}: ${err.message}`,
+      {
+        ...where,
+        hint: 'The blob is hostile or corrupt; nothing was stored. Delete the tag and find out who pushed it',
+      },
+    );
+  }
+  return new RegistryError(
+    RegistryCodes.WRITE_FAILED,
+    `Cannot store layer ${image.hash} pulled from ${ctx.client.registry}/${ctx.repository}: ${messageOf(err)}`,
+    {
+      ...where,
+      path: ctx.osDir,
+      hint: 'Check free space and permissions of the cache (pulling keeps owners and devices: run as root)',
+    },
+  );
+}
