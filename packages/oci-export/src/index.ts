@@ -23,6 +23,7 @@ export {
   MediaTypes,
   REF_NAME,
   assertTag,
+  defaultArchitecture,
   type Descriptor,
   type ImageConfigInput,
   type OciIndex,

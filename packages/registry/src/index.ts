@@ -45,6 +45,18 @@ export {
   parseManifest,
   type CacheImage,
 } from './cache-image.js';
+export {
+  importBaseImage,
+  pinnedName,
+  type ImportBaseImageOptions,
+  type ImportedBase,
+  type Platform,
+} from './base-image.js';
+export {
+  exportToRegistry,
+  type ExportToRegistryOptions,
+  type ExportToRegistryResult,
+} from './push-image.js';
 export { findCredentials, type Credentials } from './credentials.js';
 export {
   parseRepository,
