@@ -164,7 +164,7 @@ describe.skipIf(!isRoot || !haveDockerRegistry)('SIGKILL during publish and pull
         // Whatever is committed is whole.
         for (const name of (await readdir(dest).catch(() => [])).filter(LayerDir.isLayerName)) {
           const meta = await LayerMeta.load(join(dest, name));
-          const hash = String(meta['hash'] ?? meta.base_hash);
+          const hash = typeof meta['hash'] === 'string' ? meta['hash'] : meta.base_hash;
           const originFs = join(LayerDir.path({ osDir: origin, hash }), 'fs');
           expect(await treeDigest(join(dest, name, 'fs')), where).toBe(await treeDigest(originFs));
         }
