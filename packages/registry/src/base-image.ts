@@ -31,7 +31,7 @@ import {
 import { Layout, MediaTypes, REF_NAME, defaultArchitecture } from '@day11/oci-export';
 import { z } from 'zod';
 import { MAX_MANIFEST_BYTES, RegistryClient, type ClientOptions } from './client.js';
-import { Sha256Tap, VerifiedStream, sha256Of } from './digest-stream.js';
+import { Sha256Tap, sha256Of, verified } from './digest-stream.js';
 import { RegistryCodes, RegistryError, isAbort, messageOf, registryCause } from './errors.js';
 import { formatImage, parseImageSource, type ImageRef } from './reference.js';
 
@@ -357,8 +357,8 @@ function registryStore(
 /** An OCI image layout on disk; every blob is verified as it is read. */
 function layoutStore(dir: string, label: string): ImageStore {
   const where = { registry: undefined, repository: dir };
-  const verify = (desc: { digest: string; size: number }, source: Readable) => {
-    const checked = new VerifiedStream({
+  const verify = (desc: { digest: string; size: number }) =>
+    verified(createReadStream(Layout.blobPath(dir, desc.digest)), {
       digest: desc.digest,
       size: desc.size,
       fail: (f) =>
@@ -371,9 +371,7 @@ function layoutStore(dir: string, label: string): ImageStore {
             hint: 'The layout is corrupt; copy the image again',
           },
         ),
-    });
-    source.on('error', (err: Error) =>
-      checked.destroy(
+      failSource: (err) =>
         new RegistryError(
           RegistryCodes.NOT_FOUND,
           `Cannot read blob ${desc.digest} of ${label}: ${messageOf(err)}`,
@@ -384,11 +382,7 @@ function layoutStore(dir: string, label: string): ImageStore {
             hint: 'The layout is incomplete; copy the image again',
           },
         ),
-      ),
-    );
-    checked.on('close', () => source.destroy());
-    return source.pipe(checked);
-  };
+    });
   return {
     label,
     where,
@@ -427,12 +421,10 @@ function layoutStore(dir: string, label: string): ImageStore {
           `its manifest ${entry.digest} is over 4 MiB`,
           'Point at an image day11 can read',
         );
-      const bytes = await readAll(
-        verify(entry, createReadStream(Layout.blobPath(dir, entry.digest))),
-      );
+      const bytes = await readAll(verify(entry));
       return { bytes, digest: sha256Of(bytes) };
     },
-    blob: async (desc) => verify(desc, createReadStream(Layout.blobPath(dir, desc.digest))),
+    blob: async (desc) => verify(desc),
   };
 }
 

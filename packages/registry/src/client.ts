@@ -11,10 +11,10 @@
  * - Manifests: GET (at most 4 MiB, digest checked), HEAD, PUT.
  * - Tags: paginated listing (`Link: <…>; rel="next"`).
  */
-import { Readable } from 'node:stream';
+import type { Readable } from 'node:stream';
 import { MediaTypes } from '@day11/oci-export';
 import { mergeScopes, scopeOf, type Scope } from './auth.js';
-import { VerifiedStream, sha256Of, type VerifyFailure } from './digest-stream.js';
+import { sha256Of, verified, type VerifyFailure } from './digest-stream.js';
 import { RegistryCodes, RegistryError, isAbort } from './errors.js';
 import { DIGEST_RE } from './reference.js';
 import {
@@ -162,18 +162,12 @@ export class RegistryClient {
         `it announces ${announced} bytes, the descriptor says ${blob.size}`,
       );
     }
-    const checked = new VerifiedStream({
+    return verified(res.body as AsyncIterable<Uint8Array> | null, {
       digest: blob.digest,
       size: blob.size,
       fail: (f) => this.verifyError(spec, f),
+      failSource: (err, bytes) => this.truncated(spec, bytes, err),
     });
-    const body = res.body ? Readable.fromWeb(res.body as never) : Readable.from([]);
-    body.on('error', (err: Error) => {
-      checked.destroy(isAbort(err) ? err : this.truncated(spec, checked.bytes, err));
-    });
-    checked.on('close', () => body.destroy());
-    body.pipe(checked);
-    return checked;
   }
 
   /**

@@ -3,6 +3,7 @@
  * verified against its digest and size without holding it in memory.
  */
 import { createHash, type Hash } from 'node:crypto';
+import { once } from 'node:events';
 import { Transform, type TransformCallback } from 'node:stream';
 
 /**
@@ -87,4 +88,49 @@ export class VerifiedStream extends Sha256Tap {
     const actual = this.digest();
     done(actual === digest ? null : this.fail({ kind: 'digest', actual }));
   }
+}
+
+/** Options of {@link verified}. */
+export interface VerifiedOptions {
+  digest: string;
+  size?: number | undefined;
+  /** The error for bytes that are not the expected ones. */
+  fail: (failure: VerifyFailure) => Error;
+  /** The error for a source that fails (a dropped connection, an unreadable file), given the bytes seen. */
+  failSource: (err: unknown, bytes: number) => Error;
+}
+
+/**
+ * `source` as a {@link VerifiedStream}, fed with backpressure; reading stops
+ * when the stream is destroyed. Late errors (after the consumer gave up) are
+ * never thrown at the process.
+ *
+ * @example
+ * ```ts
+ * const blob = verified(createReadStream(path), { digest, size, fail, failSource });
+ * await pipeline(blob, createGunzip(), sink);
+ * ```
+ */
+export function verified(
+  source: AsyncIterable<Uint8Array> | null,
+  opts: VerifiedOptions,
+): VerifiedStream {
+  const checked = new VerifiedStream(opts);
+  checked.on('error', () => undefined);
+  void feed(source, checked).catch((err: unknown) => {
+    if (checked.destroyed) return;
+    const name = (err as { name?: unknown } | null)?.name;
+    const abort = name === 'AbortError' || name === 'TimeoutError';
+    checked.destroy(abort ? (err as Error) : opts.failSource(err, checked.bytes));
+  });
+  return checked;
+}
+
+async function feed(source: AsyncIterable<Uint8Array> | null, into: VerifiedStream): Promise<void> {
+  const closed = new Promise<void>((resolve) => into.once('close', resolve));
+  for await (const chunk of source ?? []) {
+    if (into.destroyed) return; // leaving the loop closes the source
+    if (!into.write(chunk)) await Promise.race([once(into, 'drain'), closed]);
+  }
+  if (!into.destroyed) into.end();
 }
