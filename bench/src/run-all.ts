@@ -48,6 +48,10 @@ const SUITES: Record<string, Suite> = {
     load: () => import('./export.js'),
     note: "`exportImage` with every blob cache emptied (cold) of five layers copied from this machine's `/usr` (headers, Python, Perl, binaries) against day10's method on the same layers: per layer, sequentially, GNU `tar -c --numeric-owner | gzip -n -6`; the same for one large layer (`/usr/bin`). Warm re-export (every blob cached) into a fresh layout against the cold export. Peak RSS of a child process exporting a layer holding one 2 GiB incompressible file against a 150 MB limit. 3 rounds (7 warm), medians; all reads from the page cache, so this measures CPU, not the disk.",
   },
+  registry: {
+    load: () => import('./registry.js'),
+    note: "`@day11/registry` against Debian's docker-registry on loopback. Publish and pull of a five-layer stack copied from `/usr` (blobs already cached, as after a build) against `skopeo copy` of the same image from the same blobs (`oci:` → `docker://` and back), each variant on a fresh registry per round so nothing is known there and skopeo's blob cache cannot mount; the pull also extracts and commits, so a reference row adds `umoci raw unpack` to skopeo. Lookup of a 1,000-step plan (50 chains of 20 really published layers) cold and warm, in requests and time, against one HEAD per step; the no-op republish of those 1,000 layers by a fresh cache object against the 2 s target. Peak RSS of child processes pulling and publishing a layer holding one 2 GiB incompressible file. 3 rounds (5 for lookups), variants in a seeded shuffled order, medians.",
+  },
 };
 
 const BENCHMARKS_MD = resolve(import.meta.dirname, '../../BENCHMARKS.md');

@@ -7,7 +7,13 @@ import { mapLimit } from '@day11/oci-export';
 import { RegistryClient, type ClientOptions } from './client.js';
 import { RegistryCodes, RegistryError } from './errors.js';
 import { lookupLayers, ManifestCache } from './lookup.js';
-import { newSession, publishLayer, type PublishResult, type RegistryWarning } from './publish.js';
+import {
+  listTags,
+  newSession,
+  publishLayer,
+  type PublishResult,
+  type RegistryWarning,
+} from './publish.js';
 import { newPullSession, pullLayer, type PullResult } from './pull.js';
 import { parseRepository } from './reference.js';
 
@@ -154,11 +160,25 @@ export class RegistryCache {
     return result;
   }
 
-  /** Publishes several layers (bounded by `concurrency`); for `day11 push HASH…`. */
+  /**
+   * Publishes several layers (bounded by `concurrency`); for `day11 push HASH…`.
+   * Many layers are checked against one tag listing instead of a HEAD each.
+   */
   async pushAll(
     layers: readonly string[],
     opts: { osDir: string; signal?: AbortSignal | undefined },
   ): Promise<PublishResult[]> {
+    this.assertOpen();
+    assertHashes(layers);
+    await listTags(
+      {
+        client: this.client,
+        repository: this.repository,
+        session: this.publishing,
+        signal: opts.signal,
+      },
+      layers.length,
+    );
     return mapLimit(layers, this.options.concurrency ?? 8, (hash) =>
       this.push({ hash, osDir: opts.osDir }, opts),
     );

@@ -72,6 +72,8 @@ export interface LookupOptions {
   manifests?: ManifestCache | undefined;
   /** Requests at once (default 8). */
   concurrency?: number | undefined;
+  /** False: never list tags, ask per hash (for registries whose tag lists lag; and to measure). Default true. */
+  tagList?: boolean | undefined;
   signal?: AbortSignal | undefined;
 }
 
@@ -88,7 +90,10 @@ export async function lookupLayers(options: LookupOptions): Promise<Set<string>>
   const wanted = new Set(options.hashes);
   const { hits } = options;
   const unknown = [...wanted].filter((h) => !hits.has(h));
-  const listed = unknown.length >= TAG_LIST_MIN && (await fromTagList(options, unknown));
+  const listed =
+    options.tagList !== false &&
+    unknown.length >= TAG_LIST_MIN &&
+    (await fromTagList(options, unknown));
   if (!listed) {
     await fromManifests(options, { wanted, order: unknown.filter((h) => !hits.has(h)) });
   }

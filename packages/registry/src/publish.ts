@@ -60,11 +60,39 @@ export interface PublishSession {
   readonly published: Map<string, string>;
   /** Publishes in flight, so a layer shared by two stacks is published once. */
   readonly inflight: Map<string, Promise<PublishResult>>;
+  /**
+   * Tags a complete listing showed (see {@link listTags}): a tag in it exists,
+   * one missing from it did not exist then, so neither needs a HEAD.
+   */
+  listed?: ReadonlySet<string> | undefined;
 }
 
 /** A fresh {@link PublishSession}. */
 export function newSession(): PublishSession {
   return { knownBlobs: new Set(), published: new Map(), inflight: new Map() };
+}
+
+/**
+ * Lists the repository's tags into `session` when that costs fewer requests
+ * than a HEAD per layer: for publishing many layers at once (`day11 push`).
+ * A listing longer than the budget is dropped, and the layers are HEADed.
+ */
+export async function listTags(
+  ctx: {
+    client: RegistryClient;
+    repository: string;
+    session: PublishSession;
+    signal?: AbortSignal | undefined;
+  },
+  layers: number,
+): Promise<void> {
+  if (layers < 32) return;
+  const { tags, complete } = await ctx.client.tags(ctx.repository, {
+    pageSize: 1000,
+    maxPages: Math.ceil(layers / 100),
+    signal: ctx.signal,
+  });
+  if (complete) ctx.session.listed = new Set(tags);
 }
 
 /** Options of {@link publishLayer}. */
@@ -137,36 +165,24 @@ async function publishFresh(ctx: Context, hash: string, below: boolean): Promise
   const { client, repository, session } = ctx;
   const known = session.published.get(hash);
   if (known !== undefined) return noop(hash, known);
-  const layer = await loadLayer(ctx.osDir, hash);
   const where = { registry: client.registry, repository };
-  const record = await Record.recordFor(layer.dir, where);
-  if (below && record) {
-    // Not looked up again: if the registry lost it, the manifest PUT above says so.
-    session.published.set(hash, record.manifest);
-    session.knownBlobs.add(record.blob);
-    return noop(hash, record.manifest);
-  }
-  const head = await client.headManifest(repository, buildTag(hash), ctx);
-  if (head && record && head.digest === record.manifest) {
-    session.published.set(hash, record.manifest);
-    session.knownBlobs.add(record.blob);
-    return noop(hash, record.manifest);
-  }
-  if (head) return settleExisting(ctx, layer);
+  const record = await Record.recordFor(LayerDir.path({ osDir: ctx.osDir, hash }), where);
+  const listed = session.listed?.has(buildTag(hash));
+  // Below the layer asked for, a record is trusted: if the registry lost it, the manifest PUT says so.
+  if (record && (below || listed === true)) return trusted(ctx, hash, record);
+  const head =
+    listed === undefined ? await client.headManifest(repository, buildTag(hash), ctx) : undefined;
+  if (record && head?.digest === record.manifest) return trusted(ctx, hash, record);
+  const layer = await loadLayer(ctx.osDir, hash);
+  if (head || listed === true) return settleExisting(ctx, layer);
   if (record) await Record.forget(layer.dir, where); // the registry lost it: publish again
+  return publishStack(ctx, layer);
+}
 
-  const totals = { uploaded: 0, uploadedBytes: 0 };
-  for (const lower of stackOf(layer).slice(0, -1)) {
-    const r = await publishOne(ctx, lower, true);
-    totals.uploaded += r.uploaded;
-    totals.uploadedBytes += r.uploadedBytes;
-  }
-  const mine = await publishImage(ctx, layer);
-  return {
-    ...mine,
-    uploaded: mine.uploaded + totals.uploaded,
-    uploadedBytes: mine.uploadedBytes + totals.uploadedBytes,
-  };
+function trusted(ctx: Context, hash: string, record: Record.RegistryRecord): PublishResult {
+  ctx.session.published.set(hash, record.manifest);
+  ctx.session.knownBlobs.add(record.blob);
+  return noop(hash, record.manifest);
 }
 
 function noop(hash: string, manifestDigest: string): PublishResult {
@@ -178,7 +194,7 @@ async function settleExisting(ctx: Context, layer: LocalLayer): Promise<PublishR
   const { client, repository } = ctx;
   const tag = buildTag(layer.hash);
   const fetched = await client.manifest(repository, tag, ctx);
-  if (!fetched) return publishFresh(ctx, layer.hash, false); // deleted between HEAD and GET
+  if (!fetched) return publishStack(ctx, layer); // deleted since we looked
   const theirs = parseManifest(fetched.bytes, {
     hash: layer.hash,
     digest: fetched.digest,
@@ -213,9 +229,43 @@ async function settleExisting(ctx: Context, layer: LocalLayer): Promise<PublishR
   };
 }
 
-/** One layer's image, its stack being published already. */
-async function publishImage(ctx: Context, layer: LocalLayer): Promise<PublishResult> {
-  const { client, repository, session } = ctx;
+/** A layer's image exported into a temporary layout: its blobs and config, ready to push. */
+interface StackImage {
+  layout: string;
+  /** Hashes, base first. */
+  stack: string[];
+  baseImage: string;
+  layers: { digest: string; diffId: string; size: number }[];
+  config: { digest: string; bytes: Buffer };
+}
+
+/**
+ * Publishes `layer` and what is below it: every blob of the stack first, in
+ * parallel; then the lower layers' images bottom-up (their blobs are there
+ * now); then this layer's.
+ */
+async function publishStack(ctx: Context, layer: LocalLayer): Promise<PublishResult> {
+  const image = await exportStack(ctx, layer);
+  try {
+    const blobs = image.layers.map((l) => fileBlob(Layout.blobPath(image.layout, l.digest), l));
+    const counts = await pushBlobs(ctx, blobs);
+    for (const lower of image.stack.slice(0, -1)) {
+      const r = await publishOne(ctx, lower, true);
+      counts.uploaded += r.uploaded;
+      counts.uploadedBytes += r.uploadedBytes;
+    }
+    const mine = await publishImage(ctx, layer, image);
+    return {
+      ...mine,
+      uploaded: mine.uploaded + counts.uploaded,
+      uploadedBytes: mine.uploadedBytes + counts.uploadedBytes,
+    };
+  } finally {
+    await rm(image.layout, { recursive: true, force: true }).catch(() => undefined);
+  }
+}
+
+async function exportStack(ctx: Context, layer: LocalLayer): Promise<StackImage> {
   const stack = stackOf(layer);
   const dirs = stack.map((h) => LayerDir.path({ osDir: ctx.osDir, hash: h }));
   const base = await baseOf(ctx.osDir, stack[0]!);
@@ -230,52 +280,70 @@ async function publishImage(ctx: Context, layer: LocalLayer): Promise<PublishRes
       signal: ctx.signal,
       onWarning: (w) => warn(ctx, { code: 'SKIPPED_FILE', message: w.message, hash: layer.hash }),
     });
-    const config = await readFile(Layout.blobPath(layout, exported.configDigest));
-    const log = await logOf(layer.dir);
-    const own = exported.layers.at(-1)!;
-    const blobs: BlobSource[] = [
-      ...exported.layers.map((l) => fileBlob(Layout.blobPath(layout, l.digest), l)),
-      bufferBlob(config),
-      log.file ? fileBlob(log.file, log) : bufferBlob(Buffer.alloc(0)),
-      bufferBlob(EMPTY_CONFIG),
-    ];
-    const counts = await pushBlobs(ctx, blobs);
-    await putLog(ctx, layer.hash, log);
-
-    const manifest = buildManifest({
-      config: {
-        mediaType: layer.meta.exit_status === 0 ? MediaTypes.config : CacheMediaTypes.failedConfig,
-        digest: exported.configDigest,
-        size: config.length,
-      },
-      stack: exported.layers.map((l, i) => ({ digest: l.digest, size: l.size, hash: stack[i]! })),
-      meta: layer.meta,
-      sidecars: await portableSidecars(layer.dir),
-      log,
-      blob: {
-        diffId: own.diffId,
-        tarSize: (await LayerBlob.find(layer.dir, { gzipLevel: ctx.gzipLevel }))?.tarSize ?? 0,
-        ...LayerBlob.encoding(ctx.gzipLevel),
-      },
-      fsRoot: await fsRootOf(layer.dir),
+    const digest = exported.configDigest;
+    const bytes = await readFile(Layout.blobPath(layout, digest));
+    return {
+      layout,
+      stack,
       baseImage: base.image,
-    });
-    // Last look before the commit point: someone may have published it meanwhile.
-    if (await client.headManifest(repository, buildTag(layer.hash), ctx)) {
-      return { ...(await settleExisting(ctx, layer)), ...counts };
-    }
-    const digest = await putManifest(ctx, { layer, manifest, blobs });
-    session.published.set(layer.hash, digest);
-    await Record.remember(layer.dir, {
-      registry: client.registry,
-      repository,
-      manifest: digest,
-      blob: own.digest,
-    });
-    return { hash: layer.hash, status: 'published', manifestDigest: digest, ...counts };
-  } finally {
+      layers: exported.layers,
+      config: { digest, bytes },
+    };
+  } catch (err) {
     await rm(layout, { recursive: true, force: true }).catch(() => undefined);
+    throw err;
   }
+}
+
+/** One layer's image, its stack's blobs and images being there already. */
+async function publishImage(
+  ctx: Context,
+  layer: LocalLayer,
+  image: StackImage,
+): Promise<PublishResult> {
+  const { client, repository, session } = ctx;
+  const log = await logOf(layer.dir);
+  const own = image.layers.at(-1)!;
+  const blobs: BlobSource[] = [
+    ...image.layers.map((l) => fileBlob(Layout.blobPath(image.layout, l.digest), l)),
+    bufferBlob(image.config.bytes),
+    log.file ? fileBlob(log.file, log) : bufferBlob(Buffer.alloc(0)),
+    bufferBlob(EMPTY_CONFIG),
+  ];
+  const counts = await pushBlobs(ctx, blobs);
+  await putLog(ctx, layer.hash, log);
+
+  const manifest = buildManifest({
+    config: {
+      mediaType: layer.meta.exit_status === 0 ? MediaTypes.config : CacheMediaTypes.failedConfig,
+      digest: image.config.digest,
+      size: image.config.bytes.length,
+    },
+    stack: image.layers.map((l, i) => ({ digest: l.digest, size: l.size, hash: image.stack[i]! })),
+    meta: layer.meta,
+    sidecars: await portableSidecars(layer.dir),
+    log,
+    blob: {
+      diffId: own.diffId,
+      tarSize: (await LayerBlob.find(layer.dir, { gzipLevel: ctx.gzipLevel }))?.tarSize ?? 0,
+      ...LayerBlob.encoding(ctx.gzipLevel),
+    },
+    fsRoot: await fsRootOf(layer.dir),
+    baseImage: image.baseImage,
+  });
+  // Last look before the commit point: someone may have published it meanwhile.
+  if (await client.headManifest(repository, buildTag(layer.hash), ctx)) {
+    return { ...(await settleExisting(ctx, layer)), ...counts };
+  }
+  const digest = await putManifest(ctx, { layer, manifest, blobs });
+  session.published.set(layer.hash, digest);
+  await Record.remember(layer.dir, {
+    registry: client.registry,
+    repository,
+    manifest: digest,
+    blob: own.digest,
+  });
+  return { hash: layer.hash, status: 'published', manifestDigest: digest, ...counts };
 }
 
 /** The manifest PUT; when the registry lost a blob we believed it had, push it and try once more. */

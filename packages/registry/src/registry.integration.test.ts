@@ -105,6 +105,25 @@ describe.skipIf(!isRoot || !haveDockerRegistry)('a cache repository on docker-re
     expect(c.client.stats.bytesSent).toBe(0);
   });
 
+  it('publishes many layers at once, and republishes them with one tag listing', async () => {
+    const many: string[] = [];
+    for (let i = 0; i < 40; i++) {
+      const layer = await commitLayer({
+        osDir: origin,
+        base: stack.base,
+        pkg: `many-${i}`,
+        fill: (u) => writeFile(join(u, `file-${i}`), `${i}\n`),
+      });
+      many.push(layer.hash);
+    }
+    const results = await cache().pushAll(many, { osDir: origin });
+    expect(results.map((r) => r.status)).toEqual(many.map(() => 'published'));
+    const again = cache();
+    const noop = await again.pushAll(many, { osDir: origin });
+    expect(noop.every((r) => r.status === 'present' && r.uploaded === 0)).toBe(true);
+    expect(again.client.stats.requests).toBe(1); // the tag list, one page
+  });
+
   it('keeps the first writer: a different blob for the same hash is reported, not pushed', async () => {
     const other = join(work, 'other');
     const base = await busyboxBase(other); // same image name: the same base hash

@@ -5,7 +5,8 @@
  * origin, a bound on requests in flight, and counters of what was sent.
  *
  * Bodies are never buffered here: a request body is a factory (called again
- * for a retry or a redirect) and a response is handed over unread.
+ * for a retry or a redirect) and a response is handed over unread. Streamed
+ * request bodies go through `node:http` (see `stream-request.ts` for why).
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Semaphore } from '@day11/oci-export';
@@ -13,6 +14,7 @@ import { Authenticator, type Scope } from './auth.js';
 import { findCredentials, type Credentials } from './credentials.js';
 import { RegistryCodes, RegistryError, isAbort, messageOf, type RegistryCode } from './errors.js';
 import { apiHost, isLoopback } from './reference.js';
+import { StreamSender } from './stream-request.js';
 
 /** A request body: bytes, or a stream of chunks (sent with `duplex: 'half'`). */
 export type Body = Uint8Array | AsyncIterable<Uint8Array>;
@@ -100,6 +102,7 @@ export class Transport {
   private readonly auth: Authenticator;
   private readonly limiter: Semaphore;
   private readonly closing = new AbortController();
+  private readonly streams = new StreamSender();
   private readonly fetch: typeof fetch;
   private readonly retries: number;
   private readonly backoffMs: number;
@@ -127,6 +130,7 @@ export class Transport {
 
   /** Aborts every request in flight and refuses new ones. */
   close(): void {
+    this.streams.close();
     this.closing.abort(
       new RegistryError(RegistryCodes.BAD_ARGUMENT, `The client of ${this.registry} is closed`, {
         registry: this.registry,
@@ -221,13 +225,20 @@ export class Transport {
     const streamed = init.body !== undefined && !(init.body instanceof Uint8Array);
     if (init.body instanceof Uint8Array) this.stats.bytesSent += init.body.length;
     try {
+      if (streamed) {
+        return await this.streams.send(url, {
+          method: init.method,
+          headers: init.headers,
+          body: counted(init.body as AsyncIterable<Uint8Array>, this.stats),
+          signal: AbortSignal.any(signals),
+        });
+      }
       return await this.fetch(url, {
         method: init.method,
         headers: init.headers,
-        body: streamed ? counted(init.body as AsyncIterable<Uint8Array>, this.stats) : init.body,
+        body: init.body,
         redirect: 'manual',
         signal: AbortSignal.any(signals),
-        ...(streamed && { duplex: 'half' }),
       });
     } finally {
       clearTimeout(timer);
