@@ -21,11 +21,12 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync } from 'node:fs';
+import { createWriteStream, existsSync } from 'node:fs';
 import { mkdir, mkdtemp, open, rm, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { pipeline } from 'node:stream/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { pathToFileURL } from 'node:url';
 import { Exec } from '@day11/exec';
@@ -182,9 +183,11 @@ async function stackRows(work: string): Promise<BenchRow[]> {
     pubOurs: [] as number[],
     pubSkopeo: [] as number[],
     pullOurs: [] as number[],
+    pullTransfer: [] as number[],
     pullSkopeo: [] as number[],
     pullUmoci: [] as number[],
   };
+  const blobs = exported.layers.map((l) => ({ digest: l.digest, size: l.size }));
   const random = seeded(20261201);
   for (let round = 0; round < ROUNDS; round++) {
     const ours = await Registry.start(work);
@@ -211,6 +214,20 @@ async function stackRows(work: string): Promise<BenchRow[]> {
           const cache = new RegistryCache({ ref: `${ours.host}/${REPO}` });
           samples.pullOurs.push(await time(() => cache.fetch(top.hash, { osDir: dest })));
           await cache.close();
+          await rm(dest, { recursive: true });
+        },
+        transfer: async () => {
+          const dest = await mkdtemp(join(work, 'transfer-'));
+          const client = new RegistryClient({ registry: ours.host });
+          samples.pullTransfer.push(
+            await time(() =>
+              mapLimit(blobs, 4, async (b) => {
+                const stream = await client.blob(REPO, b);
+                await pipeline(stream, createWriteStream(join(dest, b.digest.slice(7))));
+              }),
+            ),
+          );
+          client.close();
           await rm(dest, { recursive: true });
         },
         skopeo: async () => {
@@ -264,10 +281,18 @@ async function stackRows(work: string): Promise<BenchRow[]> {
       target: 1,
     },
     {
+      name: `pull, transfer only: blobs verified to disk, 4 at once (${rate(m.pullTransfer)})`,
+      value: m.pullTransfer,
+      baselineName: `skopeo copy docker:// → oci: (${rate(m.pullSkopeo)})`,
+      baseline: m.pullSkopeo,
+      target: 1,
+    },
+    {
       name: 'pull + extract + commit, same stack',
       value: m.pullOurs,
       baselineName: `skopeo copy + umoci raw unpack (${rate(m.pullUmoci)})`,
       baseline: m.pullUmoci,
+      target: 1,
     },
   ];
 }
@@ -534,8 +559,15 @@ export async function run(): Promise<BenchRow[]> {
     throw new Error('docker-registry is not installed: apt-get install docker-registry');
   }
   const work = await mkdtemp(join(tmpdir(), 'day11-bench-registry-'));
+  // DAY11_BENCH_REGISTRY=stack,plan,rss runs only those parts (default: all).
+  const parts = (process.env['DAY11_BENCH_REGISTRY'] ?? 'stack,plan,rss').split(',');
+  const chosen = { stack: stackRows, plan: planRows, rss: rssRows };
   try {
-    return [...(await stackRows(work)), ...(await planRows(work)), ...(await rssRows(work))];
+    const rows: BenchRow[] = [];
+    for (const [name, part] of Object.entries(chosen)) {
+      if (parts.includes(name)) rows.push(...(await part(work)));
+    }
+    return rows;
   } finally {
     await rm(work, { recursive: true, force: true });
   }

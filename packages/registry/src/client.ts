@@ -17,6 +17,7 @@ import { mergeScopes, scopeOf, type Scope } from './auth.js';
 import { sha256Of, verified, type VerifyFailure } from './digest-stream.js';
 import { RegistryCodes, RegistryError, isAbort } from './errors.js';
 import { DIGEST_RE } from './reference.js';
+import { bodyOf } from './stream-request.js';
 import {
   Transport,
   discard,
@@ -152,6 +153,7 @@ export class RegistryClient {
       what: `download blob ${blob.digest}`,
       digest: blob.digest,
       signal: opts.signal,
+      bulk: true,
     };
     const res = await this.transport.request(spec);
     const announced = res.headers.get('content-length');
@@ -162,7 +164,7 @@ export class RegistryClient {
         `it announces ${announced} bytes, the descriptor says ${blob.size}`,
       );
     }
-    return verified(res.body as AsyncIterable<Uint8Array> | null, {
+    return verified(bodyOf(res), {
       digest: blob.digest,
       size: blob.size,
       fail: (f) => this.verifyError(spec, f),
@@ -391,7 +393,7 @@ export class RegistryClient {
     const parts: Buffer[] = [];
     let size = 0;
     try {
-      for await (const chunk of (res.body ?? []) as AsyncIterable<Uint8Array>) {
+      for await (const chunk of bodyOf(res) ?? []) {
         size += chunk.length;
         if (size > MAX_MANIFEST_BYTES) {
           await discard(res);

@@ -241,16 +241,19 @@ interface StackImage {
 
 /**
  * Publishes `layer` and what is below it: every blob of the stack first, in
- * parallel; then the lower layers' images bottom-up (their blobs are there
- * now); then this layer's.
+ * parallel; then the lower layers' images (their blobs are there now; each
+ * manifest goes up after those of its own stack); then this layer's.
  */
 async function publishStack(ctx: Context, layer: LocalLayer): Promise<PublishResult> {
   const image = await exportStack(ctx, layer);
   try {
     const blobs = image.layers.map((l) => fileBlob(Layout.blobPath(image.layout, l.digest), l));
     const counts = await pushBlobs(ctx, blobs);
-    for (const lower of image.stack.slice(0, -1)) {
-      const r = await publishOne(ctx, lower, true);
+    // Their blobs are there: the images below go up side by side (each waits for its own stack).
+    const lowers = await mapLimit(image.stack.slice(0, -1), ctx.concurrency ?? 4, (hash) =>
+      publishOne(ctx, hash, true),
+    );
+    for (const r of lowers) {
       counts.uploaded += r.uploaded;
       counts.uploadedBytes += r.uploadedBytes;
     }

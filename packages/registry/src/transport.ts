@@ -14,7 +14,7 @@ import { Authenticator, type Scope } from './auth.js';
 import { findCredentials, type Credentials } from './credentials.js';
 import { RegistryCodes, RegistryError, isAbort, messageOf, type RegistryCode } from './errors.js';
 import { apiHost, isLoopback } from './reference.js';
-import { StreamSender } from './stream-request.js';
+import { StreamSender, bodyOf, discardBody } from './stream-request.js';
 
 /** A request body: bytes, or a stream of chunks (sent with `duplex: 'half'`). */
 export type Body = Uint8Array | AsyncIterable<Uint8Array>;
@@ -74,6 +74,8 @@ export interface RequestSpec {
   signal?: AbortSignal | undefined;
   /** False for a request that must not be repeated (default true). */
   retry?: boolean | undefined;
+  /** A blob transfer: sent over `node:http` (see `stream-request.ts`); read its body with `bodyOf`. */
+  bulk?: boolean | undefined;
 }
 
 const REDIRECTS = new Set([301, 302, 303, 307, 308]);
@@ -194,7 +196,11 @@ export class Transport {
       if (authorization !== undefined && url.origin === this.origin) {
         headers['authorization'] = authorization;
       }
-      const res = await this.fetchOnce(url, { method, headers, body: body?.() }, spec.signal);
+      const res = await this.fetchOnce(
+        url,
+        { method, headers, body: body?.(), bulk: spec.bulk === true },
+        spec.signal,
+      );
       if (!REDIRECTS.has(res.status)) return res;
       const location = res.headers.get('location');
       await discard(res);
@@ -215,7 +221,12 @@ export class Transport {
 
   private async fetchOnce(
     url: URL,
-    init: { method: string; headers: Record<string, string>; body: Body | undefined },
+    init: {
+      method: string;
+      headers: Record<string, string>;
+      body: Body | undefined;
+      bulk?: boolean;
+    },
     signal: AbortSignal | undefined,
   ): Promise<Response> {
     const timeout = new AbortController();
@@ -225,11 +236,12 @@ export class Transport {
     const streamed = init.body !== undefined && !(init.body instanceof Uint8Array);
     if (init.body instanceof Uint8Array) this.stats.bytesSent += init.body.length;
     try {
-      if (streamed) {
+      if (streamed || init.bulk === true) {
+        const body = init.body as AsyncIterable<Uint8Array> | undefined;
         return await this.streams.send(url, {
           method: init.method,
           headers: init.headers,
-          body: counted(init.body as AsyncIterable<Uint8Array>, this.stats),
+          body: body === undefined ? undefined : counted(body, this.stats),
           signal: AbortSignal.any(signals),
         });
       }
@@ -394,10 +406,11 @@ async function errorText(res: Response): Promise<string> {
 
 /** Reads at most `max` bytes of a body as text, then drops the rest. */
 async function readCapped(res: Response, max: number): Promise<string> {
-  if (!res.body) return '';
+  const body = bodyOf(res);
+  if (!body) return '';
   const parts: Buffer[] = [];
   let size = 0;
-  for await (const chunk of res.body as AsyncIterable<Uint8Array>) {
+  for await (const chunk of body) {
     parts.push(Buffer.from(chunk));
     size += chunk.length;
     if (size >= max) break;
@@ -414,7 +427,7 @@ async function readCapped(res: Response, max: number): Promise<string> {
  * ```
  */
 export async function discard(res: Response): Promise<void> {
-  await res.body?.cancel().catch(() => undefined);
+  await discardBody(res);
 }
 
 async function* counted(
