@@ -30,6 +30,8 @@ export interface RegistryCacheOptions extends Omit<ClientOptions, 'registry'> {
 }
 
 const HASH_RE = /^[0-9a-f]{64}$/;
+/** Requests, uploads and downloads at once. */
+const DEFAULT_CONCURRENCY = 8;
 
 /**
  * A registry repository used as a shared build cache: `build-<hash>` images
@@ -86,7 +88,7 @@ export class RegistryCache {
       hashes,
       hits: this.hits,
       manifests: this.manifests,
-      concurrency: this.options.concurrency,
+      concurrency: this.options.concurrency ?? DEFAULT_CONCURRENCY,
       signal: opts.signal,
     });
   }
@@ -116,7 +118,7 @@ export class RegistryCache {
       repository: this.repository,
       osDir: opts.osDir,
       hash,
-      concurrency: this.options.concurrency,
+      concurrency: this.options.concurrency ?? DEFAULT_CONCURRENCY,
       session: this.pulling,
       manifest: this.manifests.take(hash),
       signal: opts.signal,
@@ -151,7 +153,7 @@ export class RegistryCache {
       osDir: layer.osDir,
       hash: layer.hash,
       gzipLevel: this.options.gzipLevel,
-      concurrency: this.options.concurrency,
+      concurrency: this.options.concurrency ?? DEFAULT_CONCURRENCY,
       onWarning: this.options.onWarning,
       session: this.publishing,
       signal: opts.signal,
@@ -179,7 +181,7 @@ export class RegistryCache {
       },
       layers.length,
     );
-    return mapLimit(layers, this.options.concurrency ?? 8, (hash) =>
+    return mapLimit(layers, this.options.concurrency ?? DEFAULT_CONCURRENCY, (hash) =>
       this.push({ hash, osDir: opts.osDir }, opts),
     );
   }

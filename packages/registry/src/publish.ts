@@ -30,7 +30,7 @@ import {
   parseManifest,
   type BlobRef,
 } from './cache-image.js';
-import type { BlobSource, RegistryClient } from './client.js';
+import type { BlobSource, PushOutcome, RegistryClient } from './client.js';
 import { sha256Of } from './digest-stream.js';
 import { RegistryError } from './errors.js';
 import {
@@ -56,6 +56,8 @@ export interface RegistryWarning {
 export interface PublishSession {
   /** Blob digests known to be in the repository. */
   readonly knownBlobs: Set<string>;
+  /** Blob uploads in flight: a blob two images need is uploaded once. */
+  readonly uploads: Map<string, Promise<PushOutcome>>;
   /** Layers known to be published: hash → manifest digest. */
   readonly published: Map<string, string>;
   /** Publishes in flight, so a layer shared by two stacks is published once. */
@@ -67,9 +69,12 @@ export interface PublishSession {
   listed?: ReadonlySet<string> | undefined;
 }
 
+/** Blobs below this size (configs, most logs) are uploaded without a HEAD first. */
+const SMALL_BLOB = 64 * 1024;
+
 /** A fresh {@link PublishSession}. */
 export function newSession(): PublishSession {
-  return { knownBlobs: new Set(), published: new Map(), inflight: new Map() };
+  return { knownBlobs: new Set(), uploads: new Map(), published: new Map(), inflight: new Map() };
 }
 
 /**
@@ -170,8 +175,12 @@ async function publishFresh(ctx: Context, hash: string, below: boolean): Promise
   const listed = session.listed?.has(buildTag(hash));
   // Below the layer asked for, a record is trusted: if the registry lost it, the manifest PUT says so.
   if (record && (below || listed === true)) return trusted(ctx, hash, record);
+  // A layer below the one asked for, with no record, is almost always new: it is not HEADed
+  // here, only right before its manifest goes up (where an existing tag still wins).
   const head =
-    listed === undefined ? await client.headManifest(repository, buildTag(hash), ctx) : undefined;
+    listed === undefined && !below
+      ? await client.headManifest(repository, buildTag(hash), ctx)
+      : undefined;
   if (record && head?.digest === record.manifest) return trusted(ctx, hash, record);
   const layer = await loadLayer(ctx.osDir, hash);
   if (head || listed === true) return settleExisting(ctx, layer);
@@ -245,27 +254,51 @@ interface StackImage {
  * manifest goes up after those of its own stack); then this layer's.
  */
 async function publishStack(ctx: Context, layer: LocalLayer): Promise<PublishResult> {
-  const image = await exportStack(ctx, layer);
+  // Blobs cached in the layer directories start going up while the stack is exported.
+  const early = pushBlobs(ctx, await cachedBlobs(ctx, stackOf(layer)));
+  const [pushed, exported] = await Promise.allSettled([early, exportStack(ctx, layer)]);
+  if (exported.status === 'rejected') throw exported.reason;
+  const image = exported.value;
   try {
+    if (pushed.status === 'rejected') throw pushed.reason;
     const blobs = image.layers.map((l) => fileBlob(Layout.blobPath(image.layout, l.digest), l));
-    const counts = await pushBlobs(ctx, blobs);
-    // Their blobs are there: the images below go up side by side (each waits for its own stack).
-    const lowers = await mapLimit(image.stack.slice(0, -1), ctx.concurrency ?? 4, (hash) =>
-      publishOne(ctx, hash, true),
+    // The rest of the stack's blobs, the images below (each after its own stack and blobs),
+    // and this layer's config, log and log artifact go up side by side.
+    const [counts, lowers, prepared] = await settleAll(
+      pushBlobs(ctx, blobs),
+      mapLimit(image.stack.slice(0, -1), ctx.concurrency ?? 4, (hash) =>
+        publishOne(ctx, hash, true),
+      ),
+      prepareImage(ctx, layer, image),
     );
-    for (const r of lowers) {
+    for (const r of [...lowers, prepared, pushed.value]) {
       counts.uploaded += r.uploaded;
       counts.uploadedBytes += r.uploadedBytes;
     }
-    const mine = await publishImage(ctx, layer, image);
-    return {
-      ...mine,
-      uploaded: mine.uploaded + counts.uploaded,
-      uploadedBytes: mine.uploadedBytes + counts.uploadedBytes,
-    };
+    return { ...(await commitImage(ctx, layer, prepared)), ...counts };
   } finally {
     await rm(image.layout, { recursive: true, force: true }).catch(() => undefined);
   }
+}
+
+/** The blobs of `stack` already cached in their layer directories (the others are compressed by the export). */
+async function cachedBlobs(ctx: Context, stack: readonly string[]): Promise<BlobSource[]> {
+  const found = await Promise.all(
+    stack.map((hash) =>
+      LayerBlob.find(LayerDir.path({ osDir: ctx.osDir, hash }), { gzipLevel: ctx.gzipLevel }),
+    ),
+  );
+  return found.flatMap((b) => (b ? [fileBlob(b.file, b)] : []));
+}
+
+/** All results, once all settled (nothing left running behind a failure); the first failure wins. */
+async function settleAll<T extends readonly unknown[]>(
+  ...promises: { [K in keyof T]: Promise<T[K]> }
+): Promise<T> {
+  const settled = await Promise.allSettled(promises);
+  const failed = settled.find((r) => r.status === 'rejected');
+  if (failed) throw failed.reason;
+  return settled.map((r) => (r as PromiseFulfilledResult<unknown>).value) as unknown as T;
 }
 
 async function exportStack(ctx: Context, layer: LocalLayer): Promise<StackImage> {
@@ -298,13 +331,21 @@ async function exportStack(ctx: Context, layer: LocalLayer): Promise<StackImage>
   }
 }
 
-/** One layer's image, its stack's blobs and images being there already. */
-async function publishImage(
+/** A layer's manifest, ready to go up: its blobs and log artifact are in the registry. */
+interface PreparedImage {
+  manifest: Buffer;
+  blobs: BlobSource[];
+  ownBlob: string;
+  uploaded: number;
+  uploadedBytes: number;
+}
+
+/** Pushes the layer's config, log and log artifact, and builds its manifest. */
+async function prepareImage(
   ctx: Context,
   layer: LocalLayer,
   image: StackImage,
-): Promise<PublishResult> {
-  const { client, repository, session } = ctx;
+): Promise<PreparedImage> {
   const log = await logOf(layer.dir);
   const own = image.layers.at(-1)!;
   const blobs: BlobSource[] = [
@@ -315,7 +356,6 @@ async function publishImage(
   ];
   const counts = await pushBlobs(ctx, blobs);
   await putLog(ctx, layer.hash, log);
-
   const manifest = buildManifest({
     config: {
       mediaType: layer.meta.exit_status === 0 ? MediaTypes.config : CacheMediaTypes.failedConfig,
@@ -334,19 +374,39 @@ async function publishImage(
     fsRoot: await fsRootOf(layer.dir),
     baseImage: image.baseImage,
   });
+  return { manifest, blobs, ownBlob: own.digest, ...counts };
+}
+
+/** The commit point: HEAD the tag, then PUT the manifest (an existing tag wins). */
+async function commitImage(
+  ctx: Context,
+  layer: LocalLayer,
+  prepared: PreparedImage,
+): Promise<PublishResult> {
+  const { client, repository, session } = ctx;
   // Last look before the commit point: someone may have published it meanwhile.
   if (await client.headManifest(repository, buildTag(layer.hash), ctx)) {
-    return { ...(await settleExisting(ctx, layer)), ...counts };
+    return settleExisting(ctx, layer);
   }
-  const digest = await putManifest(ctx, { layer, manifest, blobs });
+  const digest = await putManifest(ctx, {
+    layer,
+    manifest: prepared.manifest,
+    blobs: prepared.blobs,
+  });
   session.published.set(layer.hash, digest);
   await Record.remember(layer.dir, {
     registry: client.registry,
     repository,
     manifest: digest,
-    blob: own.digest,
+    blob: prepared.ownBlob,
   });
-  return { hash: layer.hash, status: 'published', manifestDigest: digest, ...counts };
+  return {
+    hash: layer.hash,
+    status: 'published',
+    manifestDigest: digest,
+    uploaded: 0,
+    uploadedBytes: 0,
+  };
 }
 
 /** The manifest PUT; when the registry lost a blob we believed it had, push it and try once more. */
@@ -389,7 +449,18 @@ async function pushBlobs(
   );
   const counts = { uploaded: 0, uploadedBytes: 0 };
   await mapLimit(unique, ctx.concurrency ?? 4, async (blob) => {
-    const outcome = await client.pushBlob(repository, blob, { signal: ctx.signal });
+    const running = session.uploads.get(blob.digest);
+    if (running) {
+      await running; // someone else's upload: counted there
+      return;
+    }
+    // Uploading a small blob again costs what asking whether it is there does.
+    const skipCheck = blob.size < SMALL_BLOB;
+    const upload = client
+      .pushBlob(repository, blob, { signal: ctx.signal, skipCheck })
+      .finally(() => session.uploads.delete(blob.digest));
+    session.uploads.set(blob.digest, upload);
+    const outcome = await upload;
     session.knownBlobs.add(blob.digest);
     if (outcome === 'uploaded') {
       counts.uploaded++;
