@@ -14,25 +14,15 @@
 import { mkdir, rm } from 'node:fs/promises';
 import { createReadStream } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { PassThrough, type Readable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
-import { createGunzip } from 'node:zlib';
+import type { Readable } from 'node:stream';
 import { Exec } from '@day11/exec';
-import {
-  Atomic,
-  Commit,
-  Hash,
-  Import,
-  LayerDir,
-  LayerError,
-  TarExtract,
-  type Base,
-} from '@day11/layer';
+import { Atomic, Commit, Hash, Import, LayerDir, type Base } from '@day11/layer';
 import { Layout, MediaTypes, REF_NAME, defaultArchitecture } from '@day11/oci-export';
 import { z } from 'zod';
 import { MAX_MANIFEST_BYTES, RegistryClient, type ClientOptions } from './client.js';
-import { Sha256Tap, sha256Of, verified } from './digest-stream.js';
-import { RegistryCodes, RegistryError, isAbort, messageOf, registryCause } from './errors.js';
+import { sha256Of, verified } from './digest-stream.js';
+import { extractLayer } from './extract-layer.js';
+import { RegistryCodes, RegistryError, isAbort, messageOf } from './errors.js';
 import { formatImage, parseImageSource, type ImageRef } from './reference.js';
 
 /** A base imported from an image. */
@@ -278,56 +268,16 @@ async function applyLayer(o: {
   signal: AbortSignal | undefined;
 }): Promise<void> {
   const { store, layer } = o;
-  const body = await store.blob(layer);
-  const gzip = LAYER_TYPES[layer.mediaType ?? MediaTypes.layer] === true;
-  const diff = new Sha256Tap();
-  const tar = new PassThrough();
-  // Settles with the first stream error (or undefined): never an unhandled rejection.
-  const piping = (
-    gzip ? pipeline(body, createGunzip(), diff, tar) : pipeline(body, diff, tar)
-  ).then(
-    () => undefined,
-    (err: unknown) => (err instanceof Error ? err : new Error(String(err))),
-  );
-  try {
-    await TarExtract.extractStream({
-      source: tar,
-      dest: o.upper,
-      archive: { label: `layer ${layer.digest} of ${store.label}` },
-      whiteouts: 'apply',
-      signal: o.signal,
-    });
-    const streamError = await piping;
-    if (streamError) throw streamError;
-  } catch (err) {
-    body.destroy();
-    const ours = registryCause(await piping) ?? registryCause(err);
-    if (ours) throw ours;
-    if (isAbort(err, o.signal)) throw err;
-    throw new RegistryError(
-      err instanceof LayerError && err.code.startsWith('LAYER_IMPORT')
-        ? RegistryCodes.UNSAFE_LAYER
-        : RegistryCodes.IMPORT_FAILED,
-      `Cannot apply layer ${layer.digest} of ${store.label}: ${messageOf(err)}`,
-      {
-        ...store.where,
-        digest: layer.digest,
-        cause: err,
-        hint: 'The layer is hostile or corrupt, or the cache is full; nothing was stored',
-      },
-    );
-  }
-  if (diff.digest() !== o.diffId) {
-    throw new RegistryError(
-      RegistryCodes.DIGEST_MISMATCH,
-      `Layer ${layer.digest} of ${store.label} uncompresses to ${diff.digest()}, not its diff_id ${o.diffId}`,
-      {
-        ...store.where,
-        digest: layer.digest,
-        hint: 'The image is damaged; nothing was stored',
-      },
-    );
-  }
+  await extractLayer({
+    body: await store.blob(layer),
+    gzip: LAYER_TYPES[layer.mediaType ?? MediaTypes.layer] === true,
+    diffId: o.diffId,
+    dest: o.upper,
+    whiteouts: 'apply',
+    where: { ...store.where, digest: layer.digest },
+    label: `layer ${layer.digest} of ${store.label}`,
+    signal: o.signal,
+  });
 }
 
 function registryStore(

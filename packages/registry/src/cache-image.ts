@@ -93,17 +93,11 @@ export interface OwnBlob {
   chunkSize: number;
 }
 
-/** Everything of a `build-<hash>` image a pull needs. */
-export interface CacheImage {
-  /** The manifest digest. */
-  digest: string;
-  /** The layer's full hash. */
-  hash: string;
-  /** True for a failed step (non-runnable config). */
-  failed: boolean;
+/** What a `build-<hash>` manifest says (see the module doc). */
+export interface ManifestParts {
   config: BlobRef & { mediaType: string };
   /** Hash and blob of each layer of the image, base first, this layer last. */
-  stack: (BlobRef & { hash: string })[];
+  stack: readonly (BlobRef & { hash: string })[];
   meta: LayerMetaRecord;
   sidecars: Record<string, SidecarValue>;
   log: BlobRef;
@@ -112,17 +106,14 @@ export interface CacheImage {
   baseImage: string;
 }
 
-/** Inputs of {@link buildManifest}. */
-export interface ManifestParts {
-  config: BlobRef & { mediaType: string };
-  /** Base first, the layer last. */
-  stack: readonly (BlobRef & { hash: string })[];
-  meta: LayerMetaRecord;
-  sidecars: Record<string, SidecarValue>;
-  log: BlobRef;
-  blob: OwnBlob;
-  fsRoot: FsRoot;
-  baseImage: string;
+/** Everything of a `build-<hash>` image a pull needs. */
+export interface CacheImage extends ManifestParts {
+  /** The manifest digest. */
+  digest: string;
+  /** The layer's full hash. */
+  hash: string;
+  /** True for a failed step (non-runnable config). */
+  failed: boolean;
 }
 
 /**

@@ -19,12 +19,11 @@ import { mkdir, open, rm, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { PassThrough, Transform, type Readable, type TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { createGunzip } from 'node:zlib';
-import { Atomic, Commit, Hash, Import, LayerDir, LayerError, Lock, TarExtract } from '@day11/layer';
+import { Atomic, Commit, Hash, Import, LayerDir, Lock } from '@day11/layer';
 import { LayerBlob, mapLimit } from '@day11/oci-export';
 import { buildTag, parseManifest, type CacheImage } from './cache-image.js';
 import type { RegistryClient } from './client.js';
-import { Sha256Tap } from './digest-stream.js';
+import { extractLayer } from './extract-layer.js';
 import { RegistryCodes, RegistryError, isAbort, messageOf, registryCause } from './errors.js';
 import { applyFsRoot, isCommitted, stackOf } from './local.js';
 import * as Record from './record.js';
@@ -216,44 +215,23 @@ async function extractBlob(
   const own = o.image.stack.at(-1)!;
   const body = await ctx.client.blob(ctx.repository, own, ctx);
   const file = await open(o.gz, 'wx', 0o644);
-  const diff = new Sha256Tap();
-  const tar = new PassThrough();
-  // Settles with the first stream error (or undefined): never an unhandled rejection.
-  const piping = pipeline(body, new FileTee(file), createGunzip(), diff, tar).then(
-    () => undefined,
-    (err: unknown) => (err instanceof Error ? err : new Error(String(err))),
-  );
   try {
-    await TarExtract.extractStream({
-      source: tar,
+    const { tarBytes } = await extractLayer({
+      body,
+      taps: [new FileTee(file)],
+      gzip: true,
+      diffId: o.image.blob.diffId,
       dest: o.upper,
-      archive: { label: `blob ${own.digest} of ${ctx.client.registry}/${ctx.repository}` },
       whiteouts: 'overlay',
+      where: { registry: ctx.client.registry, repository: ctx.repository, digest: own.digest },
+      label: `layer ${o.image.hash} (blob ${own.digest} of ${ctx.client.registry}/${ctx.repository})`,
       signal: ctx.signal,
     });
-    const streamError = await piping;
-    if (streamError !== undefined) throw streamError;
     await file.sync();
-  } catch (err) {
-    body.destroy();
-    // Bytes that are not what the manifest promised explain any extraction failure.
-    throw registryCause(await piping) ?? err;
+    return { bytes: tarBytes };
   } finally {
     await file.close();
   }
-  if (diff.digest() !== o.image.blob.diffId) {
-    throw new RegistryError(
-      RegistryCodes.DIGEST_MISMATCH,
-      `The layer tar of ${own.digest} hashes to ${diff.digest()}, but its manifest says diff_id ${o.image.blob.diffId}`,
-      {
-        registry: ctx.client.registry,
-        repository: ctx.repository,
-        digest: own.digest,
-        hint: 'The image is damaged; delete its tag so the layer is built and published again',
-      },
-    );
-  }
-  return { bytes: diff.bytes };
 }
 
 /** Downloads a (log) blob to `file`, verified. */
@@ -289,34 +267,20 @@ async function writeFully(handle: FileHandle, chunk: Buffer): Promise<void> {
   for (let at = 0; at < chunk.length;) at += (await handle.write(chunk, at)).bytesWritten;
 }
 
-/** Our own errors pass; a hostile or corrupt tar names the blob; aborts pass unchanged. */
+/** Our own errors and aborts pass; anything else is a failure to store the layer. */
 function asPullError(ctx: Context, image: CacheImage, err: unknown): unknown {
   if (isAbort(err, ctx.signal)) return err;
-  const own = image.stack.at(-1)!;
   const ours = registryCause(err);
   if (ours) return ours;
-  const where = {
-    registry: ctx.client.registry,
-    repository: ctx.repository,
-    digest: own.digest,
-    cause: err,
-  };
-  if (err instanceof LayerError && err.code.startsWith('LAYER_IMPORT')) {
-    return new RegistryError(
-      RegistryCodes.UNSAFE_LAYER,
-      `Refusing layer ${image.hash} from ${ctx.client.registry}/${ctx.repository}: ${err.message}`,
-      {
-        ...where,
-        hint: 'The blob is hostile or corrupt; nothing was stored. Delete the tag and find out who pushed it',
-      },
-    );
-  }
   return new RegistryError(
     RegistryCodes.WRITE_FAILED,
     `Cannot store layer ${image.hash} pulled from ${ctx.client.registry}/${ctx.repository}: ${messageOf(err)}`,
     {
-      ...where,
+      registry: ctx.client.registry,
+      repository: ctx.repository,
+      digest: image.stack.at(-1)!.digest,
       path: ctx.osDir,
+      cause: err,
       hint: 'Check free space and permissions of the cache (pulling keeps owners and devices: run as root)',
     },
   );
