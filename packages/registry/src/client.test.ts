@@ -10,6 +10,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { RegistryClient } from './client.js';
 import { RegistryCodes, RegistryError } from './errors.js';
 import { FakeRegistry, type FakeRegistryOptions } from './fixtures/fake-registry.js';
+import { Transport } from './transport.js';
 
 const REPO = 'ns/cache';
 const running: { close: () => Promise<void> | void }[] = [];
@@ -78,6 +79,31 @@ describe('authentication', () => {
     expect(err.code).toBe(RegistryCodes.UNAUTHORIZED);
     expect(err.message).toContain(registry.host);
     expect(err.hint).toMatch(/docker login|DAY11_REGISTRY_USERNAME/);
+  });
+
+  it('trades an identity token for access tokens (OAuth2 refresh_token grant)', async () => {
+    const registry = await fake({ bearer: { refreshToken: 'refresh-me' } });
+    const good = client(registry.host, { credentials: { identityToken: 'refresh-me' } });
+    expect(await good.pushBlob(REPO, blobOf(Buffer.from('oauth')))).toBe('uploaded');
+    expect(registry.requests('POST', /^\/token/)).toHaveLength(2); // pull, then push
+    const bad = client(registry.host, { credentials: { identityToken: 'stale' } });
+    const err = await failure(bad.blobSize(REPO, digestOf(Buffer.from('oauth'))));
+    expect(err.code).toBe(RegistryCodes.UNAUTHORIZED);
+  });
+
+  it('speaks plain http to a remote registry only when insecure is set', async () => {
+    const registry = await fake();
+    const port = registry.host.split(':')[1]!;
+    // "localhost.localdomain" is not loopback by name: https unless insecure.
+    const secure = client(`127.0.0.1.nip.invalid:${port}`, { retries: 0 });
+    expect((await failure(secure.blobSize(REPO, digestOf(Buffer.from('x'))))).message).toMatch(
+      /https:\/\/127\.0\.0\.1\.nip\.invalid/,
+    );
+    expect(new Transport({ registry: `reg.example:${port}`, insecure: true }).origin).toBe(
+      `http://reg.example:${port}`,
+    );
+    expect(new Transport({ registry: 'reg.example' }).origin).toBe('https://reg.example');
+    expect(new Transport({ registry: 'docker.io' }).origin).toBe('https://registry-1.docker.io');
   });
 
   it('uses Basic auth when challenged so, and fails clearly without credentials', async () => {
