@@ -120,6 +120,17 @@ describe.skipIf(!isRoot)('faults, publishing and pulling through a fake registry
     expect(await readdir(dest)).not.toContain(`build-${stack.app.hash.slice(0, 12)}`);
   });
 
+  it('pull: a layer whose stack lost a tag is missing, and is not committed', async () => {
+    const registry = await registryWithStack();
+    registry.manifests.get(REPO)!.delete(buildTag(stack.libs.hash));
+    const dest = join(work, 'lost-tag');
+    expect(await cacheOf(registry).fetch(stack.app.hash, { osDir: dest })).toBe(false);
+    const names = await readdir(dest);
+    expect(names).toContain(`build-${stack.base.hash.slice(0, 12)}`); // complete, so kept
+    expect(names).not.toContain(`build-${stack.app.hash.slice(0, 12)}`);
+    expect(names.filter((n) => n.startsWith('.day11-tmp-'))).toEqual([]);
+  });
+
   it('pull: a truncated download', async () => {
     const registry = await registryWithStack();
     const { digest, size } = appBlob();

@@ -108,17 +108,18 @@ async function pullFresh(
   const image = await readImage(ctx, hash, given);
   if (!image) return 'missing';
   const below = image.stack.slice(0, -1).map((l) => l.hash);
-  const statuses = await mapLimit(below, ctx.concurrency ?? 4, (h) => pullOne(ctx, h));
-  if (statuses.includes('missing')) return 'missing';
-  return Lock.withLayer(
+  // The stack comes in while this layer's blob is extracted; it is committed after them.
+  const stack = mapLimit(below, ctx.concurrency ?? 4, (h) => pullOne(ctx, h));
+  stack.catch(() => undefined); // awaited below; never an unhandled rejection meanwhile
+  const status = await Lock.withLayer(
     { osDir: ctx.osDir, hash, timeoutMs: Infinity, signal: ctx.signal },
     async () => {
       if (await isCommitted(ctx.osDir, hash)) return 'present';
-      await extractAndCommit(ctx, image);
-      ctx.pulled.push(hash);
-      return 'pulled';
+      return extractAndCommit(ctx, image, stack);
     },
-  );
+  ).finally(() => stack.catch(() => undefined)); // settled before we return or throw
+  if (status === 'pulled') ctx.pulled.push(hash);
+  return status;
 }
 
 /** The `build-<hash>` image, checked for consistency; `undefined` when the tag is absent. */
@@ -159,8 +160,15 @@ async function readImage(
   return image;
 }
 
-/** Downloads, checks and extracts the layer's own blob, then commits it. */
-async function extractAndCommit(ctx: Context, image: CacheImage): Promise<void> {
+/**
+ * Downloads, checks and extracts the layer's own blob, waits for its stack,
+ * then commits it (`missing` when part of the stack is not in the registry).
+ */
+async function extractAndCommit(
+  ctx: Context,
+  image: CacheImage,
+  stack: Promise<PullStatus[]>,
+): Promise<PullStatus> {
   const { osDir, hash } = { osDir: ctx.osDir, hash: image.hash };
   const name = LayerDir.name(hash);
   const upper = Atomic.tempPathFor(LayerDir.path({ osDir, hash }));
@@ -173,6 +181,7 @@ async function extractAndCommit(ctx: Context, image: CacheImage): Promise<void> 
     const tar = await extractBlob(ctx, { image, upper, gz });
     await applyFsRoot(upper, image.fsRoot);
     if (image.log.size > 0) await download(ctx, image.log, log);
+    if ((await stack).includes('missing')) return 'missing';
     const { dir, committed } = await Commit.commit({
       osDir,
       hash,
@@ -198,6 +207,7 @@ async function extractAndCommit(ctx: Context, image: CacheImage): Promise<void> 
       manifest: image.digest,
       blob: own.digest,
     });
+    return committed ? 'pulled' : 'present';
   } catch (err) {
     throw asPullError(ctx, image, err);
   } finally {
