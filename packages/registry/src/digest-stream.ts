@@ -4,7 +4,7 @@
  */
 import { createHash, type Hash } from 'node:crypto';
 import { once } from 'node:events';
-import { Transform, type TransformCallback } from 'node:stream';
+import { Readable, Transform, type TransformCallback } from 'node:stream';
 
 /**
  * `sha256:<hex>` of `bytes`.
@@ -127,10 +127,46 @@ export function verified(
 }
 
 async function feed(source: AsyncIterable<Uint8Array> | null, into: VerifiedStream): Promise<void> {
+  if (source instanceof Readable) return feedEvents(source, into);
   const closed = new Promise<void>((resolve) => into.once('close', resolve));
   for await (const chunk of source ?? []) {
     if (into.destroyed) return; // leaving the loop closes the source
     if (!into.write(chunk)) await Promise.race([once(into, 'drain'), closed]);
   }
   if (!into.destroyed) into.end();
+}
+
+/**
+ * {@link feed} for a Node stream, with events rather than an async iterator:
+ * no promise per chunk, which kept a 2 GiB download's young generation (and
+ * so its RSS) about 10 MB larger.
+ */
+function feedEvents(source: Readable, into: VerifiedStream): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    const onData = (chunk: Buffer) => {
+      if (!into.write(chunk)) source.pause();
+    };
+    const onDrain = () => source.resume();
+    const done = () => {
+      source.off('data', onData).off('end', onEnd).off('error', onError);
+      into.off('drain', onDrain).off('close', onClose);
+      source.on('error', () => undefined); // a late socket error has nobody to tell
+    };
+    const onEnd = () => {
+      done();
+      if (!into.destroyed) into.end();
+      resolve();
+    };
+    const onError = (err: Error) => {
+      done();
+      reject(err);
+    };
+    const onClose = () => {
+      done();
+      source.destroy();
+      resolve();
+    };
+    source.on('data', onData).once('end', onEnd).once('error', onError);
+    into.on('drain', onDrain).once('close', onClose);
+  });
 }
