@@ -221,7 +221,7 @@ async function stackRows(work: string): Promise<BenchRow[]> {
           const client = new RegistryClient({ registry: ours.host });
           samples.pullTransfer.push(
             await time(() =>
-              mapLimit(blobs, 4, async (b) => {
+              mapLimit(blobs, 8, async (b) => {
                 const stream = await client.blob(REPO, b);
                 await pipeline(stream, createWriteStream(join(dest, b.digest.slice(7))));
               }),
@@ -281,7 +281,7 @@ async function stackRows(work: string): Promise<BenchRow[]> {
       target: 1,
     },
     {
-      name: `pull, transfer only: blobs verified to disk, 4 at once (${rate(m.pullTransfer)})`,
+      name: `pull, transfer only: blobs verified to disk, 8 at once (${rate(m.pullTransfer)})`,
       value: m.pullTransfer,
       baselineName: `skopeo copy docker:// → oci: (${rate(m.pullSkopeo)})`,
       baseline: m.pullSkopeo,
