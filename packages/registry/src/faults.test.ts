@@ -13,7 +13,7 @@ import { buildTag } from './cache-image.js';
 import { RegistryCache } from './cache.js';
 import { RegistryCodes, RegistryError, type RegistryCode } from './errors.js';
 import { FakeRegistry } from './fixtures/fake-registry.js';
-import { cleanup, isRoot, tempDir } from './fixtures/layers.js';
+import { cleanup, commitLayer, isRoot, tempDir } from './fixtures/layers.js';
 import { makeStack, type TestStack } from './fixtures/stack.js';
 
 const REPO = 'ns/day11-cache';
@@ -233,6 +233,25 @@ describe.skipIf(!isRoot)('faults, publishing and pulling through a fake registry
       expect(registry.manifests.get(REPO)?.has(buildTag(stack.app.hash)) ?? false).toBe(false);
       expect((await readdir(origin)).filter((n) => n.startsWith('.day11-tmp-'))).toEqual([]);
     }
+  });
+
+  it('publish: a layer whose stack is not in the cache names the missing layer', async () => {
+    const registry = await FakeRegistry.start();
+    open.push(registry);
+    const ghost = { hash: 'ab'.repeat(32), dir: join(work, 'nowhere') };
+    const orphan = await commitLayer({
+      osDir: origin,
+      base: stack.base,
+      below: [ghost],
+      pkg: 'orphan',
+      fill: () => undefined,
+    });
+    const err = await cacheOf(registry)
+      .publish({ hash: orphan.hash, osDir: origin }, {})
+      .catch((e: unknown) => e);
+    expect(err).toMatchObject({ code: RegistryCodes.LAYER_MISSING });
+    expect((err as Error).message).toContain(ghost.hash);
+    expect(registry.manifests.size).toBe(0);
   });
 
   it('publish and pull: a registry that is down', async () => {

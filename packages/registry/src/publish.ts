@@ -185,6 +185,8 @@ async function publishFresh(ctx: Context, hash: string, below: boolean): Promise
   const layer = await loadLayer(ctx.osDir, hash);
   if (head || listed === true) return settleExisting(ctx, layer);
   if (record) await Record.forget(layer.dir, where); // the registry lost it: publish again
+  // Every layer of the stack must be here: its blob goes into this layer's image.
+  for (const lower of stackOf(layer).slice(0, -1)) await loadLayer(ctx.osDir, lower);
   return publishStack(ctx, layer);
 }
 
