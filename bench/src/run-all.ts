@@ -63,6 +63,10 @@ const SUITES: Record<string, Suite> = {
     load: () => import('./squash.js'),
     note: "Sharing kept under a layer budget (`exportImage` with `maxLayers: 60`), on real exports of layers of incompressible bytes (sizes log-uniform, 1 KiB to 512 KiB): two 140-layer images sharing their first 100 layers; a seeded family of 20 DAG-shaped images (each a package's closure in install order, 126 to 177 layers); a re-export after one package in the middle third of a stack changed (it and its dependents rebuilt). The value plan (a dynamic programme keeping the layers most images have × their size, merging contiguous runs of the rest) is valued by the layout (images exported in turn) or by sibling stacks, against the suffix squash of docker-squash & co (keep the lowest 59, merge the rest) and a flatten that keeps the base. Rows marked *more is better* invert the ratio's sense. Bytes, not time: deterministic, one round.",
   },
+  registry: {
+    load: () => import('./registry.js'),
+    note: "`@day11/registry` against Debian's docker-registry on loopback. Publish and pull of a five-layer stack copied from `/usr` (blobs already cached, as after a build) against `skopeo copy` of the same image from the same blobs (`oci:` → `docker://` and back), each variant on a fresh registry per round so nothing is known there and skopeo's blob cache cannot mount; the pull also extracts and commits, so a reference row adds `umoci raw unpack` to skopeo. Lookup of a 1,000-step plan (50 chains of 20 really published layers) cold and warm, in requests and time, against one HEAD per step; the no-op republish of those 1,000 layers by a fresh cache object against the 2 s target. Peak RSS of child processes pulling and publishing a layer holding one 2 GiB incompressible file. 3 rounds (5 for lookups), variants in a seeded shuffled order, medians.",
+  },
 };
 
 const BENCHMARKS_MD = resolve(import.meta.dirname, '../../BENCHMARKS.md');

@@ -28,8 +28,7 @@ import { OciSpec, Overlay, Runc } from '@day11/container';
 import { Exec, TempName } from '@day11/exec';
 import { Commit, Hash, Import, type Base } from '@day11/layer';
 import { PHASES, recover, runInLayers } from '@day11/runner';
-import { seeded } from './fixtures.js';
-import { median, toMarkdown, type BenchRow } from './table.js';
+import { median, seeded, shuffled, toMarkdown, type BenchRow } from './table.js';
 
 const ROUNDS = 60;
 const STACK = 50;
@@ -154,15 +153,6 @@ async function floor(s: Setup, runtime: Runtime): Promise<number> {
   const ms = performance.now() - started;
   await rm(join(dir, 'taken'), { recursive: true, force: true });
   return ms;
-}
-
-function shuffled<T>(items: readonly T[], random: () => number): T[] {
-  const out = [...items];
-  for (let i = out.length - 1; i > 0; i--) {
-    const j = Math.floor(random() * (i + 1));
-    [out[i], out[j]] = [out[j]!, out[i]!];
-  }
-  return out;
 }
 
 /** One runInLayers of `true`; the upper is thrown away (outside the timing). */

@@ -92,6 +92,19 @@ describe('one-way package dependencies', () => {
     for (const deps of Object.values(ALLOWED)) expect(deps).not.toContain('cli');
   });
 
+  it('let registry use exec, layer and oci-export only (never container, runner or build)', () => {
+    expect([...(ALLOWED['registry'] ?? [])].sort()).toEqual(['exec', 'layer', 'oci-export']);
+    const repo = copyOfRepo();
+    writeFileSync(
+      join(repo, 'packages/registry/src/planted.ts'),
+      "import { runInLayers } from '@day11/runner';\nimport type { Builder } from '@day11/build';\n",
+    );
+    expect(checkWorkspace(repo)).toEqual([
+      'packages/registry/src/planted.ts: imports @day11/runner, but registry may not depend on @day11/runner',
+      'packages/registry/src/planted.ts: imports @day11/build, but registry may not depend on @day11/build',
+    ]);
+  });
+
   it('find every kind of import specifier', () => {
     const text = `import a from '@day11/a';\nimport type { B } from "@day11/b";\nimport '@day11/c';\nexport * from '@day11/d';\nconst e = await import('@day11/e');\nrequire('@day11/f');\nexport { g } from '@day11/g';`;
     expect(importsOf(text)).toEqual([

@@ -15,8 +15,9 @@ export const ALLOWED: Readonly<Record<string, readonly string[]>> = {
   container: ['exec'],
   runner: ['layer', 'container', 'exec'],
   'oci-export': ['layer', 'exec'],
+  registry: ['exec', 'layer', 'oci-export'],
   build: ['exec', 'layer', 'container', 'runner', 'oci-export'],
-  cli: ['exec', 'layer', 'container', 'runner', 'oci-export', 'build'],
+  cli: ['exec', 'layer', 'container', 'runner', 'oci-export', 'build', 'registry'],
 };
 
 const SCOPE = '@day11/';

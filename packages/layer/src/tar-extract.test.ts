@@ -404,3 +404,93 @@ describe('cancellation', () => {
     expect((err as Error).name).toBe('AbortError');
   });
 });
+
+describe.skipIf(!isRoot)('image-layer whiteouts (root: devices and trusted xattrs)', () => {
+  const extractAs = async (entries: TestEntry[], whiteouts: 'keep' | 'overlay' | 'apply') =>
+    extractStream({
+      source: Readable.from([await packTar(entries)]),
+      dest,
+      archive: { label: 'layer' },
+      whiteouts,
+    });
+
+  const layerWithWhiteouts: TestEntry[] = [
+    { header: { name: 'a/', type: 'directory', mode: 0o750, mtime: T(100) } },
+    { header: { name: 'a/.wh..wh..opq', mtime: T(101) }, body: '' },
+    { header: { name: 'a/.wh.gone', mtime: T(102) }, body: '' },
+    { header: { name: 'a/keep', mtime: T(103) }, body: 'k' },
+    { header: { name: '.wh.top', mtime: T(104) }, body: '' },
+    { header: { name: 'a/.wh..wh.plnk', mtime: T(105) }, body: '' },
+  ];
+
+  it('keep: whiteouts stay ordinary files (the default, for rootfs archives)', async () => {
+    await extractAs(layerWithWhiteouts, 'keep');
+    expect((await readdir(join(dest, 'a'))).sort()).toEqual([
+      '.wh..wh..opq',
+      '.wh..wh.plnk',
+      '.wh.gone',
+      'keep',
+    ]);
+  });
+
+  it('overlay: .wh.<name> becomes a 0/0 whiteout, .wh..wh..opq an opaque directory', async () => {
+    await extractAs(layerWithWhiteouts, 'overlay');
+    const snap = await snapshot(dest);
+    expect((await readdir(join(dest, 'a'))).sort()).toEqual(['gone', 'keep']);
+    expect(snap.get('a')).toMatchObject({ type: 'dir', mode: 0o750, mtime: 100 });
+    expect(snap.get('a')?.xattrs).toEqual({ 'trusted.overlay.opaque': '79' });
+    expect(snap.get('a/gone')).toMatchObject({ type: 'char', mode: 0, uid: 0, detail: '0:0' });
+    expect(snap.get('a/gone')?.mtime).toBe(102);
+    expect(snap.get('top')).toMatchObject({ type: 'char', detail: '0:0', mtime: 104 });
+  });
+
+  it('apply: whiteouts remove what earlier layers wrote, keeping directory times', async () => {
+    await extractAs(
+      [
+        { header: { name: 'a/', type: 'directory', mtime: T(10) } },
+        { header: { name: 'a/x' }, body: 'x' },
+        { header: { name: 'a/y' }, body: 'y' },
+        { header: { name: 'c/', type: 'directory', mtime: T(20) } },
+        { header: { name: 'c/sub/', type: 'directory' } },
+        { header: { name: 'c/sub/lower' }, body: 'l' },
+        { header: { name: 'c/old' }, body: 'o' },
+      ],
+      'apply',
+    );
+    await extractAs(
+      [
+        { header: { name: 'a/.wh.x' }, body: '' },
+        // Before the opaque marker, in the same layer: kept; its lower contents are not.
+        { header: { name: 'c/sub/mine' }, body: 'm' },
+        { header: { name: 'c/.wh..wh..opq' }, body: '' },
+        { header: { name: 'c/new' }, body: 'n' },
+        { header: { name: 'missing/.wh.nothing' }, body: '' },
+      ],
+      'apply',
+    );
+    expect(await readdir(join(dest, 'a'))).toEqual(['y']);
+    expect((await readdir(join(dest, 'c'))).sort()).toEqual(['new', 'sub']);
+    expect(await readdir(join(dest, 'c/sub'))).toEqual(['mine']);
+    const snap = await snapshot(dest);
+    expect(snap.get('a')?.mtime).toBe(10);
+    expect(snap.has('missing')).toBe(false);
+  });
+
+  it('refuses a whiteout of ".." and a whiteout through a symlink', async () => {
+    const outside = join(work, 'outside');
+    await mkdir(outside);
+    await writeFile(join(outside, 'victim'), 'v');
+    for (const mode of ['overlay', 'apply'] as const) {
+      const err = await extractAs([{ header: { name: 'a/.wh...' }, body: '' }], mode).catch(
+        (e: unknown) => e,
+      );
+      expect((err as LayerError).code).toBe(LayerCodes.IMPORT_UNSAFE_PATH);
+    }
+    await extractAs([{ header: { name: 'link', type: 'symlink', linkname: outside } }], 'apply');
+    const err = await extractAs([{ header: { name: 'link/.wh.victim' }, body: '' }], 'apply').catch(
+      (e: unknown) => e,
+    );
+    expect((err as LayerError).code).toBe(LayerCodes.IMPORT_UNSAFE_PATH);
+    expect(await readFile(join(outside, 'victim'), 'utf8')).toBe('v');
+  });
+});

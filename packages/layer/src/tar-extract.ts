@@ -14,8 +14,10 @@
  * created exclusively (`O_EXCL`, mkdir, mknod, symlink), and owner, mode and
  * time calls go through the new file's descriptor or are the `l*` variants.
  *
- * Overlay whiteouts (`.wh.*`) have no special meaning in a base rootfs (an
- * exported container has none); they are extracted as ordinary files.
+ * OCI whiteouts (`.wh.*`) have no special meaning in a rootfs archive (an
+ * exported container has none): by default they are extracted as ordinary
+ * files. {@link WhiteoutMode} reads them as the image-spec means them, for
+ * archives that are image layers (a pulled layer, the layers of a base image).
  */
 import {
   chmodSync,
@@ -30,6 +32,7 @@ import {
   lutimesSync,
   mkdirSync,
   openSync,
+  readdirSync,
   rmSync,
   symlinkSync,
   writeSync,
@@ -54,6 +57,24 @@ export interface ArchiveSource {
   path?: string | undefined;
 }
 
+/**
+ * What `.wh.*` entries mean (OCI image-spec, "whiteouts"):
+ * - `'keep'`: nothing; they are ordinary files, as in a rootfs archive.
+ * - `'overlay'`: the archive is one layer turned back into an overlay upper:
+ *   `.wh.<name>` becomes an overlay whiteout at `<name>` (a character device
+ *   0/0, mode 0, owned by root, with the marker's times) and `.wh..wh..opq`
+ *   marks its directory opaque (`trusted.overlay.opaque=y`). The inverse of
+ *   what `@day11/oci-export` writes.
+ * - `'apply'`: the archive is a layer applied onto what earlier layers left in
+ *   `dest`: `.wh.<name>` removes `<name>`, `.wh..wh..opq` removes everything
+ *   in its directory that this archive did not write. Times of the directories
+ *   touched are kept, so applying the same layers gives the same tree.
+ *
+ * In both image modes, other `.wh..wh.*` names (aufs bookkeeping) are skipped,
+ * and a whiteout whose name is empty, `.` or `..` is refused as unsafe.
+ */
+export type WhiteoutMode = 'keep' | 'overlay' | 'apply';
+
 /** Options of {@link extractStream}. */
 export interface ExtractStreamOptions {
   /** Uncompressed tar bytes. */
@@ -62,6 +83,8 @@ export interface ExtractStreamOptions {
   dest: string;
   /** What the archive is, for error messages. */
   archive: ArchiveSource;
+  /** What `.wh.*` entries mean; default `'keep'`. */
+  whiteouts?: WhiteoutMode | undefined;
   signal?: AbortSignal | undefined;
 }
 
@@ -87,6 +110,27 @@ interface Times {
   atime: number;
   mtime: number;
 }
+
+/** Prefix of an OCI whiteout entry. */
+const WHITEOUT_PREFIX = '.wh.';
+/** The OCI opaque-directory marker. */
+const OPAQUE_MARKER = '.wh..wh..opq';
+/** The xattr overlayfs reads to treat a directory as opaque. */
+const OVERLAY_OPAQUE = 'trusted.overlay.opaque';
+
+/** A whiteout entry as {@link Extractor} applies it. */
+interface WhiteoutEntry {
+  w: Whiteout;
+  marker: string;
+  meta: Meta;
+  name: string;
+}
+
+/** A `.wh.*` entry: a removed file, an opaque directory, or aufs bookkeeping to skip. */
+type Whiteout =
+  | { kind: 'file'; dir: string; rel: string }
+  | { kind: 'opaque'; dir: string }
+  | { kind: 'skip'; dir: string };
 
 interface Meta extends Times {
   uid: number;
@@ -225,7 +269,7 @@ export async function extractStream(opts: ExtractStreamOptions): Promise<Extract
     () => undefined,
     (err: unknown) => (err instanceof Error ? err : new Error(String(err))),
   );
-  const extractor = new Extractor(opts.dest, opts.archive);
+  const extractor = new Extractor(opts.dest, opts.archive, opts.whiteouts ?? 'keep');
   let entries = 0;
   try {
     for await (const entry of extract) {
@@ -288,20 +332,26 @@ class Extractor {
   /** Directory times, applied at the end: creating children changes a directory's mtime. */
   private readonly dirTimes = new Map<string, Times>();
   private rootSeen = false;
+  /** In `'apply'` mode: what this archive wrote (an opaque marker keeps these). */
+  private readonly written = new Set<string>();
 
   constructor(
     private readonly dest: string,
     private readonly archive: ArchiveSource,
+    private readonly whiteouts: WhiteoutMode,
   ) {}
 
   async entry(header: TarHeader, body: EntryBody, xattrs: Xattrs): Promise<void> {
     const isFile = header.type === 'file' || header.type === 'contiguous-file';
-    if (!isFile) body.resume();
     const rel = this.safePath(header.name, header.name);
+    const whiteout = this.whiteouts === 'keep' ? undefined : this.whiteoutOf(rel, header.name);
+    if (!isFile || whiteout) body.resume();
     try {
       assertSupported(header, (why) => this.failed(header.name, why));
       const meta = entryMeta(header, (why) => this.failed(header.name, why));
-      if (rel === '') this.root(header, meta);
+      if (this.whiteouts === 'apply' && !whiteout) this.markWritten(rel);
+      if (whiteout) this.whiteout({ w: whiteout, marker: rel, meta, name: header.name });
+      else if (rel === '') this.root(header, meta);
       else if (isFile) await this.file({ rel, name: header.name, meta, body });
       else this.node({ rel, header, meta });
       this.applyXattrs(rel, header, xattrs);
@@ -415,6 +465,80 @@ class Extractor {
       if (!stat) mkdirSync(join(this.dest, dir), { mode: 0o755 });
       else this.checkAncestor({ stat, dir, name });
       this.dirs.add(dir);
+    }
+  }
+
+  /** The whiteout an entry at `rel` is, or `undefined` for an ordinary entry. */
+  private whiteoutOf(rel: string, name: string): Whiteout | undefined {
+    const slash = rel.lastIndexOf('/');
+    const base = rel.slice(slash + 1);
+    if (!base.startsWith(WHITEOUT_PREFIX)) return undefined;
+    const dir = slash < 0 ? '' : rel.slice(0, slash);
+    if (base === OPAQUE_MARKER) return { kind: 'opaque', dir };
+    if (base.startsWith(WHITEOUT_PREFIX + WHITEOUT_PREFIX)) return { kind: 'skip', dir };
+    const target = base.slice(WHITEOUT_PREFIX.length);
+    if (target === '' || target === '.' || target === '..') {
+      throw this.unsafe(name, `it is a whiteout of ${JSON.stringify(target)}`);
+    }
+    return { kind: 'file', dir, rel: dir === '' ? target : `${dir}/${target}` };
+  }
+
+  /** Applies whiteout `w`, read from the entry `name` at `marker` (its path under dest). */
+  private whiteout({ w, marker, meta, name }: WhiteoutEntry): void {
+    if (w.kind === 'skip') return;
+    if (this.whiteouts === 'overlay') {
+      this.ensureParents(marker, name);
+      if (w.kind === 'opaque') {
+        Sys.setXattrSync(join(this.dest, w.dir), OVERLAY_OPAQUE, Buffer.from('y'));
+        return;
+      }
+      const path = join(this.dest, w.rel);
+      this.replacing(w.rel, () => Sys.mknod(path, Sys.S_IFCHR, 0, 0));
+      lchownSync(path, 0, 0);
+      lutimesSync(path, meta.atime, meta.mtime);
+      return;
+    }
+    // 'apply': nothing to remove when the directory is not there.
+    const dirStat = this.existingDir(w.dir, name);
+    if (!dirStat) return;
+    if (w.kind === 'opaque') this.purge(w.dir);
+    else this.clear(w.rel, false);
+    // Removing entries changed the directory's times: put back what the tree had.
+    if (!this.dirTimes.has(w.dir)) {
+      lutimesSync(join(this.dest, w.dir), dirStat.atime, dirStat.mtime);
+    }
+  }
+
+  /** `rel` when it is a directory under dest reached through directories only; else `undefined`. */
+  private existingDir(rel: string, name: string): Stats | undefined {
+    for (const dir of [...ancestors(rel), ...(rel === '' ? [] : [rel])]) {
+      const stat = lstatSync(join(this.dest, dir), { throwIfNoEntry: false });
+      if (!stat || !stat.isDirectory()) {
+        if (stat?.isSymbolicLink()) this.checkAncestor({ stat, dir, name });
+        return undefined;
+      }
+    }
+    return lstatSync(join(this.dest, rel));
+  }
+
+  /** Records that this archive wrote `rel`, and so holds its ancestors too. */
+  private markWritten(rel: string): void {
+    for (
+      let at = rel;
+      at !== '' && !this.written.has(at);
+      at = at.slice(0, Math.max(0, at.lastIndexOf('/')))
+    ) {
+      this.written.add(at);
+    }
+  }
+
+  /** Removes what is under `dir` and was not written by this archive; recurses into what was. */
+  private purge(dir: string): void {
+    const path = join(this.dest, dir);
+    for (const child of readdirSync(path)) {
+      const rel = dir === '' ? child : `${dir}/${child}`;
+      if (!this.written.has(rel)) this.clear(rel, false);
+      else if (lstatSync(join(path, child)).isDirectory()) this.purge(rel);
     }
   }
 

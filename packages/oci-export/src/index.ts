@@ -29,11 +29,13 @@ export {
   MediaTypes,
   REF_NAME,
   assertTag,
+  defaultArchitecture,
   type Descriptor,
   type ImageConfigInput,
   type OciIndex,
   type OciManifest,
 } from './oci.js';
+export { Semaphore, mapLimit } from './pool.js';
 export type { WalkWarning } from './walk.js';
 export type { GcResult, Problem, RecoverResult, TagInfo } from './layout.js';
 export { OciExportCodes, OciExportError, type OciExportCode } from './errors.js';

@@ -28,7 +28,7 @@ export const CACHE_FILE = 'layer.tar.gz';
 /** Its digests, inside the layer directory. */
 export const DIGESTS_FILE = 'layer.tar.gz.digests';
 /** Version of the tar + gzip encoding; a cache of another version is rebuilt. */
-const FORMAT = 1;
+export const FORMAT = 1;
 
 const RecordSchema = z.object({
   format: z.number(),
@@ -75,6 +75,110 @@ export interface EnsureOptions {
   onWarning?: ((warning: WalkWarning) => void) | undefined;
   /** Called as the tar grows, with its bytes so far. */
   onProgress?: ((tarBytes: number) => void) | undefined;
+}
+
+/**
+ * How a blob was encoded: with equal encodings, equal trees give equal bytes.
+ * A blob made elsewhere (pulled from a registry) is cached under the encoding
+ * it was made with, and found by {@link find} only at that gzip level.
+ */
+export interface Encoding {
+  /** {@link FORMAT} of the tar + gzip encoding. */
+  format: number;
+  /** gzip level 0–9. */
+  level: number;
+  /** Bytes of tar per independently compressed chunk. */
+  chunkSize: number;
+}
+
+/**
+ * The encoding this version writes at `gzipLevel` (default 6).
+ *
+ * @example
+ * ```ts
+ * LayerBlob.encoding(); // { format: 1, level: 6, chunkSize: 1048576 }
+ * ```
+ */
+export function encoding(gzipLevel?: number): Encoding {
+  return { format: FORMAT, level: levelOf(gzipLevel), chunkSize: DEFAULT_CHUNK_SIZE };
+}
+
+/** A blob made elsewhere, for {@link adopt}. */
+export interface AdoptedBlob {
+  /**
+   * The gzip file, on the filesystem of `dir` (e.g. a temporary file in the
+   * cache). Ownership passes to {@link adopt}: it is moved into place or deleted.
+   */
+  file: string;
+  /** `sha256:<hex>` of the gzip; the caller has verified it. */
+  digest: string;
+  /** `sha256:<hex>` of the tar; the caller has verified it. */
+  diffId: string;
+  /** Bytes of the gzip. */
+  size: number;
+  /** Bytes of the tar. */
+  tarSize: number;
+  /** The encoding it was made with. */
+  encoding: Encoding;
+}
+
+/**
+ * Caches a blob made elsewhere (a pulled layer's, verified by the caller
+ * against its digest and diff_id) as the blob of layer `dir`, so a later
+ * export or push compresses nothing. When the layer already has a cached
+ * blob, that one stays and `blob.file` is deleted. Resolves with the cached blob.
+ *
+ * @example
+ * ```ts
+ * await LayerBlob.adopt(dir, { file: tempGz, digest, diffId, size, tarSize, encoding: LayerBlob.encoding() });
+ * ```
+ * @throws {OciExportError} `OCI_BAD_ARGUMENT` (not a layer dir, bad digests), `OCI_WRITE_FAILED`;
+ *   lock errors of `@day11/layer`.
+ */
+export async function adopt(dir: string, blob: AdoptedBlob): Promise<LayerBlob> {
+  const lockfilePath = await lockPath(dir);
+  try {
+    assertAdoptable(dir, blob);
+    return await Lock.withPath(join(dir, CACHE_FILE), () => adoptLocked(dir, blob), {
+      lockfilePath,
+      timeoutMs: Infinity,
+    });
+  } finally {
+    await rm(blob.file, { force: true });
+  }
+}
+
+async function adoptLocked(dir: string, blob: AdoptedBlob): Promise<LayerBlob> {
+  const existing = await find(dir, { gzipLevel: blob.encoding.level });
+  if (existing) return existing;
+  const file = join(dir, CACHE_FILE);
+  try {
+    const st = await stat(blob.file);
+    if (st.size !== blob.size) throw new Error(`it has ${st.size} bytes, not ${blob.size}`);
+    await rename(blob.file, file);
+    const { digest, diffId, size, tarSize } = blob;
+    const record = { ...blob.encoding, digest, diffId, size, tarSize, ino: st.ino };
+    await writeAtomic(join(dir, DIGESTS_FILE), `${JSON.stringify(record, null, 2)}\n`);
+    return { dir, file, digest, diffId, size, tarSize, cached: true, ino: st.ino };
+  } catch (err) {
+    throw fsError(
+      OciExportCodes.WRITE_FAILED,
+      `Cannot cache ${blob.file} as the blob`,
+      file,
+      err,
+      'Check free space and permissions of the layer directory',
+    );
+  }
+}
+
+function assertAdoptable(dir: string, blob: AdoptedBlob): void {
+  const parsed = RecordSchema.safeParse({ ...blob.encoding, ...blob, ino: 0 });
+  if (parsed.success && blob.encoding.format === FORMAT) return;
+  throw new OciExportError(
+    OciExportCodes.BAD_ARGUMENT,
+    `Cannot cache a blob for ${dir}: its digests or encoding are malformed, or of another format`,
+    { path: blob.file, hint: 'Pass sha256 digests, sizes and the encoding the blob was made with' },
+  );
 }
 
 /**
