@@ -19,20 +19,18 @@
  *
  * Rounds run the variants in a seeded shuffled order; medians are compared.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { createWriteStream, existsSync } from 'node:fs';
 import { mkdir, mkdtemp, open, rm, writeFile } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { pathToFileURL } from 'node:url';
-import { Exec } from '@day11/exec';
+import { Exec, mapLimit } from '@day11/exec';
 import { Hash, LayerDir, LayerMeta, Sidecar } from '@day11/layer';
-import { exportImage, mapLimit } from '@day11/oci-export';
+import { exportImage } from '@day11/oci-export';
 import { RegistryCache, RegistryClient, buildTag, lookupLayers } from '@day11/registry';
+import { DockerRegistry } from '@day11/testing';
 import { median, seeded, shuffled, toMarkdown, type BenchRow } from './table.js';
 
 const ROUNDS = 3;
@@ -48,51 +46,6 @@ const CHAINS = 50;
 const CHAIN_LENGTH = 20;
 const BIG_FILE_BYTES = 2 * 1024 ** 3;
 const REPO = 'bench/day11-cache';
-
-/** A docker-registry on a free loopback port, storage in `dir`. */
-class Registry {
-  private constructor(
-    private readonly child: ChildProcess,
-    readonly host: string,
-    private readonly dir: string,
-  ) {}
-
-  static async start(work: string): Promise<Registry> {
-    const dir = await mkdtemp(join(work, 'registry-'));
-    const port = await new Promise<number>((resolve) => {
-      const s = createServer().listen(0, '127.0.0.1', () => {
-        const { port } = s.address() as { port: number };
-        s.close(() => resolve(port));
-      });
-    });
-    const config = join(dir, 'config.yml');
-    await writeFile(
-      config,
-      `version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: ${dir}/data\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:${port}\n`,
-    );
-    const child = spawn('/usr/bin/docker-registry', ['serve', config], { stdio: 'ignore' });
-    const registry = new Registry(child, `127.0.0.1:${port}`, dir);
-    for (let i = 0; i < 200; i++) {
-      const up = await fetch(`http://${registry.host}/v2/`).then(
-        (r) => r.ok,
-        () => false,
-      );
-      if (up) return registry;
-      await sleep(50);
-    }
-    await registry.stop();
-    throw new Error('docker-registry did not start');
-  }
-
-  async stop(): Promise<void> {
-    if (this.child.exitCode === null && this.child.signalCode === null) {
-      const exited = new Promise((resolve) => this.child.once('exit', resolve));
-      this.child.kill('SIGTERM');
-      await exited;
-    }
-    await rm(this.dir, { recursive: true, force: true });
-  }
-}
 
 interface Layer {
   hash: string;
@@ -190,8 +143,8 @@ async function stackRows(work: string): Promise<BenchRow[]> {
   const blobs = exported.layers.map((l) => ({ digest: l.digest, size: l.size }));
   const random = seeded(20261201);
   for (let round = 0; round < ROUNDS; round++) {
-    const ours = await Registry.start(work);
-    const theirs = await Registry.start(work);
+    const ours = await DockerRegistry.start(work);
+    const theirs = await DockerRegistry.start(work);
     try {
       const publishes = {
         ours: async () => {
@@ -355,7 +308,7 @@ async function headEach(client: RegistryClient, hashes: readonly string[]): Prom
 
 async function planRows(work: string): Promise<BenchRow[]> {
   const plan = await makePlan(work);
-  const registry = await Registry.start(work);
+  const registry = await DockerRegistry.start(work);
   try {
     const lookup = async (tagList: boolean) => {
       const client = new RegistryClient({ registry: registry.host });
@@ -524,7 +477,7 @@ async function rssRows(work: string): Promise<BenchRow[]> {
     below: [base],
     fill: (fs) => writeBigFile(join(fs, 'big')),
   });
-  const registry = await Registry.start(work);
+  const registry = await DockerRegistry.start(work);
   try {
     const ref = `${registry.host}/${REPO}`;
     const publishMb = await childRss(['publish', ref, osDir, big.hash]);

@@ -26,6 +26,13 @@ const SCOPE = '@day11/';
  * one copy of each package can serve all its dependents.
  */
 const WORKSPACE_RANGE = 'workspace:^';
+/**
+ * `@day11/testing` (private: real services for tests) may be a
+ * devDependency of any package, referenced by its `tsconfig.spec.json`
+ * and imported by its tests and fixtures only: it is never published.
+ */
+const TEST_SUPPORT = 'testing';
+const TEST_FILE = /(\.test\.ts|\/fixtures\/[^/]+\.ts)$/;
 /** The tsconfigs whose project references mirror the package's dependencies. */
 const TS_CONFIGS = ['tsconfig.build.json', 'tsconfig.spec.json'] as const;
 
@@ -47,7 +54,42 @@ function workspaceDeps(pkg: PackageJson): Map<string, string> {
       if (name.startsWith(SCOPE)) out.set(name.slice(SCOPE.length), range);
     }
   }
+  // Test support is checked on its own (checkTestSupport).
+  if (pkg.devDependencies?.[`${SCOPE}${TEST_SUPPORT}`] !== undefined) out.delete(TEST_SUPPORT);
   return out;
+}
+
+/** Where a package uses `@day11/testing`: a devDependency, in the spec build, in tests. */
+function checkTestSupport(pkgDir: string, name: string, pkg: PackageJson): string[] {
+  const declared = pkg.devDependencies?.[`${SCOPE}${TEST_SUPPORT}`] !== undefined;
+  const problems: string[] = [];
+  if (pkg.dependencies?.[`${SCOPE}${TEST_SUPPORT}`] !== undefined)
+    problems.push(
+      `packages/${name}/package.json: @day11/${TEST_SUPPORT} belongs in devDependencies`,
+    );
+  if (tsReferences(pkgDir, 'tsconfig.build.json').includes(TEST_SUPPORT))
+    problems.push(
+      `packages/${name}/tsconfig.build.json: references ../../${TEST_SUPPORT}, which only tests may use`,
+    );
+  if (declared !== tsReferences(pkgDir, 'tsconfig.spec.json').includes(TEST_SUPPORT))
+    problems.push(
+      `packages/${name}: @day11/${TEST_SUPPORT} must be both a devDependency and a tsconfig.spec.json reference, or neither`,
+    );
+  for (const file of sourceFiles(join(pkgDir, 'src'))) {
+    const uses = importsOf(readFileSync(file, 'utf8')).some(
+      (spec) => packageOfSpecifier(spec) === TEST_SUPPORT,
+    );
+    if (!uses) continue;
+    if (!TEST_FILE.test(file))
+      problems.push(
+        `${relative(dirname(dirname(pkgDir)), file)}: only tests and fixtures may import @day11/${TEST_SUPPORT}`,
+      );
+    else if (!declared)
+      problems.push(
+        `packages/${name}/package.json: tests import @day11/${TEST_SUPPORT}; add it to devDependencies`,
+      );
+  }
+  return problems;
 }
 
 /** The package directories a tsconfig references (`../exec/tsconfig.build.json` gives `exec`). */
@@ -91,7 +133,9 @@ function checkPackage(root: string, name: string): string[] {
       `packages/${name}: not in the dependency rules (scripts/src/deps.ts ALLOWED); add it there first`,
     ];
   }
-  const deps = workspaceDeps(readJson<PackageJson>(join(pkgDir, 'package.json')));
+  const pkg = readJson<PackageJson>(join(pkgDir, 'package.json'));
+  const deps = workspaceDeps(pkg);
+  problems.push(...checkTestSupport(pkgDir, name, pkg));
   for (const [dep, range] of deps) {
     if (!allowed.has(dep))
       problems.push(
@@ -117,7 +161,7 @@ function checkReferences(
 ): string[] {
   const problems: string[] = [];
   if (!existsSync(join(pkgDir, config))) return [`packages/${name}/${config}: missing`];
-  const refs = new Set(tsReferences(pkgDir, config));
+  const refs = new Set(tsReferences(pkgDir, config).filter((r) => r !== TEST_SUPPORT));
   for (const dep of deps.keys()) {
     if (!refs.has(dep))
       problems.push(
@@ -143,7 +187,7 @@ function checkImports(
   const problems: string[] = [];
   for (const spec of importsOf(readFileSync(file, 'utf8'))) {
     const target = packageOfSpecifier(spec);
-    if (target !== undefined && target !== name) {
+    if (target !== undefined && target !== name && target !== TEST_SUPPORT) {
       if (!ALLOWED[name]!.includes(target))
         problems.push(`${rel}: imports ${spec}, but ${name} may not depend on @day11/${target}`);
       else if (!deps.has(target))

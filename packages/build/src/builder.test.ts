@@ -379,12 +379,41 @@ describe('sources and publishers', () => {
     };
     const { result, events } = await build(plan, { sources: [source], publishers: [publisher] });
     expect(statusOf(result)).toEqual({ a: 'fetched', b: 'done' });
-    // Targets first, so a source can answer a stack from the top.
-    expect(asked).toEqual([[hashes[1], hashes[0]]]);
+    // Targets first, so a source can answer a stack from the top; then once
+    // more for the step about to run, in case another worker made it since.
+    expect(asked).toEqual([[hashes[1], hashes[0]], [hashes[1]]]);
     expect(sandbox.names).toEqual(['b']);
     expect(published).toEqual([hashes[1]]);
     expect(events.filter((e) => e.type === 'publish')).toMatchObject([{ status: 'done', id: 'b' }]);
     expect(existsSync(join(result.steps[0]!.dir, 'fs/fetched'))).toBe(true);
+  });
+
+  it('fetches a layer that another worker published after the lookup instead of running it', async () => {
+    const plan = planOf([{ id: 'a' }, { id: 'b', deps: ['a'] }]);
+    const elsewhere = join(work, 'elsewhere');
+    const other = createBuilder({ osDir: elsewhere, sandbox: new FakeSandbox(elsewhere) });
+    const hashes = (await other.build(plan)).steps.map((s) => s.hash);
+    await other.close();
+    // The registry is empty when the build looks, and has b by the time b would run.
+    let published = new Set<string>();
+    const source: LayerSource = {
+      name: 'racing worker',
+      async lookup(wanted) {
+        const found = new Set(wanted.filter((h) => published.has(h)));
+        published = new Set(hashes);
+        return found;
+      },
+      async fetch(hash, { osDir: into }) {
+        const meta = await LayerMeta.load(LayerDir.path({ osDir: elsewhere, hash }));
+        const upper = join(into, `.day11-tmp-${process.pid}-fetch`);
+        await mkdir(upper);
+        await Commit.commit({ osDir: into, hash, upper, meta });
+        return true;
+      },
+    };
+    const { result } = await build(plan, { sources: [source] });
+    expect(statusOf(result)).toEqual({ a: 'fetched', b: 'fetched' });
+    expect(sandbox.names).toEqual([]);
   });
 
   it('builds locally when a source fails, and reports it', async () => {

@@ -643,14 +643,31 @@ class BuildRun {
           if (this.signal?.aborted) return this.notStarted(step, 'aborted before it started');
           this.counters.misses++;
           if (meta) await Gc.removeLayer({ osDir: this.o.osDir, hash });
-          if (source) {
-            const fetched = await this.fetch(step, source);
+          const from = source ?? (await this.lateLookup(hash));
+          if (from) {
+            const fetched = await this.fetch(step, from);
             if (fetched) return fetched;
           }
           return this.run(step);
         },
       ),
     );
+  }
+
+  /**
+   * Asks the sources again for a layer about to be run: another worker
+   * sharing them may have published it since the build's lookup. One small
+   * request per step run, which saves a duplicate build whenever workers
+   * are out of step; a source that fails here is simply not used.
+   */
+  private async lateLookup(hash: string): Promise<LayerSource | undefined> {
+    for (const source of this.o.sources) {
+      const found = await source
+        .lookup([hash], { ...(this.signal && { signal: this.signal }) })
+        .catch(() => undefined);
+      if (found?.has(hash)) return source;
+    }
+    return undefined;
   }
 
   /** Fetches the layer from `source`; undefined when it turns out not to have it. */

@@ -6,6 +6,8 @@ import * as exportCmd from './commands/export.js';
 import * as importCmd from './commands/import.js';
 import * as layersCmd from './commands/layers.js';
 import * as layoutCmd from './commands/layout.js';
+import * as pullCmd from './commands/pull.js';
+import * as pushCmd from './commands/push.js';
 import * as recoverCmd from './commands/recover.js';
 import * as runCmd from './commands/run.js';
 import { CliCodes, CliError, exitCodeOf, formatError } from './errors.js';
@@ -23,6 +25,8 @@ const COMMANDS: Record<string, Command> = {
   layout: layoutCmd,
   export: exportCmd,
   import: importCmd,
+  push: pushCmd,
+  pull: pullCmd,
   recover: recoverCmd,
   demo: demoCmd,
 };

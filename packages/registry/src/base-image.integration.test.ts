@@ -12,7 +12,7 @@ import { importBaseImage, pinnedName } from './base-image.js';
 import { RegistryCache } from './cache.js';
 import { RegistryClient } from './client.js';
 import { RegistryCodes } from './errors.js';
-import { DockerRegistry, haveDockerRegistry } from './fixtures/docker-registry.js';
+import { DockerRegistry, haveDockerRegistry } from '@day11/testing';
 import { cleanup, isRoot, tempDir } from './fixtures/layers.js';
 import { makeStack, type TestStack } from './fixtures/stack.js';
 import { baseOf } from './local.js';

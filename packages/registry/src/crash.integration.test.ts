@@ -15,7 +15,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LayerDir, LayerMeta, Recover, treeDigest } from '@day11/layer';
 import { RegistryCache } from './cache.js';
 import type { RegistryClient } from './client.js';
-import { DockerRegistry, haveDockerRegistry } from './fixtures/docker-registry.js';
+import { DockerRegistry, haveDockerRegistry } from '@day11/testing';
 import { cleanup, commitLayer, isRoot, tempDir, type TestLayer } from './fixtures/layers.js';
 import { makeStack, type TestStack } from './fixtures/stack.js';
 

@@ -13,7 +13,7 @@ import { buildTag } from './cache-image.js';
 import { RegistryCache } from './cache.js';
 import { RegistryCodes, RegistryError } from './errors.js';
 import { pushCraftedBase, pushForeignImage, tarEntry, tarOf } from './fixtures/crafted.js';
-import { DockerRegistry, haveDockerRegistry } from './fixtures/docker-registry.js';
+import { DockerRegistry, haveDockerRegistry } from '@day11/testing';
 import { busyboxBase, cleanup, commitLayer, isRoot, tempDir } from './fixtures/layers.js';
 import { makeStack, type TestStack } from './fixtures/stack.js';
 import { baseOf } from './local.js';

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildTag } from './cache-image.js';
 import { RegistryCache } from './cache.js';
-import { DockerRegistry, haveDockerRegistry } from './fixtures/docker-registry.js';
+import { DockerRegistry, haveDockerRegistry } from '@day11/testing';
 import { cleanup, isRoot, tempDir } from './fixtures/layers.js';
 import { makeStack, type TestStack } from './fixtures/stack.js';
 

@@ -1,6 +1,6 @@
-/** `day11 build PLAN.json --cache DIR [--jobs N] [--runtime R] [--oci LAYOUT] [--log-cap SIZE] [--json]` */
+/** `day11 build PLAN.json --cache DIR [--jobs N] [--oci LAYOUT] [--cache-from REF] [--cache-to REF] [--shard K/N] ...` */
 import { resolve } from 'node:path';
-import { createBuilder, loadPlan } from '@day11/build';
+import { createBuilder, loadPlan, shardOf } from '@day11/build';
 import { Runc } from '@day11/container';
 import { DOCKER_MAX_LAYERS, Layout } from '@day11/oci-export';
 import { recover } from '@day11/runner';
@@ -8,6 +8,7 @@ import { intOption, logCapOption, maxLayersOption, parseCommand } from '../args.
 import { cacheDir, prepareCache } from '../cache.js';
 import { CliCodes, CliError } from '../errors.js';
 import { makeReporter } from '../progress.js';
+import { imageResolver, openCaches, printWarning, REGISTRY_OPTIONS } from '../registry.js';
 import { checkRequirements, runtimeOption } from './common.js';
 
 export const summary =
@@ -35,13 +36,22 @@ Options:
                      none keeps all): past it the log keeps the first and the last half
                      with a marker between; the output never fails the step
   --retry-failed     run again the steps whose recorded outcome is a failure
+  --cache-from REF   a registry cache repository (HOST[:PORT]/REPO, repeatable): a step
+                     found there is pulled instead of built
+  --cache-to REF     publish every step built (failures too, with their logs) to this
+                     cache repository; the same REF as --cache-from is the usual setup
+  --shard K/N        build only shard K of N: the plan's targets dealt out among N
+                     workers, the same split on every worker (steps several shards
+                     need are built by whichever worker gets there first)
+  --insecure         plain http to a registry that is not on this machine
   --json             newline-delimited JSON events instead of the live display
   --debug            stack traces on errors
 
 Plan format:
   {
     "base": "busybox" | { "tarball": "rootfs.tar.gz" } | { "dir": "rootfs/" }
-          | { "docker": "debian:12" } | { "image": "debian:12" } | { "layer": "HASH" },
+          | { "docker": "debian:12" } | { "image": "debian:12" } | { "layer": "HASH" }
+          | { "image": "docker://HOST/REPO:TAG" } | { "image": "oci:DIR:TAG" },
     "resources": { "memory": "4G", "cpus": 2, "pids": 4096 },
     "security": { "seccomp": true, "noNewPrivileges": true },
     "steps": [
@@ -59,7 +69,9 @@ Plan format:
   runs of those collapsed, and the ends trimmed (g++ → gpp, 1.0~rc1 → 1.0-rc1);
   two steps with one tag are refused before anything runs. Later deps lie
   above earlier ones in the stack. "base": { "image": NAME } is a base already
-  imported (day11 import), { "layer": HASH } a base layer by hash.
+  imported (day11 import), { "layer": HASH } a base layer by hash;
+  { "image": "docker://…" } or { "image": "oci:DIR:TAG" } is pulled once and
+  pinned to its manifest digest (a moved tag is another base).
 
   "resources" (plan-wide defaults, or per step): "memory" in bytes or
   512M/4G (past it the step is OOM-killed: exit 137), "cpus" as CPU time
@@ -74,8 +86,11 @@ Plan format:
   privileges). "seccomp": false or "noNewPrivileges": false turns one off
   for a build that needs it; either setting changes the step's hash.
 
-Example:
+Examples:
   day11 build plan.json --cache /var/cache/day11 --jobs 4 --oci /srv/oci
+  # worker 2 of 4 in a CI matrix, sharing layers through a registry:
+  day11 build plan.json --cache /var/cache/day11 --shard 2/4 \
+    --cache-from registry.example/ci/day11-cache --cache-to registry.example/ci/day11-cache
 `;
 
 export async function run(argv: string[]): Promise<number> {
@@ -88,6 +103,10 @@ export async function run(argv: string[]): Promise<number> {
     timeout: { type: 'string' },
     'log-cap': { type: 'string' },
     'retry-failed': { type: 'boolean' },
+    'cache-from': { type: 'string', multiple: true },
+    'cache-to': { type: 'string', multiple: true },
+    shard: { type: 'string' },
+    ...REGISTRY_OPTIONS,
     json: { type: 'boolean' },
   });
   if (positionals.length !== 1)
@@ -108,30 +127,59 @@ export async function run(argv: string[]): Promise<number> {
     throw new CliError(CliCodes.USAGE, 'day11 build: --max-layers needs --oci LAYOUT', {
       hint: 'See `day11 build --help`',
     });
-  const plan = await loadPlan(resolve(positionals[0]!));
+  const shard = shardOption(values.shard);
+  const whole = await loadPlan(resolve(positionals[0]!));
+  const plan = shard ? shardOf(whole, shard) : whole;
   await checkRequirements(runtime);
   await prepareCache(osDir);
   if (runtime === 'crun') await Runc.prepareCrunCgroups().catch(() => undefined);
   await recover({ osDir }).catch(() => undefined);
   if (values.oci !== undefined) await Layout.recover(resolve(values.oci)).catch(() => undefined);
   const reporter = makeReporter({ json: values.json === true });
-  const builder = createBuilder({
-    osDir,
-    jobs,
-    runtime,
-    retryFailed: values['retry-failed'] === true,
-    ...(values.oci !== undefined && { layout: resolve(values.oci) }),
-    ...(maxLayers !== undefined && { maxLayers }),
-    ...(timeout > 0 && { timeoutMs: timeout * 1000 }),
-    ...(logCap !== undefined && { logCap }),
+  const flags = { insecure: values.insecure === true };
+  const caches = openCaches({
+    from: values['cache-from'] ?? [],
+    to: values['cache-to'] ?? [],
+    flags,
+    onWarning: printWarning,
   });
   try {
-    // SIGINT/SIGTERM/SIGHUP: the runner unmounts and deletes its containers,
-    // then the process dies by the signal; committed layers are whole.
-    const result = await builder.build(plan, { onEvent: (event) => reporter.emit(event) });
-    return result.ok ? 0 : 1;
+    const builder = createBuilder({
+      osDir,
+      jobs,
+      runtime,
+      retryFailed: values['retry-failed'] === true,
+      ...(values.oci !== undefined && { layout: resolve(values.oci) }),
+      ...(maxLayers !== undefined && { maxLayers }),
+      ...(timeout > 0 && { timeoutMs: timeout * 1000 }),
+      ...(logCap !== undefined && { logCap }),
+      sources: caches.sources,
+      publishers: caches.publishers,
+      resolveImage: imageResolver(flags),
+    });
+    try {
+      // SIGINT/SIGTERM/SIGHUP: the runner unmounts and deletes its containers,
+      // then the process dies by the signal; committed layers are whole.
+      const result = await builder.build(plan, { onEvent: (event) => reporter.emit(event) });
+      return result.ok ? 0 : 1;
+    } finally {
+      await builder.close();
+    }
   } finally {
     reporter.close();
-    await builder.close();
+    await caches.close();
   }
+}
+
+/** `--shard K/N`: 1 ≤ K ≤ N. */
+function shardOption(value: string | undefined): { index: number; count: number } | undefined {
+  if (value === undefined) return undefined;
+  const m = /^(\d{1,6})\/(\d{1,6})$/.exec(value);
+  const index = Number(m?.[1]);
+  const count = Number(m?.[2]);
+  if (!m || index < 1 || count < 1 || index > count)
+    throw new CliError(CliCodes.USAGE, `day11 build: --shard ${value} is not K/N with 1 ≤ K ≤ N`, {
+      hint: 'e.g. --shard 2/4 for the second of four workers (in an Indexed Job: $((JOB_COMPLETION_INDEX+1))/N)',
+    });
+  return { index, count };
 }

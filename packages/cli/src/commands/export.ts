@@ -1,15 +1,18 @@
-/** `day11 export --cache DIR --oci LAYOUT --tag TAG LAYER...` */
+/** `day11 export --cache DIR (--oci LAYOUT --tag TAG | --to docker://REF) LAYER...` */
 import { resolve } from 'node:path';
 import { imageOfStep } from '@day11/build';
 import { Sidecar } from '@day11/layer';
 import { DOCKER_MAX_LAYERS, exportImage } from '@day11/oci-export';
+import { exportToRegistry } from '@day11/registry';
 import { maxLayersOption, parseCommand, usage } from '../args.js';
 import { assertCacheExists, cacheDir, layerDirOf, prepareCache, stackOf } from '../cache.js';
 import { formatBytes } from '../progress.js';
+import { REGISTRY_OPTIONS } from '../registry.js';
 
 export const summary = 'export a layer with everything it was built on as an OCI image';
 
 export const help = `Usage: day11 export --cache DIR --oci LAYOUT --tag TAG LAYER [LAYER...]
+       day11 export --cache DIR --to docker://HOST/REPO:TAG LAYER [LAYER...]
 
 Exports LAYER with the stack it was built on (its base, then every layer
 below it in build order, recorded when it was built) as the image TAG in
@@ -18,18 +21,24 @@ step id. Each layer becomes one blob, cached in the layer directory, so
 images share the blobs of the layers they share and a re-export compresses
 nothing. Naming several layers exports exactly those, bottom to top; a list
 that leaves out or misorders a layer one of them was built on is refused.
+With --to, the image goes straight to a registry: blobs the registry has
+(in that repository, or in a cache repository the layers were published to,
+mounted from there) are not uploaded again.
 
 Options:
   --cmd CMD          the image's default command (repeatable: one argv word each; default /bin/sh)
   --max-layers N     at most N layers (2-500, or docker = ${DOCKER_MAX_LAYERS}): a deeper stack keeps
                      its layers most shared in LAYOUT (× size) and merges contiguous runs of
                      the others into one cached blob each; the image unpacks the same
+  --to REF           push the image to a registry instead (docker://HOST/REPO:TAG)
+  --insecure         with --to: plain http to a registry that is not on this machine
   --json             print the result as JSON
 
 Example:
   day11 export --cache /var/cache/day11 --oci /srv/oci --tag app app
   skopeo inspect oci:/srv/oci:app
   day11 export --cache /var/cache/day11 --oci /srv/oci --tag deep --max-layers docker app
+  day11 export --cache /var/cache/day11 --to docker://127.0.0.1:5000/apps/app:1.0 app
 `;
 
 export async function run(argv: string[]): Promise<number> {
@@ -39,11 +48,18 @@ export async function run(argv: string[]): Promise<number> {
     tag: { type: 'string' },
     cmd: { type: 'string', multiple: true },
     'max-layers': { type: 'string' },
+    to: { type: 'string' },
+    ...REGISTRY_OPTIONS,
     json: { type: 'boolean' },
   });
   const osDir = cacheDir('export', values.cache);
-  if (!values.oci) throw usage('export', '--oci LAYOUT is required');
-  if (!values.tag) throw usage('export', '--tag TAG is required');
+  if (values.to !== undefined) {
+    if (values.oci !== undefined || values.tag !== undefined)
+      throw usage('export', '--to REF names the image: give it without --oci and --tag');
+  } else {
+    if (!values.oci) throw usage('export', '--oci LAYOUT (or --to REF) is required');
+    if (!values.tag) throw usage('export', '--tag TAG is required');
+  }
   if (positionals.length === 0) throw usage('export', 'name the LAYER to export');
   const maxLayers = maxLayersOption('export', values['max-layers'], DOCKER_MAX_LAYERS);
   await assertCacheExists(osDir);
@@ -54,15 +70,28 @@ export async function run(argv: string[]): Promise<number> {
     layers.map((dir) => Sidecar.read(dir, 'step.json').catch(() => undefined)),
   );
   const top = imageOfStep(steps.at(-1));
-  const result = await exportImage({
-    layout: resolve(values.oci),
-    tag: values.tag,
+  const image = {
     base,
     layers,
     createdBy: steps.map((s) => imageOfStep(s).createdBy),
     config: { ...top.config, Cmd: values.cmd ?? ['/bin/sh'] },
     ...(maxLayers !== undefined && { maxLayers }),
-  });
+  };
+  if (values.to !== undefined) {
+    const pushed = await exportToRegistry({
+      ...image,
+      ref: values.to,
+      insecure: values.insecure === true,
+    });
+    if (values.json) console.log(JSON.stringify(pushed));
+    else {
+      for (const b of pushed.blobs)
+        console.log(`${b.digest.slice(0, 19)}  ${formatBytes(b.size).padStart(10)}  ${b.outcome}`);
+      console.log(`${values.to}  pushed as ${pushed.ref}`);
+    }
+    return 0;
+  }
+  const result = await exportImage({ layout: resolve(values.oci!), tag: values.tag!, ...image });
   if (values.json) {
     console.log(JSON.stringify(result));
     return 0;

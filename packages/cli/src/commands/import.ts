@@ -1,12 +1,23 @@
-/** `day11 import --cache DIR [--image NAME] (--tarball F | --dir D | --docker)` */
+/** `day11 import --cache DIR [--image NAME] (--tarball F | --dir D | --docker)`, or `--image docker://REF` */
 import { resolve } from 'node:path';
 import { Import, LayerDir } from '@day11/layer';
+import { importBaseImage } from '@day11/registry';
 import { parseCommand, usage } from '../args.js';
 import { cacheDir, prepareCache } from '../cache.js';
+import { REGISTRY_OPTIONS } from '../registry.js';
 
-export const summary = 'import a base layer from a rootfs tarball, a directory or a Docker image';
+export const summary =
+  'import a base layer from a registry, an OCI layout, a rootfs tarball, a directory or a Docker image';
 
-export const help = `Usage: day11 import --cache DIR [--image NAME] (--tarball FILE | --dir DIR | --docker)
+export const help = `Usage: day11 import --cache DIR --image docker://HOST/REPO:TAG | oci:DIR:TAG
+       day11 import --cache DIR [--image NAME] (--tarball FILE | --dir DIR | --docker)
+
+An --image with a transport (docker://, oci:, oci-archive:, docker-archive:)
+is pulled: its manifest is pinned by digest (the base's name is
+oci-image@sha256:…, so a tag moved later is another base), the layers for
+this machine's platform are applied in order with their whiteouts into one
+base layer, and every digest is checked. Plan bases { "image": "docker://…" }
+do the same on first use.
 
 Creates the base layer NAME (its hash is derived from NAME) from:
   --tarball FILE     a rootfs tarball, plain or gzip (e.g. the output of docker export)
@@ -21,7 +32,11 @@ refused when it changed: import the new content under a new NAME, or without
 by its digest (debian@sha256:...). Hostile tarballs (.. paths, absolute paths,
 symlink escapes) are refused and nothing is left behind.
 
-Example:
+Options:
+  --insecure         plain http to a registry that is not on this machine
+
+Examples:
+  day11 import --cache /var/cache/day11 --image docker://127.0.0.1:5000/library/debian:12
   day11 import --cache /var/cache/day11 --image debian:12 --tarball debian-12.tar.gz
 `;
 
@@ -32,13 +47,34 @@ export async function run(argv: string[]): Promise<number> {
     tarball: { type: 'string' },
     dir: { type: 'string' },
     docker: { type: 'boolean' },
+    ...REGISTRY_OPTIONS,
   });
   const osDir = cacheDir('import', values.cache);
   const sources = [values.tarball, values.dir, values.docker].filter(
     (v) => v !== undefined && v !== false,
   );
+  if (values.image !== undefined && TRANSPORT.test(values.image)) {
+    if (sources.length > 0)
+      throw usage(
+        'import',
+        `--image ${values.image} is pulled: give it without --tarball, --dir or --docker`,
+      );
+    await prepareCache(osDir);
+    const base = await importBaseImage({
+      osDir,
+      ref: values.image,
+      insecure: values.insecure === true,
+    });
+    console.log(
+      `${LayerDir.name(base.hash)}  ${base.image}  (base hash ${base.hash}${base.imported ? '' : ', already imported'})`,
+    );
+    return 0;
+  }
   if (sources.length !== 1)
-    throw usage('import', 'give exactly one of --tarball FILE, --dir DIR, --docker');
+    throw usage(
+      'import',
+      'give exactly one of --tarball FILE, --dir DIR, --docker, or an --image docker://… or oci:…',
+    );
   if (!values.image && values.docker) throw usage('import', '--docker needs --image NAME');
   const image = values.image;
   await prepareCache(osDir);
@@ -50,3 +86,6 @@ export async function run(argv: string[]): Promise<number> {
   console.log(`${LayerDir.name(base.hash)}  ${base.image}  (base hash ${base.hash})`);
   return 0;
 }
+
+/** References pulled by `@day11/registry` (skopeo's transports). */
+const TRANSPORT = /^(docker|oci|oci-archive|docker-archive):/;

@@ -1,0 +1,67 @@
+/** `day11 pull HASH... --from REF --cache DIR` */
+import { LayerDir } from '@day11/layer';
+import { RegistryCache } from '@day11/registry';
+import { parseCommand, usage } from '../args.js';
+import { cacheDir, prepareCache } from '../cache.js';
+import { printWarning, REGISTRY_OPTIONS } from '../registry.js';
+
+export const summary = 'bring layers (with the stacks they were built on) from a registry cache';
+
+export const help = `Usage: day11 pull HASH [HASH...] --from REF --cache DIR
+
+Brings each layer HASH (its full 64-hex hash, as \`day11 layers show\` and
+the registry's build-<hash> tags name it) from the cache repository REF
+into the cache, with every layer it was built on: the same layer.json, log
+and files as where it was built, and its compressed blob kept, so a later
+export compresses nothing. Digests are checked on the way; a layer is
+committed only once whole. Exits 1 when REF lacks one of them.
+
+Options:
+  --from REF     the cache repository, e.g. 127.0.0.1:5000/ci/day11-cache
+  --insecure     plain http to a registry that is not on this machine
+  --json         one JSON line per layer
+
+Example:
+  day11 pull --cache /var/cache/day11 --from registry.example/ci/day11-cache 3f5a…e1
+`;
+
+const FULL_HASH = /^(?:build-)?([0-9a-f]{64})$/;
+
+export async function run(argv: string[]): Promise<number> {
+  const { values, positionals } = parseCommand('pull', argv, {
+    cache: { type: 'string' },
+    from: { type: 'string' },
+    ...REGISTRY_OPTIONS,
+    json: { type: 'boolean' },
+  });
+  const osDir = cacheDir('pull', values.cache);
+  if (!values.from) throw usage('pull', '--from REF is required');
+  if (positionals.length === 0) throw usage('pull', 'name the HASH to pull');
+  const hashes = positionals.map((name) => {
+    const hash = FULL_HASH.exec(name)?.[1];
+    if (hash === undefined)
+      throw usage('pull', `${JSON.stringify(name)} is not a full 64-hex layer hash`);
+    return hash;
+  });
+  await prepareCache(osDir);
+  const cache = new RegistryCache({
+    ref: values.from,
+    insecure: values.insecure === true,
+    onWarning: printWarning,
+  });
+  let missing = 0;
+  try {
+    for (const hash of hashes) {
+      const r = await cache.pull(hash, { osDir });
+      if (r.status === 'missing') missing++;
+      if (values.json) console.log(JSON.stringify(r));
+      else
+        console.log(
+          `${LayerDir.name(hash)}  ${r.status.padEnd(7)}  ${r.pulled.length} layers committed  ${r.status === 'missing' ? `(not in ${cache.registry}/${cache.repository})` : LayerDir.path({ osDir, hash })}`,
+        );
+    }
+  } finally {
+    await cache.close();
+  }
+  return missing > 0 ? 1 : 0;
+}
