@@ -473,6 +473,14 @@ class BuildRun {
       };
       const fill = (): void => {
         while (checking < CHECK_CONCURRENCY && next < ready.length) {
+          // With shared sources, workers that take ready steps in different
+          // orders build different layers at first and then fetch each
+          // other's (see lateLookup), instead of building the same ones in
+          // lockstep. Alone, plan order is as good as any.
+          if (this.o.sources.length > 0) {
+            const pick = next + Math.floor(Math.random() * (ready.length - next));
+            [ready[next], ready[pick]] = [ready[pick]!, ready[next]!];
+          }
           const step = ready[next++]!;
           checking++;
           void this.settle(step, () => {

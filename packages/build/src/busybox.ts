@@ -1,6 +1,16 @@
 /** A minimal root filesystem made from the host's busybox-static: the `busybox` base of plans. */
 import { createHash } from 'node:crypto';
-import { chmod, copyFile, mkdir, readFile, symlink, writeFile } from 'node:fs/promises';
+import {
+  chmod,
+  copyFile,
+  lutimes,
+  mkdir,
+  readdir,
+  readFile,
+  stat,
+  symlink,
+  writeFile,
+} from 'node:fs/promises';
 import { join } from 'node:path';
 import { Exec } from '@day11/exec';
 import { BuildCodes, BuildError } from './errors.js';
@@ -48,4 +58,18 @@ export async function makeBusyboxRootfs(dir: string): Promise<void> {
     'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n',
   );
   await writeFile(join(dir, 'etc/group'), 'root:x:0:\nnogroup:x:65534:\n');
+  // Every entry gets the binary's mtime, so the same busybox makes the same
+  // tree (and blob) on every machine: workers sharing a registry agree on it.
+  const { mtime } = await stat(BUSYBOX);
+  await settleTimes(dir, mtime);
+}
+
+/** Sets the mtime of `dir` and everything below it (links themselves, not their targets). */
+async function settleTimes(dir: string, time: Date): Promise<void> {
+  for (const entry of await readdir(dir, { withFileTypes: true })) {
+    const path = join(dir, entry.name);
+    if (entry.isDirectory()) await settleTimes(path, time);
+    else await lutimes(path, time, time);
+  }
+  await lutimes(dir, time, time);
 }

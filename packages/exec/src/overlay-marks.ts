@@ -35,3 +35,28 @@ export const OCI_OPAQUE_MARKER = '.wh..wh..opq';
 export function isWhiteout(st: { isCharacterDevice(): boolean; rdev: number }): boolean {
   return st.isCharacterDevice() && st.rdev === 0;
 }
+
+/**
+ * Overlayfs's own bookkeeping on an upper directory's entries: where a copy
+ * came from (`origin`, a file handle of this machine's lower), whether a
+ * directory may hold such copies (`impure`), the upper's identity (`uuid`),
+ * and hardlink and index records (`nlink`, `upper`). They describe the mount
+ * a layer was made in, not what the step wrote: a layer pulled from a
+ * registry has none of them, a built one does.
+ */
+const BOOKKEEPING = new Set(['origin', 'impure', 'uuid', 'nlink', 'upper']);
+
+/**
+ * Whether the xattr `name` is overlayfs bookkeeping (see above) under the
+ * `trusted.overlay.` or `user.overlay.` prefix.
+ *
+ * @example
+ * ```ts
+ * OverlayMarks.isBookkeepingXattr('trusted.overlay.origin'); // true
+ * OverlayMarks.isBookkeepingXattr('trusted.overlay.opaque'); // false: it hides the layers below
+ * ```
+ */
+export function isBookkeepingXattr(name: string): boolean {
+  const m = /^(?:trusted|user)\.overlay\.(.+)$/.exec(name);
+  return m !== null && BOOKKEEPING.has(m[1]!);
+}

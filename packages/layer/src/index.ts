@@ -26,7 +26,7 @@ export * as Gc from './gc.js';
 export * as Recover from './recover.js';
 export * as Lineage from './lineage.js';
 export * as TarExtract from './tar-extract.js';
-export { treeDigest } from './tree-digest.js';
+export { treeDigest, type TreeDigestOptions } from './tree-digest.js';
 export type { Base } from './types.js';
 export type { LayerMeta as LayerMetaRecord, Timing } from './layer-meta.js';
 export type { SidecarValue } from './sidecar.js';

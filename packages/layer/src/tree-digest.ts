@@ -33,14 +33,30 @@ const SLICE = 256;
  * const image = `directory:${await treeDigest('/srv/rootfs')}`;
  * ```
  */
-export async function treeDigest(root: string): Promise<string> {
-  const walk: Walk = { root, hash: createHash('sha256'), inodes: new Map(), visited: 0 };
+export async function treeDigest(root: string, options: TreeDigestOptions = {}): Promise<string> {
+  const walk: Walk = {
+    root,
+    hash: createHash('sha256'),
+    inodes: new Map(),
+    visited: 0,
+    xattr: options.xattr ?? (() => true),
+  };
   walk.hash.update('day11.tree.v1\n');
   await visit(walk, '.');
   return walk.hash.digest('hex');
 }
 
+/** Options of {@link treeDigest}. */
+export interface TreeDigestOptions {
+  /**
+   * Which xattrs count (default: all). E.g. `(n) => !OverlayMarks.isBookkeepingXattr(n)`
+   * to compare a built layer with the same layer pulled from a registry.
+   */
+  xattr?: ((name: string) => boolean) | undefined;
+}
+
 interface Walk {
+  xattr: (name: string) => boolean;
   root: string;
   hash: Hash;
   /** `dev:ino` → first path seen, so a hardlink is recorded as a link, not as a second copy. */
@@ -53,7 +69,7 @@ async function visit(walk: Walk, rel: string): Promise<void> {
   const path = join(walk.root, rel);
   const st = lstatSync(path, { bigint: true });
   const record: unknown[] = [rel, typeOf(st), Number(st.mode & 0o7777n), st.uid, st.gid];
-  record.push(st.mtimeNs, await detail(walk, { rel, path, st }), xattrsOf(path));
+  record.push(st.mtimeNs, await detail(walk, { rel, path, st }), xattrsOf(path, walk.xattr));
   walk.hash.update(`${JSON.stringify(record, bigintsAsText)}\n`);
   if (!st.isDirectory()) return;
   // Sorted so the digest does not depend on readdir order.
@@ -110,9 +126,9 @@ export async function fileSha256(path: string): Promise<string> {
   return hash.digest('hex');
 }
 
-function xattrsOf(path: string): string[] {
+function xattrsOf(path: string, counts: (name: string) => boolean): string[] {
   const out: string[] = [];
-  for (const name of Sys.listXattrsSync(path).sort()) {
+  for (const name of Sys.listXattrsSync(path).filter(counts).sort()) {
     const value = Sys.getXattrSync(path, name);
     if (value !== undefined) out.push(`${name}=${value.toString('hex')}`);
   }

@@ -18,7 +18,7 @@
 import { createReadStream } from 'node:fs';
 import { readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { LayerDir } from '@day11/layer';
+import { LayerDir, LayerMeta } from '@day11/layer';
 import { LayerBlob, Layout, MediaTypes, exportImage } from '@day11/oci-export';
 import { mapLimit, TempName } from '@day11/exec';
 import {
@@ -217,6 +217,7 @@ async function settleExisting(ctx: Context, layer: LocalLayer): Promise<PublishR
   ctx.session.published.set(layer.hash, fetched.digest);
   if (theirBlob === ours.digest) {
     ctx.session.knownBlobs.add(ours.digest);
+    await adoptCreation(layer.dir, theirs.meta.created_at);
     await Record.remember(layer.dir, {
       registry: client.registry,
       repository,
@@ -239,6 +240,17 @@ async function settleExisting(ctx: Context, layer: LocalLayer): Promise<PublishR
     uploaded: 0,
     uploadedBytes: 0,
   };
+}
+
+/**
+ * Another worker published the same layer first (a duplicate build, the
+ * same blob): its record is the layer's, so this cache takes its creation
+ * time, which is the images' `created`. Every cache then exports the layer
+ * to the same bytes, wherever it was built.
+ */
+async function adoptCreation(dir: string, createdAt: string): Promise<void> {
+  const meta = await LayerMeta.load(dir);
+  if (meta.created_at !== createdAt) await LayerMeta.save(dir, meta, { createdAt });
 }
 
 /** A layer's image exported into a temporary layout: its blobs and config, ready to push. */

@@ -106,6 +106,14 @@ describe('removeHosts', () => {
     expect(await readdir(upper)).toEqual([]);
   });
 
+  it("keeps the root's times that the step set (a reproducible step) when it takes etc/ out", async () => {
+    const base = await lowerWithEtc('base', 0o755);
+    const written = writeHosts({ upper, lowers: [base], hostname: 'box' })!;
+    await utimes(upper, 1_700_000_000, 1_700_000_000);
+    expect(removeHosts(upper, written)).toBe(true);
+    expect((await lstat(upper)).mtimeMs).toBe(1_700_000_000_000);
+  });
+
   it('keeps etc/ with what the step added there, with its times', async () => {
     const base = await lowerWithEtc('base', 0o755);
     const written = writeHosts({ upper, lowers: [base], hostname: 'box' })!;

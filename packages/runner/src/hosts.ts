@@ -123,7 +123,13 @@ export function removeHosts(upper: string, written: WrittenHosts): boolean {
     if (readFileSync(hosts, 'utf8') !== written.content) return false;
     const etcBefore = lstatSync(etc);
     unlinkSync(hosts);
-    if (written.madeEtc && readdirSync(etc).length === 0) rmdirSync(etc);
+    if (written.madeEtc && readdirSync(etc).length === 0) {
+      // Removing etc/ changes the root's times, which may be the step's own
+      // (a reproducible step sets them): they are put back.
+      const rootBefore = lstatSync(upper);
+      rmdirSync(etc);
+      utimesSync(upper, rootBefore.atimeMs / 1000, rootBefore.mtimeMs / 1000);
+    }
     // Unlinking changed the directory's times: the step's other changes keep theirs.
     else utimesSync(etc, etcBefore.atimeMs / 1000, etcBefore.mtimeMs / 1000);
     return true;
