@@ -275,4 +275,64 @@ describe.skipIf(!Exec.isRoot() || !haveDockerRegistry)('workers sharing a regist
         for (const [hash, digest] of await layersOf(c)) expect(all.get(hash)).toBe(digest);
     },
   );
+
+  it(
+    'day11 push, pull, export --to docker://, import --image docker:// and a plan based on a registry image',
+    { timeout: 600_000 },
+    async () => {
+      const ref = `${registry.host}/cmd/day11-cache`;
+      const plan = join(work, 'plan-cmd.json');
+      await writeFile(
+        plan,
+        JSON.stringify({ base: 'busybox', steps: planOf(13).steps.slice(0, 6) }),
+      );
+      const built = join(work, 'cmd-built');
+      const b = await day11(['build', plan, '--cache', built], { json: true });
+      expect(b.code, b.stderr).toBe(0);
+      const top = b.events.filter(isStep).find((e) => e.id === NAMES[5])!;
+
+      const push = await day11(['push', '--cache', built, '--to', ref, NAMES[5]!]);
+      expect(push.code, push.stderr).toBe(0);
+      expect(push.stdout).toMatch(/published/);
+      const again = await day11(['push', '--cache', built, '--to', ref, NAMES[5]!]);
+      expect(again.stdout).toMatch(/present +0 blobs uploaded/);
+
+      const pulled = join(work, 'cmd-pulled');
+      const pull = await day11(['pull', '--cache', pulled, '--from', ref, top.hash]);
+      expect(pull.code, pull.stderr).toBe(0);
+      expect((await layersOf(pulled)).get(top.hash)).toBe((await layersOf(built)).get(top.hash));
+      const missing = await day11(['pull', '--cache', pulled, '--from', ref, 'f'.repeat(64)]);
+      expect(missing.code).toBe(1);
+      expect(missing.stdout).toMatch(/missing/);
+      const bad = await day11(['pull', '--cache', pulled, '--from', ref, 'abc']);
+      expect(bad.code).toBe(2);
+      expect(bad.stderr).toMatch(/not a full 64-hex layer hash/);
+
+      // Straight to a registry, blobs mounted from the cache repository.
+      const image = `docker://${registry.host}/apps/top:1.0`;
+      const exp = await day11(['export', '--cache', pulled, '--to', image, NAMES[5]!]);
+      expect(exp.code, exp.stderr).toBe(0);
+      // Every layer blob is mounted from the cache repository; only the config goes up.
+      const blobs = exp.stdout.trim().split('\n').slice(0, -1);
+      for (const line of blobs.slice(0, -1)) expect(line).toMatch(/ mounted$/);
+      const inspect = await Exec.run('skopeo', ['inspect', '--tls-verify=false', image]);
+      expect(JSON.parse(inspect.stdout).Layers).toHaveLength(blobs.length - 1);
+
+      // That image as the base of a plan, and imported by hand: the same base.
+      const fresh = join(work, 'cmd-fresh');
+      const onImage = join(work, 'plan-on-image.json');
+      await writeFile(
+        onImage,
+        JSON.stringify({
+          base: { image: image },
+          steps: [{ id: 'probe', run: `test -s /opt/${NAMES[5]}/seen` }],
+        }),
+      );
+      const built2 = await day11(['build', onImage, '--cache', fresh], { json: true });
+      expect(built2.code, built2.stderr).toBe(0);
+      const imp = await day11(['import', '--cache', fresh, '--image', image]);
+      expect(imp.code, imp.stderr).toBe(0);
+      expect(imp.stdout).toMatch(/oci-image@sha256:[0-9a-f]{64}.*already imported/);
+    },
+  );
 });

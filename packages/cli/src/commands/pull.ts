@@ -1,5 +1,6 @@
 /** `day11 pull HASH... --from REF --cache DIR` */
-import { LayerDir } from '@day11/layer';
+import { join } from 'node:path';
+import { LayerDir, LayerSymlinks, Sidecar } from '@day11/layer';
 import { RegistryCache } from '@day11/registry';
 import { parseCommand, usage } from '../args.js';
 import { cacheDir, prepareCache } from '../cache.js';
@@ -54,6 +55,7 @@ export async function run(argv: string[]): Promise<number> {
     for (const hash of hashes) {
       const r = await cache.pull(hash, { osDir });
       if (r.status === 'missing') missing++;
+      for (const pulled of r.pulled) await linkStep(osDir, pulled);
       if (values.json) console.log(JSON.stringify(r));
       else
         console.log(
@@ -64,4 +66,17 @@ export async function run(argv: string[]): Promise<number> {
     await cache.close();
   }
   return missing > 0 ? 1 : 0;
+}
+
+/** Links a pulled layer under the id of the step that made it, as a build does (`day11 export ID`). */
+async function linkStep(osDir: string, hash: string): Promise<void> {
+  const dir = LayerDir.path({ osDir, hash });
+  const step = (await Sidecar.read(dir, 'step.json').catch(() => undefined)) as
+    { id?: unknown } | undefined;
+  if (typeof step?.id !== 'string') return;
+  await LayerSymlinks.ensure({
+    packagesDir: join(osDir, 'packages'),
+    id: step.id,
+    layerName: LayerDir.name(hash),
+  });
 }
