@@ -291,10 +291,10 @@ describe.skipIf(!Exec.isRoot() || !haveDockerRegistry)('workers sharing a regist
       expect(b.code, b.stderr).toBe(0);
       const top = b.events.filter(isStep).find((e) => e.id === NAMES[5])!;
 
-      const push = await day11(['push', '--cache', built, '--to', ref, NAMES[5]!]);
+      const push = await day11(['push', '--cache', built, '--to', ref, NAMES[5]]);
       expect(push.code, push.stderr).toBe(0);
       expect(push.stdout).toMatch(/published/);
-      const again = await day11(['push', '--cache', built, '--to', ref, NAMES[5]!]);
+      const again = await day11(['push', '--cache', built, '--to', ref, NAMES[5]]);
       expect(again.stdout).toMatch(/present +0 blobs uploaded/);
 
       const pulled = join(work, 'cmd-pulled');
@@ -310,13 +310,15 @@ describe.skipIf(!Exec.isRoot() || !haveDockerRegistry)('workers sharing a regist
 
       // Straight to a registry, blobs mounted from the cache repository.
       const image = `docker://${registry.host}/apps/top:1.0`;
-      const exp = await day11(['export', '--cache', pulled, '--to', image, NAMES[5]!]);
+      const exp = await day11(['export', '--cache', pulled, '--to', image, NAMES[5]]);
       expect(exp.code, exp.stderr).toBe(0);
       // Every layer blob is mounted from the cache repository; only the config goes up.
       const blobs = exp.stdout.trim().split('\n').slice(0, -1);
       for (const line of blobs.slice(0, -1)) expect(line).toMatch(/ mounted$/);
       const inspect = await Exec.run('skopeo', ['inspect', '--tls-verify=false', image]);
-      expect(JSON.parse(inspect.stdout).Layers).toHaveLength(blobs.length - 1);
+      expect((JSON.parse(inspect.stdout) as { Layers: string[] }).Layers).toHaveLength(
+        blobs.length - 1,
+      );
 
       // That image as the base of a plan, and imported by hand: the same base.
       const fresh = join(work, 'cmd-fresh');
