@@ -416,6 +416,75 @@ describe('sources and publishers', () => {
     expect(sandbox.names).toEqual([]);
   });
 
+  it('waits for a layer another worker claimed, fetches it, and runs what it claims itself', async () => {
+    const plan = planOf([{ id: 'a' }, { id: 'b', deps: ['a'] }]);
+    const elsewhere = join(work, 'elsewhere');
+    const other = createBuilder({ osDir: elsewhere, sandbox: new FakeSandbox(elsewhere) });
+    const hashes = (await other.build(plan)).steps.map((s) => s.hash);
+    await other.close();
+    // Another worker holds a's claim and publishes it after a while; b is ours.
+    const published = new Set<string>();
+    const claims: string[] = [];
+    let polls = 0;
+    const registry: LayerSource & LayerPublisher = {
+      name: 'shared',
+      async lookup(wanted) {
+        if (published.size === 0 && ++polls >= 2) published.add(hashes[0]!);
+        return new Set(wanted.filter((h) => published.has(h)));
+      },
+      async fetch(hash, { osDir: into }) {
+        const meta = await LayerMeta.load(LayerDir.path({ osDir: elsewhere, hash }));
+        const upper = join(into, `.day11-tmp-${process.pid}-fetch`);
+        await mkdir(upper);
+        await Commit.commit({ osDir: into, hash, upper, meta });
+        return true;
+      },
+      async publish() {},
+      async claim(hash) {
+        claims.push(hash);
+        return hash !== hashes[0];
+      },
+    };
+    const { result, events } = await build(plan, { sources: [registry], publishers: [registry] });
+    expect(statusOf(result)).toEqual({ a: 'fetched', b: 'done' });
+    expect(sandbox.names).toEqual(['b']);
+    expect(events.filter((e) => e.type === 'step' && e.status === 'waiting')).toMatchObject([
+      { id: 'a', source: 'shared' },
+    ]);
+    expect(claims.filter((h) => h === hashes[1])).toHaveLength(1);
+  });
+
+  it('runs a step whose claim fails, and gives up the claim of an interrupted one', async () => {
+    const unclaimed: string[] = [];
+    const registry: LayerSource & LayerPublisher = {
+      name: 'flaky',
+      lookup: async () => new Set<string>(),
+      fetch: async () => false,
+      publish: async () => {},
+      claim: async (hash) => {
+        if (unclaimed.length === 0 && hash.length > 0) return true;
+        throw new Error('registry down');
+      },
+      unclaim: async (hash) => {
+        unclaimed.push(hash);
+      },
+    };
+    sandbox.behaviour.set('a', { hang: true });
+    const first = await build(planOf([{ id: 'a' }]), {
+      sources: [registry],
+      publishers: [registry],
+      timeoutMs: 50,
+    });
+    expect(first.result.steps[0]).toMatchObject({ status: 'failed', recorded: false });
+    expect(unclaimed).toEqual([first.result.steps[0]!.hash]);
+    sandbox.behaviour.set('a', {});
+    const second = await build(planOf([{ id: 'a' }]), {
+      sources: [registry],
+      publishers: [registry],
+    });
+    expect(statusOf(second.result)).toEqual({ a: 'done' });
+  });
+
   it('builds locally when a source fails, and reports it', async () => {
     const source: LayerSource = {
       name: 'down',

@@ -18,6 +18,7 @@
  */
 import { mkdir, open, rm } from 'node:fs/promises';
 import { join } from 'node:path';
+import { setTimeout as delay } from 'node:timers/promises';
 import { Runc } from '@day11/container';
 import { isDay11Error, mapLimit, messageOf, Semaphore, TempName } from '@day11/exec';
 import {
@@ -528,7 +529,13 @@ class BuildRun {
       const found = meta && this.reusable(meta) ? await this.hit(step, meta) : undefined;
       if (found) return found;
       release();
-      return await this.makeRetrying(step);
+      const claimed = await this.awaitClaim(step);
+      const outcome = await this.makeRetrying(step);
+      // A layer built here ends its claim when published; otherwise give it up now.
+      const published =
+        outcome.recorded && outcome.status !== 'cached' && outcome.status !== 'fetched';
+      if (claimed && !published) await this.unclaim(claimed, step);
+      return outcome;
     } catch (err) {
       return this.failedUnrecorded(step, err);
     } finally {
@@ -660,6 +667,45 @@ class BuildRun {
         },
       ),
     );
+  }
+
+  /**
+   * With a publisher that takes claims (and sources to find the layer in):
+   * claims the step for this build, or, while another worker holds the
+   * claim, waits for its layer, asking the sources again with a growing
+   * pause (up to 5 s), until it is there (fetched then) or the claim is ours
+   * after all (expired or given up: built here). A failing claim lets the
+   * step run. Waiting holds no run slot. Returns the publisher holding our
+   * claim, if any.
+   */
+  private async awaitClaim(step: Step): Promise<LayerPublisher | undefined> {
+    const hash = this.graph.hash(step.id);
+    const claimer = this.o.publishers.find((p) => p.claim !== undefined);
+    if (!claimer || this.o.sources.length === 0 || this.remote.has(hash)) return undefined;
+    const opts = { ...(this.signal && { signal: this.signal }) };
+    let pauseMs = 250;
+    let waiting = false;
+    for (;;) {
+      if (this.signal?.aborted) return undefined;
+      const mine = await claimer.claim!(hash, opts).catch(() => true);
+      if (mine) return claimer;
+      if (!waiting) {
+        waiting = true;
+        this.report(step, 'waiting', { source: claimer.name });
+      }
+      await delay(pauseMs, undefined, opts).catch(() => undefined);
+      pauseMs = Math.min(pauseMs * 2, 5000);
+      const source = await this.lateLookup(hash);
+      if (source) {
+        this.remote.set(hash, source);
+        return undefined;
+      }
+    }
+  }
+
+  private async unclaim(claimer: LayerPublisher, step: Step): Promise<void> {
+    const opts = { ...(this.signal && { signal: this.signal }) };
+    await claimer.unclaim?.(this.graph.hash(step.id), opts).catch(() => undefined);
   }
 
   /**

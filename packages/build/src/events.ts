@@ -7,7 +7,16 @@
 
 /** Where a step is. */
 export type StepStatus =
-  'queued' | 'running' | 'fetching' | 'cached' | 'fetched' | 'done' | 'failed' | 'skipped';
+  | 'queued'
+  | 'running'
+  | 'fetching'
+  /** Another worker claimed the step (see `LayerPublisher.claim`): its layer is awaited. */
+  | 'waiting'
+  | 'cached'
+  | 'fetched'
+  | 'done'
+  | 'failed'
+  | 'skipped';
 
 /** Fields every event has. */
 export interface EventCommon {
@@ -59,7 +68,7 @@ export interface StepEvent extends EventCommon {
   /** For `failed`: the layer's log, and its last lines. */
   log?: string;
   logTail?: string[];
-  /** For `fetched`/`fetching`: the source's name. */
+  /** For `fetched`/`fetching`: the source's name; for `waiting`: the publisher holding the claim. */
   source?: string;
 }
 

@@ -61,4 +61,15 @@ export interface LayerPublisher {
    * Runs in the background of the build; a rejection is reported, never fatal.
    */
   publish(layer: { hash: string; osDir: string }, options: { signal?: AbortSignal }): Promise<void>;
+  /**
+   * Optional, best effort: claims layer `hash` for this build before it runs,
+   * so that other workers publishing to the same place wait for it instead
+   * of building it too. Resolves false when another worker holds the claim:
+   * the builder then asks its sources for the layer from time to time, and
+   * claims again (a claim expires; its holder may have died). Publishing
+   * the layer ends the claim. A rejection lets the step run.
+   */
+  claim?(hash: string, options: { signal?: AbortSignal }): Promise<boolean>;
+  /** Optional: gives up a claim whose step was not built after all (interrupted). */
+  unclaim?(hash: string, options: { signal?: AbortSignal }): Promise<void>;
 }

@@ -165,6 +165,7 @@ const COUNTED: readonly StepStatus[] = [
   'fetched',
   'running',
   'fetching',
+  'waiting',
   'queued',
   'failed',
   'skipped',
@@ -237,7 +238,7 @@ class TtyReporter implements Reporter {
     if (previous !== undefined) this.count(previous, -1);
     this.count(e.status, 1);
     this.status.set(e.id, e.status);
-    if (e.status === 'running' || e.status === 'fetching') {
+    if (e.status === 'running' || e.status === 'fetching' || e.status === 'waiting') {
       this.running.set(e.id, { event: e, startedAt: Date.now() });
       return;
     }

@@ -1,4 +1,5 @@
 import { mapLimit } from '@day11/exec';
+import { Claims } from './claim.js';
 /**
  * `RegistryCache`: a cache repository on a registry as a builder's layer
  * source and publisher (the `sources`/`publishers` seam of `@day11/build`,
@@ -27,6 +28,8 @@ export interface RegistryCacheOptions extends Omit<ClientOptions, 'registry'> {
   gzipLevel?: number | undefined;
   /** Default: `process.emitWarning`. */
   onWarning?: ((warning: RegistryWarning) => void) | undefined;
+  /** How long a claim (see {@link RegistryCache.claim}) holds without its layer (default 10 minutes). */
+  claimTtlMs?: number | undefined;
 }
 
 const HASH_RE = /^[0-9a-f]{64}$/;
@@ -59,6 +62,7 @@ export class RegistryCache {
   private readonly manifests = new ManifestCache();
   private readonly publishing = newSession();
   private readonly pulling = newPullSession();
+  private readonly claims: Claims;
   private closed = false;
 
   /** @throws {RegistryError} `REGISTRY_BAD_REFERENCE` for a malformed `ref`. */
@@ -69,6 +73,29 @@ export class RegistryCache {
     this.name = `registry ${registry}/${repository}`;
     this.options = options;
     this.client = new RegistryClient({ ...options, registry });
+    this.claims = new Claims({
+      client: this.client,
+      repository,
+      ttlMs: options.claimTtlMs,
+    });
+  }
+
+  /**
+   * A best-effort claim that this cache object is about to build `hash`:
+   * false when another worker's live claim holds it (wait for the layer
+   * instead: look it up again), true otherwise. See `claim.ts` for what
+   * "best effort" means; publishing the layer deletes the claim.
+   * @throws {RegistryError} when the registry fails.
+   */
+  async claim(hash: string, opts: { signal?: AbortSignal | undefined } = {}): Promise<boolean> {
+    this.assertOpen();
+    assertHashes([hash]);
+    return this.claims.claim(hash, opts);
+  }
+
+  /** Gives up our claim on `hash` (its build was interrupted: someone else may build it). */
+  async unclaim(hash: string, opts: { signal?: AbortSignal | undefined } = {}): Promise<void> {
+    await this.claims.release(hash, opts);
   }
 
   /**
@@ -159,6 +186,7 @@ export class RegistryCache {
       signal: opts.signal,
     });
     this.hits.add(layer.hash);
+    await this.claims.release(layer.hash, opts);
     return result;
   }
 

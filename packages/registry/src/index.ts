@@ -36,6 +36,7 @@ export {
   type PullStatus,
 } from './pull.js';
 export { lookupLayers, type LookupOptions } from './lookup.js';
+export { Claims, claimTag, CLAIM_TYPE, type ClaimOptions } from './claim.js';
 export {
   Annotations,
   CacheMediaTypes,
