@@ -91,6 +91,8 @@ export { remove as delete };
 export interface SweepOptions extends RuntimeOptions {
   /** The prefix given to {@link newId} (default `day11`). */
   prefix?: string;
+  /** Also remove orphaned cgroups found by name, whatever their runtime (default true; see {@link sweepCgroups}). */
+  cgroups?: boolean;
 }
 
 /**
@@ -135,10 +137,30 @@ export async function sweep(opts: SweepOptions = {}): Promise<string[]> {
     await removeHalfCreated(id, opts);
     swept.push(id);
   }
+  if (opts.cgroups !== false) {
+    for (const id of await sweepCgroups(opts)) if (!swept.includes(id)) swept.push(id);
+  }
+  return swept;
+}
+
+/**
+ * Removes the cgroups of containers a dead process left behind, found by
+ * name in every hierarchy (`<prefix>-<pid>-...` whose pid no longer runs):
+ * a runtime killed while creating a container leaves them with no record.
+ * Whatever the runtime; call it after each runtime's {@link sweep} with
+ * `cgroups: false`, so that a container its runtime still knows is deleted
+ * by it first. Returns the container ids whose cgroups were removed.
+ */
+export async function sweepCgroups(opts: { prefix?: string } = {}): Promise<string[]> {
+  const owner = new RegExp(`^${escapeRegExp(opts.prefix ?? 'day11')}-(\\d+)-`);
+  const swept: string[] = [];
   for (const dir of await findCgroups((name) => owner.test(name) && ID_PATTERN.test(name))) {
     const id = basename(dir);
+    const pid = Number(owner.exec(id)?.[1] ?? NaN);
+    if (Number.isNaN(pid) || active.has(id)) continue;
     const st = await lstat(dir).catch(() => undefined);
-    if (st === undefined || !(await orphaned(id, st.ctimeMs))) continue;
+    if (st === undefined) continue;
+    if (pid !== process.pid && !(await Proc.ownerGone(pid, st.ctimeMs))) continue;
     if ((await removeCgroupDir(dir)) && !swept.includes(id)) swept.push(id);
   }
   return swept;

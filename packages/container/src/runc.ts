@@ -29,6 +29,7 @@ export {
   remove as delete,
   state,
   sweep,
+  sweepCgroups,
   type ContainerState,
   type KillAndDeleteOptions,
   type SweepOptions,

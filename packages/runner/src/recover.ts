@@ -83,12 +83,15 @@ async function sweepContainers(runtimes: readonly Runc.Runtime[]): Promise<strin
   const swept: string[] = [];
   for (const runtime of runtimes) {
     try {
-      const ids = await Runc.sweep({ runtime, prefix: CONTAINER_PREFIX });
+      const ids = await Runc.sweep({ runtime, prefix: CONTAINER_PREFIX, cgroups: false });
       swept.push(...ids.map((id) => `${runtime}:${id}`));
     } catch (err) {
       if (!runtimeMissing(err)) throw err;
     }
   }
+  // Once the runtimes deleted what they know: cgroups left with no record.
+  for (const id of await Runc.sweepCgroups({ prefix: CONTAINER_PREFIX }))
+    if (!swept.some((s) => s.endsWith(`:${id}`))) swept.push(`cgroup:${id}`);
   return swept;
 }
 
