@@ -2,10 +2,11 @@
  * Workers sharing layers through a real registry (Debian's docker-registry
  * on 127.0.0.1): `day11 build --cache-from REF --cache-to REF` in four
  * processes at once, each with its own cache, then a fifth that finds
- * everything built. The registry has no lock, so two workers that miss the
- * same layer at the same moment both build it: the runs are counted and the
- * duplicates reported, and the steps are reproducible (fixed mtimes) so a
- * duplicate is the same layer, byte for byte.
+ * everything built. The registry has no lock: two workers that miss the
+ * same layer at the same moment would both build it, and claims
+ * (`claim-<hash>`) make that rare. The runs are counted and duplicates
+ * reported; the steps are reproducible (fixed mtimes), so a duplicate would
+ * be the same layer, byte for byte.
  */
 import { mkdir, readdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
