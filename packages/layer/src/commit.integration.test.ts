@@ -85,7 +85,10 @@ describe('two processes committing the same 50 layers', () => {
       if (++ready === 2) void writeFile(goFile, '');
     };
     const [a, b] = await Promise.all(
-      ['A', 'B'].map((id) => runWorker({ id, first: 0, count: 50, goFile }, start)),
+      // Opposite ways: however late one of them starts, they meet somewhere.
+      ['A', 'B'].map((id) =>
+        runWorker({ id, first: 0, count: 50, goFile, reverse: id === 'B' }, start),
+      ),
     );
     expect(a!.lines).toHaveLength(50);
     expect(b!.lines).toHaveLength(50);
