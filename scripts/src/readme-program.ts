@@ -89,6 +89,8 @@ export async function runReadmeProgram(o: ReadmeProgramOptions): Promise<ReadmeP
 }
 
 const TSC_OPTIONS = [
+  // A tsconfig.json of the consumer project is not this program's.
+  '--ignoreConfig',
   '--target',
   'es2023',
   '--lib',
