@@ -234,7 +234,8 @@ async function afterRun(
 /**
  * The recovery a user runs after a crash: `recover` of `@day11/runner`
  * (containers, mounts, temp dirs, then `Recover.sweep`: locks, leases), and
- * for a layout `Layout.gc` (temp files, and its lock once stale).
+ * for a layout `Layout.recover` (temp files, a stale lock, an index a kill
+ * kept from being written) then `Layout.gc`.
  */
 async function recoverAll(ctx: FaultContext, job: WorkerJob): Promise<string[]> {
   const report = await recover({ osDir: ctx.osDir });
@@ -243,7 +244,10 @@ async function recoverAll(ctx: FaultContext, job: WorkerJob): Promise<string[]> 
     ...report.cache.mounted.map((p) => `Recover.sweep found ${p} mounted`),
     ...report.cache.incompleteLayers.map((p) => `incomplete layer ${p}`),
   ];
-  for (const layout of layoutsOf(job)) await Layout.gc(layout);
+  for (const layout of layoutsOf(job)) {
+    await Layout.recover(layout);
+    await Layout.gc(layout);
+  }
   return problems;
 }
 

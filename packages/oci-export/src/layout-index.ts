@@ -101,7 +101,7 @@ export async function init(layout: string): Promise<void> {
  * a layout without it. A hardlink of a complete temporary file, which fails
  * rather than replace an index that a concurrent export has just tagged.
  */
-async function ensureIndex(layout: string): Promise<void> {
+export async function ensureIndex(layout: string): Promise<void> {
   const file = join(layout, INDEX_FILE);
   if (await exists(file)) return;
   const temp = TempName.beside(file);

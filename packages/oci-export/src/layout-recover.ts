@@ -16,7 +16,7 @@ import { dirname, join, resolve } from 'node:path';
 import { Recover } from '@day11/layer';
 import { OciExportCodes, fsError } from './errors.js';
 import { writeAtomic } from './files.js';
-import { INDEX_FILE, listDir } from './layout-index.js';
+import { INDEX_FILE, OCI_LAYOUT_FILE, ensureIndex, listDir } from './layout-index.js';
 
 /** The directory of a cache where its exports note their layouts. */
 export const REGISTRY_DIR = 'oci-layouts';
@@ -29,12 +29,20 @@ export interface RecoverResult {
   temps: string[];
   /** The layout lock, when its holder had died. */
   locks: string[];
+  /**
+   * True when `index.json` was missing beside `oci-layout` (a process killed
+   * while it made the layout) and an empty one was written: no tag can have
+   * been lost, since every tag is in `index.json`.
+   */
+  indexWritten: boolean;
 }
 
 /**
  * Removes what killed processes left in `layout`: their temporary entries
  * at its root and in `blobs/<alg>/`, and the layout lock (`index.json.lock`)
- * when its holder is dead. Never removes a blob or changes `index.json`
+ * when its holder is dead; and completes a layout whose making was cut
+ * short (`oci-layout` without `index.json`) with an empty index, as
+ * {@link init} would. Never removes a blob or changes an existing `index.json`
  * (unreferenced blobs are {@link gc}'s), never touches what a live process
  * owns, and does not take the layout lock: safe while others export. A
  * missing layout has nothing to recover.
@@ -51,7 +59,11 @@ export async function recover(layout: string): Promise<RecoverResult> {
   const dirs = [root];
   for (const alg of await listDir(join(root, 'blobs'))) dirs.push(join(root, 'blobs', alg));
   const report = await Recover.sweepDirs({ dirs, locks: [join(root, `${INDEX_FILE}.lock`)] });
-  return { layout: root, temps: report.temps, locks: report.locks };
+  const halfMade =
+    (await stat(join(root, OCI_LAYOUT_FILE)).catch(() => undefined)) !== undefined &&
+    (await stat(join(root, INDEX_FILE)).catch(() => undefined)) === undefined;
+  if (halfMade) await ensureIndex(root);
+  return { layout: root, temps: report.temps, locks: report.locks, indexWritten: halfMade };
 }
 
 /**

@@ -302,6 +302,18 @@ describe('tags, removeTag, gc, verify', () => {
     expect(await Layout.recover(join(layout, 'missing'))).toMatchObject({ temps: [], locks: [] });
   });
 
+  it('recover completes a layout whose making a kill cut short (oci-layout, no index.json)', async () => {
+    const half = join(layout, '..', 'half');
+    await mkdir(join(half, 'blobs/sha256'), { recursive: true });
+    await writeFile(join(half, 'oci-layout'), '{"imageLayoutVersion":"1.0.0"}');
+    await expect(Layout.tags(half)).rejects.toMatchObject({ code: 'OCI_LAYOUT_INVALID' });
+    expect(await Layout.recover(half)).toMatchObject({ indexWritten: true });
+    expect(await Layout.tags(half)).toEqual([]);
+    expect(await Layout.verify(half)).toEqual([]);
+    // A complete layout's index is never rewritten.
+    expect(await Layout.recover(half)).toMatchObject({ indexWritten: false });
+  });
+
   it('the cache remembers the layouts it exported into, and forgets those gone', async () => {
     await exportBoth();
     const other = join(layout, '..', 'oci-2');
