@@ -148,6 +148,8 @@ async function stackRows(work: string): Promise<BenchRow[]> {
     try {
       const publishes = {
         ours: async () => {
+          // A fresh registry may reuse an old one's port: forget what earlier rounds published.
+          await Promise.all(layers.map((l) => rm(join(l.dir, 'registry.json'), { force: true })));
           const cache = new RegistryCache({ ref: `${ours.host}/${REPO}` });
           samples.pubOurs.push(await time(() => cache.publish({ hash: top.hash, osDir }, {})));
           await cache.close();

@@ -165,6 +165,7 @@ interface Libc {
   ) => number;
   close: (fd: number) => number;
   read: (fd: number, buf: Buffer, count: number) => number;
+  mallopt: (param: number, value: number) => number;
 }
 
 let libcBinding: Libc | undefined;
@@ -193,6 +194,7 @@ function libc(syscall: string): Libc {
       ),
       close: fn('int close(int fd)'),
       read: fn('long read(int fd, void *buf, unsigned long count)'),
+      mallopt: fn('int mallopt(int param, int value)'),
     };
     return libcBinding;
   } catch (cause) {
@@ -201,6 +203,37 @@ function libc(syscall: string): Libc {
       hint: 'day11 needs Linux with glibc and the koffi package; fall back to the mount(8)/mknod(1) commands',
     });
   }
+}
+
+// mallopt(3) parameters.
+const M_TRIM_THRESHOLD = -1;
+const M_MMAP_THRESHOLD = -3;
+let freedMemoryKept: boolean | undefined;
+
+/**
+ * Makes glibc's malloc keep freed memory for reuse: blocks up to 4 MiB come
+ * from the heap, and up to 64 MiB of free heap top is kept rather than handed
+ * back to the kernel. Streaming bulk data allocates a fresh buffer for every
+ * socket or file read; with glibc's defaults (128 KiB, adjusted as it goes)
+ * each one faults its pages in again: a 75 MB download took ~11,000 page
+ * faults and 3–4× the CPU of the same download with these settings.
+ * Process-wide and idempotent; false (nothing changed) without glibc.
+ *
+ * @example
+ * ```ts
+ * Sys.keepFreedMemory(); // before streaming gigabytes through Node buffers
+ * ```
+ */
+export function keepFreedMemory(): boolean {
+  if (freedMemoryKept !== undefined) return freedMemoryKept;
+  try {
+    const { mallopt } = libc('mallopt');
+    freedMemoryKept = mallopt(M_MMAP_THRESHOLD, 4 * 1024 ** 2) === 1;
+    freedMemoryKept = mallopt(M_TRIM_THRESHOLD, 64 * 1024 ** 2) === 1 && freedMemoryKept;
+  } catch {
+    freedMemoryKept = false;
+  }
+  return freedMemoryKept;
 }
 
 /** True when the libc bindings load on this platform (Linux + glibc). */

@@ -244,7 +244,44 @@ function defaultWarning(warning: WalkWarning): void {
   process.emitWarning(warning.message, { code: 'DAY11_OCI_SKIPPED' });
 }
 
-async function configBlob(layers: readonly ImageLayer[], options: ExportOptions): Promise<Buffer> {
+/** What an image's config is made of, besides its layers. */
+export type ConfigOptions = Pick<
+  ExportOptions,
+  'base' | 'layers' | 'createdBy' | 'config' | 'architecture' | 'os' | 'created'
+>;
+
+/**
+ * The config blob {@link exportImage} writes for this stack (no squash),
+ * without writing a layout: for a publisher that sends the cached blobs
+ * elsewhere, such as a registry. `blobs` are the layers' cached blobs
+ * (`LayerBlob.ensure`), base first.
+ *
+ * @example
+ * ```ts
+ * const blobs = await Promise.all([base.dir, ...layers].map((d) => LayerBlob.ensure(d)));
+ * const config = await imageConfig({ base, layers }, blobs);
+ * ```
+ * @throws {OciExportError} `OCI_BAD_ARGUMENT` for a bad `created` or a blob count that does not match.
+ */
+export async function imageConfig(
+  options: ConfigOptions,
+  blobs: readonly LayerBlob.LayerBlob[],
+): Promise<Buffer> {
+  const dirs = [options.base.dir, ...options.layers].map((d) => resolve(d));
+  if (blobs.length !== dirs.length) {
+    throw new OciExportError(
+      OciExportCodes.BAD_ARGUMENT,
+      `${blobs.length} blobs given for ${dirs.length} layers`,
+      { hint: 'Pass one cached blob per layer, base first' },
+    );
+  }
+  return configBlob(
+    dirs.map((dir, i) => ({ blob: blobs[i]!, members: [dir] })),
+    options,
+  );
+}
+
+async function configBlob(layers: readonly ImageLayer[], options: ConfigOptions): Promise<Buffer> {
   const fixed = fixedCreated(options.created);
   const createdBy = new Map(
     options.layers.flatMap((dir, i) => {

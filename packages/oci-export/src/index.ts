@@ -11,6 +11,8 @@
  */
 export {
   exportImage,
+  imageConfig,
+  type ConfigOptions,
   type ExportOptions,
   type ExportProgress,
   type ExportResult,

@@ -16,10 +16,10 @@
  * warning says so and theirs stays.
  */
 import { createReadStream } from 'node:fs';
-import { readFile, rm } from 'node:fs/promises';
+import { link, mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { LayerDir, LayerMeta } from '@day11/layer';
-import { LayerBlob, Layout, MediaTypes, exportImage } from '@day11/oci-export';
+import { InUse, LayerDir, LayerMeta } from '@day11/layer';
+import { LayerBlob, MediaTypes, imageConfig } from '@day11/oci-export';
 import { mapLimit, TempName } from '@day11/exec';
 import {
   CacheMediaTypes,
@@ -70,6 +70,9 @@ export interface PublishSession {
   listed?: ReadonlySet<string> | undefined;
 }
 
+/** Blob uploads at once, as `skopeo copy` does. */
+const DEFAULT_CONCURRENCY = 6;
+
 /** Blobs below this size (configs, most logs) are uploaded without a HEAD first. */
 const SMALL_BLOB = 64 * 1024;
 
@@ -111,7 +114,7 @@ export interface PublishOptions {
   hash: string;
   /** gzip level of blobs that are not cached yet (default 6). */
   gzipLevel?: number | undefined;
-  /** Blob uploads at once (default 4). */
+  /** Blob uploads at once (default 6). */
   concurrency?: number | undefined;
   signal?: AbortSignal | undefined;
   /** Default: `process.emitWarning`. */
@@ -188,7 +191,7 @@ async function publishFresh(ctx: Context, hash: string, below: boolean): Promise
   if (record) await Record.forget(layer.dir, where); // the registry lost it: publish again
   // Every layer of the stack must be here: its blob goes into this layer's image.
   for (const lower of stackOf(layer).slice(0, -1)) await loadLayer(ctx.osDir, lower);
-  return publishStack(ctx, layer);
+  return publishStack(ctx, layer, below);
 }
 
 function trusted(ctx: Context, hash: string, record: Record.RegistryRecord): PublishResult {
@@ -206,7 +209,7 @@ async function settleExisting(ctx: Context, layer: LocalLayer): Promise<PublishR
   const { client, repository } = ctx;
   const tag = buildTag(layer.hash);
   const fetched = await client.manifest(repository, tag, ctx);
-  if (!fetched) return publishStack(ctx, layer); // deleted since we looked
+  if (!fetched) return publishStack(ctx, layer, false); // deleted since we looked
   const theirs = parseManifest(fetched.bytes, {
     hash: layer.hash,
     digest: fetched.digest,
@@ -253,46 +256,65 @@ async function adoptCreation(dir: string, createdAt: string): Promise<void> {
   if (meta.created_at !== createdAt) await LayerMeta.save(dir, meta, { createdAt });
 }
 
-/** A layer's image exported into a temporary layout: its blobs and config, ready to push. */
-interface StackImage {
-  layout: string;
-  /** Hashes, base first. */
-  stack: string[];
-  baseImage: string;
-  layers: { digest: string; diffId: string; size: number }[];
-  config: { digest: string; bytes: Buffer };
+/**
+ * Publishes `layer` and what is below it. Everything that does not depend on
+ * something else starts at once: the stack's cached blobs go up while the
+ * images below are prepared (each waits only for its own blobs and stack) and
+ * this layer's image is made; the small blobs and log artifacts go up beside
+ * the big ones. Only the manifests wait: each after those of its stack.
+ */
+async function publishStack(
+  ctx: Context,
+  layer: LocalLayer,
+  leased: boolean,
+): Promise<PublishResult> {
+  const stack = stackOf(layer);
+  // One lease over the stack, taken before the uploads start (the lock files it writes wait
+  // behind their I/O): the images below are parts of it and lease nothing more.
+  const lease = leased
+    ? undefined
+    : await InUse.acquire({
+        osDir: ctx.osDir,
+        dirs: stack.map((h) => LayerDir.path({ osDir: ctx.osDir, hash: h })),
+      });
+  try {
+    return await publishLeased(ctx, layer, stack);
+  } finally {
+    await lease?.release().catch(() => undefined);
+  }
 }
 
-/**
- * Publishes `layer` and what is below it: every blob of the stack first, in
- * parallel; then the lower layers' images (their blobs are there now; each
- * manifest goes up after those of its own stack); then this layer's.
- */
-async function publishStack(ctx: Context, layer: LocalLayer): Promise<PublishResult> {
-  // Blobs cached in the layer directories start going up while the stack is exported.
-  const early = pushBlobs(ctx, await cachedBlobs(ctx, stackOf(layer)));
-  const [pushed, exported] = await Promise.allSettled([early, exportStack(ctx, layer)]);
-  if (exported.status === 'rejected') throw exported.reason;
-  const image = exported.value;
+async function publishLeased(
+  ctx: Context,
+  layer: LocalLayer,
+  stack: readonly string[],
+): Promise<PublishResult> {
+  const early = pushBlobs(ctx, await cachedBlobs(ctx, stack));
+  const lowers = mapLimit(stack.slice(0, -1), ctx.concurrency ?? DEFAULT_CONCURRENCY, (hash) =>
+    publishOne(ctx, hash, true),
+  );
+  const exported = stackImage(ctx, layer);
+  const prepared = exported.then(async (image) => {
+    const blobs = image.layers.map((l) => fileBlob(blobFile(image, l.digest), l));
+    const [counts, ready] = await settleAll(pushBlobs(ctx, blobs), prepareImage(ctx, layer, image));
+    ready.uploaded += counts.uploaded;
+    ready.uploadedBytes += counts.uploadedBytes;
+    return ready;
+  });
   try {
-    if (pushed.status === 'rejected') throw pushed.reason;
-    const blobs = image.layers.map((l) => fileBlob(Layout.blobPath(image.layout, l.digest), l));
-    // The rest of the stack's blobs, the images below (each after its own stack and blobs),
-    // and this layer's config, log and log artifact go up side by side.
-    const [counts, lowers, prepared] = await settleAll(
-      pushBlobs(ctx, blobs),
-      mapLimit(image.stack.slice(0, -1), ctx.concurrency ?? 4, (hash) =>
-        publishOne(ctx, hash, true),
-      ),
-      prepareImage(ctx, layer, image),
-    );
-    for (const r of [...lowers, prepared, pushed.value]) {
+    const [pushed, below, , ready] = await settleAll(early, lowers, exported, prepared);
+    const counts = { uploaded: 0, uploadedBytes: 0 };
+    for (const r of [...below, ready, pushed]) {
       counts.uploaded += r.uploaded;
       counts.uploadedBytes += r.uploadedBytes;
     }
-    return { ...(await commitImage(ctx, layer, prepared)), ...counts };
+    return { ...(await commitImage(ctx, layer, ready)), ...counts };
   } finally {
-    await rm(image.layout, { recursive: true, force: true }).catch(() => undefined);
+    // Settled by now (settleAll waits for everything).
+    await exported.then(
+      (image) => rm(image.dir, { recursive: true, force: true }).catch(() => undefined),
+      () => undefined,
+    );
   }
 }
 
@@ -316,32 +338,55 @@ async function settleAll<T extends readonly unknown[]>(
   return settled.map((r) => (r as PromiseFulfilledResult<unknown>).value) as unknown as T;
 }
 
-async function exportStack(ctx: Context, layer: LocalLayer): Promise<StackImage> {
+/**
+ * A layer's image, ready to push: its config, and its stack's cached blobs
+ * hardlinked into a temporary directory (so GC, or a cache rebuilt at another
+ * gzip level, cannot pull them away mid-upload).
+ */
+interface StackImage {
+  /** The temporary directory: `<digest hex>` per blob. */
+  dir: string;
+  /** Hashes, base first. */
+  stack: string[];
+  baseImage: string;
+  layers: { digest: string; diffId: string; size: number; tarSize: number }[];
+  config: { digest: string; bytes: Buffer };
+}
+
+/** The file of one of `image`'s blobs. */
+function blobFile(image: StackImage, digest: string): string {
+  return join(image.dir, digest.slice('sha256:'.length));
+}
+
+/**
+ * The image `exportImage` would make of the layer's stack, without a layout
+ * (whose fsyncs queued behind the uploads' writes: 1–3 s each here): the
+ * cached blobs, compressed first where missing, and the same config. The
+ * caller holds a lease on the stack.
+ */
+async function stackImage(ctx: Context, layer: LocalLayer): Promise<StackImage> {
   const stack = stackOf(layer);
   const dirs = stack.map((h) => LayerDir.path({ osDir: ctx.osDir, hash: h }));
   const base = await baseOf(ctx.osDir, stack[0]!);
-  const layout = TempName.beside(join(ctx.osDir, 'registry-publish'));
+  const dir = TempName.beside(join(ctx.osDir, 'registry-publish'));
   try {
-    const exported = await exportImage({
-      layout,
-      tag: 'publish',
-      base,
-      layers: dirs.slice(1),
-      gzipLevel: ctx.gzipLevel,
-      signal: ctx.signal,
-      onWarning: (w) => warn(ctx, { code: 'SKIPPED_FILE', message: w.message, hash: layer.hash }),
-    });
-    const digest = exported.configDigest;
-    const bytes = await readFile(Layout.blobPath(layout, digest));
+    const onWarning = (w: { message: string }) =>
+      warn(ctx, { code: 'SKIPPED_FILE', message: w.message, hash: layer.hash });
+    const blobs = await mapLimit(dirs, 2, (d) =>
+      LayerBlob.ensure(d, { gzipLevel: ctx.gzipLevel, signal: ctx.signal, onWarning }),
+    );
+    const bytes = await imageConfig({ base, layers: dirs.slice(1) }, blobs);
+    await mkdir(dir);
+    for (const b of blobs) await link(b.file, join(dir, b.digest.slice('sha256:'.length)));
     return {
-      layout,
+      dir,
       stack,
       baseImage: base.image,
-      layers: exported.layers,
-      config: { digest, bytes },
+      layers: blobs.map(({ digest, diffId, size, tarSize }) => ({ digest, diffId, size, tarSize })),
+      config: { digest: sha256Of(bytes), bytes },
     };
   } catch (err) {
-    await rm(layout, { recursive: true, force: true }).catch(() => undefined);
+    await rm(dir, { recursive: true, force: true }).catch(() => undefined);
     throw err;
   }
 }
@@ -364,7 +409,7 @@ async function prepareImage(
   const log = await logOf(layer.dir);
   const own = image.layers.at(-1)!;
   const blobs: BlobSource[] = [
-    ...image.layers.map((l) => fileBlob(Layout.blobPath(image.layout, l.digest), l)),
+    ...image.layers.map((l) => fileBlob(blobFile(image, l.digest), l)),
     bufferBlob(image.config.bytes),
     log.file ? fileBlob(log.file, log) : bufferBlob(Buffer.alloc(0)),
     bufferBlob(EMPTY_CONFIG),
@@ -383,7 +428,7 @@ async function prepareImage(
     log,
     blob: {
       diffId: own.diffId,
-      tarSize: (await LayerBlob.find(layer.dir, { gzipLevel: ctx.gzipLevel }))?.tarSize ?? 0,
+      tarSize: own.tarSize,
       ...LayerBlob.encoding(ctx.gzipLevel),
     },
     fsRoot: await fsRootOf(layer.dir),
@@ -463,7 +508,11 @@ async function pushBlobs(
     (b) => !session.knownBlobs.has(b.digest),
   );
   const counts = { uploaded: 0, uploadedBytes: 0 };
-  await mapLimit(unique, ctx.concurrency ?? 4, async (blob) => {
+  // Uploads another call started are awaited, not given one of this call's slots.
+  const theirs = unique.flatMap((b) => session.uploads.get(b.digest) ?? []);
+  const ours = unique.filter((b) => !session.uploads.has(b.digest));
+  await mapLimit(ours, ctx.concurrency ?? DEFAULT_CONCURRENCY, async (blob) => {
+    if (session.knownBlobs.has(blob.digest)) return; // went up while this one waited
     const running = session.uploads.get(blob.digest);
     if (running) {
       await running; // someone else's upload: counted there
@@ -471,17 +520,22 @@ async function pushBlobs(
     }
     // Uploading a small blob again costs what asking whether it is there does.
     const skipCheck = blob.size < SMALL_BLOB;
+    // Known before it leaves `uploads`, so no other caller starts it again in between.
     const upload = client
       .pushBlob(repository, blob, { signal: ctx.signal, skipCheck })
+      .then((outcome) => {
+        session.knownBlobs.add(blob.digest);
+        return outcome;
+      })
       .finally(() => session.uploads.delete(blob.digest));
     session.uploads.set(blob.digest, upload);
     const outcome = await upload;
-    session.knownBlobs.add(blob.digest);
     if (outcome === 'uploaded') {
       counts.uploaded++;
       counts.uploadedBytes += blob.size;
     }
   });
+  await Promise.all(theirs);
   return counts;
 }
 

@@ -15,6 +15,7 @@ import { Agent as HttpAgent, request as httpRequest, type IncomingMessage } from
 import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
+import { Sys } from '@day11/exec';
 
 /** Statuses whose responses have no body. */
 const NULL_BODY = new Set([101, 103, 204, 205, 304]);
@@ -60,6 +61,15 @@ export async function discardBody(res: Response): Promise<void> {
 export class StreamSender {
   private readonly http = new HttpAgent({ keepAlive: true });
   private readonly https = new HttpsAgent({ keepAlive: true });
+  private tuned: boolean;
+
+  /**
+   * @param opts.keepFreedMemory Tune the process's malloc for streaming before
+   *   the first transfer ({@link Sys.keepFreedMemory}); default true.
+   */
+  constructor(opts: { keepFreedMemory?: boolean | undefined } = {}) {
+    this.tuned = opts.keepFreedMemory === false;
+  }
 
   /**
    * Sends a request (with `body` streamed, when given); resolves with the
@@ -75,6 +85,10 @@ export class StreamSender {
       signal: AbortSignal;
     },
   ): Promise<Response> {
+    if (!this.tuned) {
+      Sys.keepFreedMemory();
+      this.tuned = true;
+    }
     const secure = url.protocol === 'https:';
     const request = secure ? httpsRequest : httpRequest;
     return new Promise<Response>((resolve, reject) => {

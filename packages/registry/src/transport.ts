@@ -51,6 +51,13 @@ export interface TransportOptions {
   headersTimeoutMs?: number | undefined;
   /** The fetch to use (default `globalThis.fetch`). */
   fetch?: typeof fetch | undefined;
+  /**
+   * Before the first blob transfer, make glibc's malloc keep freed memory
+   * (`Sys.keepFreedMemory` of `@day11/exec`, process-wide): with its defaults
+   * every socket read faults fresh pages in, and downloads take 3–4× the CPU.
+   * Default true.
+   */
+  keepFreedMemory?: boolean | undefined;
 }
 
 /** One request. */
@@ -104,7 +111,7 @@ export class Transport {
   private readonly auth: Authenticator;
   private readonly limiter: Semaphore;
   private readonly closing = new AbortController();
-  private readonly streams = new StreamSender();
+  private readonly streams: StreamSender;
   private readonly fetch: typeof fetch;
   private readonly retries: number;
   private readonly backoffMs: number;
@@ -116,6 +123,7 @@ export class Transport {
     const plain = opts.insecure === true || isLoopback(opts.registry);
     this.origin = `${plain ? 'http' : 'https'}://${apiHost(opts.registry)}`;
     this.fetch = opts.fetch ?? globalThis.fetch;
+    this.streams = new StreamSender({ keepFreedMemory: opts.keepFreedMemory });
     this.retries = nonNegative('retries', opts.retries ?? 4);
     this.backoffMs = nonNegative('backoffMs', opts.backoffMs ?? 250);
     this.maxRetryAfterMs = nonNegative('maxRetryAfterMs', opts.maxRetryAfterMs ?? 60_000);
