@@ -20,11 +20,10 @@
  * Rounds run the variants in a seeded shuffled order; medians are compared.
  */
 import { randomBytes } from 'node:crypto';
-import { createWriteStream, existsSync } from 'node:fs';
+import { existsSync, writeSync } from 'node:fs';
 import { mkdir, mkdtemp, open, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { pipeline } from 'node:stream/promises';
 import { pathToFileURL } from 'node:url';
 import { Exec, mapLimit } from '@day11/exec';
 import { Hash, LayerDir, LayerMeta, Sidecar } from '@day11/layer';
@@ -177,8 +176,15 @@ async function stackRows(work: string): Promise<BenchRow[]> {
           samples.pullTransfer.push(
             await time(() =>
               mapLimit(blobs, 8, async (b) => {
-                const stream = await client.blob(REPO, b);
-                await pipeline(stream, createWriteStream(join(dest, b.digest.slice(7))));
+                const file = await open(join(dest, b.digest.slice(7)), 'wx');
+                try {
+                  await client.blobTo(REPO, b, (piece) => {
+                    for (let at = 0; at < piece.length;) at += writeSync(file.fd, piece, at);
+                  });
+                  await file.sync();
+                } finally {
+                  await file.close();
+                }
               }),
             ),
           );
@@ -236,7 +242,7 @@ async function stackRows(work: string): Promise<BenchRow[]> {
       target: 1,
     },
     {
-      name: `pull, transfer only: blobs verified to disk, 8 at once (${rate(m.pullTransfer)})`,
+      name: `pull, transfer only: blobs verified to disk and synced, 8 at once (${rate(m.pullTransfer)})`,
       value: m.pullTransfer,
       baselineName: `skopeo copy docker:// → oci: (${rate(m.pullSkopeo)})`,
       baseline: m.pullSkopeo,

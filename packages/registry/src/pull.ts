@@ -3,10 +3,10 @@
  *
  * The layers of its stack come first (each from its own `build-` tag, the
  * base as a base layer), so a visible layer always has its stack. The
- * layer's blob streams from the registry through a digest check, a copy to
- * a temporary file (kept as the layer's cached blob, so a later export or
- * push compresses nothing), gunzip and a diff_id check, into
- * `@day11/layer`'s safe extraction, which turns `.wh.<name>` back into
+ * layer's blob is downloaded, digest checked, to a temporary file (kept as
+ * the layer's cached blob, so a later export or push compresses nothing),
+ * then read back through gunzip and a diff_id check into `@day11/layer`'s
+ * safe extraction, which turns `.wh.<name>` back into
  * overlay whiteouts and `.wh..wh..opq` into opaque directories. The tree is
  * committed with `Commit.commit` and the `layer.json`, log and sidecars the
  * publisher recorded: a pulled layer is indistinguishable from a built one.
@@ -15,11 +15,9 @@
  * renamed into place at the end: a failure or a kill leaves no partial
  * layer, and `Recover.sweep` removes the temporaries of a killed process.
  */
-import { writeSync } from 'node:fs';
-import { mkdir, open, rm, type FileHandle } from 'node:fs/promises';
+import { createReadStream, writeSync } from 'node:fs';
+import { mkdir, open, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { PassThrough, Transform, type Readable, type TransformCallback } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
 import { Commit, Hash, Import, LayerDir, Lock } from '@day11/layer';
 import { LayerBlob } from '@day11/oci-export';
 import { mapLimit, TempName } from '@day11/exec';
@@ -219,67 +217,53 @@ async function extractAndCommit(
   }
 }
 
-/** Streams the blob into `upper` (and a copy into `gz`); resolves with the tar's size. */
+/**
+ * Downloads the blob into `gz` (verified; kept as the layer's cached blob),
+ * then extracts it into `upper`; resolves with the tar's size. Downloading
+ * first lets the bytes go straight from the socket to the file (no
+ * allocation per chunk, see `zero-copy-get.ts`); reading the file back
+ * comes from the page cache.
+ */
 async function extractBlob(
   ctx: Context,
   o: { image: CacheImage; upper: string; gz: string },
 ): Promise<{ bytes: number }> {
   const own = o.image.stack.at(-1)!;
-  const body = await ctx.client.blob(ctx.repository, own, ctx);
-  const file = await open(o.gz, 'wx', 0o644);
-  try {
-    const { tarBytes } = await extractLayer({
-      body,
-      taps: [new FileTee(file)],
-      gzip: true,
-      diffId: o.image.blob.diffId,
-      dest: o.upper,
-      whiteouts: 'overlay',
-      where: { registry: ctx.client.registry, repository: ctx.repository, digest: own.digest },
-      label: `layer ${o.image.hash} (blob ${own.digest} of ${ctx.client.registry}/${ctx.repository})`,
-      signal: ctx.signal,
-    });
-    await file.sync();
-    return { bytes: tarBytes };
-  } finally {
-    await file.close();
-  }
+  await download(ctx, own, o.gz);
+  const { tarBytes } = await extractLayer({
+    body: createReadStream(o.gz, { highWaterMark: 1024 * 1024 }),
+    gzip: true,
+    diffId: o.image.blob.diffId,
+    dest: o.upper,
+    whiteouts: 'overlay',
+    where: { registry: ctx.client.registry, repository: ctx.repository, digest: own.digest },
+    label: `layer ${o.image.hash} (blob ${own.digest} of ${ctx.client.registry}/${ctx.repository})`,
+    signal: ctx.signal,
+  });
+  return { bytes: tarBytes };
 }
 
-/** Downloads a (log) blob to `file`, verified. */
+/** Downloads a blob to a new `file`, verified, and syncs it. */
 async function download(
   ctx: Context,
   blob: { digest: string; size: number },
   file: string,
 ): Promise<void> {
-  const body: Readable = await ctx.client.blob(ctx.repository, blob, ctx);
   const handle = await open(file, 'wx', 0o644);
   try {
-    await pipeline(body, new FileTee(handle), new PassThrough().resume());
+    await ctx.client.blobTo(ctx.repository, blob, (piece) => writeAll(handle.fd, piece), ctx);
+    await handle.sync();
   } finally {
     await handle.close();
   }
 }
 
 /**
- * A pass-through that also writes every chunk to a file, in order, before
- * passing it on. Synchronous writes, as the extractor's: each lands in the
- * page cache in microseconds, and a promise per chunk grew the heap.
+ * Synchronous writes, as the extractor's: each lands in the page cache in
+ * microseconds, and the piece is only valid during the call.
  */
-class FileTee extends Transform {
-  constructor(private readonly handle: FileHandle) {
-    super();
-  }
-
-  override _transform(chunk: Buffer, _enc: BufferEncoding, done: TransformCallback): void {
-    try {
-      for (let at = 0; at < chunk.length;) at += writeSync(this.handle.fd, chunk, at);
-    } catch (err) {
-      done(err as Error);
-      return;
-    }
-    done(null, chunk);
-  }
+function writeAll(fd: number, piece: Buffer): void {
+  for (let at = 0; at < piece.length;) at += writeSync(fd, piece, at);
 }
 
 /** Our own errors and aborts pass; anything else is a failure to store the layer. */

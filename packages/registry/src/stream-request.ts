@@ -16,12 +16,16 @@ import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { Sys } from '@day11/exec';
+import { zeroCopyGet, type ZeroCopyBody } from './zero-copy-get.js';
 
 /** Statuses whose responses have no body. */
 const NULL_BODY = new Set([101, 103, 204, 205, 304]);
 
 /** Bodies of the responses this module made, read as Node streams. */
 const nodeBodies = new WeakMap<Response, IncomingMessage>();
+
+/** Bodies of zero-copy downloads (see `zero-copy-get.ts`). */
+const zeroCopyBodies = new WeakMap<Response, ZeroCopyBody>();
 
 /** Bodies smaller than this are drained (the connection is kept); larger ones cut. */
 const DRAIN_BYTES = 64 * 1024;
@@ -35,7 +39,21 @@ const DRAIN_BYTES = 64 * 1024;
  * ```
  */
 export function bodyOf(res: Response): AsyncIterable<Uint8Array> | null {
-  return nodeBodies.get(res) ?? (res.body as AsyncIterable<Uint8Array> | null);
+  return (
+    zeroCopyBodies.get(res) ?? nodeBodies.get(res) ?? (res.body as AsyncIterable<Uint8Array> | null)
+  );
+}
+
+/**
+ * The body of a response to a `zeroCopy` GET, to read with `pipeTo`.
+ *
+ * @example
+ * ```ts
+ * const bytes = await zeroCopyBodyOf(res)?.pipeTo((piece) => hash.update(piece));
+ * ```
+ */
+export function zeroCopyBodyOf(res: Response): ZeroCopyBody | undefined {
+  return zeroCopyBodies.get(res);
 }
 
 /**
@@ -47,6 +65,11 @@ export function bodyOf(res: Response): AsyncIterable<Uint8Array> | null {
  * ```
  */
 export async function discardBody(res: Response): Promise<void> {
+  const zeroCopy = zeroCopyBodies.get(res);
+  if (zeroCopy) {
+    zeroCopy.discard();
+    return;
+  }
   const node = nodeBodies.get(res);
   if (!node) {
     await res.body?.cancel().catch(() => undefined);
@@ -85,10 +108,7 @@ export class StreamSender {
       signal: AbortSignal;
     },
   ): Promise<Response> {
-    if (!this.tuned) {
-      Sys.keepFreedMemory();
-      this.tuned = true;
-    }
+    this.tune();
     const secure = url.protocol === 'https:';
     const request = secure ? httpsRequest : httpRequest;
     return new Promise<Response>((resolve, reject) => {
@@ -111,6 +131,32 @@ export class StreamSender {
         reject(err);
       });
     });
+  }
+
+  /**
+   * A GET whose body is read without an allocation per chunk (see
+   * `zero-copy-get.ts`); resolves once the head is in. Read the body with
+   * {@link zeroCopyBodyOf}.
+   */
+  async getZeroCopy(
+    url: URL,
+    init: { headers: Record<string, string>; signal: AbortSignal },
+  ): Promise<Response> {
+    this.tune();
+    const got = await zeroCopyGet(url, init);
+    const response = new Response(null, {
+      status: got.status,
+      statusText: got.statusText,
+      headers: got.headers,
+    });
+    zeroCopyBodies.set(response, got.body);
+    return response;
+  }
+
+  private tune(): void {
+    if (this.tuned) return;
+    Sys.keepFreedMemory();
+    this.tuned = true;
   }
 
   /** Closes idle connections and refuses to keep new ones. */

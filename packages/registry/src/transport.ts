@@ -83,6 +83,8 @@ export interface RequestSpec {
   retry?: boolean | undefined;
   /** A blob transfer: sent over `node:http` (see `stream-request.ts`); read its body with `bodyOf`. */
   bulk?: boolean | undefined;
+  /** A GET whose body is read with `zeroCopyBodyOf(res).pipeTo` (see `zero-copy-get.ts`). */
+  zeroCopy?: boolean | undefined;
 }
 
 const REDIRECTS = new Set([301, 302, 303, 307, 308]);
@@ -206,7 +208,13 @@ export class Transport {
       }
       const res = await this.fetchOnce(
         url,
-        { method, headers, body: body?.(), bulk: spec.bulk === true },
+        {
+          method,
+          headers,
+          body: body?.(),
+          bulk: spec.bulk === true,
+          zeroCopy: spec.zeroCopy === true && method === 'GET' && url.protocol === 'http:',
+        },
         spec.signal,
       );
       if (!REDIRECTS.has(res.status)) return res;
@@ -234,6 +242,7 @@ export class Transport {
       headers: Record<string, string>;
       body: Body | undefined;
       bulk?: boolean;
+      zeroCopy?: boolean;
     },
     signal: AbortSignal | undefined,
   ): Promise<Response> {
@@ -244,6 +253,12 @@ export class Transport {
     const streamed = init.body !== undefined && !(init.body instanceof Uint8Array);
     if (init.body instanceof Uint8Array) this.stats.bytesSent += init.body.length;
     try {
+      if (init.zeroCopy === true) {
+        return await this.streams.getZeroCopy(url, {
+          headers: init.headers,
+          signal: AbortSignal.any(signals),
+        });
+      }
       if (streamed || init.bulk === true) {
         const body = init.body as AsyncIterable<Uint8Array> | undefined;
         return await this.streams.send(url, {
