@@ -145,27 +145,7 @@ export class RegistryClient {
     blob: { digest: string; size?: number | undefined },
     opts: Signal = {},
   ): Promise<Readable> {
-    assertDigest(blob.digest);
-    const spec: RequestSpec = {
-      method: 'GET',
-      url: `/v2/${repository}/blobs/${blob.digest}`,
-      repository,
-      scope: scopeOf(repository, 'pull'),
-      accept: [200],
-      what: `download blob ${blob.digest}`,
-      digest: blob.digest,
-      signal: opts.signal,
-      bulk: true,
-    };
-    const res = await this.transport.request(spec);
-    const announced = res.headers.get('content-length');
-    if (blob.size !== undefined && announced !== null && Number(announced) !== blob.size) {
-      await discard(res);
-      throw this.mismatch(
-        spec,
-        `it announces ${announced} bytes, the descriptor says ${blob.size}`,
-      );
-    }
+    const { spec, res } = await this.getBlob(repository, blob, opts, false);
     return verified(bodyOf(res), {
       digest: blob.digest,
       size: blob.size,
@@ -195,28 +175,7 @@ export class RegistryClient {
     sink: (piece: Buffer) => void,
     opts: Signal = {},
   ): Promise<number> {
-    assertDigest(blob.digest);
-    const spec: RequestSpec = {
-      method: 'GET',
-      url: `/v2/${repository}/blobs/${blob.digest}`,
-      repository,
-      scope: scopeOf(repository, 'pull'),
-      accept: [200],
-      what: `download blob ${blob.digest}`,
-      digest: blob.digest,
-      signal: opts.signal,
-      bulk: true,
-      zeroCopy: true,
-    };
-    const res = await this.transport.request(spec);
-    const announced = res.headers.get('content-length');
-    if (blob.size !== undefined && announced !== null && Number(announced) !== blob.size) {
-      await discard(res);
-      throw this.mismatch(
-        spec,
-        `it announces ${announced} bytes, the descriptor says ${blob.size}`,
-      );
-    }
+    const { spec, res } = await this.getBlob(repository, blob, opts, true);
     const hash = createHash('sha256');
     let bytes = 0;
     /** What the sink threw, passed on untouched. */
@@ -573,6 +532,38 @@ export class RegistryClient {
       url = nextLink(res.headers.get('link'));
     }
     return { tags, complete: true, pages };
+  }
+
+  /** The GET of a blob, its head in; refused when it announces another size than the descriptor's. */
+  private async getBlob(
+    repository: string,
+    blob: { digest: string; size?: number | undefined },
+    opts: Signal,
+    zeroCopy: boolean,
+  ): Promise<{ spec: RequestSpec; res: Response }> {
+    assertDigest(blob.digest);
+    const spec: RequestSpec = {
+      method: 'GET',
+      url: `/v2/${repository}/blobs/${blob.digest}`,
+      repository,
+      scope: scopeOf(repository, 'pull'),
+      accept: [200],
+      what: `download blob ${blob.digest}`,
+      digest: blob.digest,
+      signal: opts.signal,
+      bulk: true,
+      zeroCopy,
+    };
+    const res = await this.transport.request(spec);
+    const announced = res.headers.get('content-length');
+    if (blob.size !== undefined && announced !== null && Number(announced) !== blob.size) {
+      await discard(res);
+      throw this.mismatch(
+        spec,
+        `it announces ${announced} bytes, the descriptor says ${blob.size}`,
+      );
+    }
+    return { spec, res };
   }
 
   private verifyError(spec: RequestSpec, f: VerifyFailure): RegistryError {
