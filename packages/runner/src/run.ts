@@ -33,6 +33,7 @@ import type { ActiveRun } from './guard.js';
 import { makeRunDir, type SparePool } from './scratch.js';
 import { runPaths } from './temp.js';
 import { PhaseClock, type PhaseTiming } from './timing.js';
+import { clearVolatileMark, RUN_MOUNT_OPTIONS } from './volatile.js';
 
 /** The merged lower inside a run directory, when the stack is deeper than the kernel mounts. */
 const MERGED_LOWER = 'lower';
@@ -340,6 +341,7 @@ async function execute(
       upper: run.upper,
       work: run.work,
       target: run.merged,
+      options: RUN_MOUNT_OPTIONS,
       signal: o.signal,
     }),
   );
@@ -562,8 +564,11 @@ async function runContainer(run: Run, o: Checked): Promise<Runc.RunResult> {
 async function unmount(run: Run): Promise<void> {
   // Lazily if still busy after the retries: the container is gone by now, so
   // only a stray host process can hold it, and it must not keep the run alive.
+  // No sync: the mount is volatile (see volatile.ts for why that is safe).
   await run.mount?.unmount({ lazy: true });
   run.mount = undefined;
+  // A work directory still marked cannot be mounted again: not kept as a spare.
+  if (!clearVolatileMark(run.work)) rmSync(run.work, { recursive: true, force: true });
 }
 
 /**
