@@ -21,8 +21,8 @@
  * fails. A Gc killed with a layer aside leaves it to `Recover.sweep`, which
  * puts it back when a live lease is in it.
  */
-import { rmSync } from 'node:fs';
-import { access, lstat, mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { accessSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { lstat, readdir, readFile, rm } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { randomHex, Proc } from '@day11/exec';
 import { errnoCode, LayerCodes, LayerError, messageOf } from './errors.js';
@@ -114,7 +114,8 @@ function leaseOf(dirs: readonly string[], files: string[]): Lease {
     async release() {
       if (released) return;
       released = true;
-      await Promise.all(files.map(removeLease));
+      // A few microseconds each: cheaper synchronously than through the thread pool.
+      for (const file of files) removeLeaseSync(file);
     },
     releaseSync() {
       if (released) return;
@@ -128,14 +129,14 @@ async function leaseOne(options: AcquireOptions, dir: string, me: Proc.ProcessId
   const file = join(dir, LEASE_DIR, `${me.pid}-${randomHex(6)}${LEASE_SUFFIX}`);
   const record = `${JSON.stringify({ pid: me.pid, start: me.start, acquired_at: new Date().toISOString() })}\n`;
   // The fast path: one write, then the layer is still where it was.
-  if ((await writeLease(file, record)) && (await hasMeta(dir))) {
+  if (writeLease(file, record) && hasMeta(dir)) {
     if (options.touch !== false) await LastUsed.touch(dir);
     return file;
   }
   // Missing, or set aside by a Gc re-checking it: decide once that Gc is done.
   const hash = hashPrefix(basename(dir))!;
   return Lock.withLayer({ osDir: options.osDir, hash, ...options.lock }, async (held) => {
-    if (!(await hasMeta(dir))) {
+    if (!hasMeta(dir)) {
       await rm(file, { force: true }).catch(() => undefined);
       throw new LayerError(
         LayerCodes.NOT_FOUND,
@@ -148,7 +149,7 @@ async function leaseOne(options: AcquireOptions, dir: string, me: Proc.ProcessId
     }
     held.assertHeld();
     // Put back by Gc with the lease in it, or written only now.
-    if (!(await exists(file)) && !(await writeLease(file, record))) {
+    if (!exists(file) && !writeLease(file, record)) {
       throw cannotWrite(file, new Error('the layer directory vanished under its lock'));
     }
     if (options.touch !== false) await LastUsed.touch(dir);
@@ -160,11 +161,13 @@ async function leaseOne(options: AcquireOptions, dir: string, me: Proc.ProcessId
  * Creates the lease file (exclusively: the name is new); false when the
  * layer directory is not there. The name carries the pid, so a lease counts
  * from the moment it exists, even before its record is written.
+ * Synchronous, as the checks around it: a few syscalls of microseconds each,
+ * where a round trip through the thread pool costs far more (50 per run).
  */
-async function writeLease(file: string, record: string): Promise<boolean> {
+function writeLease(file: string, record: string): boolean {
   for (let attempt = 0; ; attempt++) {
     try {
-      await writeFile(file, record, { flag: 'wx' });
+      writeFileSync(file, record, { flag: 'wx' });
       return true;
     } catch (cause) {
       if (errnoCode(cause) !== 'ENOENT') throw cannotWrite(file, cause);
@@ -172,7 +175,7 @@ async function writeLease(file: string, record: string): Promise<boolean> {
     }
     // The first lease of this layer makes its lease directory.
     try {
-      await mkdir(dirname(file));
+      mkdirSync(dirname(file));
     } catch (cause) {
       if (errnoCode(cause) === 'ENOENT') return false;
       if (errnoCode(cause) !== 'EEXIST') throw cannotWrite(file, cause);
@@ -192,15 +195,17 @@ function cannotWrite(file: string, cause: unknown): LayerError {
   );
 }
 
-async function hasMeta(dir: string): Promise<boolean> {
+function hasMeta(dir: string): boolean {
   return exists(join(dir, FILES.meta));
 }
 
-async function exists(path: string): Promise<boolean> {
-  return access(path).then(
-    () => true,
-    () => false,
-  );
+function exists(path: string): boolean {
+  try {
+    accessSync(path);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 async function removeLease(file: string): Promise<void> {

@@ -8,6 +8,7 @@ import {
   chmodSync,
   lstatSync,
   mkdirSync,
+  readFileSync,
   renameSync,
   rmSync,
   statSync,
@@ -458,11 +459,19 @@ class Records {
     const known = (this.leases.memo(key)?.get(META) ?? this.read.get(key)) as
       LayerMeta.LayerMeta | undefined;
     if (known !== undefined) return known;
-    return LayerMeta.load(key).then((meta) => {
-      this.read.set(key, meta);
-      this.leases.memo(key)?.set(META, meta);
-      return meta;
-    });
+    // Read synchronously (one small file, microseconds); any failure goes
+    // through LayerMeta.load, which gives it its typed error.
+    const path = LayerMeta.file(key);
+    let text: string;
+    try {
+      text = readFileSync(path, 'utf8');
+    } catch {
+      return LayerMeta.load(key);
+    }
+    const meta = LayerMeta.parse(text, path);
+    this.read.set(key, meta);
+    this.leases.memo(key)?.set(META, meta);
+    return meta;
   };
 
   /** Remembers what was read before the layers were leased, now that they are. */
