@@ -38,6 +38,7 @@ import { Exec, TempName } from '@day11/exec';
 import { Commit, Hash, Import, type Base } from '@day11/layer';
 import { exportImage } from '@day11/oci-export';
 import { PHASES, recover, releaseIdle, runInLayers } from '@day11/runner';
+import { bareId, bareSync } from './runtime.js';
 import { median, seeded, shuffled, toMarkdown, type BenchRow } from './table.js';
 
 const ROUNDS = 40;
@@ -105,22 +106,8 @@ async function time(fn: () => Promise<unknown>): Promise<number> {
   return performance.now() - started;
 }
 
-let bareIds = 0;
-function bareId(): string {
-  return `day11-bench-${process.pid}-${bareIds++}`;
-}
-
-/**
- * The baseline: `runc run` alone on a prepared bundle, spawned directly
- * (`spawnSync`, no wrapper); it deletes a container that exits by itself.
- */
-function bare(bundle: string, runtime: Runtime): number {
-  const started = performance.now();
-  const r = spawnSync(runtime, ['run', '--bundle', bundle, bareId()], { stdio: 'ignore' });
-  const ms = performance.now() - started;
-  if (r.status !== 0) throw new Error(`${runtime} run true exited ${r.status ?? r.signal}`);
-  return ms;
-}
+/** The baseline: `runc run` alone on a prepared bundle, spawned directly (`spawnSync`). */
+const bare = bareSync;
 
 /** The other baseline: {@link LOOP} runs in one shell loop, timed as a whole, per run. */
 function loop(bundle: string, runtime: Runtime): number {

@@ -49,10 +49,15 @@ async function lifecycle(bundle: string, runtime: Runtime): Promise<void> {
 }
 
 let ids = 0;
-const bareId = (): string => `day11-bench-${process.pid}-${ids++}`;
 
-/** The bare runtime spawned directly: `runc run` alone (it deletes a container that exits by itself). */
-function bareSync(bundle: string, runtime: Runtime): number {
+/** A container id for a bare run, unique in this process. */
+export const bareId = (): string => `day11-bench-${process.pid}-${ids++}`;
+
+/**
+ * The bare runtime spawned directly: `runc run` alone on a prepared bundle
+ * (it deletes a container that exits by itself); milliseconds.
+ */
+export function bareSync(bundle: string, runtime: 'runc' | 'crun'): number {
   const started = performance.now();
   const r = spawnSync(runtime, ['run', '--bundle', bundle, bareId()], { stdio: 'ignore' });
   const ms = performance.now() - started;
