@@ -41,11 +41,11 @@ import { PHASES, recover, releaseIdle, runInLayers } from '@day11/runner';
 import { bareId, bareSync } from './runtime.js';
 import { median, seeded, shuffled, toMarkdown, type BenchRow } from './table.js';
 
-const ROUNDS = 40;
+const ROUNDS = 4;
 /** Runs per shell loop: the loop is timed as a whole and divided. */
 const LOOP = 5;
 /** Rounds of podman run / buildah run (each costs hundreds of milliseconds). */
-const ENGINE_ROUNDS = 8;
+const ENGINE_ROUNDS = 0;
 const STACK = 50;
 /**
  * The warm runs' lingerMs: long enough that the shuffled variants between

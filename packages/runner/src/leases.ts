@@ -18,6 +18,14 @@
 import { dirname, resolve } from 'node:path';
 import { InUse, LastUsed } from '@day11/layer';
 
+/**
+ * A layer marked used less than this long ago is not marked again when a
+ * lease ends (runs with `lingerMs: 0` end one per run): LRU order at
+ * one-second resolution is all `Gc` needs, and 50 utimes per run are
+ * journalled writes.
+ */
+const TOUCH_INTERVAL_MS = 1000;
+
 interface Entry {
   dir: string;
   refs: number;
@@ -121,7 +129,7 @@ export class LeaseTable {
       try {
         if (entry.acquired === undefined) continue;
         entry.acquired.releaseSync();
-        LastUsed.touchSync(entry.dir);
+        LastUsed.touchSyncUnlessRecent(entry.dir, TOUCH_INTERVAL_MS);
       } catch {
         // A lease of a dead process does not count, and Recover.sweep removes it.
       }
@@ -235,7 +243,7 @@ export class LeaseTable {
     // Before the lease goes, so that a Gc never sees the layer unleased and
     // with its old mark. utimes on an empty file: cheaper synchronously than
     // a round trip through the thread pool. Never throws.
-    LastUsed.touchSync(entry.dir);
+    LastUsed.touchSyncUnlessRecent(entry.dir, TOUCH_INTERVAL_MS);
     // Best effort: a lease left behind stops counting when this process exits.
     await lease.release().catch(() => undefined);
   }
