@@ -41,11 +41,11 @@ import { PHASES, recover, releaseIdle, runInLayers } from '@day11/runner';
 import { bareId, bareSync } from './runtime.js';
 import { median, seeded, shuffled, toMarkdown, type BenchRow } from './table.js';
 
-const ROUNDS = 4;
+const ROUNDS = 40;
 /** Runs per shell loop: the loop is timed as a whole and divided. */
 const LOOP = 5;
 /** Rounds of podman run / buildah run (each costs hundreds of milliseconds). */
-const ENGINE_ROUNDS = 0;
+const ENGINE_ROUNDS = 8;
 const STACK = 50;
 /**
  * The warm runs' lingerMs: long enough that the shuffled variants between
@@ -98,12 +98,6 @@ async function makeLayers(osDir: string, base: Base, count: number): Promise<str
 
 function layerFs(dirs: readonly string[]): string[] {
   return dirs.map((d) => join(d, 'fs'));
-}
-
-async function time(fn: () => Promise<unknown>): Promise<number> {
-  const started = performance.now();
-  await fn();
-  return performance.now() - started;
 }
 
 /** The baseline: `runc run` alone on a prepared bundle, spawned directly (`spawnSync`). */

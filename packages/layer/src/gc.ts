@@ -14,7 +14,7 @@
 import { rm, rmdir, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { measure, walk } from './disk-usage.js';
-import { errnoCode, LayerCodes, LayerError, messageOf } from './errors.js';
+import { LayerCodes, LayerError, messageOf } from './errors.js';
 import * as InUse from './in-use.js';
 import * as LastUsed from './last-used.js';
 import { NAME_HASH_LENGTH, path as layerPath } from './layer-dir.js';

@@ -166,7 +166,8 @@ async function sweepTemps(dir: string, isCache = false): Promise<SweptTemps> {
     if (!st || !(await Proc.ownerGone(pid, st.ctimeMs))) continue;
     const layer = isCache && st.isDirectory() ? layerOfAside(dir, name) : undefined;
     if (layer !== undefined && (await InUse.isInUse(path))) {
-      (await putBack(path, layer)) ? restored.push(layer) : leased.push(path);
+      if (await putBack(path, layer)) restored.push(layer);
+      else leased.push(path);
       continue;
     }
     // Read per entry, not per sweep: a mount made since must not be missed.
