@@ -128,7 +128,9 @@ export async function plan(options: GcOptions): Promise<GcPlan> {
  * Deletes least-recently-used layers as {@link plan} decides, re-checking each
  * under its lock: a layer leased, locked, or used since the plan is skipped
  * and the next candidate is tried. A deleted layer first disappears with one
- * rename to a temporary name, then is removed.
+ * rename to a temporary name, then is removed; leases take no lock, so what
+ * was renamed is checked for one again, and put back (`in-use`) when a lease
+ * moved with it.
  *
  * @example
  * ```ts
