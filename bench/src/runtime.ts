@@ -1,17 +1,23 @@
 /**
- * `crun run true` against `runc run true` on the same busybox-static rootfs,
- * rounds alternating so both see the same machine state. Measured twice: the
- * bare runtime command, and `Runc.run` (stale delete + run + delete).
+ * The runtime call. `crun run true` against `runc run true` on the same
+ * busybox-static rootfs, each spawned directly (`spawnSync`); then, per
+ * runtime, what day11's calls cost on top of that: the runtime spawned
+ * through execa (`Exec.run`, what `Runc.run` used before) and through
+ * `child_process.spawn` directly (`Exec.runStreamed`, what it uses now),
+ * and the whole `Runc.run` (output streamed, runtime log read on failure,
+ * the container deleted unless the runtime did). Variants in seeded
+ * shuffled rounds, medians.
  */
+import { spawnSync } from 'node:child_process';
 import { copyFile, mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { OciSpec, Runc } from '@day11/container';
 import { Exec } from '@day11/exec';
-import { median, toMarkdown, type BenchRow } from './table.js';
+import { median, seeded, shuffled, toMarkdown, type BenchRow } from './table.js';
 
-const ROUNDS = 10;
+const ROUNDS = 30;
 const RUNTIMES = ['runc', 'crun'] as const;
 type Runtime = (typeof RUNTIMES)[number];
 
@@ -42,10 +48,33 @@ async function lifecycle(bundle: string, runtime: Runtime): Promise<void> {
   if (r.exitCode !== 0) throw new Error(`${runtime} run true exited ${r.exitCode}`);
 }
 
-/** The bare runtime: `runc run` alone (it deletes a container that exits by itself). */
-function bare(bundle: string, runtime: Runtime): Promise<unknown> {
-  return Exec.run(runtime, ['run', '--bundle', bundle, Runc.newId('day11-bench')], {
+let ids = 0;
+
+/** A container id for a bare run, unique in this process. */
+export const bareId = (): string => `day11-bench-${process.pid}-${ids++}`;
+
+/**
+ * The bare runtime spawned directly: `runc run` alone on a prepared bundle
+ * (it deletes a container that exits by itself); milliseconds.
+ */
+export function bareSync(bundle: string, runtime: 'runc' | 'crun'): number {
+  const started = performance.now();
+  const r = spawnSync(runtime, ['run', '--bundle', bundle, bareId()], { stdio: 'ignore' });
+  const ms = performance.now() - started;
+  if (r.status !== 0) throw new Error(`${runtime} run true exited ${r.status ?? r.signal}`);
+  return ms;
+}
+
+/** The same through execa (`Exec.run`), as `Runc.run` spawned it before. */
+function viaExeca(bundle: string, runtime: Runtime): Promise<unknown> {
+  return Exec.run(runtime, ['run', '--bundle', bundle, bareId()], { privileged: true });
+}
+
+/** The same through `child_process.spawn` (`Exec.runStreamed`), as `Runc.run` spawns it now. */
+function viaSpawn(bundle: string, runtime: Runtime): Promise<unknown> {
+  return Exec.runStreamed(runtime, ['run', '--bundle', bundle, bareId()], {
     privileged: true,
+    onData: () => undefined,
   });
 }
 
@@ -56,29 +85,49 @@ export async function run(): Promise<BenchRow[]> {
   const bundle = await mkdtemp(join(tmpdir(), 'day11-bench-runtime-'));
   try {
     await makeBundle(bundle);
-    const bareMs: Record<Runtime, number[]> = { runc: [], crun: [] };
-    const fullMs: Record<Runtime, number[]> = { runc: [], crun: [] };
+    const samples = (): Record<Runtime, number[]> => ({ runc: [], crun: [] });
+    const m = { bare: samples(), execa: samples(), spawn: samples(), full: samples() };
     for (const runtime of RUNTIMES) await lifecycle(bundle, runtime); // warm the page cache
+    const variants = {
+      bare: async (r: Runtime) => m.bare[r].push(bareSync(bundle, r)),
+      execa: async (r: Runtime) => m.execa[r].push(await time(() => viaExeca(bundle, r))),
+      spawn: async (r: Runtime) => m.spawn[r].push(await time(() => viaSpawn(bundle, r))),
+      full: async (r: Runtime) => m.full[r].push(await time(() => lifecycle(bundle, r))),
+    };
+    const random = seeded(20261201);
     for (let i = 0; i < ROUNDS; i++) {
-      // Alternate which goes first, so neither always follows the other.
-      for (const runtime of i % 2 ? [...RUNTIMES].reverse() : RUNTIMES) {
-        bareMs[runtime].push(await time(() => bare(bundle, runtime)));
-        fullMs[runtime].push(await time(() => lifecycle(bundle, runtime)));
+      for (const runtime of shuffled(RUNTIMES, random)) {
+        for (const variant of shuffled(Object.values(variants), random)) await variant(runtime);
       }
     }
+    const direct = (r: Runtime) => ({
+      baselineName: `${r} run true, spawnSync`,
+      baseline: median(m.bare[r]),
+    });
     return [
       {
-        name: `crun run true, busybox rootfs (median of ${ROUNDS})`,
-        value: median(bareMs.crun),
-        baselineName: 'runc run true',
-        baseline: median(bareMs.runc),
+        name: `crun run true, busybox rootfs, spawnSync (median of ${ROUNDS})`,
+        value: median(m.bare.crun),
+        baselineName: 'runc run true, spawnSync',
+        baseline: median(m.bare.runc),
       },
-      {
-        name: `Runc.run with crun: delete + run true + delete (median of ${ROUNDS})`,
-        value: median(fullMs.crun),
-        baselineName: 'Runc.run with runc',
-        baseline: median(fullMs.runc),
-      },
+      ...RUNTIMES.flatMap((r) => [
+        {
+          name: `${r} run true through execa (Exec.run, as Runc.run did)`,
+          value: median(m.execa[r]),
+          ...direct(r),
+        },
+        {
+          name: `${r} run true through child_process.spawn (Exec.runStreamed, as Runc.run does)`,
+          value: median(m.spawn[r]),
+          ...direct(r),
+        },
+        {
+          name: `Runc.run with ${r}: run true, output streamed, no delete needed`,
+          value: median(m.full[r]),
+          ...direct(r),
+        },
+      ]),
     ];
   } finally {
     await rm(bundle, { recursive: true, force: true });

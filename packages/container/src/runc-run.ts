@@ -172,7 +172,7 @@ async function runForeground(
     capBytes: opts.logCap,
     onOutput: opts.onOutput,
   });
-  // Exec.run's own abort would kill runc, not the container; it is kept as the
+  // Exec.runStreamed's own abort would kill runc, not the container; it is kept as the
   // last resort, fired only when the runtime outlives `runc kill` by far.
   const lastResort = new AbortController();
   const args = [
@@ -185,7 +185,8 @@ async function runForeground(
     opts.bundle,
     opts.id,
   ];
-  const running = Exec.run(binary(opts), args, {
+  // Spawned directly (child_process), not through execa: this is the hot path of every step.
+  const running = Exec.runStreamed(binary(opts), args, {
     privileged: true,
     allowNonZeroExit: true,
     signal: lastResort.signal,

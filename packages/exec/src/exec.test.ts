@@ -5,7 +5,7 @@ import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
 import { CommandError, ExecCodes } from './errors.js';
-import { isRoot, run, runSync } from './exec.js';
+import { isRoot, run, runStreamed, runSync } from './exec.js';
 
 /** Privileged steps run directly only as root; elsewhere these tests are skipped, not passed. */
 const root = isRoot();
@@ -160,6 +160,78 @@ describe('Exec.run', () => {
       }
     },
   );
+});
+
+describe('Exec.runStreamed', () => {
+  it('streams chunks one at a time per stream, keeps nothing, passes input', async () => {
+    const bytes = { stdout: 0, stderr: 0 };
+    const inFlight = { stdout: 0, stderr: 0 };
+    let overlapped = false;
+    const r = await runStreamed('sh', ['-c', 'head -c 20000000 /dev/zero; cat >&2; exit 4'], {
+      allowNonZeroExit: true,
+      input: 'abc',
+      onData: async (chunk, stream) => {
+        if (inFlight[stream]++ > 0) overlapped = true;
+        bytes[stream] += chunk.length;
+        await new Promise((resolve) => setImmediate(resolve));
+        inFlight[stream]--;
+      },
+    });
+    expect(r).toMatchObject({ exitCode: 4, stdout: '', stderr: '' });
+    expect(bytes).toEqual({ stdout: 20_000_000, stderr: 3 });
+    expect(overlapped).toBe(false);
+  });
+
+  it('rejects a non-zero exit unless allowed, and death by signal always', async () => {
+    const onData = (): void => undefined;
+    await expect(runStreamed('sh', ['-c', 'exit 3'], { onData })).rejects.toMatchObject({
+      code: ExecCodes.COMMAND_FAILED,
+      exitCode: 3,
+    });
+    await expect(
+      runStreamed('sh', ['-c', 'kill -9 $$'], { onData, allowNonZeroExit: true }),
+    ).rejects.toMatchObject({ code: ExecCodes.COMMAND_FAILED, signal: 'SIGKILL' });
+  });
+
+  it('reports a missing command as COMMAND_NOT_FOUND with a hint', async () => {
+    await expect(
+      runStreamed('day11-no-such-command', [], { onData: () => undefined }),
+    ).rejects.toMatchObject({
+      code: ExecCodes.COMMAND_NOT_FOUND,
+      hint: expect.stringContaining('not installed') as unknown,
+    });
+  });
+
+  it('kills the whole process group on abort, and on timeout past an ignored TERM', async () => {
+    const controller = new AbortController();
+    setTimeout(() => controller.abort(), 100);
+    // The grandchild holds the pipes: only a group kill ends the output.
+    const started = Date.now();
+    const aborted = await runStreamed('sh', ['-c', 'sleep 30 & wait'], {
+      signal: controller.signal,
+      onData: () => undefined,
+    }).catch((e: unknown) => e);
+    expect(aborted).toMatchObject({ code: ExecCodes.ABORTED, aborted: true });
+    const timedOut = await runStreamed('sh', ['-c', 'trap "" TERM; sleep 30'], {
+      timeoutMs: 100,
+      killGraceMs: 200,
+      onData: () => undefined,
+    }).catch((e: unknown) => e);
+    expect(timedOut).toMatchObject({ code: ExecCodes.TIMED_OUT, timedOut: true });
+    expect(Date.now() - started).toBeLessThan(5000);
+  });
+
+  it("rethrows the consumer's error once the command is done, draining the rest", async () => {
+    const seen: number[] = [];
+    const err = await runStreamed('sh', ['-c', 'head -c 1000000 /dev/zero; sleep 0.2; echo end'], {
+      onData: (chunk) => {
+        seen.push(chunk.length);
+        throw new Error('disk on fire');
+      },
+    }).catch((e: unknown) => e);
+    expect(err).toMatchObject({ message: 'disk on fire' });
+    expect(seen).toHaveLength(1);
+  });
 });
 
 describe('Exec.runSync', () => {

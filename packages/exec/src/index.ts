@@ -24,7 +24,13 @@ export { randomHex } from './random.js';
 export { Semaphore, mapLimit } from './concurrency.js';
 export * as OverlayMarks from './overlay-marks.js';
 export * as ExitHooks from './exit-hooks.js';
-export type { OutputStream, RunOptions, RunResult, RunSyncOptions } from './exec.js';
+export type {
+  OutputStream,
+  RunOptions,
+  RunResult,
+  RunStreamedOptions,
+  RunSyncOptions,
+} from './exec.js';
 export {
   CommandError,
   Day11Error,

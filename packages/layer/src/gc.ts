@@ -11,16 +11,16 @@
  * and the planned `bytes` add up to `totalBytes - totalAfterBytes`. An inode
  * also linked from outside the cache is never freed, so never attributed.
  */
-import { rename, rm, rmdir, stat } from 'node:fs/promises';
+import { rm, rmdir, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { measure, walk } from './disk-usage.js';
-import { errnoCode, LayerCodes, LayerError, messageOf } from './errors.js';
+import { LayerCodes, LayerError, messageOf } from './errors.js';
 import * as InUse from './in-use.js';
 import * as LastUsed from './last-used.js';
 import { NAME_HASH_LENGTH, path as layerPath } from './layer-dir.js';
 import * as Lock from './lock.js';
 import * as Scan from './scan.js';
-import { TempName, Atomic } from '@day11/exec';
+import { setAside, type SetAside } from './set-aside.js';
 
 /** Options of {@link plan}. */
 export interface GcOptions {
@@ -128,7 +128,9 @@ export async function plan(options: GcOptions): Promise<GcPlan> {
  * Deletes least-recently-used layers as {@link plan} decides, re-checking each
  * under its lock: a layer leased, locked, or used since the plan is skipped
  * and the next candidate is tried. A deleted layer first disappears with one
- * rename to a temporary name, then is removed.
+ * rename to a temporary name, then is removed; leases take no lock, so what
+ * was renamed is checked for one again, and put back (`in-use`) when a lease
+ * moved with it.
  *
  * @example
  * ```ts
@@ -192,22 +194,17 @@ export async function removeLayer({
 }): Promise<boolean> {
   const dir = layerPath({ osDir, hash });
   const aside = await Lock.withLayer({ osDir, hash }, async (held) => {
-    if (await InUse.isInUse(dir)) {
-      throw new LayerError(LayerCodes.GC_FAILED, `Cannot remove the layer ${dir}: it is in use`, {
-        path: dir,
-        hint: 'Wait for the builds and runs using it to finish',
-      });
-    }
+    if (await InUse.isInUse(dir)) throw inUse(dir);
     held.assertHeld();
-    const to = TempName.beside(dir);
+    let outcome: SetAside;
     try {
-      await rename(dir, to);
+      outcome = await setAside(dir);
     } catch (err) {
-      if (errnoCode(err) === 'ENOENT') return undefined;
       throw gcFailed(`Cannot remove the layer ${dir}`, dir, err);
     }
-    await Atomic.fsyncDir(osDir);
-    return to;
+    if ('aside' in outcome) return outcome.aside;
+    if (outcome.skipped === 'vanished') return undefined;
+    throw inUse(dir);
   });
   if (aside === undefined) return false;
   try {
@@ -216,6 +213,13 @@ export async function removeLayer({
     throw gcFailed(`Removed the layer ${dir} from view but cannot delete ${aside}`, aside, cause);
   }
   return true;
+}
+
+function inUse(dir: string): LayerError {
+  return new LayerError(LayerCodes.GC_FAILED, `Cannot remove the layer ${dir}: it is in use`, {
+    path: dir,
+    hint: 'Wait for the builds and runs using it to finish',
+  });
 }
 
 /** Real disk usage of the tree at `path` in bytes, each hardlinked inode once. */
@@ -418,7 +422,7 @@ async function deleteLayer(
   try {
     outcome = await Lock.withLayer(
       { osDir: options.osDir, hash: layer.hashPrefix, timeoutMs: options.lockTimeoutMs ?? 2000 },
-      (held) => hideLayer(options.osDir, layer, held),
+      (held) => hideLayer(layer, held),
     );
   } catch (err) {
     if (err instanceof LayerError && err.code === LayerCodes.LOCK_TIMEOUT) return 'busy';
@@ -437,24 +441,13 @@ async function deleteLayer(
   return undefined;
 }
 
-async function hideLayer(
-  osDir: string,
-  layer: SurveyedLayer,
-  held: Lock.HeldLock,
-): Promise<Outcome> {
+async function hideLayer(layer: SurveyedLayer, held: Lock.HeldLock): Promise<Outcome> {
   if (await InUse.isInUse(layer.dir)) return { skipped: 'in-use' };
   const now = await LastUsed.get(layer.dir);
   if (now !== undefined && now > layer.lastUsed) return { skipped: 'used-since-plan' };
   held.assertHeld();
-  const aside = TempName.beside(layer.dir);
-  try {
-    await rename(layer.dir, aside);
-  } catch (err) {
-    if (errnoCode(err) === 'ENOENT') return { skipped: 'vanished' };
-    throw err;
-  }
-  await Atomic.fsyncDir(osDir);
-  return { aside };
+  // Leases are taken without the lock: setAside looks again once the layer is out of view.
+  return setAside(layer.dir);
 }
 
 function gcFailed(what: string, path: string, cause: unknown): LayerError {

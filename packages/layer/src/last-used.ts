@@ -2,7 +2,7 @@
  * The LRU sentinel: an empty `last_used` file whose mtime is when the layer
  * was last used. Separate from `layer.json` so a touch never rewrites JSON.
  */
-import { closeSync, openSync, utimesSync } from 'node:fs';
+import { closeSync, openSync, statSync, utimesSync } from 'node:fs';
 import { stat, utimes, open } from 'node:fs/promises';
 import { join } from 'node:path';
 import { FILES } from './layer-dir.js';
@@ -41,6 +41,21 @@ export function touchSync(dir: string, when: Date = new Date()): void {
       // Advisory only.
     }
   }
+}
+
+/**
+ * {@link touchSync}, unless the layer was marked used less than `withinMs`
+ * ago: then one stat and no write (a utimes is a journalled inode update;
+ * LRU order at a second's resolution is all `Gc` needs). Never throws.
+ */
+export function touchSyncUnlessRecent(dir: string, withinMs: number): void {
+  const now = Date.now();
+  try {
+    if (statSync(file(dir)).mtimeMs > now - withinMs) return;
+  } catch {
+    // No mark yet: make one.
+  }
+  touchSync(dir, new Date(now));
 }
 
 /** When the layer was last used (epoch ms), or `undefined` if never recorded. */

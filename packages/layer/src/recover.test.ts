@@ -88,7 +88,15 @@ describe('Recover.sweep', () => {
   });
 
   it('gives an empty report for a missing or clean cache', async () => {
-    const empty = { temps: [], locks: [], leases: [], mounted: [], incompleteLayers: [] };
+    const empty = {
+      temps: [],
+      locks: [],
+      leases: [],
+      restored: [],
+      leased: [],
+      mounted: [],
+      incompleteLayers: [],
+    };
     expect(await sweep(join(osDir, 'missing'))).toEqual(empty);
     await layer(1);
     expect(await sweep(osDir)).toEqual(empty);

@@ -13,6 +13,12 @@
  *   never got an owner (see `Lock.staleness`).
  * - leases of dead processes.
  *
+ * A layer that a killed `Gc` left set aside (`.day11-tmp-<pid>-<hex>-build-…`)
+ * is deleted as any leftover, unless a live process holds a lease in it: a
+ * lease written just before the rename moved with it (leases take no lock),
+ * so its holder is using it. It is put back under its name (`restored`), or
+ * left alone while that name is taken again (`leased`).
+ *
  * A temporary directory with a mount at or below it (a killed runner's
  * overlay, say) is never removed: a recursive removal would walk into the
  * mounted filesystem and delete through it. It is reported in `mounted`;
@@ -27,6 +33,7 @@ import { errnoCode, LayerCodes, LayerError, messageOf } from './errors.js';
 import * as InUse from './in-use.js';
 import { FILES, isLayerName } from './layer-dir.js';
 import * as Lock from './lock.js';
+import { layerOfAside } from './set-aside.js';
 
 /** What {@link sweep} removed (absolute paths), and what it found but left alone. */
 export interface SweepReport {
@@ -36,6 +43,13 @@ export interface SweepReport {
   locks: string[];
   /** Leases of dead processes. */
   leases: string[];
+  /** Layers a killed `Gc` set aside, put back because a live process leases them. */
+  restored: string[];
+  /**
+   * Set-aside layers of killed processes left in place: a live process
+   * leases them, and their name is taken again (a later sweep removes them).
+   */
+  leased: string[];
   /**
    * Temporary entries of dead processes left in place because something is
    * mounted at or below them (see the module doc).
@@ -70,6 +84,8 @@ export async function sweep(osDir: string, options: SweepOptions = {}): Promise<
     temps: [],
     locks: [],
     leases: [],
+    restored: [],
+    leased: [],
     mounted: [],
     incompleteLayers: [],
   };
@@ -79,9 +95,11 @@ export async function sweep(osDir: string, options: SweepOptions = {}): Promise<
     join(osDir, 'packages', n),
   );
   for (const dir of [osDir, ...layerDirs, join(osDir, Lock.LOCKS_DIR), ...packageDirs]) {
-    const { removed, mounted } = await sweepTemps(dir);
+    const { removed, mounted, restored, leased } = await sweepTemps(dir, dir === osDir);
     report.temps.push(...removed);
     report.mounted.push(...mounted);
+    report.restored.push(...restored);
+    report.leased.push(...leased);
   }
   report.locks.push(...(await sweepLocks(join(osDir, Lock.LOCKS_DIR), options)));
   for (const dir of layerDirs) {
@@ -128,15 +146,30 @@ export async function sweepDirs(opts: SweepDirsOptions): Promise<SweepDirsReport
   return report;
 }
 
-async function sweepTemps(dir: string): Promise<{ removed: string[]; mounted: string[] }> {
+interface SweptTemps {
+  removed: string[];
+  mounted: string[];
+  restored: string[];
+  leased: string[];
+}
+
+async function sweepTemps(dir: string, isCache = false): Promise<SweptTemps> {
   const removed: string[] = [];
   const mounted: string[] = [];
+  const restored: string[] = [];
+  const leased: string[] = [];
   for (const name of await entries(dir)) {
     const pid = TempName.ownerPid(name);
     if (pid === undefined) continue;
     const path = join(dir, name);
     const st = await lstat(path).catch(() => undefined);
     if (!st || !(await Proc.ownerGone(pid, st.ctimeMs))) continue;
+    const layer = isCache && st.isDirectory() ? layerOfAside(dir, name) : undefined;
+    if (layer !== undefined && (await InUse.isInUse(path))) {
+      if (await putBack(path, layer)) restored.push(layer);
+      else leased.push(path);
+      continue;
+    }
     // Read per entry, not per sweep: a mount made since must not be missed.
     if ((await Mountinfo.under(path)).length > 0) {
       mounted.push(path);
@@ -145,7 +178,23 @@ async function sweepTemps(dir: string): Promise<{ removed: string[]; mounted: st
     await guard(path, () => rm(path, { recursive: true, force: true }));
     removed.push(path);
   }
-  return { removed, mounted };
+  return { removed, mounted, restored, leased };
+}
+
+/**
+ * Renames a set-aside layer back to `layer` unless that name is taken
+ * (rename(2) would replace an empty directory, so it is looked at first).
+ */
+async function putBack(aside: string, layer: string): Promise<boolean> {
+  if (await exists(layer)) return false;
+  try {
+    await rename(aside, layer);
+    return true;
+  } catch (err) {
+    const code = errnoCode(err);
+    if (code === 'ENOTEMPTY' || code === 'EEXIST' || code === 'ENOENT') return false;
+    throw cannotRemove(aside, err);
+  }
 }
 
 async function sweepLocks(locksDir: string, options: SweepOptions): Promise<string[]> {

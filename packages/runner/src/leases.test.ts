@@ -151,19 +151,29 @@ describe('leaseAll', () => {
     expect(t.size).toBe(0);
   });
 
-  it('marks a layer used when a run joins its lease, at most once a second', async () => {
+  it('marks a layer used once per lease, when it ends, not on each run that joins it', async () => {
     const a = await layer(1);
-    const t = table(0);
-    const first = await t.leaseAll([a]);
+    const t = table(Infinity);
     // Whole seconds, so the mtime reads back exactly.
     const old = new Date(Math.floor(Date.now() / 1000) * 1000 - 86400_000);
     await utimes(LastUsed.file(a), old, old);
-    const soon = await t.leaseAll([a]);
-    expect(await LastUsed.get(a)).toBe(old.getTime()); // just marked by the first run
-    await sleep(1100);
-    const later = await t.leaseAll([a]);
+    const first = await t.leaseAll([a]);
+    await first.release();
+    await (await t.leaseAll([a])).release();
+    expect(await LastUsed.get(a)).toBe(old.getTime()); // runs join the lease: nothing written
+    await t.releaseIdle();
+    expect(await InUse.isInUse(a)).toBe(false);
     expect(await LastUsed.get(a)).toBeGreaterThan(Date.now() - 5000);
-    for (const l of [first, soon, later]) await l.release();
+  });
+
+  it('releaseAllSync marks the layers used as it lets them go', async () => {
+    const a = await layer(1);
+    const t = table(Infinity);
+    const old = new Date(Math.floor(Date.now() / 1000) * 1000 - 86400_000);
+    await t.leaseAll([a]);
+    await utimes(LastUsed.file(a), old, old);
+    t.releaseAllSync();
+    expect(await LastUsed.get(a)).toBeGreaterThan(Date.now() - 5000);
   });
 
   it('releaseAllSync removes every lease file at once (for a dying process)', async () => {

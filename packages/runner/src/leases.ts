@@ -1,18 +1,30 @@
 /**
  * In-use leases on the layers of a runner's runs.
  *
- * `InUse.acquire` takes each layer's lock to write a lease file, so eight
- * parallel runs over the same dependencies would queue on the same locks.
- * A runner leases a layer once and counts its holders: the first run to
- * need it acquires the lease, later runs join it, and when the last one is
- * done the lease lingers — for the runner's lifetime by default, or
- * `lingerMs` — so that a builder running step after step over the same
- * dependencies leases them once. A lingering lease only delays a `Gc` of
- * that layer; `releaseIdle` or the runner's `close` ends it. Layers are
- * leased in parallel, each under its own lock.
+ * A lease is one file written per layer (`InUse.acquire`). A runner leases a
+ * layer once and counts its holders: the first run to need it acquires the
+ * lease, later runs join it, and when the last one is done the lease
+ * lingers — for the runner's lifetime by default, or `lingerMs` — so that a
+ * builder running step after step over the same dependencies leases them
+ * once. A lingering lease only delays a `Gc` of that layer; `releaseIdle` or
+ * the runner's `close` ends it. Layers are leased in parallel.
+ *
+ * A layer is marked used (`last_used`) once per lease, when the runner lets
+ * it go: with the default linger, once per layer in the runner's lifetime,
+ * not once per step. While leased, `Gc` never deletes it, so a mark made
+ * earlier would only be older; a runner killed before it lets go leaves the
+ * layer's previous mark, which makes it look older to `Gc`, never in use.
  */
 import { dirname, resolve } from 'node:path';
 import { InUse, LastUsed } from '@day11/layer';
+
+/**
+ * A layer marked used less than this long ago is not marked again when a
+ * lease ends (runs with `lingerMs: 0` end one per run): LRU order at
+ * one-second resolution is all `Gc` needs, and 50 utimes per run are
+ * journalled writes.
+ */
+const TOUCH_INTERVAL_MS = 1000;
 
 interface Entry {
   dir: string;
@@ -23,17 +35,9 @@ interface Entry {
   acquired: InUse.Lease | undefined;
   /** When a lingering (unheld) lease is due for release (`performance.now()` time); else undefined. */
   releaseAt: number | undefined;
-  /** When this table last marked the layer used (`performance.now()`). */
-  touched: number;
   /** Facts about the layer's files, true while the lease is held (see {@link LeaseTable.memo}). */
   memo: Map<string, unknown> | undefined;
 }
-
-/**
- * A layer marked used less than this long ago is not marked again: LRU order
- * at one-second resolution is all `Gc` needs, and 50 utimes per step are not free.
- */
-const TOUCH_INTERVAL_MS = 1000;
 
 /** Leases held by one run; release once. */
 export interface LeaseSet {
@@ -74,7 +78,7 @@ export class LeaseTable {
 
   /**
    * Holds a lease on every layer directory in `dirs` (each `{osDir}/build-*`
-   * with a `layer.json`) and marks each used now. All or nothing: when one
+   * with a `layer.json`); each is marked used when its lease ends. All or nothing: when one
    * cannot be leased, the holds taken are dropped and the error is thrown.
    *
    * @throws {LayerError} `LAYER_NOT_FOUND` for a layer that does not exist,
@@ -123,7 +127,9 @@ export class LeaseTable {
   releaseAllSync(): void {
     for (const entry of this.table.values()) {
       try {
-        entry.acquired?.releaseSync();
+        if (entry.acquired === undefined) continue;
+        entry.acquired.releaseSync();
+        LastUsed.touchSyncUnlessRecent(entry.dir, TOUCH_INTERVAL_MS);
       } catch {
         // A lease of a dead process does not count, and Recover.sweep removes it.
       }
@@ -141,24 +147,16 @@ export class LeaseTable {
       existing.refs++;
       existing.releaseAt = undefined;
       this.lingering.delete(existing);
-      // Marking used is all a joiner does: utimes on an empty file, cheaper
-      // synchronously than a round trip through the thread pool. Never throws.
-      const now = performance.now();
-      if (now - existing.touched >= TOUCH_INTERVAL_MS) {
-        LastUsed.touchSync(dir);
-        existing.touched = now;
-      }
       return existing;
     }
-    // InUse.acquire marks the layer used (last_used) as it leases it.
-    const lease = InUse.acquire({ osDir: dirname(dir), dirs: [dir] });
+    // Marked used when the lease ends (finalRelease), not now.
+    const lease = InUse.acquire({ osDir: dirname(dir), dirs: [dir], touch: false });
     const entry: Entry = {
       dir,
       refs: 1,
       lease,
       acquired: undefined,
       releaseAt: undefined,
-      touched: performance.now(),
       memo: undefined,
     };
     lease.then(
@@ -241,7 +239,12 @@ export class LeaseTable {
     this.lingering.delete(entry);
     this.onChange();
     const lease = await entry.lease.catch(() => undefined);
+    if (lease === undefined) return;
+    // Before the lease goes, so that a Gc never sees the layer unleased and
+    // with its old mark. utimes on an empty file: cheaper synchronously than
+    // a round trip through the thread pool. Never throws.
+    LastUsed.touchSyncUnlessRecent(entry.dir, TOUCH_INTERVAL_MS);
     // Best effort: a lease left behind stops counting when this process exits.
-    await lease?.release().catch(() => undefined);
+    await lease.release().catch(() => undefined);
   }
 }

@@ -8,6 +8,7 @@ import {
   chmodSync,
   lstatSync,
   mkdirSync,
+  readFileSync,
   renameSync,
   rmSync,
   statSync,
@@ -33,6 +34,7 @@ import type { ActiveRun } from './guard.js';
 import { makeRunDir, type SparePool } from './scratch.js';
 import { runPaths } from './temp.js';
 import { PhaseClock, type PhaseTiming } from './timing.js';
+import { clearVolatileMark, RUN_MOUNT_OPTIONS } from './volatile.js';
 
 /** The merged lower inside a run directory, when the stack is deeper than the kernel mounts. */
 const MERGED_LOWER = 'lower';
@@ -340,6 +342,7 @@ async function execute(
       upper: run.upper,
       work: run.work,
       target: run.merged,
+      options: RUN_MOUNT_OPTIONS,
       signal: o.signal,
     }),
   );
@@ -456,11 +459,19 @@ class Records {
     const known = (this.leases.memo(key)?.get(META) ?? this.read.get(key)) as
       LayerMeta.LayerMeta | undefined;
     if (known !== undefined) return known;
-    return LayerMeta.load(key).then((meta) => {
-      this.read.set(key, meta);
-      this.leases.memo(key)?.set(META, meta);
-      return meta;
-    });
+    // Read synchronously (one small file, microseconds); any failure goes
+    // through LayerMeta.load, which gives it its typed error.
+    const path = LayerMeta.file(key);
+    let text: string;
+    try {
+      text = readFileSync(path, 'utf8');
+    } catch {
+      return LayerMeta.load(key);
+    }
+    const meta = LayerMeta.parse(text, path);
+    this.read.set(key, meta);
+    this.leases.memo(key)?.set(META, meta);
+    return meta;
   };
 
   /** Remembers what was read before the layers were leased, now that they are. */
@@ -562,8 +573,11 @@ async function runContainer(run: Run, o: Checked): Promise<Runc.RunResult> {
 async function unmount(run: Run): Promise<void> {
   // Lazily if still busy after the retries: the container is gone by now, so
   // only a stray host process can hold it, and it must not keep the run alive.
+  // No sync: the mount is volatile (see volatile.ts for why that is safe).
   await run.mount?.unmount({ lazy: true });
   run.mount = undefined;
+  // A work directory still marked cannot be mounted again: not kept as a spare.
+  if (!clearVolatileMark(run.work)) rmSync(run.work, { recursive: true, force: true });
 }
 
 /**
