@@ -33,11 +33,11 @@ const SUITES: Record<string, Suite> = {
   },
   scan: {
     load: () => import('./scan.js'),
-    note: "`Scan.layers` over 10,000 layers (each `layer.json` parsed and validated, sidecars listed, `last_used` stat'ed) against `cat build-*/layer.json`: the same bytes read, nothing parsed. 5 rounds, medians.",
+    note: "`Scan.layers` over the cli suite's 10,000-layer cache (each `layer.json` parsed and validated, sidecars listed, `last_used` stat'ed) against `cat build-*/layer.json`: the same bytes read, nothing parsed. 7 rounds in a seeded shuffled order, medians.",
   },
   gc: {
     load: () => import('./gc.js'),
-    note: '`Gc.plan` shrinking a cache of 10,000 layers (four-file `fs/` trees, one file hardlinked into every layer) to half its size: real disk usage of every inode, hardlinks once, LRU order, shared inodes attributed. Against `du -s` of the same cache (the floor for knowing real usage) and against `Scan.layers` (the metadata half of a plan). 5 rounds alternating, medians.',
+    note: "`Gc.plan` shrinking the cli suite's 10,000-layer cache (chains on a shared core, so a layer others stand on waits for them; small `fs/` trees, one file hardlinked into every layer) to half its size: real disk usage of every inode, hardlinks once, LRU order, what kept layers stand on kept, shared inodes attributed. Against `du -s` of the same cache (the floor for knowing real usage) and against `Scan.layers` (the metadata half of a plan). 7 rounds in a seeded shuffled order, medians.",
   },
   cli: {
     load: () => import('./cli.js'),

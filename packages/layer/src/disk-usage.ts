@@ -3,7 +3,7 @@
  * device node, each inode counted once however many hardlinks it has. This is
  * what `du` reports, not the apparent size, and not a directory's inode size.
  */
-import { lstatSync, readdirSync } from 'node:fs';
+import { lstatSync, readdirSync, type Stats } from 'node:fs';
 import { join } from 'node:path';
 import { errnoCode } from './errors.js';
 
@@ -56,21 +56,30 @@ export async function walk(root: string, visit: (entry: InodeVisit) => void): Pr
     const path = pending.pop()!;
     // Number stats are 2.5x faster than bigint ones; inode numbers above 2^53
     // (which would lose precision) do not occur on Linux filesystems in practice.
-    const st = orSkipVanished(() => lstatSync(path));
+    const st = lstatUnlessVanished(path);
     if (!st) continue;
     const isDir = st.isDirectory();
     visit(new Visit(st.dev, st.ino, st.blocks * 512, isDir ? 1 : st.nlink));
     if (!isDir) continue;
-    for (const name of orSkipVanished(() => readdirSync(path)) ?? [])
-      pending.push(join(path, name));
+    // Names from readdir hold no '/': a plain concatenation, not path.join's normalising.
+    for (const name of readdirUnlessVanished(path)) pending.push(`${path}/${name}`);
   }
 }
 
-function orSkipVanished<T>(read: () => T): T | undefined {
+function lstatUnlessVanished(path: string): Stats | undefined {
   try {
-    return read();
+    return lstatSync(path, { throwIfNoEntry: false });
   } catch (err) {
-    if (errnoCode(err) === 'ENOENT' || errnoCode(err) === 'ENOTDIR') return undefined;
+    if (errnoCode(err) === 'ENOTDIR') return undefined;
+    throw err;
+  }
+}
+
+function readdirUnlessVanished(path: string): string[] {
+  try {
+    return readdirSync(path);
+  } catch (err) {
+    if (errnoCode(err) === 'ENOENT' || errnoCode(err) === 'ENOTDIR') return [];
     throw err;
   }
 }
@@ -116,13 +125,13 @@ export interface ChildrenUsage {
  */
 export async function measureChildren(root: string): Promise<ChildrenUsage> {
   const children = new Map<string, number>();
-  const top = orSkipVanished(() => lstatSync(root));
+  const top = lstatUnlessVanished(root);
   if (!top) return { total: 0, children };
   let total = top.blocks * 512;
   if (!top.isDirectory()) return { total, children };
   const seenAnywhere = new Set<string>();
   let sinceYield = 0;
-  for (const name of orSkipVanished(() => readdirSync(root)) ?? []) {
+  for (const name of readdirUnlessVanished(root)) {
     if (sinceYield >= SLICE) {
       sinceYield = 0;
       await new Promise((resolve) => setImmediate(resolve));
