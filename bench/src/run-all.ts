@@ -33,11 +33,15 @@ const SUITES: Record<string, Suite> = {
   },
   scan: {
     load: () => import('./scan.js'),
-    note: "`Scan.layers` over 10,000 layers (each `layer.json` parsed and validated, sidecars listed, `last_used` stat'ed) against `cat build-*/layer.json`: the same bytes read, nothing parsed. 5 rounds, medians.",
+    note: "`Scan.layers` over the cli suite's 10,000-layer cache (each `layer.json` parsed and validated, sidecars listed, `last_used` stat'ed) against `cat build-*/layer.json`: the same bytes read, nothing parsed. 7 rounds in a seeded shuffled order, medians.",
   },
   gc: {
     load: () => import('./gc.js'),
-    note: '`Gc.plan` shrinking a cache of 10,000 layers (four-file `fs/` trees, one file hardlinked into every layer) to half its size: real disk usage of every inode, hardlinks once, LRU order, shared inodes attributed. Against `du -s` of the same cache (the floor for knowing real usage) and against `Scan.layers` (the metadata half of a plan). 5 rounds alternating, medians.',
+    note: "`Gc.plan` shrinking the cli suite's 10,000-layer cache (chains on a shared core, so a layer others stand on waits for them; small `fs/` trees, one file hardlinked into every layer) to half its size: real disk usage of every inode, hardlinks once, LRU order, what kept layers stand on kept, shared inodes attributed. Against `du -s` of the same cache (the floor for knowing real usage) and against `Scan.layers` (the metadata half of a plan). 7 rounds in a seeded shuffled order, medians.",
+  },
+  cli: {
+    load: () => import('./cli.js'),
+    note: 'The `day11` command as users run it, each process spawned and timed whole: `day11 --help` and an argument error (`day11 build plan.json --bogus`) against `node -e ""` (Node\'s own start: each command loads its libraries only when it runs); `day11 layers ls` against `node -e "" && cat build-*/layer.json` timed as one shell command (Node\'s start plus reading every record); `day11 layers gc --dry-run` (shrinking to half) and `day11 layers du` against `du -s`. The cache (`layer-cache.ts`): 10,000 layers in chains of 40 on a shared core (transitive `parent_hashes`, so the graph matters), each with `layer.json`, `step.json`, `layer.log`, `last_used` (a few never used), a registry link under `packages/`, and a small `fs/` tree (four files, one hardlinked into every layer; eight more in one layer of ten); 1% recorded failures and their skipped dependents. 11 rounds after a warm-up, every variant once per round (the three quick ones three times) in a seeded shuffled order, medians.',
   },
   runtime: {
     load: () => import('./runtime.js'),

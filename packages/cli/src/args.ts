@@ -8,6 +8,17 @@ export const COMMON_OPTIONS = {
   debug: { type: 'boolean' },
 } as const satisfies ParseArgsConfig['options'];
 
+/** Options every registry-using command takes. */
+export const REGISTRY_OPTIONS = {
+  insecure: { type: 'boolean' },
+} as const;
+
+/** What the registry options set. */
+export interface RegistryFlags {
+  /** Plain http to a registry not on this machine (loopback always is). */
+  insecure: boolean;
+}
+
 /** Option definitions of a command, besides {@link COMMON_OPTIONS}. */
 export type CommandOptions = NonNullable<ParseArgsConfig['options']>;
 

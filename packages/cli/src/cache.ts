@@ -1,7 +1,10 @@
-/** The cache directory and the layers in it, as the command line names them. */
+/**
+ * The cache directory and the layers in it, as the command line names them.
+ * `@day11/layer` is loaded by the functions that use it, not by `--cache` parsing.
+ */
 import { readdir, stat } from 'node:fs/promises';
 import { basename, join, resolve } from 'node:path';
-import { CacheDir, LastUsed, LayerDir, LayerMeta, Lineage } from '@day11/layer';
+import type { Lineage } from '@day11/layer';
 import { usage } from './args.js';
 import { CliCodes, CliError } from './errors.js';
 
@@ -18,6 +21,7 @@ export function cacheDir(command: string, value: string | undefined): string {
  * refused; one other users can enter is made private, and stderr says so.
  */
 export async function prepareCache(dir: string): Promise<void> {
+  const { CacheDir } = await import('@day11/layer');
   const { tightenedFrom } = await CacheDir.ensure(dir);
   if (tightenedFrom !== undefined) {
     const was = tightenedFrom.toString(8).padStart(4, '0');
@@ -46,6 +50,7 @@ const HASH_NAME = /^(build-)?([0-9a-f]{12,64})$/;
  * most recently used of its layers, when a changed step made several).
  */
 export async function layerDirOf(osDir: string, name: string): Promise<string> {
+  const { LayerDir } = await import('@day11/layer');
   const hex = HASH_NAME.exec(name)?.[2];
   if (hex !== undefined) {
     const dir = LayerDir.path({ osDir, hash: hex });
@@ -68,6 +73,7 @@ export async function layerDirOf(osDir: string, name: string): Promise<string> {
 async function latestOfStep(osDir: string, id: string): Promise<string | undefined> {
   if (id === '' || id === '.' || id === '..' || id.includes('/') || id.includes('\0'))
     return undefined;
+  const { LastUsed, LayerDir, LayerMeta } = await import('@day11/layer');
   const links = await readdir(join(osDir, 'packages', id)).catch(() => [] as string[]);
   let best: { dir: string; used: number } | undefined;
   for (const link of links.filter((n) => LayerDir.isLayerName(n))) {
@@ -94,6 +100,7 @@ export async function stackOf(
   osDir: string,
   named: readonly string[],
 ): Promise<Lineage.LayerStack> {
+  const { LayerDir, LayerMeta, Lineage } = await import('@day11/layer');
   const top = named.at(-1)!;
   if (named.length === 1)
     return Lineage.stackOf({ osDir, hash: LayerDir.hashPrefix(basename(top))! });

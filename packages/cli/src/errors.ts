@@ -2,7 +2,8 @@
  * Errors of the `day11` command. Library errors (`Day11Error`) pass through
  * unchanged; these cover what only the CLI knows: bad arguments and bad plans.
  */
-import { Day11Error, isDay11Error, messageOf, type CodeOf } from '@day11/exec';
+// The errors alone, not the whole package: every command's errors go through here.
+import { Day11Error, isDay11Error, messageOf, type CodeOf } from '@day11/exec/errors';
 
 /** A stable code from {@link CliCodes}. */
 export type CliCode = CodeOf<typeof CliCodes>;

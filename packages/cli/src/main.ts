@@ -1,35 +1,9 @@
 #!/usr/bin/env node
-/** The `day11` command. Composed only of the libraries' public APIs. */
-import * as buildCmd from './commands/build.js';
-import * as demoCmd from './commands/demo.js';
-import * as exportCmd from './commands/export.js';
-import * as importCmd from './commands/import.js';
-import * as layersCmd from './commands/layers.js';
-import * as layoutCmd from './commands/layout.js';
-import * as pullCmd from './commands/pull.js';
-import * as pushCmd from './commands/push.js';
-import * as recoverCmd from './commands/recover.js';
-import * as runCmd from './commands/run.js';
-import { CliCodes, CliError, exitCodeOf, formatError } from './errors.js';
-
-interface Command {
-  summary: string;
-  help: string;
-  run(argv: string[]): Promise<number>;
-}
-
-const COMMANDS: Record<string, Command> = {
-  build: buildCmd,
-  run: runCmd,
-  layers: layersCmd,
-  layout: layoutCmd,
-  export: exportCmd,
-  import: importCmd,
-  push: pushCmd,
-  pull: pullCmd,
-  recover: recoverCmd,
-  demo: demoCmd,
-};
+/**
+ * The `day11` command. Composed only of the libraries' public APIs, each
+ * loaded by the command that uses it when it runs (see `commands.ts`).
+ */
+import { COMMANDS } from './commands.js';
 
 function mainHelp(): string {
   const width = Math.max(...Object.keys(COMMANDS).map((n) => n.length));
@@ -63,16 +37,20 @@ async function main(argv: string[]): Promise<number> {
     console.log('day11 0.1.0');
     return 0;
   }
-  const command = COMMANDS[name];
-  if (!command)
+  const command = Object.hasOwn(COMMANDS, name) ? COMMANDS[name] : undefined;
+  if (!command) {
+    const { CliCodes, CliError } = await import('./errors.js');
     throw new CliError(CliCodes.USAGE, `day11: unknown command ${JSON.stringify(name)}`, {
       hint: 'See `day11 --help`',
     });
+  }
+  // Only now is the command's module, and what it imports, loaded.
+  const module = await command.load();
   if (rest.includes('--help') || rest.includes('-h')) {
-    console.log(command.help);
+    console.log(module.help);
     return 0;
   }
-  return command.run(rest);
+  return module.run(rest);
 }
 
 // A reader that went away (\`day11 layers ls | head -1\`) ends the command
@@ -89,7 +67,9 @@ main(process.argv.slice(2)).then(
   (code) => {
     process.exitCode = code;
   },
-  (err: unknown) => {
+  async (err: unknown) => {
+    // Loaded only on this path: `day11 --help` needs none of it.
+    const { exitCodeOf, formatError } = await import('./errors.js');
     console.error(debug ? err : formatError(err));
     process.exitCode = exitCodeOf(err);
   },

@@ -6,16 +6,7 @@
 import type { ImageResolver, LayerPublisher, LayerSource } from '@day11/build';
 import { importBaseImage, RegistryCache, type RegistryWarning } from '@day11/registry';
 
-/** Options every registry-using command takes. */
-export const REGISTRY_OPTIONS = {
-  insecure: { type: 'boolean' },
-} as const;
-
-/** What the registry options set. */
-export interface RegistryFlags {
-  /** Plain http to a registry not on this machine (loopback always is). */
-  insecure: boolean;
-}
+import type { RegistryFlags } from './args.js';
 
 /** The cache repositories of one command, closed together. */
 export interface Caches {

@@ -1,7 +1,7 @@
 import { link, mkdir, open, rm, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { measure, walk } from './disk-usage.js';
+import { measure, measureChildren, walk } from './disk-usage.js';
 import { tempDir } from './fixtures/cache.js';
 
 let dir: string;
@@ -43,6 +43,21 @@ describe('DiskUsage', () => {
     expect(seen).toHaveLength(4); // dir, f, g (same key as f), usr
     expect(new Set(seen.map((s) => s.key)).size).toBe(3);
     expect(seen.filter((s) => s.nlink === 2)).toHaveLength(2);
+  });
+
+  it('measures each entry of a root and the whole tree in one walk, shared inodes once in the total', async () => {
+    for (const name of ['x', 'y']) await mkdir(join(dir, name));
+    await writeFile(join(dir, 'x', 'big'), Buffer.alloc(MiB, 1));
+    await link(join(dir, 'x', 'big'), join(dir, 'x', 'big-again'));
+    await link(join(dir, 'x', 'big'), join(dir, 'y', 'big'));
+    await writeFile(join(dir, 'y', 'own'), Buffer.alloc(MiB, 2));
+    const { total, children } = await measureChildren(dir);
+    expect([...children.keys()].sort()).toEqual(['x', 'y']);
+    expect(children.get('x')).toBe(await measure(join(dir, 'x')));
+    expect(children.get('y')).toBe(await measure(join(dir, 'y')));
+    expect(total).toBe(await measure(dir));
+    expect(total).toBeLessThan(children.get('x')! + children.get('y')!);
+    expect(await measureChildren(join(dir, 'missing'))).toEqual({ total: 0, children: new Map() });
   });
 
   it('measures 0 for a root that vanished (a layer collected meanwhile)', async () => {

@@ -3,18 +3,34 @@
  * device node, each inode counted once however many hardlinks it has. This is
  * what `du` reports, not the apparent size, and not a directory's inode size.
  */
-import { lstatSync, readdirSync } from 'node:fs';
+import { lstatSync, readdirSync, type Stats } from 'node:fs';
 import { join } from 'node:path';
 import { errnoCode } from './errors.js';
 
 /** One entry met by {@link walk}. */
 export interface InodeVisit {
-  /** `dev:ino`, unique across filesystems. */
-  key: string;
+  /**
+   * `dev:ino`, unique across filesystems. Made when asked for: only an inode
+   * with other links (`nlink > 1`) can be met twice, and most have none.
+   */
+  readonly key: string;
   /** Allocated bytes (`st_blocks × 512`). */
-  bytes: number;
+  readonly bytes: number;
   /** Hardlink count; always 1 for directories, which cannot be hardlinked. */
-  nlink: number;
+  readonly nlink: number;
+}
+
+class Visit implements InodeVisit {
+  constructor(
+    private readonly dev: number,
+    private readonly ino: number,
+    readonly bytes: number,
+    readonly nlink: number,
+  ) {}
+
+  get key(): string {
+    return `${this.dev}:${this.ino}`;
+  }
 }
 
 /**
@@ -40,25 +56,30 @@ export async function walk(root: string, visit: (entry: InodeVisit) => void): Pr
     const path = pending.pop()!;
     // Number stats are 2.5x faster than bigint ones; inode numbers above 2^53
     // (which would lose precision) do not occur on Linux filesystems in practice.
-    const st = orSkipVanished(() => lstatSync(path));
+    const st = lstatUnlessVanished(path);
     if (!st) continue;
     const isDir = st.isDirectory();
-    visit({
-      key: `${st.dev}:${st.ino}`,
-      bytes: Number(st.blocks) * 512,
-      nlink: isDir ? 1 : Number(st.nlink),
-    });
+    visit(new Visit(st.dev, st.ino, st.blocks * 512, isDir ? 1 : st.nlink));
     if (!isDir) continue;
-    for (const name of orSkipVanished(() => readdirSync(path)) ?? [])
-      pending.push(join(path, name));
+    // Names from readdir hold no '/': a plain concatenation, not path.join's normalising.
+    for (const name of readdirUnlessVanished(path)) pending.push(`${path}/${name}`);
   }
 }
 
-function orSkipVanished<T>(read: () => T): T | undefined {
+function lstatUnlessVanished(path: string): Stats | undefined {
   try {
-    return read();
+    return lstatSync(path, { throwIfNoEntry: false });
   } catch (err) {
-    if (errnoCode(err) === 'ENOENT' || errnoCode(err) === 'ENOTDIR') return undefined;
+    if (errnoCode(err) === 'ENOTDIR') return undefined;
+    throw err;
+  }
+}
+
+function readdirUnlessVanished(path: string): string[] {
+  try {
+    return readdirSync(path);
+  } catch (err) {
+    if (errnoCode(err) === 'ENOENT' || errnoCode(err) === 'ENOTDIR') return [];
     throw err;
   }
 }
@@ -83,4 +104,56 @@ export async function measure(root: string): Promise<number> {
     total += bytes;
   });
   return total;
+}
+
+/** What {@link measureChildren} found. */
+export interface ChildrenUsage {
+  /** Real disk usage of the whole tree, each inode once. */
+  total: number;
+  /** Real disk usage of each entry of the root, each inode once within it. */
+  children: Map<string, number>;
+}
+
+/**
+ * Real disk usage of each entry of `root` (an inode hardlinked into several
+ * counts in each) and of the whole tree (counted once), in one walk.
+ *
+ * @example
+ * ```ts
+ * const { total, children } = await DiskUsage.measureChildren('/var/cache/day11');
+ * ```
+ */
+export async function measureChildren(root: string): Promise<ChildrenUsage> {
+  const children = new Map<string, number>();
+  const top = lstatUnlessVanished(root);
+  if (!top) return { total: 0, children };
+  let total = top.blocks * 512;
+  if (!top.isDirectory()) return { total, children };
+  const seenAnywhere = new Set<string>();
+  let sinceYield = 0;
+  for (const name of readdirUnlessVanished(root)) {
+    if (sinceYield >= SLICE) {
+      sinceYield = 0;
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+    const seenHere = new Set<string>();
+    let own = 0;
+    await walk(join(root, name), (entry) => {
+      sinceYield++;
+      if (entry.nlink > 1) {
+        const key = entry.key;
+        if (seenHere.has(key)) return;
+        seenHere.add(key);
+        own += entry.bytes;
+        if (seenAnywhere.has(key)) return;
+        seenAnywhere.add(key);
+        total += entry.bytes;
+        return;
+      }
+      own += entry.bytes;
+      total += entry.bytes;
+    });
+    children.set(name, own);
+  }
+  return { total, children };
 }

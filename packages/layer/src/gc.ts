@@ -96,7 +96,9 @@ interface SurveyedLayer {
   parents: string[];
   lastUsed: number;
   inUse: boolean;
-  /** Links to each inode inside this layer. */
+  /** Bytes of its inodes no other link can hold (directories, files with one link). */
+  ownBytes: number;
+  /** Links to each inode with several links (`nlink > 1`) inside this layer. */
   links: Map<string, number>;
 }
 
@@ -244,10 +246,12 @@ async function run(
   const standingOn = new Map<SurveyedLayer, SurveyedLayer[]>();
   const dependents = new Map<SurveyedLayer, number>();
   for (const layer of survey.layers) {
-    const below = [...new Set(layer.parents)]
-      .map((hash) => byPrefix.get(hash.slice(0, NAME_HASH_LENGTH)))
-      .filter((l): l is SurveyedLayer => l !== undefined && l !== layer);
-    standingOn.set(layer, below);
+    const below = new Set<SurveyedLayer>();
+    for (const hash of layer.parents) {
+      const l = byPrefix.get(hash.slice(0, NAME_HASH_LENGTH));
+      if (l !== undefined && l !== layer) below.add(l);
+    }
+    standingOn.set(layer, [...below]);
     for (const l of below) dependents.set(l, (dependents.get(l) ?? 0) + 1);
   }
   const eligible = (l: SurveyedLayer): boolean =>
@@ -317,7 +321,7 @@ function before(a: SurveyedLayer, b: SurveyedLayer): boolean {
 
 /** Drops a deleted layer's links; returns the bytes of the inodes left with none. */
 function release(inodes: Map<string, InodeInfo>, layer: SurveyedLayer): number {
-  let freed = 0;
+  let freed = layer.ownBytes;
   for (const [key, links] of layer.links) {
     const info = inodes.get(key)!;
     info.remaining -= links;
@@ -360,6 +364,15 @@ function badOption(why: string, hint: string): LayerError {
   });
 }
 
+/** Entries measured between yields to the event loop while surveying. */
+const SURVEY_SLICE = 4096;
+
+/**
+ * Every layer with what it stands on, its LRU time, whether it is in use,
+ * and its real disk usage: inodes with one link (most, and every directory)
+ * are summed per layer; only inodes with several links are tracked one by
+ * one, as only they can be shared between layers.
+ */
 async function surveyCache(osDir: string): Promise<Survey> {
   let scanned: Scan.ScannedLayer[];
   try {
@@ -369,34 +382,50 @@ async function surveyCache(osDir: string): Promise<Survey> {
   }
   const inodes = new Map<string, InodeInfo>();
   const layers: SurveyedLayer[] = [];
-  // One layer at a time: walk() is already parallel inside a layer.
+  let totalBytes = 0;
+  let sinceYield = 0;
   for (const s of scanned) {
+    if (sinceYield >= SURVEY_SLICE) {
+      sinceYield = 0;
+      await new Promise((resolve) => setImmediate(resolve));
+    }
     const links = new Map<string, number>();
+    let ownBytes = 0;
     try {
-      await walk(s.dir, ({ key, bytes, nlink }) => {
+      await walk(s.dir, (entry) => {
+        sinceYield++;
+        if (entry.nlink <= 1) {
+          ownBytes += entry.bytes;
+          return;
+        }
+        const key = entry.key;
         links.set(key, (links.get(key) ?? 0) + 1);
-        const info = inodes.get(key) ?? { bytes, nlink, links: 0, remaining: 0 };
+        let info = inodes.get(key);
+        if (info === undefined) {
+          info = { bytes: entry.bytes, nlink: entry.nlink, links: 0, remaining: 0 };
+          inodes.set(key, info);
+          totalBytes += entry.bytes;
+        }
         info.links++;
         info.remaining++;
-        inodes.set(key, info);
       });
     } catch (cause) {
       throw gcFailed(`Cannot measure the layer ${s.dir}`, s.dir, cause);
     }
-    const [lastUsed, inUse] = await Promise.all([lruTime(s), InUse.isInUse(s.dir)]);
+    totalBytes += ownBytes;
     const parents = s.meta ? [...s.meta.parent_hashes, s.meta.base_hash] : [];
     layers.push({
       dir: s.dir,
       name: s.name,
       hashPrefix: s.hashPrefix,
       parents,
-      lastUsed,
-      inUse,
+      lastUsed: s.lastUsed ?? (await lruTime(s)),
+      // Only a layer with a lease directory can hold a lease: the others need no look.
+      inUse: s.leased && (await InUse.isInUse(s.dir)),
+      ownBytes,
       links,
     });
   }
-  let totalBytes = 0;
-  for (const info of inodes.values()) totalBytes += info.bytes;
   return { layers, inodes, totalBytes };
 }
 

@@ -23,6 +23,7 @@ export * as Lock from './lock.js';
 export * as Commit from './commit.js';
 export * as InUse from './in-use.js';
 export * as Gc from './gc.js';
+export * as DiskUsage from './disk-usage.js';
 export * as Recover from './recover.js';
 export * as Lineage from './lineage.js';
 export * as TarExtract from './tar-extract.js';

@@ -60,6 +60,30 @@ describe('Scan.layers', () => {
     expect(found[2]!.metaError?.code).toBe(LayerCodes.META_MISSING);
   });
 
+  it('reads the sidecars asked for in the same pass, and says which layers have a lease directory', async () => {
+    const a = join(osDir, 'build-aaaaaaaaaaaa');
+    const b = join(osDir, 'build-bbbbbbbbbbbb');
+    for (const d of [a, b]) {
+      await mkdir(d);
+      await save(d, meta);
+    }
+    await write(a, 'step.json', { id: 'hello', plan: 'plan.json' });
+    await write(a, 'doc.json', { not: 'asked for' });
+    await writeFile(join(b, 'step.json'), '[1, 2]'); // not an object: not a value
+    await mkdir(join(b, '.in-use'));
+
+    const [la, lb] = await layers(osDir, { read: ['step.json', 'base.json'] });
+    expect([...la!.values]).toEqual([['step.json', { id: 'hello', plan: 'plan.json' }]]);
+    expect(la!.leased).toBe(false);
+    expect(lb!.sidecars).toEqual(['step.json']);
+    expect(lb!.values.size).toBe(0);
+    expect(lb!.leased).toBe(true);
+    expect((await layers(osDir))[0]!.values.size).toBe(0);
+    await expect(layers(osDir, { read: ['layer.json'] })).rejects.toMatchObject({
+      code: LayerCodes.SIDECAR_INVALID,
+    });
+  });
+
   it('gives [] for a missing cache and a typed error for a file', async () => {
     expect(await layers(join(osDir, 'nope'))).toEqual([]);
     await writeFile(join(osDir, 'file'), '');

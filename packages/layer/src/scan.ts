@@ -8,6 +8,7 @@ import { readdir, readlink, stat } from 'node:fs/promises';
 import { join, resolve, dirname } from 'node:path';
 import { errnoCode, LayerCodes, LayerError, messageOf, removeLayerHint } from './errors.js';
 import * as LastUsed from './last-used.js';
+import { LEASE_DIR } from './in-use.js';
 import { hashPrefix } from './layer-dir.js';
 import * as LayerMeta from './layer-meta.js';
 import * as Sidecar from './sidecar.js';
@@ -26,8 +27,24 @@ export interface ScannedLayer {
   metaError: LayerError | undefined;
   /** Sidecar file names, sorted. */
   sidecars: string[];
+  /**
+   * The sidecars asked for with {@link ScanOptions.read} that the layer has
+   * and that are JSON objects, by name. (`Sidecar.read` says why one is not.)
+   */
+  values: Map<string, Sidecar.SidecarValue>;
   /** `last_used` mtime (epoch ms), when recorded. */
   lastUsed: number | undefined;
+  /**
+   * Whether the layer has a lease directory: only then can it be in use
+   * (`InUse.isInUse` says whether a live process holds a lease).
+   */
+  leased: boolean;
+}
+
+/** Options of {@link layers}. */
+export interface ScanOptions {
+  /** Sidecars to read and parse in the same pass (e.g. `['step.json']`). */
+  read?: readonly string[];
 }
 
 /**
@@ -40,14 +57,22 @@ const SLICE = 128;
 /**
  * Lists every `build-xxxxxxxxxxxx` directory of `osDir`, sorted by name.
  * Temporary and lock directories are not listed. A missing `osDir` gives `[]`.
+ *
+ * @example
+ * ```ts
+ * for (const l of await Scan.layers(osDir, { read: ['step.json'] }))
+ *   console.log(l.name, l.values.get('step.json')?.['id'] ?? '-');
+ * ```
  */
-export async function layers(osDir: string): Promise<ScannedLayer[]> {
+export async function layers(osDir: string, options: ScanOptions = {}): Promise<ScannedLayer[]> {
+  const read = options.read ?? [];
+  for (const name of read) Sidecar.assertName(name);
   const names = await layerNames(osDir);
   const out: ScannedLayer[] = [];
   for (let start = 0; start < names.length; start += SLICE) {
     if (start > 0) await new Promise((resolve) => setImmediate(resolve));
     for (const name of names.slice(start, start + SLICE))
-      out.push(scanOne(join(osDir, name), name));
+      out.push(scanOne(join(osDir, name), name, read));
   }
   return out;
 }
@@ -73,21 +98,42 @@ async function layerNames(osDir: string): Promise<string[]> {
   }
 }
 
-function scanOne(dir: string, name: string): ScannedLayer {
+function scanOne(dir: string, name: string, read: readonly string[]): ScannedLayer {
   let entries: string[] = [];
   try {
     entries = readdirSync(dir);
   } catch {
     // Vanished between listing and reading (collected meanwhile): reported via metaError below.
   }
+  const sidecars = entries.filter(Sidecar.isSidecarName).sort();
+  const values = new Map<string, Sidecar.SidecarValue>();
+  for (const sidecar of read) {
+    if (!sidecars.includes(sidecar)) continue;
+    const value = readObject(join(dir, sidecar));
+    if (value !== undefined) values.set(sidecar, value);
+  }
   return {
     dir,
     name,
     hashPrefix: hashPrefix(name)!,
     ...readMeta(dir),
-    sidecars: entries.filter(Sidecar.isSidecarName).sort(),
+    sidecars,
+    values,
     lastUsed: lastUsed(dir),
+    leased: entries.includes(LEASE_DIR),
   };
+}
+
+/** A JSON object file's value, or `undefined` when it cannot be read or is not one. */
+function readObject(path: string): Sidecar.SidecarValue | undefined {
+  try {
+    const value: unknown = JSON.parse(readFileSync(path, 'utf8'));
+    return typeof value === 'object' && value !== null && !Array.isArray(value)
+      ? (value as Sidecar.SidecarValue)
+      : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 function readMeta(dir: string): Pick<ScannedLayer, 'meta' | 'metaError'> {

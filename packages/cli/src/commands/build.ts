@@ -1,18 +1,15 @@
 /** `day11 build PLAN.json --cache DIR [--jobs N] [--oci LAYOUT] [--cache-from REF] [--cache-to REF] [--shard K/N] ...` */
 import { resolve } from 'node:path';
-import { createBuilder, loadPlan, shardOf } from '@day11/build';
-import { Runc } from '@day11/container';
-import { DOCKER_MAX_LAYERS, Layout } from '@day11/oci-export';
-import { recover } from '@day11/runner';
-import { intOption, logCapOption, maxLayersOption, parseCommand } from '../args.js';
+import {
+  intOption,
+  logCapOption,
+  maxLayersOption,
+  parseCommand,
+  REGISTRY_OPTIONS,
+} from '../args.js';
 import { cacheDir, prepareCache } from '../cache.js';
 import { CliCodes, CliError } from '../errors.js';
-import { makeReporter } from '../progress.js';
-import { imageResolver, openCaches, printWarning, REGISTRY_OPTIONS } from '../registry.js';
 import { checkRequirements, runtimeOption } from './common.js';
-
-export const summary =
-  "build a plan: a DAG of steps, each a command run over its dependencies' layers";
 
 export const help = `Usage: day11 build PLAN.json --cache DIR [options]
 
@@ -114,6 +111,21 @@ export async function run(argv: string[]): Promise<number> {
       hint: 'See `day11 build --help`',
     });
   const osDir = cacheDir('build', values.cache);
+  const [
+    { createBuilder, loadPlan, shardOf },
+    { Runc },
+    { DOCKER_MAX_LAYERS, Layout },
+    { recover },
+    { makeReporter },
+    { imageResolver, openCaches, printWarning },
+  ] = await Promise.all([
+    import('@day11/build'),
+    import('@day11/container'),
+    import('@day11/oci-export'),
+    import('@day11/runner'),
+    import('../progress.js'),
+    import('../registry.js'),
+  ]);
   const jobs = intOption('build', 'jobs', values.jobs, { min: 1, max: 256, def: 1 });
   const timeout = intOption('build', 'timeout', values.timeout, {
     min: 1,

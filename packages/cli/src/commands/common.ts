@@ -1,6 +1,6 @@
 /** Checks and option helpers shared by the commands. */
 import { readFile } from 'node:fs/promises';
-import { Exec, isDay11Error, ExecCodes } from '@day11/exec';
+import { isDay11Error, ExecCodes } from '@day11/exec/errors';
 import type { Runc } from '@day11/container';
 import { usage } from '../args.js';
 import { CliCodes, CliError } from '../errors.js';
@@ -17,6 +17,7 @@ export function runtimeOption(value: string | undefined): Runc.Runtime {
 
 /** What running containers over overlayfs needs: root, overlayfs, the runtime. Clear errors, no stack traces. */
 export async function checkRequirements(runtime: Runc.Runtime): Promise<void> {
+  const { Exec } = await import('@day11/exec');
   if (!Exec.isRoot()) {
     throw new CliError(
       CliCodes.MISSING_REQUIREMENT,
@@ -55,6 +56,7 @@ export async function checkRequirements(runtime: Runc.Runtime): Promise<void> {
 
 /** Whether a command is on PATH (for optional validators such as umoci and skopeo). */
 export async function hasCommand(cmd: string): Promise<boolean> {
+  const { Exec } = await import('@day11/exec');
   return Exec.run(cmd, ['--version']).then(
     () => true,
     () => false,

@@ -2,18 +2,12 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { Exec } from '@day11/exec';
-import { OciSpec, Runc } from '@day11/container';
-import { Layout } from '@day11/oci-export';
-import { createBuilder, parsePlan } from '@day11/build';
+import type { Runc } from '@day11/container';
 import { parseCommand } from '../args.js';
 import { prepareCache } from '../cache.js';
 import { CliCodes, CliError } from '../errors.js';
-import { makeReporter, type Reporter } from '../progress.js';
+import type { Reporter } from '../progress.js';
 import { checkRequirements, hasCommand, runtimeOption } from './common.js';
-
-export const summary =
-  'build, export, validate and run a small example plan (run it twice: all cached)';
 
 export const help = `Usage: day11 demo [--cache DIR] [--runtime R] [--json]
 
@@ -73,6 +67,11 @@ export async function run(argv: string[]): Promise<number> {
   const layout = join(osDir, 'oci');
   const runtime = runtimeOption(values.runtime);
   await checkRequirements(runtime);
+  const [{ Runc }, { createBuilder, parsePlan }, { makeReporter }] = await Promise.all([
+    import('@day11/container'),
+    import('@day11/build'),
+    import('../progress.js'),
+  ]);
   // The default is a predictable name in a shared directory: a symlink or a
   // directory another user put there first is refused, never followed or used.
   await prepareCache(osDir);
@@ -100,6 +99,10 @@ export async function run(argv: string[]): Promise<number> {
 }
 
 async function validate(layout: string, reporter: Reporter): Promise<void> {
+  const [{ Exec }, { Layout }] = await Promise.all([
+    import('@day11/exec'),
+    import('@day11/oci-export'),
+  ]);
   const problems = await Layout.verify(layout);
   if (problems.length > 0) {
     throw new CliError(
@@ -128,6 +131,10 @@ async function roundTrip(layout: string, runtime: Runc.Runtime, reporter: Report
     reporter.note('umoci not installed: skipping the unpack-and-run round trip');
     return;
   }
+  const [{ Exec }, { OciSpec, Runc }] = await Promise.all([
+    import('@day11/exec'),
+    import('@day11/container'),
+  ]);
   const work = await mkdtemp(join(tmpdir(), 'day11-demo-unpack-'));
   try {
     const bundle = join(work, 'bundle');

@@ -1,15 +1,8 @@
 /** `day11 export --cache DIR (--oci LAYOUT --tag TAG | --to docker://REF) LAYER...` */
 import { resolve } from 'node:path';
-import { imageOfStep } from '@day11/build';
-import { Sidecar } from '@day11/layer';
-import { DOCKER_MAX_LAYERS, exportImage } from '@day11/oci-export';
-import { exportToRegistry } from '@day11/registry';
-import { maxLayersOption, parseCommand, usage } from '../args.js';
+import { maxLayersOption, parseCommand, REGISTRY_OPTIONS, usage } from '../args.js';
 import { assertCacheExists, cacheDir, layerDirOf, prepareCache, stackOf } from '../cache.js';
 import { formatBytes } from '../progress.js';
-import { REGISTRY_OPTIONS } from '../registry.js';
-
-export const summary = 'export a layer with everything it was built on as an OCI image';
 
 export const help = `Usage: day11 export --cache DIR --oci LAYOUT --tag TAG LAYER [LAYER...]
        day11 export --cache DIR --to docker://HOST/REPO:TAG LAYER [LAYER...]
@@ -27,7 +20,7 @@ mounted from there) are not uploaded again.
 
 Options:
   --cmd CMD          the image's default command (repeatable: one argv word each; default /bin/sh)
-  --max-layers N     at most N layers (2-500, or docker = ${DOCKER_MAX_LAYERS}): a deeper stack keeps
+  --max-layers N     at most N layers (2-500, or docker = 125): a deeper stack keeps
                      its layers most shared in LAYOUT (× size) and merges contiguous runs of
                      the others into one cached blob each; the image unpacks the same
   --to REF           push the image to a registry instead (docker://HOST/REPO:TAG)
@@ -61,6 +54,11 @@ export async function run(argv: string[]): Promise<number> {
     if (!values.tag) throw usage('export', '--tag TAG is required');
   }
   if (positionals.length === 0) throw usage('export', 'name the LAYER to export');
+  const [{ imageOfStep }, { Sidecar }, { DOCKER_MAX_LAYERS, exportImage }] = await Promise.all([
+    import('@day11/build'),
+    import('@day11/layer'),
+    import('@day11/oci-export'),
+  ]);
   const maxLayers = maxLayersOption('export', values['max-layers'], DOCKER_MAX_LAYERS);
   await assertCacheExists(osDir);
   await prepareCache(osDir);
@@ -78,6 +76,7 @@ export async function run(argv: string[]): Promise<number> {
     ...(maxLayers !== undefined && { maxLayers }),
   };
   if (values.to !== undefined) {
+    const { exportToRegistry } = await import('@day11/registry');
     const pushed = await exportToRegistry({
       ...image,
       ref: values.to,

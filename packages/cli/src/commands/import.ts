@@ -1,13 +1,7 @@
 /** `day11 import --cache DIR [--image NAME] (--tarball F | --dir D | --docker)`, or `--image docker://REF` */
 import { resolve } from 'node:path';
-import { Import, LayerDir } from '@day11/layer';
-import { importBaseImage } from '@day11/registry';
-import { parseCommand, usage } from '../args.js';
+import { parseCommand, REGISTRY_OPTIONS, usage } from '../args.js';
 import { cacheDir, prepareCache } from '../cache.js';
-import { REGISTRY_OPTIONS } from '../registry.js';
-
-export const summary =
-  'import a base layer from a registry, an OCI layout, a rootfs tarball, a directory or a Docker image';
 
 export const help = `Usage: day11 import --cache DIR --image docker://HOST/REPO:TAG | oci:DIR:TAG
        day11 import --cache DIR [--image NAME] (--tarball FILE | --dir DIR | --docker)
@@ -60,6 +54,10 @@ export async function run(argv: string[]): Promise<number> {
         `--image ${values.image} is pulled: give it without --tarball, --dir or --docker`,
       );
     await prepareCache(osDir);
+    const [{ LayerDir }, { importBaseImage }] = await Promise.all([
+      import('@day11/layer'),
+      import('@day11/registry'),
+    ]);
     const base = await importBaseImage({
       osDir,
       ref: values.image,
@@ -78,6 +76,7 @@ export async function run(argv: string[]): Promise<number> {
   if (!values.image && values.docker) throw usage('import', '--docker needs --image NAME');
   const image = values.image;
   await prepareCache(osDir);
+  const { Import, LayerDir } = await import('@day11/layer');
   const base = values.tarball
     ? await Import.fromTarball({ osDir, tarball: resolve(values.tarball), image })
     : values.dir

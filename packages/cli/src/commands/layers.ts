@@ -1,12 +1,9 @@
 /** `day11 layers ls | show LAYER | rm LAYER... | du | gc` */
 import { basename } from 'node:path';
-import { readStats } from '@day11/build';
-import { Gc, LayerDir, LayerMeta, Scan, Sidecar } from '@day11/layer';
+import type { Scan } from '@day11/layer';
 import { numberOption, parseCommand, sizeOption, usage } from '../args.js';
 import { assertCacheExists, cacheDir, layerDirOf } from '../cache.js';
 import { formatBytes } from '../progress.js';
-
-export const summary = 'list, show, remove, measure and garbage-collect the layers of a cache';
 
 export const help = `Usage: day11 layers <ls|show|rm|du|gc> --cache DIR [options]
 
@@ -75,40 +72,64 @@ export async function run(argv: string[]): Promise<number> {
   }
 }
 
+/** Sidecars that say what made a layer, read by `ls` in its scan. */
+const ORIGIN_SIDECARS = ['step.json', 'base.json'];
+
 /** What made a layer: its step (id and plan), a base import, a `day11 run`, a squash. */
-async function originOf(l: Scan.ScannedLayer): Promise<{ label: string; step: unknown }> {
+function originOf(l: Scan.ScannedLayer): { label: string; step: unknown } {
   if (l.sidecars.includes('step.json')) {
-    const step = await Sidecar.read(l.dir, 'step.json').catch(() => undefined);
+    const step = l.values.get('step.json');
     const id = typeof step?.['id'] === 'string' ? step['id'] : '?';
     const plan = typeof step?.['plan'] === 'string' ? `  [${step['plan']}]` : '';
     return { label: `step ${id}${plan}`, step: step ?? null };
   }
   if (l.sidecars.includes('base.json')) {
-    const base = await Sidecar.read(l.dir, 'base.json').catch(() => undefined);
-    const image = base?.['image'];
+    const image = l.values.get('base.json')?.['image'];
     return { label: `base ${typeof image === 'string' ? image : '?'}`, step: null };
   }
   if (l.sidecars.includes('run.json')) return { label: 'day11 run --commit', step: null };
   return { label: l.sidecars.join(' '), step: null };
 }
 
+/**
+ * Prints lines in chunks: one write per line would cost more than the
+ * listing itself on a large cache. (A reader that went away ends the
+ * process with 141, as main.ts arranges.)
+ */
+class Lines {
+  private chunk: string[] = [];
+
+  add(line: string): void {
+    this.chunk.push(line);
+    if (this.chunk.length >= 512) this.flush();
+  }
+
+  flush(): void {
+    if (this.chunk.length === 0) return;
+    process.stdout.write(`${this.chunk.join('\n')}\n`);
+    this.chunk = [];
+  }
+}
+
 async function ls(osDir: string, json: boolean): Promise<number> {
-  const layers = await Scan.layers(osDir);
+  const { Scan } = await import('@day11/layer');
+  const layers = await Scan.layers(osDir, { read: ORIGIN_SIDECARS });
+  const out = new Lines();
   if (json) {
     for (const l of layers) {
-      const { step } = await originOf(l);
-      console.log(
+      out.add(
         JSON.stringify({
           name: l.name,
           dir: l.dir,
           lastUsed: l.lastUsed ?? null,
           sidecars: l.sidecars,
-          step,
+          step: originOf(l).step,
           meta: l.meta ?? null,
           error: l.metaError?.message ?? null,
         }),
       );
     }
+    out.flush();
     return 0;
   }
   for (const l of layers.sort((a, b) => (b.lastUsed ?? 0) - (a.lastUsed ?? 0))) {
@@ -122,14 +143,16 @@ async function ls(osDir: string, json: boolean): Promise<number> {
     const used = l.lastUsed
       ? new Date(l.lastUsed).toISOString().slice(0, 19).replace('T', ' ')
       : 'never';
-    console.log(`${l.name}  ${used}  ${status.padEnd(24)} ${(await originOf(l)).label}`);
+    out.add(`${l.name}  ${used}  ${status.padEnd(24)} ${originOf(l).label}`);
   }
-  console.log(`${layers.length} layers in ${osDir}`);
+  out.add(`${layers.length} layers in ${osDir}`);
+  out.flush();
   return 0;
 }
 
 async function show(osDir: string, name: string): Promise<number> {
   const dir = await layerDirOf(osDir, name);
+  const { LayerMeta, Sidecar } = await import('@day11/layer');
   console.log(`# ${dir}\n\n## layer.json`);
   console.log(JSON.stringify(await LayerMeta.load(dir), null, 2));
   for (const sidecar of await Sidecar.list(dir)) {
@@ -142,6 +165,7 @@ async function show(osDir: string, name: string): Promise<number> {
 async function remove(osDir: string, names: readonly string[]): Promise<number> {
   // Every name resolved first: a typo removes nothing.
   const dirs = await Promise.all(names.map((name) => layerDirOf(osDir, name)));
+  const { Gc, LayerDir } = await import('@day11/layer');
   for (const dir of dirs) {
     const hash = LayerDir.hashPrefix(basename(dir))!;
     const removed = await Gc.removeLayer({ osDir, hash });
@@ -151,15 +175,20 @@ async function remove(osDir: string, names: readonly string[]): Promise<number> 
 }
 
 async function du(osDir: string, json: boolean): Promise<number> {
-  const layers = await Scan.layers(osDir);
+  const [{ DiskUsage, LayerDir }, { readStats }] = await Promise.all([
+    import('@day11/layer'),
+    import('@day11/build'),
+  ]);
+  // One walk of the cache: each layer's usage and the total (shared inodes once).
+  const { total, children } = await DiskUsage.measureChildren(osDir);
+  const layers = [...children].filter(([name]) => LayerDir.isLayerName(name)).sort(byName);
+  const out = new Lines();
   let own = 0;
-  for (const l of layers) {
-    const bytes = await Gc.diskUsage(l.dir);
+  for (const [name, bytes] of layers) {
     own += bytes;
-    if (json) console.log(JSON.stringify({ name: l.name, bytes }));
-    else console.log(`${formatBytes(bytes).padStart(10)}  ${l.name}`);
+    out.add(json ? JSON.stringify({ name, bytes }) : `${formatBytes(bytes).padStart(10)}  ${name}`);
   }
-  const total = await Gc.diskUsage(osDir);
+  out.flush();
   const stats = await readStats(osDir);
   if (json) console.log(JSON.stringify({ total, sumOfLayers: own, stats }));
   else {
@@ -175,6 +204,10 @@ async function du(osDir: string, json: boolean): Promise<number> {
   return 0;
 }
 
+function byName([a]: [string, number], [b]: [string, number]): number {
+  return a < b ? -1 : a > b ? 1 : 0;
+}
+
 async function gc(opts: {
   osDir: string;
   json: boolean;
@@ -182,6 +215,7 @@ async function gc(opts: {
   days: number | undefined;
   keepBytes: number | undefined;
 }): Promise<number> {
+  const { Gc, LayerDir } = await import('@day11/layer');
   const result = await Gc.prune({
     osDir: opts.osDir,
     dryRun: opts.dryRun,
@@ -189,16 +223,18 @@ async function gc(opts: {
     ...(opts.keepBytes !== undefined && { keepBytes: opts.keepBytes }),
   });
   if (opts.json) {
-    console.log(JSON.stringify(result));
+    process.stdout.write(`${JSON.stringify(result)}\n`);
     return 0;
   }
   const verb = opts.dryRun ? 'would delete' : 'deleted';
+  const out = new Lines();
   for (const d of result.deletions)
-    console.log(
+    out.add(
       `${verb} ${d.name} (${formatBytes(d.bytes)}, last used ${new Date(d.lastUsed).toISOString()})`,
     );
   for (const s of result.skipped)
-    console.log(`kept ${LayerDir.hashPrefix(s.dir.split('/').pop()!) ?? s.dir}: ${s.reason}`);
+    out.add(`kept ${LayerDir.hashPrefix(s.dir.split('/').pop()!) ?? s.dir}: ${s.reason}`);
+  out.flush();
   if (result.inUse.length) console.log(`${result.inUse.length} layers in use were not considered`);
   console.log(
     `${opts.dryRun ? 'Dry run: would delete' : 'Deleted'} ${result.deletions.length} layers; ` +

@@ -1,10 +1,7 @@
 /** `day11 layout ls | rm TAG... | gc | verify --oci LAYOUT` */
 import { resolve } from 'node:path';
-import { Layout } from '@day11/oci-export';
 import { parseCommand, usage } from '../args.js';
 import { formatBytes } from '../progress.js';
-
-export const summary = 'list, remove and garbage-collect the images of an OCI image layout';
 
 export const help = `Usage: day11 layout <ls|rm|gc|verify> --oci LAYOUT [options]
 
@@ -35,6 +32,7 @@ export async function run(argv: string[]): Promise<number> {
   const json = values.json === true;
   switch (sub) {
     case 'ls': {
+      const { Layout } = await import('@day11/oci-export');
       const tags = await Layout.tags(layout);
       if (json) for (const t of tags) console.log(JSON.stringify(t));
       else {
@@ -45,6 +43,7 @@ export async function run(argv: string[]): Promise<number> {
     }
     case 'rm': {
       if (rest.length === 0) throw usage('layout', 'rm takes one or more TAGs');
+      const { Layout } = await import('@day11/oci-export');
       let missing = 0;
       for (const tag of rest) {
         const removed = await Layout.removeTag(layout, tag);
@@ -55,6 +54,7 @@ export async function run(argv: string[]): Promise<number> {
       return missing > 0 ? 1 : 0;
     }
     case 'gc': {
+      const { Layout } = await import('@day11/oci-export');
       const result = await Layout.gc(layout);
       if (json) console.log(JSON.stringify(result));
       else
@@ -64,6 +64,7 @@ export async function run(argv: string[]): Promise<number> {
       return 0;
     }
     case 'verify': {
+      const { Layout } = await import('@day11/oci-export');
       const problems = await Layout.verify(layout);
       if (json) for (const p of problems) console.log(JSON.stringify(p));
       else {

@@ -1,12 +1,7 @@
 /** `day11 pull HASH... --from REF --cache DIR` */
 import { join } from 'node:path';
-import { LayerDir, LayerSymlinks, Sidecar } from '@day11/layer';
-import { RegistryCache } from '@day11/registry';
-import { parseCommand, usage } from '../args.js';
+import { parseCommand, REGISTRY_OPTIONS, usage } from '../args.js';
 import { cacheDir, prepareCache } from '../cache.js';
-import { printWarning, REGISTRY_OPTIONS } from '../registry.js';
-
-export const summary = 'bring layers (with the stacks they were built on) from a registry cache';
 
 export const help = `Usage: day11 pull HASH [HASH...] --from REF --cache DIR
 
@@ -45,6 +40,11 @@ export async function run(argv: string[]): Promise<number> {
     return hash;
   });
   await prepareCache(osDir);
+  const [{ LayerDir }, { RegistryCache }, { printWarning }] = await Promise.all([
+    import('@day11/layer'),
+    import('@day11/registry'),
+    import('../registry.js'),
+  ]);
   const cache = new RegistryCache({
     ref: values.from,
     insecure: values.insecure === true,
@@ -70,6 +70,7 @@ export async function run(argv: string[]): Promise<number> {
 
 /** Links a pulled layer under the id of the step that made it, as a build does (`day11 export ID`). */
 async function linkStep(osDir: string, hash: string): Promise<void> {
+  const { LayerDir, LayerSymlinks, Sidecar } = await import('@day11/layer');
   const dir = LayerDir.path({ osDir, hash });
   const step = (await Sidecar.read(dir, 'step.json').catch(() => undefined)) as
     { id?: unknown } | undefined;

@@ -1,13 +1,8 @@
 /** `day11 push LAYER... --to REF --cache DIR` */
-import { LayerDir, LayerMeta } from '@day11/layer';
-import { RegistryCache } from '@day11/registry';
-import { parseCommand, usage } from '../args.js';
+import { parseCommand, REGISTRY_OPTIONS, usage } from '../args.js';
 import { assertCacheExists, cacheDir, layerDirOf, prepareCache } from '../cache.js';
 import { CliCodes, CliError } from '../errors.js';
 import { formatBytes } from '../progress.js';
-import { printWarning, REGISTRY_OPTIONS } from '../registry.js';
-
-export const summary = 'publish layers (with the stacks they were built on) to a registry cache';
 
 export const help = `Usage: day11 push LAYER [LAYER...] --to REF --cache DIR
 
@@ -40,6 +35,11 @@ export async function run(argv: string[]): Promise<number> {
   await assertCacheExists(osDir);
   await prepareCache(osDir);
   const hashes = await Promise.all(positionals.map((name) => fullHashOf(osDir, name)));
+  const [{ LayerDir }, { RegistryCache }, { printWarning }] = await Promise.all([
+    import('@day11/layer'),
+    import('@day11/registry'),
+    import('../registry.js'),
+  ]);
   const cache = new RegistryCache({
     ref: values.to,
     insecure: values.insecure === true,
@@ -64,6 +64,7 @@ export async function run(argv: string[]): Promise<number> {
 /** The full hash a layer recorded; a registry names layers by it. */
 async function fullHashOf(osDir: string, name: string): Promise<string> {
   const dir = await layerDirOf(osDir, name);
+  const { LayerMeta } = await import('@day11/layer');
   const meta = await LayerMeta.load(dir);
   if (meta.hash === undefined || !/^[0-9a-f]{64}$/.test(meta.hash))
     throw new CliError(

@@ -1,12 +1,7 @@
 /** `day11 recover --cache DIR [--oci LAYOUT]...` */
 import { resolve } from 'node:path';
-import { Layout } from '@day11/oci-export';
-import { recover } from '@day11/runner';
 import { parseCommand } from '../args.js';
 import { assertCacheExists, cacheDir, prepareCache } from '../cache.js';
-
-export const summary =
-  'remove what killed day11 processes left: mounts, containers, cgroups, temp files, stale locks';
 
 export const help = `Usage: day11 recover --cache DIR [--oci LAYOUT]...
 
@@ -38,6 +33,10 @@ export async function run(argv: string[]): Promise<number> {
   const osDir = cacheDir('recover', values.cache);
   await assertCacheExists(osDir);
   await prepareCache(osDir);
+  const [{ Layout }, { recover }] = await Promise.all([
+    import('@day11/oci-export'),
+    import('@day11/runner'),
+  ]);
   const report = await recover({ osDir });
   const named = (values.oci ?? []).map((l) => resolve(l));
   const layouts = [...new Set([...(await Layout.remembered(osDir)), ...named])].sort();

@@ -1,16 +1,9 @@
 /** `day11 run --cache DIR [--layer HASH ...] -- CMD...` */
 import { rm } from 'node:fs/promises';
 import { basename, join } from 'node:path';
-import { OciSpec } from '@day11/container';
-import { Commit, Hash, LayerDir, LayerMeta } from '@day11/layer';
-import { runInLayers } from '@day11/runner';
 import { parseCommand, usage } from '../args.js';
-import { DEFAULT_PIDS, DEFAULT_SECURITY, resolveBase } from '@day11/build';
 import { cacheDir, layerDirOf, prepareCache, stackOf } from '../cache.js';
 import { checkRequirements, runtimeOption } from './common.js';
-
-export const summary =
-  'run a command over layers, for debugging (the upper is thrown away unless --commit)';
 
 export const help = `Usage: day11 run --cache DIR [--layer HASH ...] [options] -- CMD [ARG...]
 
@@ -49,6 +42,17 @@ export async function run(argv: string[]): Promise<number> {
   const runtime = runtimeOption(values.runtime);
   await checkRequirements(runtime);
   await prepareCache(osDir);
+  const [
+    { OciSpec },
+    { Commit, Hash, LayerDir, LayerMeta },
+    { runInLayers },
+    { DEFAULT_PIDS, DEFAULT_SECURITY, resolveBase },
+  ] = await Promise.all([
+    import('@day11/container'),
+    import('@day11/layer'),
+    import('@day11/runner'),
+    import('@day11/build'),
+  ]);
   const named = await Promise.all((values.layer ?? []).map((h) => layerDirOf(osDir, h)));
   const { base, layers } =
     named.length > 0
