@@ -16,7 +16,8 @@
  * An interrupted step (timeout, abort) and any failure of the machine are
  * never recorded, and neither is anything downstream of them.
  */
-import { mkdir, open, rm, utimes } from 'node:fs/promises';
+import { utimesSync } from 'node:fs';
+import { mkdir, open, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import { Runc } from '@day11/container';
@@ -1109,13 +1110,15 @@ async function layerPresent(dir: string): Promise<boolean> {
 
 /**
  * Marks a found layer used now; false when it is gone (collected since it was
- * found). One `utimes` of its `last_used`, which only a layer that is still
- * there has; else `LastUsed.touch` makes the mark when the layer lacks one.
+ * found). One synchronous `utimes` of its `last_used` (a cached step's whole
+ * cost is a few such calls, each a fraction of a thread-pool round trip),
+ * which only a layer that is still there has; else `LastUsed.touch` makes
+ * the mark when the layer lacks one.
  */
 async function markUsed(dir: string): Promise<boolean> {
   try {
     const now = new Date();
-    await utimes(LastUsed.file(dir), now, now);
+    utimesSync(LastUsed.file(dir), now, now);
     return true;
   } catch {
     await LastUsed.touch(dir);
