@@ -259,7 +259,7 @@ export async function run(): Promise<BenchRow[]> {
       });
       if (cached.length > 0) {
         rows.push({
-          name: `fully cached ${label}: build() in-process, plan parsing included`,
+          name: `${label}, fully cached: build() in-process, plan parsing included`,
           value: median(cached.map((m) => m.wallMs)),
           baselineName: 'target: 0.5 s',
           baseline: 500,
