@@ -1,15 +1,22 @@
 /**
- * The builder's own cost per step, as plans grow: 100, 1,000 and 10,000
- * independent steps, and a chain of 1,000, built with a sandbox that runs
- * nothing (it hands back an empty upper at once), so what is measured is
- * validation, hashing, scheduling, the cache check, the layer lock, the
- * commit (with its fsyncs) and the events — everything but the container.
- * The baselines: the container run itself (`crun run true` and `runc run
- * true` spawned directly on a prepared rootfs), which a real step adds on
- * top. Also the time from `build()` to the first step starting, and the
- * time to validate and hash a 10,000-step chain; and for the whole command,
- * process start to the first step running of `day11 build` with 10,000
- * steps. Each size in its own fresh cache; medians of the rounds.
+ * Whole builds against their floor, and the builder's own cost per step.
+ *
+ * 1. `day11 build` (the CLI, as a user runs it) of a 1,000-step random DAG
+ *    of `true` steps with crun and `--jobs 2`, against the floor: the
+ *    directly spawned runtime's cost summed over the steps and divided by
+ *    the jobs (`spawnSync('crun', ['run', ...])` of `true` on a prepared
+ *    rootfs, sampled in the same rounds, median × steps ÷ 2).
+ * 2. The builder's own cost per step (validation, hashing, scheduling,
+ *    cache checks, layer locks, commits with their fsyncs, symlinks,
+ *    events): the same DAG and one of 10,000 steps built in-process with
+ *    the fake sandbox of the builder's tests (`src/fixtures`, no container),
+ *    `jobs: 2`; wall time and CPU time (all threads) per step.
+ * 3. A fully cached 1,000-step plan: `build()` in-process (plan parsing
+ *    included), and the whole `day11 build` command.
+ * Also the time to validate, order and hash a 10,000-step chain, and from
+ * spawning `day11 build` of 10,000 steps to its first step running.
+ * Plans are salted per round, so nothing of an earlier round is cached;
+ * variants alternate in seeded shuffled rounds; medians.
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { chmod, copyFile, mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
@@ -18,21 +25,17 @@ import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { createBuilder, parsePlan, PlanGraph, type Sandbox } from '@day11/build';
 import { OciSpec } from '@day11/container';
-import { Exec, randomHex, TempName } from '@day11/exec';
-import { median, toMarkdown, type BenchRow } from './table.js';
+import { Exec, randomHex } from '@day11/exec';
+import { median, seeded, shuffled, toMarkdown, type BenchRow } from './table.js';
 
-/** Runs nothing: an empty upper in the cache and an empty log (as a runtime opens it), exit 0. */
-function nullSandbox(osDir: string): Sandbox {
-  return {
-    async run({ logFile }) {
-      const upper = TempName.inside(osDir, 'upper');
-      await mkdir(upper);
-      await writeFile(logFile, '');
-      return { status: 'exited', exitCode: 0, upper, timing: [] };
-    },
-    async close() {},
-  };
-}
+/** The built CLI. */
+const CLI = join(import.meta.dirname, '../../packages/cli/dist/main.js');
+/** The builder tests' fake sandbox, as built for the tests (`pnpm build`). */
+const FAKE = join(import.meta.dirname, '../../packages/build/dist-spec/fixtures/fake-sandbox.js');
+/** Rounds of the whole-build comparison (each builds 1,000 steps with crun). */
+const ROUNDS = Number(process.env.DAY11_BENCH_BUILDER_ROUNDS ?? 3);
+
+type FakeSandboxClass = new (osDir: string) => Sandbox;
 
 async function rootfs(dir: string): Promise<void> {
   for (const d of ['bin', 'etc', 'proc', 'dev', 'sys', 'tmp'])
@@ -43,48 +46,98 @@ async function rootfs(dir: string): Promise<void> {
   await symlink('busybox', join(dir, 'bin/sh'));
 }
 
-interface Measured {
-  totalMs: number;
-  firstStepMs: number;
+/**
+ * A random DAG of `steps` steps (seeded): each step depends on up to three
+ * earlier ones, so long as its stack stays within 16 layers (a package and
+ * its closure). `run` is a `true`-like command the fake sandbox also takes.
+ */
+function randomDag(steps: number, salt: string): object[] {
+  const random = seeded(20261201);
+  const closures: Set<number>[] = [];
+  return Array.from({ length: steps }, (_, i) => {
+    const deps: number[] = [];
+    const closure = new Set<number>();
+    const want = Math.floor(random() * 4);
+    for (let tries = 0; tries < 8 && deps.length < want && i > 0; tries++) {
+      const d = Math.floor(random() * i);
+      if (deps.includes(d)) continue;
+      const union = new Set([...closure, d, ...closures[d]!]);
+      if (union.size > 16) continue;
+      deps.push(d);
+      for (const x of union) closure.add(x);
+    }
+    closures.push(closure);
+    return {
+      id: `pkg-${i}`,
+      // `step NAME` is what the fake sandbox runs; in a container, `step` is
+      // not a command: `true` ignores its arguments.
+      run: `true step pkg-${i}-${salt}`,
+      ...(deps.length > 0 && { deps: deps.map((d) => `pkg-${d}`) }),
+    };
+  });
 }
 
-/** Builds `steps` with the null sandbox in a fresh cache; time in total and to the first step. */
-async function buildOnce(work: string, steps: object[]): Promise<Measured> {
-  const osDir = join(work, `cache-${randomHex(4)}`);
-  const base = join(work, 'rootfs');
-  const plan = parsePlan({ base: { dir: base }, steps }, 'bench');
-  // The base import is the same for every size: done before the clock starts.
-  const warm = createBuilder({ osDir, sandbox: nullSandbox(osDir) });
-  await warm.build(parsePlan({ base: { dir: base }, steps: [{ id: 'warm', run: 'true' }] }, 'w'));
-  await warm.close();
-  const builder = createBuilder({ osDir, sandbox: nullSandbox(osDir), jobs: 4 });
-  const started = performance.now();
-  let firstStepMs = NaN;
-  const result = await builder.build(plan, {
-    onEvent: (e) => {
-      if (Number.isNaN(firstStepMs) && e.type === 'step' && e.status === 'running') {
-        firstStepMs = performance.now() - started;
-      }
-    },
+/** The fake sandbox's commands: `step NAME`. */
+function forFake(steps: object[]): object[] {
+  return steps.map((s) => ({ ...s, run: `step ${(s as { run: string }).run.split(' ')[2]}` }));
+}
+
+/** `crun run true` on a prepared bundle, spawned directly: one sample, ms. */
+function bareRun(bundle: string): number {
+  const t = performance.now();
+  const r = spawnSync('crun', ['run', '--bundle', bundle, `bench-${randomHex(4)}`], {
+    stdio: 'ignore',
   });
-  const totalMs = performance.now() - started;
+  if (r.status !== 0) throw new Error('crun run failed');
+  return performance.now() - t;
+}
+
+/** `day11 build` of `planFile`: wall ms, and the summary it printed. */
+async function cliBuild(
+  planFile: string,
+  osDir: string,
+): Promise<{ ms: number; summary: Record<string, number> }> {
+  const started = performance.now();
+  const r = await Exec.run(process.execPath, [
+    CLI,
+    'build',
+    planFile,
+    '--cache',
+    osDir,
+    '--runtime',
+    'crun',
+    '--jobs',
+    '2',
+    '--json',
+  ]);
+  const ms = performance.now() - started;
+  const last = r.stdout.trim().split('\n').at(-1) ?? '{}';
+  return { ms, summary: JSON.parse(last) as Record<string, number> };
+}
+
+interface Measured {
+  wallMs: number;
+  cpuMs: number;
+}
+
+/** Builds `steps` in-process with `sandbox` in `osDir`; wall and CPU (all threads) time. */
+async function buildIn(
+  osDir: string,
+  base: string,
+  steps: object[],
+  sandbox: Sandbox,
+): Promise<Measured> {
+  const builder = createBuilder({ osDir, sandbox, jobs: 2 });
+  const cpu = process.cpuUsage();
+  const started = performance.now();
+  const plan = parsePlan({ base: { dir: base }, steps }, 'bench');
+  const result = await builder.build(plan);
+  const wallMs = performance.now() - started;
+  const used = process.cpuUsage(cpu);
   await builder.close();
   if (!result.ok) throw new Error('bench build failed');
-  await rm(osDir, { recursive: true, force: true });
-  return { totalMs, firstStepMs };
+  return { wallMs, cpuMs: (used.user + used.system) / 1000 };
 }
-
-const independent = (n: number): object[] =>
-  Array.from({ length: n }, (_, i) => ({ id: `pkg-${i}`, run: 'true' }));
-const chain = (n: number): object[] =>
-  Array.from({ length: n }, (_, i) => ({
-    id: `pkg-${i}`,
-    run: 'true',
-    ...(i > 0 && { deps: [`pkg-${i - 1}`] }),
-  }));
-
-/** The built CLI. */
-const CLI = join(import.meta.dirname, '../../packages/cli/dist/main.js');
 
 /**
  * `day11 build` of `steps` on busybox in `osDir` (the base already
@@ -117,79 +170,121 @@ async function cliFirstStep(work: string, osDir: string, steps: object[]): Promi
   return ms;
 }
 
-/** `steps` with commands of their own for round `r`: nothing of an earlier round is cached. */
-function salted(steps: readonly object[], r: number): object[] {
-  return steps.map((s) => ({ ...s, run: `true ${r}` }));
-}
-
-/** `runtime run true` on a prepared bundle, spawned directly, median of `rounds`. */
-async function bareRun(work: string, runtime: string, rounds: number): Promise<number> {
-  const bundle = join(work, `bundle-${runtime}`);
-  await mkdir(bundle, { recursive: true });
-  const spec = OciSpec.instantiate(OciSpec.template(OciSpec.make({ args: ['true'] })), {
-    rootfs: join(work, 'rootfs'),
-  });
-  await writeFile(join(bundle, 'config.json'), JSON.stringify(spec));
-  const times: number[] = [];
-  for (let i = 0; i < rounds; i++) {
-    const t = performance.now();
-    const r = spawnSync(runtime, ['run', '--bundle', bundle, `bench-${randomHex(4)}`], {
-      stdio: 'ignore',
-    });
-    times.push(performance.now() - t);
-    if (r.status !== 0) throw new Error(`${runtime} run failed`);
-  }
-  return median(times);
-}
+const chain = (n: number): object[] =>
+  Array.from({ length: n }, (_, i) => ({
+    id: `pkg-${i}`,
+    run: 'true',
+    ...(i > 0 && { deps: [`pkg-${i - 1}`] }),
+  }));
 
 export async function run(): Promise<BenchRow[]> {
   const work = await mkdtemp(join(tmpdir(), 'day11-bench-builder-'));
+  const { FakeSandbox } = (await import(pathToFileURL(FAKE).href)) as {
+    FakeSandbox: FakeSandboxClass;
+  };
   try {
-    await rootfs(join(work, 'rootfs'));
+    const base = join(work, 'rootfs');
+    await rootfs(base);
+    const bundle = join(work, 'bundle');
+    await mkdir(bundle);
+    const spec = OciSpec.instantiate(OciSpec.template(OciSpec.make({ args: ['true'] })), {
+      rootfs: base,
+    });
+    await writeFile(join(bundle, 'config.json'), JSON.stringify(spec));
     const rows: BenchRow[] = [];
-    const crun = await bareRun(work, 'crun', 20);
-    const runc = await bareRun(work, 'runc', 20);
-    const sizes: [string, object[], number][] = [
-      ['100 independent steps', independent(100), 5],
-      ['1,000 independent steps', independent(1000), 2],
-      ['10,000 independent steps', independent(10_000), 1],
-      ['a chain of 1,000 steps', chain(1000), 1],
+
+    // 1. The whole command with crun against the floor, in shuffled rounds.
+    const cliCache = join(work, 'cli-cache');
+    const floorSamples: number[] = [];
+    const builds: number[] = [];
+    const cachedCli: number[] = [];
+    const random = seeded(17);
+    for (let r = 0; r < ROUNDS; r++) {
+      const planFile = join(work, `dag-${r}.json`);
+      await writeFile(
+        planFile,
+        JSON.stringify({ base: 'busybox', steps: randomDag(1000, `r${r}`) }),
+      );
+      const variants = {
+        floor: async () => {
+          for (let i = 0; i < 20; i++) floorSamples.push(bareRun(bundle));
+        },
+        build: async () => {
+          const { ms, summary } = await cliBuild(planFile, cliCache);
+          if (summary.built !== 1000) throw new Error(`built ${summary.built} of 1000`);
+          builds.push(ms);
+          // The same plan again: every step cached.
+          const again = await cliBuild(planFile, cliCache);
+          if (again.summary.cached !== 1000) throw new Error('not fully cached');
+          cachedCli.push(again.ms);
+        },
+      };
+      for (const variant of shuffled(Object.values(variants), random)) await variant();
+    }
+    const floor = (median(floorSamples) * 1000) / 2;
+    rows.push({
+      name: '`day11 build` of a 1,000-step random DAG of `true`, crun, --jobs 2',
+      value: median(builds),
+      baselineName: 'floor: crun run true spawned directly, × 1,000 ÷ 2 jobs',
+      baseline: floor,
+      target: 1.3,
+    });
+
+    // 2. The builder's own cost per step, fake sandbox, 1,000 and 10,000 steps.
+    const sizes: [string, number, number][] = [
+      ['a 1,000-step random DAG', 1000, 5],
+      ['a 10,000-step random DAG', 10_000, 1],
     ];
-    for (const [label, steps, rounds] of sizes) {
+    for (const [label, size, rounds] of sizes) {
       const runs: Measured[] = [];
-      for (let r = 0; r < rounds; r++) runs.push(await buildOnce(work, steps));
-      const perStep = median(runs.map((m) => m.totalMs / steps.length));
+      const cached: Measured[] = [];
+      for (let r = 0; r < rounds; r++) {
+        const osDir = join(work, `cache-${randomHex(4)}`);
+        const sandbox = new FakeSandbox(osDir);
+        const steps = forFake(randomDag(size, `f${r}`));
+        runs.push(await buildIn(osDir, base, steps, sandbox));
+        if (size === 1000) cached.push(await buildIn(osDir, base, steps, sandbox));
+        await rm(osDir, { recursive: true, force: true });
+      }
       rows.push({
-        name: `builder's own cost per step, ${label} (jobs 4, nothing run)`,
-        value: perStep,
-        baselineName: 'crun run true, spawned directly',
-        baseline: crun,
+        name: `builder's own cost per step, ${label}, fake sandbox, jobs 2: wall`,
+        value: median(runs.map((m) => m.wallMs / size)),
+        baselineName: 'target: 1 ms per step',
+        baseline: 1,
+        target: 1,
       });
       rows.push({
-        name: `builder's own cost per step, ${label}`,
-        value: perStep,
-        baselineName: 'runc run true, spawned directly',
-        baseline: runc,
+        name: `builder's own cost per step, ${label}, fake sandbox, jobs 2: CPU (all threads)`,
+        value: median(runs.map((m) => m.cpuMs / size)),
       });
-      rows.push({
-        name: `time to the first step, ${label}`,
-        value: median(runs.map((m) => m.firstStepMs)),
-      });
+      if (cached.length > 0) {
+        rows.push({
+          name: `${label}, fully cached: build() in-process, plan parsing included`,
+          value: median(cached.map((m) => m.wallMs)),
+          baselineName: 'target: 0.5 s',
+          baseline: 500,
+          target: 1,
+        });
+      }
     }
-    // The command as a user runs it, process start included (the base imported beforehand).
-    const osDir = join(work, 'cli-cache');
+    rows.push({
+      name: 'fully cached 1,000-step random DAG: the whole `day11 build` command',
+      value: median(cachedCli),
+      baselineName: 'target: 0.5 s',
+      baseline: 500,
+      target: 1,
+    });
+
+    // The command's start on a big plan, and validation alone.
+    const osDir = join(work, 'first-cache');
     await cliFirstStep(work, osDir, [{ id: 'warm', run: 'true' }]);
-    for (const [label, steps] of [
-      ['10,000 independent steps', independent(10_000)],
-      ['a chain of 10,000 steps', chain(10_000)],
-    ] as const) {
-      const times: number[] = [];
-      for (let r = 0; r < 3; r++) times.push(await cliFirstStep(work, osDir, salted(steps, r)));
-      rows.push({
-        name: `\`day11 build\` of ${label}: process start to the first step running`,
-        value: median(times),
-      });
-    }
+    const firsts: number[] = [];
+    for (let r = 0; r < 3; r++)
+      firsts.push(await cliFirstStep(work, osDir, randomDag(10_000, `s${r}`)));
+    rows.push({
+      name: '`day11 build` of a 10,000-step random DAG: process start to the first step running',
+      value: median(firsts),
+    });
     const t = performance.now();
     const plan = parsePlan({ base: 'busybox', steps: chain(10_000).reverse() }, 'chain');
     const graph = new PlanGraph(plan, 'b'.repeat(64));
@@ -201,7 +296,6 @@ export async function run(): Promise<BenchRow[]> {
     return rows;
   } finally {
     await rm(work, { recursive: true, force: true });
-    await Exec.run('runc', ['list', '-q']).catch(() => undefined);
   }
 }
 

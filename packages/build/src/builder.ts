@@ -16,6 +16,7 @@
  * An interrupted step (timeout, abort) and any failure of the machine are
  * never recorded, and neither is anything downstream of them.
  */
+import { utimesSync } from 'node:fs';
 import { mkdir, open, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
@@ -281,6 +282,8 @@ function checkOptions(options: BuilderOptions): Checked {
 
 /** How many steps are checked against the cache at once (a file read each). */
 const CHECK_CONCURRENCY = 32;
+/** How many steps take their layer's lock before a slot is free for them. */
+const LOCK_AHEAD = 32;
 /** Lines of a failed step's log shown in its event. */
 const LOG_TAIL_LINES = 8;
 
@@ -293,6 +296,7 @@ class BuildRun {
   private readonly outcomes = new Map<string, StepOutcome>();
   private readonly runSlots: Semaphore;
   private readonly fetchSlots: Semaphore;
+  private readonly lockSlots = new Semaphore(LOCK_AHEAD);
   private readonly remote = new Map<string, LayerSource>();
   private readonly background = new Set<Promise<void>>();
   private exportChain: Promise<void> = Promise.resolve();
@@ -525,7 +529,7 @@ class BuildRun {
       const failing = step.deps.map((d) => this.outcomes.get(d)!).filter((o) => !isOk(o));
       if (failing.length > 0) return await this.dependencyFailed(step, failing);
       if (this.signal?.aborted) return this.notStarted(step, 'aborted before it started');
-      const meta = await this.findMeta(step);
+      const meta = this.findMeta(step);
       const found = meta && this.reusable(meta) ? await this.hit(step, meta) : undefined;
       if (found) return found;
       release();
@@ -544,9 +548,10 @@ class BuildRun {
   }
 
   /** The step's layer.json, checked to be this step's layer (the full hash). */
-  private async findMeta(step: Step): Promise<LayerMetaRecord | undefined> {
+  private findMeta(step: Step): LayerMetaRecord | undefined {
     const dir = this.dirOf(step.id);
-    const meta = await LayerMeta.find(dir);
+    // Synchronous: one small read, where a thread-pool readFile is four round trips.
+    const meta = LayerMeta.findSync(dir);
     if (meta !== undefined) Commit.assertSameHash(meta, this.graph.hash(step.id), dir);
     return meta;
   }
@@ -563,10 +568,9 @@ class BuildRun {
 
   private async hit(step: Step, meta: LayerMetaRecord): Promise<StepOutcome | undefined> {
     const dir = this.dirOf(step.id);
-    await LastUsed.touch(dir);
     // Collected between the check and the touch (a GC that planned before the
     // touch skips a layer used since): not a hit after all.
-    if (!(await layerPresent(dir))) return undefined;
+    if (!(await markUsed(dir))) return undefined;
     // A process killed between a commit and its link leaves the layer without it.
     await this.register(step);
     this.counters.hits++;
@@ -636,13 +640,20 @@ class BuildRun {
     }
   }
 
-  /** Under a slot and the layer's lock: re-check, then fetch or run. */
+  /**
+   * Under the layer's lock: re-check, then fetch or run in a slot. The lock
+   * is taken before the slot (by at most {@link LOCK_AHEAD} steps waiting for
+   * one), and a run gives its slot back as soon as the container is done: a
+   * slot is held by a container alone, while other steps take their locks and
+   * commit their layers.
+   */
   private async make(step: Step): Promise<StepOutcome> {
     const hash = this.graph.hash(step.id);
     const source = this.remote.get(hash);
-    const slots = source ? this.fetchSlots : this.runSlots;
-    return slots.use(() =>
-      Lock.withLayer(
+    const admitted = await this.lockSlots.acquire();
+    let release: (() => void) | undefined;
+    try {
+      return await Lock.withLayer(
         {
           osDir: this.o.osDir,
           hash,
@@ -652,21 +663,28 @@ class BuildRun {
         async () => {
           // Another process may have made it while we waited for the lock.
           // (Under the lock no GC can take it before the touch.)
-          const meta = await this.findMeta(step);
+          const meta = this.findMeta(step);
           const found = meta && this.reusable(meta) ? await this.hit(step, meta) : undefined;
           if (found) return found;
           if (this.signal?.aborted) return this.notStarted(step, 'aborted before it started');
           this.counters.misses++;
           if (meta) await Gc.removeLayer({ osDir: this.o.osDir, hash });
           const from = source ?? (await this.lateLookup(hash));
+          release = await (from ? this.fetchSlots : this.runSlots).acquire();
+          admitted();
           if (from) {
             const fetched = await this.fetch(step, from);
             if (fetched) return fetched;
+            release();
+            release = await this.runSlots.acquire();
           }
-          return this.run(step);
+          return this.run(step, release);
         },
-      ),
-    );
+      );
+    } finally {
+      admitted();
+      release?.();
+    }
   }
 
   /**
@@ -733,7 +751,7 @@ class BuildRun {
       ...(this.signal && { signal: this.signal }),
     });
     if (!got) return undefined;
-    const meta = await this.findMeta(step);
+    const meta = this.findMeta(step);
     if (meta === undefined || !this.reusable(meta)) {
       // A recorded failure the caller wants retried: run it here.
       if (meta) await Gc.removeLayer({ osDir: this.o.osDir, hash: this.graph.hash(step.id) });
@@ -758,8 +776,11 @@ class BuildRun {
     return outcome;
   }
 
-  /** Runs the step in the sandbox and commits what it wrote, whatever its exit status. */
-  private async run(step: Step): Promise<StepOutcome> {
+  /**
+   * Runs the step in the sandbox and commits what it wrote, whatever its
+   * exit status; `done` is called when the container is.
+   */
+  private async run(step: Step, done: () => void): Promise<StepOutcome> {
     const hash = this.graph.hash(step.id);
     const dir = this.dirOf(step.id);
     const started = performance.now();
@@ -767,16 +788,19 @@ class BuildRun {
     this.report(step, 'running');
     const stack = this.graph.stack(step.id);
     const logFile = TempName.inside(this.o.osDir, 'log');
+    let logMoved = false;
     try {
-      const result = await this.sandbox.run({
-        base: this.base,
-        lowers: stack.map((s) => this.dirOf(s.id)),
-        process: processOf(step),
-        logFile,
-        logCap: this.o.logCap,
-        signal: this.signal,
-        timeoutMs: this.o.timeoutMs,
-      });
+      const result = await this.sandbox
+        .run({
+          base: this.base,
+          lowers: stack.map((s) => this.dirOf(s.id)),
+          process: processOf(step),
+          logFile,
+          logCap: this.o.logCap,
+          signal: this.signal,
+          timeoutMs: this.o.timeoutMs,
+        })
+        .finally(done);
       if (result.status === 'interrupted') {
         const reason = result.reason === 'timeout' ? 'timed out' : 'aborted';
         this.report(step, 'failed', { seconds: seconds(), reason, recorded: false });
@@ -793,8 +817,9 @@ class BuildRun {
         return this.unrecorded(step, reason);
       }
       this.counters.built++;
+      let committed;
       try {
-        await Commit.commit({
+        committed = await Commit.commit({
           osDir: this.o.osDir,
           hash,
           upper: result.upper,
@@ -806,7 +831,8 @@ class BuildRun {
             timing: result.timing,
             failed_dep: null,
           },
-          log: { file: logFile },
+          // The log is the layer's now: renamed in, not copied.
+          log: { file: logFile, move: true },
           sidecars: { 'step.json': stepRecord(step, this.plan) },
         });
       } catch (err) {
@@ -814,8 +840,10 @@ class BuildRun {
         await rm(result.upper, { recursive: true, force: true }).catch(() => undefined);
         throw err;
       }
+      logMoved = committed.committed;
       await this.register(step);
-      const meta = await LayerMeta.load(dir);
+      // Another process's commit of this layer won the race: read what it recorded.
+      const meta = committed.meta ?? (await LayerMeta.load(dir));
       this.bytes += meta.disk_usage;
       this.publish(step);
       const outcome = this.recordedOutcome(step, meta, 'done');
@@ -832,7 +860,7 @@ class BuildRun {
       }
       return outcome;
     } finally {
-      await rm(logFile, { force: true });
+      if (!logMoved) await rm(logFile, { force: true });
     }
   }
 
@@ -858,7 +886,7 @@ class BuildRun {
       this.report(step, 'skipped', { failedDep, recorded: false });
       return unrecorded;
     }
-    const existing = await this.findMeta(step);
+    const existing = this.findMeta(step);
     if (existing?.failed_dep != null) {
       await LastUsed.touch(base.dir);
       this.report(step, 'skipped', { failedDep: existing.failed_dep, recorded: true });
@@ -1077,6 +1105,24 @@ async function layerPresent(dir: string): Promise<boolean> {
     return (await LayerMeta.find(dir)) !== undefined;
   } catch {
     return false;
+  }
+}
+
+/**
+ * Marks a found layer used now; false when it is gone (collected since it was
+ * found). One synchronous `utimes` of its `last_used` (a cached step's whole
+ * cost is a few such calls, each a fraction of a thread-pool round trip),
+ * which only a layer that is still there has; else `LastUsed.touch` makes
+ * the mark when the layer lacks one.
+ */
+async function markUsed(dir: string): Promise<boolean> {
+  try {
+    const now = new Date();
+    utimesSync(LastUsed.file(dir), now, now);
+    return true;
+  } catch {
+    await LastUsed.touch(dir);
+    return layerPresent(dir);
   }
 }
 

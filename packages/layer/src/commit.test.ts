@@ -47,7 +47,7 @@ describe('Commit.commit', () => {
       sidecars: { 'build.json': { pkg: 'hello.1.0' }, 'doc.json': { odoc: true } },
     });
     const dir = layerPath({ osDir, hash });
-    expect(result).toEqual({ dir, committed: true });
+    expect(result).toMatchObject({ dir, committed: true });
     expect((await stat(join(dir, 'fs'))).ino).toBe(upperIno); // renamed, not copied
     expect(await exists(upper)).toBe(false);
     expect(await readFile(join(dir, 'fs', 'usr/bin/hello'), 'utf8')).toBe('hi');
@@ -56,6 +56,7 @@ describe('Commit.commit', () => {
     expect(await get(dir)).toBeGreaterThan(Date.now() - 60_000);
     const meta = await load(dir);
     expect(meta).toMatchObject({ ...META, timing: [['build', 1.5]] });
+    expect(result.meta).toEqual(meta); // what was written, without reading it back
     // Real usage: at least the three directories and two one-block files.
     expect(meta.disk_usage).toBeGreaterThanOrEqual(4096 * 5);
     expect(Date.parse(meta.created_at)).toBeGreaterThan(Date.now() - 60_000);
@@ -130,6 +131,37 @@ describe('Commit.commit', () => {
       meta: META,
     });
     expect(await readFile(join(c.dir, 'layer.log'), 'utf8')).toBe('');
+  });
+
+  it('moves a log file in with move: true, and puts it back when the commit fails', async () => {
+    const logFile = join(osDir, 'moved.log');
+    await writeFile(logFile, 'moved in', { mode: 0o644 });
+    const logIno = (await stat(logFile)).ino;
+    const failing = commit({
+      osDir,
+      hash,
+      upper: await makeUpper(osDir, {}),
+      meta: META,
+      log: { file: logFile, move: true },
+      onStep: (s) => {
+        if (s === 'assembled') throw new Error('interrupted');
+      },
+    });
+    await expect(failing).rejects.toThrow(/interrupted/);
+    expect((await stat(logFile)).ino).toBe(logIno);
+    const { dir } = await commit({
+      osDir,
+      hash,
+      upper: await makeUpper(osDir, {}),
+      meta: META,
+      log: { file: logFile, move: true },
+    });
+    const moved = await stat(join(dir, 'layer.log'));
+    expect(moved.ino).toBe(logIno); // renamed, not copied
+    expect(moved.mode & 0o777).toBe(0o600);
+    expect(await exists(logFile)).toBe(false);
+    expect(await readFile(join(dir, 'layer.log'), 'utf8')).toBe('moved in');
+    await expectClean();
   });
 
   it('works inside the caller’s own lock on the same layer (re-entrant)', async () => {

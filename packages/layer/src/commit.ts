@@ -8,13 +8,22 @@
  * the layer visible. A process killed at any point leaves at most the
  * temporary directory and a lock, which `Recover.sweep` removes; never a
  * partial `build-*` directory (OBuilder's rule: on failure nothing is recorded).
+ * The files inside the temporary directory are written in place: no one else
+ * sees that directory until it is complete, so they need no rename of their own.
  *
- * Durability: the files commit writes and the renames are fsynced. The build's
- * own files in the upper are not (a killed process loses nothing, the page
- * cache survives it); a caller that must survive power loss syncs them first.
+ * Durability (power loss, not only a kill, which loses nothing the page cache
+ * holds): before the rename, `layer.json`, the sidecars and the temporary
+ * directory are fsynced, together, so a layer that is visible after a crash
+ * of the machine has its metadata; after the rename, `osDir` is fsynced so
+ * the layer stays visible. That is three fsyncs at once and one after, where
+ * a file written atomically on its own needs two each. The step's own output
+ * (`fs/`, and a log copied or moved in) is not synced: a killed process loses
+ * nothing of it, and a caller that must survive power loss syncs it first.
  */
-import { chmod, copyFile, lstat, mkdir, open, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { closeSync, constants, fsync, lstatSync, open as fsOpen, write as fsWrite } from 'node:fs';
+import { chmod, copyFile, mkdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
+import { promisify } from 'node:util';
 import { measure } from './disk-usage.js';
 import { errnoCode, LayerCodes, LayerError, messageOf } from './errors.js';
 import * as InUse from './in-use.js';
@@ -46,8 +55,13 @@ export type CommitMeta = Omit<LayerMeta.LayerRecord, 'created_at' | 'disk_usage'
   disk_usage?: number;
 };
 
-/** The build log: its text, or a file to copy (the caller keeps that file). */
-export type CommitLog = string | Uint8Array | { file: string };
+/**
+ * The build log: its text, or a file to copy (the caller keeps that file),
+ * or with `move: true` a file of the cache's filesystem to rename in: the
+ * layer's then (deleted with the surplus copy when another commit of the
+ * layer won), put back when the commit fails.
+ */
+export type CommitLog = string | Uint8Array | { file: string; move?: boolean };
 
 /** Points of a commit reported to {@link CommitOptions.onStep}. */
 export type CommitStep = 'assembling' | 'assembled' | 'locked' | 'renamed';
@@ -70,7 +84,7 @@ export interface CommitOptions {
    * hardlinked inode once); a positive value is kept as given.
    */
   meta: CommitMeta;
-  /** `layer.log`: text or bytes, or `{ file }` to copy; left out gives an empty log. */
+  /** `layer.log`: text or bytes, or `{ file }` to copy (or move); left out gives an empty log. */
   log?: CommitLog;
   /** Sidecars to write, by file name (`build.json`, ...); each value a JSON object. */
   sidecars?: Readonly<Record<string, unknown>>;
@@ -86,6 +100,8 @@ export interface CommitResult {
   dir: string;
   /** True when this call made the layer; false when it already existed. */
   committed: boolean;
+  /** When this call made the layer: its `layer.json` as written (no need to read it back). */
+  meta?: LayerMeta.LayerMeta | undefined;
 }
 
 /**
@@ -110,16 +126,16 @@ export interface CommitResult {
  */
 export async function commit(options: CommitOptions): Promise<CommitResult> {
   const dir = layerPath({ osDir: options.osDir, hash: options.hash });
-  validate(options);
+  const checked = validate(options);
   await prepare(options);
-  if (await isCommitted(dir, options.hash)) return alreadyThere(dir, options.upper);
+  if (isCommitted(dir, options.hash)) return alreadyThere(dir, options.upper);
 
   const temp = TempName.beside(dir);
-  const progress: Progress = { upperMoved: false, published: false };
+  const progress: Progress = { upperMoved: false, logMoved: false, published: false };
   let committed: boolean;
   try {
     await step(options, 'assembling');
-    await assemble(options, temp, progress);
+    await assemble({ options, checked, temp, progress });
     await step(options, 'assembled');
     committed = await Lock.withLayer(
       { osDir: options.osDir, hash: options.hash, ...options.lock },
@@ -128,18 +144,19 @@ export async function commit(options: CommitOptions): Promise<CommitResult> {
   } catch (err) {
     // After the rename the layer is complete and visible: a later failure
     // (a lock lost on the way out, a hook) does not undo the commit.
-    if (progress.published) return { dir, committed: true };
-    await undo(options.upper, temp, progress.upperMoved);
+    if (progress.published) return { dir, committed: true, meta: checked.record };
+    await undo(options, temp, progress);
     throw wrap(err, `Cannot commit ${options.upper} as ${dir}`, dir);
   }
   // Lost the race: our copy (holding the upper) is surplus.
-  if (!committed) await alreadyThere(dir, temp);
-  return { dir, committed };
+  if (!committed) return alreadyThere(dir, temp);
+  return { dir, committed, meta: checked.record };
 }
 
 /** How far a commit got, for cleaning up after a failure. */
 interface Progress {
   upperMoved: boolean;
+  logMoved: boolean;
   published: boolean;
 }
 
@@ -151,23 +168,34 @@ interface Publish {
   progress: Progress;
 }
 
-function validate(options: CommitOptions): void {
-  for (const [name, value] of Object.entries(options.sidecars ?? {})) {
-    Sidecar.assertName(name);
-    if (typeof value !== 'object' || value === null || Array.isArray(value)) {
-      throw new LayerError(LayerCodes.SIDECAR_INVALID, `Sidecar ${name} must be a JSON object`, {
-        hint: 'Wrap the value in an object, e.g. { "value": ... }',
-      });
-    }
-  }
-  const record = { created_at: new Date().toISOString(), ...options.meta, disk_usage: 0 };
+/** What {@link validate} made of the options: everything to write, checked. */
+interface Checked {
+  /** `layer.json`, checked (in the schema's key order); `disk_usage` is filled in by assemble. */
+  record: LayerMeta.LayerMeta;
+  /** Each sidecar's file name and text. */
+  sidecars: [name: string, text: string][];
+}
+
+/** Checks (once: the record is written as checked) and serialises what commit writes. */
+function validate(options: CommitOptions): Checked {
+  const sidecars = Object.entries(options.sidecars ?? {}).map(([name, value]): [string, string] => [
+    name,
+    Sidecar.text(name, value),
+  ]);
+  const full = options.hash.length === 64 ? { hash: options.hash } : {};
+  const record = {
+    ...options.meta,
+    ...full,
+    created_at: options.meta.created_at || new Date().toISOString(),
+    disk_usage: 0,
+  };
   const parsed = LayerMeta.Schema.safeParse(record);
   const problems = parsed.success
     ? []
     : parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`);
   if ((options.meta.disk_usage ?? 0) < 0) problems.push('disk_usage: must not be negative');
   problems.push(...misspelt(options.meta));
-  if (problems.length > 0) {
+  if (problems.length > 0 || !parsed.success) {
     const why = problems.join('; ');
     throw new LayerError(
       LayerCodes.BAD_ARGUMENT,
@@ -178,6 +206,7 @@ function validate(options: CommitOptions): void {
       },
     );
   }
+  return { record: parsed.data, sidecars };
 }
 
 /** Keys that are a `layer.json` field spelt in camelCase (`createdAt`), which would be stored beside it. */
@@ -199,14 +228,13 @@ async function prepare({ osDir, upper }: CommitOptions): Promise<void> {
     });
   let upperStat;
   try {
-    upperStat = await lstat(upper);
+    upperStat = lstatSync(upper);
   } catch (cause) {
     throw fail(messageOf(cause), 'Pass the upper directory of a finished build', cause);
   }
   if (!upperStat.isDirectory())
     throw fail('not a directory', 'Pass the upper directory of a finished build');
-  await CacheDir.ensure(osDir);
-  if ((await stat(osDir)).dev !== upperStat.dev) {
+  if (upperStat.dev !== (await cacheDevice(osDir))) {
     throw fail(
       `it is on another filesystem than ${osDir}`,
       'Create the upper inside the cache (e.g. a temp dir in osDir) so it can be renamed, not copied',
@@ -215,14 +243,27 @@ async function prepare({ osDir, upper }: CommitOptions): Promise<void> {
 }
 
 /**
+ * Makes `osDir` a safe cache directory (`CacheDir.ensure`) and returns its
+ * device. A directory as ensure leaves it (this user's, mode 0700, not a
+ * symlink) needs nothing more than the one lstat that says so.
+ */
+async function cacheDevice(osDir: string): Promise<number> {
+  const st = lstatSync(osDir, { throwIfNoEntry: false });
+  const mine = st !== undefined && st.uid === (process.geteuid?.() ?? st.uid);
+  if (st?.isDirectory() && mine && (st.mode & 0o7777) === CacheDir.CACHE_MODE) return st.dev;
+  await CacheDir.ensure(osDir);
+  return (await stat(osDir)).dev;
+}
+
+/**
  * Whether layer `hash` is already in `dir`. A layer there whose recorded
  * full hash is another one is a collision of the 12-digit directory name:
  * an error, never a silent "already there".
  */
-async function isCommitted(dir: string, hash: string): Promise<boolean> {
+function isCommitted(dir: string, hash: string): boolean {
   let meta: LayerMeta.LayerMeta | undefined;
   try {
-    meta = await LayerMeta.find(dir);
+    meta = LayerMeta.findSync(dir);
   } catch {
     return false; // corrupt: publish() decides what to do, under the lock
   }
@@ -258,36 +299,99 @@ async function alreadyThere(dir: string, upper: string): Promise<CommitResult> {
   return { dir, committed: false };
 }
 
-async function assemble(options: CommitOptions, temp: string, progress: Progress): Promise<void> {
+interface Assemble {
+  options: CommitOptions;
+  checked: Checked;
+  temp: string;
+  progress: Progress;
+}
+
+/**
+ * Builds the layer in `temp`, complete and durable but not visible yet. Each
+ * file is written once, in place, and the fsyncs run at once, in one journal
+ * commit where the filesystem allows. (Calls that create or change an inode
+ * stay off the main thread: under fsync pressure they wait for the journal.)
+ */
+async function assemble({ options, checked, temp, progress }: Assemble): Promise<void> {
   // Private: what a build made (setuid binaries, world-writable directories)
   // and what it recorded (its env, its log) are no one else's to reach.
   await mkdir(temp, { mode: LAYER_DIR_MODE });
   const fsDir = join(temp, FILES.fs);
   await rename(options.upper, fsDir);
   progress.upperMoved = true;
-  await writeLog(join(temp, FILES.log), options.log);
-  for (const [name, value] of Object.entries(options.sidecars ?? {}))
-    await Sidecar.write(temp, name, value);
-  await writeEmpty(join(temp, FILES.lastUsed));
-  const given = options.meta.disk_usage ?? 0;
-  const diskUsage = given > 0 ? given : await measure(fsDir);
-  // layer.json last: a layer directory with it is complete by construction.
-  const full = options.hash.length === 64 ? { hash: options.hash } : {};
-  await LayerMeta.save(temp, { ...options.meta, ...full, disk_usage: diskUsage });
-  await Atomic.fsyncDir(temp);
+  const synced: number[] = [];
+  try {
+    // Settled, not raced: every descriptor opened is closed below.
+    const written = await Promise.allSettled([
+      writeLog(join(temp, FILES.log), options.log, progress),
+      closeFd(create(join(temp, FILES.lastUsed), '')),
+      ...checked.sidecars.map(async ([name, text]) => {
+        synced.push(await create(join(temp, name), text));
+      }),
+    ]);
+    for (const result of written) if (result.status === 'rejected') throw result.reason;
+    const given = options.meta.disk_usage ?? 0;
+    checked.record.disk_usage = given > 0 ? given : await measure(fsDir);
+    // layer.json last: a layer directory with it is complete by construction.
+    synced.push(await create(join(temp, FILES.meta), LayerMeta.text(checked.record)));
+    await Promise.all([...synced.map((fd) => fsyncFd(fd)), fsyncDirOf(temp)]);
+  } finally {
+    for (const fd of synced) closeSync(fd);
+  }
 }
 
-async function writeLog(path: string, log: CommitLog | undefined): Promise<void> {
-  if (log === undefined) return writeEmpty(path);
+const openFd = promisify(fsOpen);
+const writeFd = promisify(fsWrite);
+const fsyncFd = promisify(fsync);
+
+/** Makes file `path` (which must not exist) holding `text`; resolves with its open descriptor. */
+async function create(path: string, text: string): Promise<number> {
+  const fd = await openFd(
+    path,
+    constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL,
+    LAYER_FILE_MODE,
+  );
+  try {
+    if (text !== '') await writeFd(fd, text);
+  } catch (err) {
+    closeSync(fd);
+    throw err;
+  }
+  return fd;
+}
+
+async function closeFd(fd: Promise<number>): Promise<void> {
+  closeSync(await fd);
+}
+
+/** fsyncs directory `dir`; best effort, as `Atomic.fsyncDir` (some filesystems refuse it). */
+async function fsyncDirOf(dir: string): Promise<void> {
+  let fd: number | undefined;
+  try {
+    fd = await openFd(dir, constants.O_RDONLY | constants.O_DIRECTORY);
+    await fsyncFd(fd);
+  } catch {
+    // The rename is atomic even so.
+  } finally {
+    if (fd !== undefined) closeSync(fd);
+  }
+}
+
+async function writeLog(
+  path: string,
+  log: CommitLog | undefined,
+  progress: Progress,
+): Promise<void> {
+  if (log === undefined) return closeFd(create(path, ''));
   if (typeof log === 'string' || log instanceof Uint8Array)
     return writeFile(path, log, { flag: 'wx', mode: LAYER_FILE_MODE });
-  await copyFile(log.file, path);
+  if (log.move === true) {
+    await rename(log.file, path);
+    progress.logMoved = true;
+  } else {
+    await copyFile(log.file, path);
+  }
   await chmod(path, LAYER_FILE_MODE);
-}
-
-async function writeEmpty(path: string): Promise<void> {
-  const handle = await open(path, 'wx', LAYER_FILE_MODE);
-  await handle.close();
 }
 
 /**
@@ -296,7 +400,7 @@ async function writeEmpty(path: string): Promise<void> {
  */
 async function publish({ options, temp, dir, held, progress }: Publish): Promise<boolean> {
   await step(options, 'locked');
-  if (await isCommitted(dir, options.hash)) return false;
+  if (isCommitted(dir, options.hash)) return false;
   await clearBroken(dir);
   held.assertHeld();
   try {
@@ -305,13 +409,40 @@ async function publish({ options, temp, dir, held, progress }: Publish): Promise
   } catch (err) {
     // A non-empty target means someone committed it without our lock (a lost lock).
     const code = errnoCode(err);
-    if ((code === 'ENOTEMPTY' || code === 'EEXIST') && (await isCommitted(dir, options.hash)))
-      return false;
+    if ((code === 'ENOTEMPTY' || code === 'EEXIST') && isCommitted(dir, options.hash)) return false;
     throw err;
   }
-  await Atomic.fsyncDir(options.osDir);
+  await syncShared(options.osDir);
   await step(options, 'renamed');
   return true;
+}
+
+/**
+ * The fsyncs of directories in flight, by path: the one running, and the one
+ * queued behind it. It lives as long as a sync is in flight.
+ */
+const dirSyncs = new Map<string, { running: Promise<void>; next?: Promise<void> }>();
+
+/**
+ * fsyncs directory `dir` as `Atomic.fsyncDir` does, shared with concurrent
+ * commits (a group commit): a call waits for an fsync that starts after it
+ * was made, and every call made while one runs shares the next. Commits
+ * running at once in one cache cost one fsync of it, not one each.
+ */
+function syncShared(dir: string): Promise<void> {
+  const entry = dirSyncs.get(dir);
+  if (entry === undefined) return startSync(dir);
+  entry.next ??= entry.running.then(() => startSync(dir));
+  return entry.next;
+}
+
+function startSync(dir: string): Promise<void> {
+  const running: Promise<void> = Atomic.fsyncDir(dir).finally(() => {
+    if (dirSyncs.get(dir)?.running === running && dirSyncs.get(dir)?.next === undefined)
+      dirSyncs.delete(dir);
+  });
+  dirSyncs.set(dir, { running });
+  return running;
 }
 
 /**
@@ -319,11 +450,7 @@ async function publish({ options, temp, dir, held, progress }: Publish): Promise
  * commit (which renames complete layers only); replace it unless leased.
  */
 async function clearBroken(dir: string): Promise<void> {
-  try {
-    await lstat(dir);
-  } catch {
-    return;
-  }
+  if (lstatSync(dir, { throwIfNoEntry: false }) === undefined) return;
   if (await InUse.isInUse(dir)) {
     throw new LayerError(
       LayerCodes.COMMIT_FAILED,
@@ -339,9 +466,12 @@ async function clearBroken(dir: string): Promise<void> {
   await removeTree(aside);
 }
 
-/** Puts the upper back if it was moved, and removes the temp dir; best effort. */
-async function undo(upper: string, temp: string, upperMoved: boolean): Promise<void> {
-  if (upperMoved) await rename(join(temp, FILES.fs), upper).catch(() => undefined);
+/** Puts the upper (and a moved log) back, and removes the temp dir; best effort. */
+async function undo(options: CommitOptions, temp: string, progress: Progress): Promise<void> {
+  if (progress.upperMoved) await rename(join(temp, FILES.fs), options.upper).catch(() => undefined);
+  const log = options.log;
+  if (progress.logMoved && typeof log === 'object' && 'file' in log)
+    await rename(join(temp, FILES.log), log.file).catch(() => undefined);
   await rm(temp, { recursive: true, force: true }).catch(() => undefined);
 }
 

@@ -3,7 +3,8 @@
  * The id is opaque ("name.version" for opam callers, anything for others);
  * it lets a caller find every layer built for one id without reading them all.
  */
-import { mkdir, readlink, rename, rm, symlink } from 'node:fs/promises';
+import { readlinkSync } from 'node:fs';
+import { mkdir, rename, rm, symlink } from 'node:fs/promises';
 import { join, relative } from 'node:path';
 import { LayerCodes, LayerError, messageOf } from './errors.js';
 import { isLayerName } from './layer-dir.js';
@@ -51,7 +52,9 @@ export async function ensure({
   const idDir = join(packagesDir, id);
   const link = join(idDir, layerName);
   const target = relative(idDir, join(packagesDir, '..', layerName));
-  if ((await readlink(link).catch(() => undefined)) === target) return;
+  // Synchronous: the link is usually right already (a cached step), and one
+  // readlink costs less than a thread-pool round trip.
+  if (currentTarget(link) === target) return;
   const temp = TempName.beside(link);
   try {
     await mkdir(idDir, { recursive: true });
@@ -64,5 +67,13 @@ export async function ensure({
       cause,
       hint: 'Check that the packages directory is writable',
     });
+  }
+}
+
+function currentTarget(link: string): string | undefined {
+  try {
+    return readlinkSync(link);
+  } catch {
+    return undefined;
   }
 }

@@ -68,17 +68,31 @@ export async function read(dir: string, name: string): Promise<SidecarValue | un
 
 /** Writes sidecar `name` atomically. `value` must be a JSON object. */
 export async function write(dir: string, name: string, value: unknown): Promise<void> {
-  assertName(name);
   const path = join(dir, name);
+  await writeFileAtomic(path, text(name, value, path));
+}
+
+/**
+ * The text of sidecar `name` holding `value`, as {@link write} writes it;
+ * errors name it as `path`.
+ *
+ * @example
+ * ```ts
+ * const json = Sidecar.text('build.json', { pkg: 'hello.1.0' });
+ * ```
+ * @throws {LayerError} `LAYER_SIDECAR_INVALID` for a bad name, a value that is
+ *   not a JSON object, or one that cannot be serialised.
+ */
+export function text(name: string, value: unknown, path: string = name): string {
+  assertName(name);
   if (!isObject(value)) {
     throw new LayerError(LayerCodes.SIDECAR_INVALID, `Sidecar ${path} must be a JSON object`, {
       path,
       hint: 'Wrap the value in an object, e.g. { "value": ... }',
     });
   }
-  let text: string;
   try {
-    text = JSON.stringify(value, null, 2);
+    return `${JSON.stringify(value, null, 2)}\n`;
   } catch (cause) {
     throw new LayerError(
       LayerCodes.SIDECAR_INVALID,
@@ -89,7 +103,6 @@ export async function write(dir: string, name: string, value: unknown): Promise<
       },
     );
   }
-  await writeFileAtomic(path, `${text}\n`);
 }
 
 /** Names of the sidecars in layer `dir`, sorted (every `*.json` but `layer.json`). */
