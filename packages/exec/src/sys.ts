@@ -212,7 +212,7 @@ let freedMemoryKept: boolean | undefined;
 
 /**
  * Makes glibc's malloc keep freed memory for reuse: blocks up to 4 MiB come
- * from the heap, and up to 64 MiB of free heap top is kept rather than handed
+ * from the heap, and up to 32 MiB of free heap top is kept rather than handed
  * back to the kernel. Streaming bulk data allocates a fresh buffer for every
  * socket or file read; with glibc's defaults (128 KiB, adjusted as it goes)
  * each one faults its pages in again: a 75 MB download took ~11,000 page
@@ -229,7 +229,7 @@ export function keepFreedMemory(): boolean {
   try {
     const { mallopt } = libc('mallopt');
     freedMemoryKept = mallopt(M_MMAP_THRESHOLD, 4 * 1024 ** 2) === 1;
-    freedMemoryKept = mallopt(M_TRIM_THRESHOLD, 64 * 1024 ** 2) === 1 && freedMemoryKept;
+    freedMemoryKept = mallopt(M_TRIM_THRESHOLD, 32 * 1024 ** 2) === 1 && freedMemoryKept;
   } catch {
     freedMemoryKept = false;
   }
