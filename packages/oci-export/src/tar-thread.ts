@@ -1,0 +1,213 @@
+/**
+ * The tar of a layer made on a worker thread: the walk's per-file system
+ * calls (lstat, listxattr, open, read, close), the tar headers, and the
+ * SHA-256 and CRC-32 of the tar all run there, so the calling thread only
+ * hands chunks to the compressor (zlib's thread pool) and writes the output.
+ * A layer of many small files is then bound by the walk alone, as `tar` is,
+ * not by the walk plus the hashing plus the event loop of its caller.
+ *
+ * The bytes are exactly those of `tarChunks` on the calling thread: the
+ * thread only changes where the work runs.
+ */
+import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { Worker } from 'node:worker_threads';
+import { OciExportCodes, OciExportError } from './errors.js';
+import type { TarChunk } from './layer-tar.js';
+import type { WalkWarning } from './walk.js';
+
+/** What the worker is asked to archive (its `workerData`). */
+export interface TarJob {
+  root: string;
+  chunkSize: number;
+  /** Chunks the worker may have handed over and not yet got back. */
+  credits: number;
+}
+
+/** Messages from the worker. */
+export type ToParent =
+  | { type: 'chunk'; data: ArrayBuffer; offset: number; length: number; last: boolean }
+  | { type: 'warning'; warning: WalkWarning }
+  | { type: 'done'; diffId: string; tarSize: number; crc: number }
+  | {
+      type: 'error';
+      name: string;
+      message: string;
+      code: string | undefined;
+      path: string | undefined;
+      hint: string | undefined;
+    };
+
+/** Messages to the worker. */
+export type ToWorker = { type: 'buffer'; data: ArrayBuffer } | { type: 'abort' };
+
+/** The tar's digest and checksum, as the worker computed them. */
+export interface TarSummary {
+  /** `sha256:<hex>` of the tar (the OCI diff_id). */
+  diffId: string;
+  /** Bytes of the tar. */
+  tarSize: number;
+  /** CRC-32 of the tar (for the gzip trailer). */
+  crc: number;
+}
+
+/** Options of {@link TarThread.start}. */
+export interface TarThreadOptions {
+  /** Bytes per chunk. */
+  chunkSize: number;
+  /** Chunks handed over and not yet given back ({@link TarThread.recycle}) at most. */
+  credits: number;
+  /** Aborting stops the worker; the iteration throws the signal's reason. */
+  signal?: AbortSignal | undefined;
+  /** Called for each file skipped (sockets). */
+  onWarning?: ((warning: WalkWarning) => void) | undefined;
+}
+
+/**
+ * One layer's tar, produced by a worker thread. Iterate it once for the
+ * chunks, give each chunk back with {@link recycle} once compressed, then
+ * read {@link summary}. Leaving the iteration early (an error downstream)
+ * stops the worker.
+ *
+ * @example
+ * ```ts
+ * const tar = TarThread.start('/var/cache/day11/build-0123456789ab/fs', { chunkSize: 1 << 20, credits: 4 });
+ * for await (const { data } of tar) { compress(data); tar.recycle(data); }
+ * console.log((await tar.summary).diffId);
+ * ```
+ */
+export class TarThread implements AsyncIterable<TarChunk> {
+  /** Resolves once the last chunk was handed over. */
+  readonly summary: Promise<TarSummary>;
+  private readonly queue: TarChunk[] = [];
+  private failure: unknown;
+  private finished = false;
+  private wake: (() => void) | undefined;
+  private settle!: { resolve: (s: TarSummary) => void; reject: (e: unknown) => void };
+
+  private constructor(
+    private readonly worker: Worker,
+    private readonly options: TarThreadOptions,
+  ) {
+    this.summary = new Promise((resolve, reject) => (this.settle = { resolve, reject }));
+    this.summary.catch(() => undefined);
+    worker.on('message', (m: ToParent) => this.receive(m));
+    worker.on('error', (err) => this.fail(err));
+    worker.on('exit', () =>
+      this.fail(new Error('The tar worker exited before it finished the archive')),
+    );
+  }
+
+  /**
+   * Starts a worker archiving the tree at `root` (a layer's `fs/`).
+   *
+   * @example
+   * ```ts
+   * const tar = TarThread.start(fsDir, { chunkSize: 1 << 20, credits: 4, signal });
+   * ```
+   */
+  static start(root: string, options: TarThreadOptions): TarThread {
+    const job: TarJob = { root, chunkSize: options.chunkSize, credits: options.credits };
+    const thread = new TarThread(new Worker(workerFile(), { workerData: job }), options);
+    const signal = options.signal;
+    if (signal) {
+      const onAbort = () => thread.stop(signal.reason);
+      signal.addEventListener('abort', onAbort, { once: true });
+      const forget = () => signal.removeEventListener('abort', onAbort);
+      thread.summary.then(forget, forget);
+      if (signal.aborted) onAbort();
+    }
+    return thread;
+  }
+
+  /** Gives a chunk (from this thread's iteration) back to the worker for reuse. */
+  recycle(chunk: Buffer): void {
+    if (this.finished) return;
+    const data = chunk.buffer as ArrayBuffer;
+    this.worker.postMessage({ type: 'buffer', data } satisfies ToWorker, [data]);
+  }
+
+  /** Stops the worker unless it has finished; safe to call more than once. */
+  close(): void {
+    if (!this.finished) this.stop(new Error('The archive was abandoned'));
+  }
+
+  async *[Symbol.asyncIterator](): AsyncGenerator<TarChunk> {
+    let sawLast = false;
+    try {
+      for (;;) {
+        const next = this.queue.shift();
+        if (next) {
+          sawLast = next.last;
+          yield next;
+          if (sawLast) return;
+          continue;
+        }
+        if (this.failure !== undefined) throw this.failure;
+        await new Promise<void>((resolve) => (this.wake = resolve));
+      }
+    } finally {
+      if (!sawLast) this.stop(new Error('The archive was abandoned'));
+    }
+  }
+
+  private receive(m: ToParent): void {
+    switch (m.type) {
+      case 'chunk':
+        this.queue.push({ data: Buffer.from(m.data, m.offset, m.length), last: m.last });
+        break;
+      case 'warning':
+        this.options.onWarning?.(m.warning);
+        break;
+      case 'done':
+        this.finished = true;
+        this.settle.resolve({ diffId: m.diffId, tarSize: m.tarSize, crc: m.crc });
+        void this.worker.terminate();
+        break;
+      case 'error':
+        this.fail(rebuild(m, this.options.signal));
+        break;
+    }
+    this.wake?.();
+  }
+
+  private fail(err: unknown): void {
+    if (this.failure !== undefined || this.finished) return;
+    this.failure = err;
+    this.settle.reject(err);
+    this.wake?.();
+  }
+
+  /** Stops the worker: its walk ends at the next entry or chunk. */
+  private stop(reason: unknown): void {
+    this.fail(reason);
+    this.finished = true;
+    this.worker.postMessage({ type: 'abort' } satisfies ToWorker);
+    // The walk checks between entries; a worker stuck in one slow read is ended outright.
+    const timer = setTimeout(() => void this.worker.terminate(), 1000);
+    timer.unref();
+    this.worker.once('exit', () => clearTimeout(timer));
+  }
+}
+
+/** The worker's error as this package's error (or the abort reason). */
+function rebuild(m: Extract<ToParent, { type: 'error' }>, signal?: AbortSignal): unknown {
+  if (signal?.aborted) return signal.reason;
+  if (m.code?.startsWith('OCI_')) {
+    return new OciExportError(m.code as OciExportError['code'], m.message, {
+      path: m.path,
+      hint: m.hint,
+    });
+  }
+  return new OciExportError(OciExportCodes.READ_FAILED, m.message, {
+    path: m.path,
+    hint: m.hint ?? 'Check that the layer is readable',
+  });
+}
+
+/** The compiled worker; sources run by a test runner use the build's copy. */
+function workerFile(): URL {
+  const beside = new URL('./tar-worker.js', import.meta.url);
+  if (existsSync(fileURLToPath(beside))) return beside;
+  return new URL('../dist/tar-worker.js', import.meta.url);
+}
