@@ -10,13 +10,14 @@
  * thread only changes where the work runs.
  */
 import { existsSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
-import { OciExportCodes, OciExportError } from './errors.js';
 import type { TarChunk } from './layer-tar.js';
+import { rebuildError, type ThreadError } from './thread-error.js';
 import type { WalkWarning } from './walk.js';
 
-/** What the worker is asked to archive (its `workerData`). */
+/** What the worker is asked to archive (a `job` message). */
 export interface TarJob {
   root: string;
   chunkSize: number;
@@ -29,17 +30,13 @@ export type ToParent =
   | { type: 'chunk'; data: ArrayBuffer; offset: number; length: number; last: boolean }
   | { type: 'warning'; warning: WalkWarning }
   | { type: 'done'; diffId: string; tarSize: number; crc: number }
-  | {
-      type: 'error';
-      name: string;
-      message: string;
-      code: string | undefined;
-      path: string | undefined;
-      hint: string | undefined;
-    };
+  | ({ type: 'error' } & ThreadError);
 
 /** Messages to the worker. */
-export type ToWorker = { type: 'buffer'; data: ArrayBuffer } | { type: 'abort' };
+export type ToWorker =
+  | { type: 'job'; job: TarJob }
+  | { type: 'buffer'; data: ArrayBuffer }
+  | { type: 'abort' };
 
 /** The tar's digest and checksum, as the worker computed them. */
 export interface TarSummary {
@@ -91,12 +88,13 @@ export class TarThread implements AsyncIterable<TarChunk> {
   ) {
     this.summary = new Promise((resolve, reject) => (this.settle = { resolve, reject }));
     this.summary.catch(() => undefined);
-    worker.on('message', (m: ToParent) => this.receive(m));
-    worker.on('error', (err) => this.fail(err));
-    worker.on('exit', () =>
-      this.fail(new Error('The tar worker exited before it finished the archive')),
-    );
+    worker.on('message', this.onMessage).on('error', this.onError).on('exit', this.onExit);
   }
+
+  private readonly onMessage = (m: ToParent) => this.receive(m);
+  private readonly onError = (err: unknown) => this.fail(err);
+  private readonly onExit = () =>
+    this.fail(new Error('The tar worker exited before it finished the archive'));
 
   /**
    * Starts a worker archiving the tree at `root` (a layer's `fs/`).
@@ -108,7 +106,8 @@ export class TarThread implements AsyncIterable<TarChunk> {
    */
   static start(root: string, options: TarThreadOptions): TarThread {
     const job: TarJob = { root, chunkSize: options.chunkSize, credits: options.credits };
-    const thread = new TarThread(new Worker(workerFile(), { workerData: job }), options);
+    const thread = new TarThread(idleWorkers.take(), options);
+    thread.worker.postMessage({ type: 'job', job } satisfies ToWorker);
     const signal = options.signal;
     if (signal) {
       const onAbort = () => thread.stop(signal.reason);
@@ -161,11 +160,15 @@ export class TarThread implements AsyncIterable<TarChunk> {
         break;
       case 'done':
         this.finished = true;
+        this.worker.off('message', this.onMessage).off('error', this.onError);
+        this.worker.off('exit', this.onExit);
+        idleWorkers.give(this.worker);
         this.settle.resolve({ diffId: m.diffId, tarSize: m.tarSize, crc: m.crc });
-        void this.worker.terminate();
         break;
       case 'error':
-        this.fail(rebuild(m, this.options.signal));
+        this.fail(this.options.signal?.aborted ? this.options.signal.reason : rebuildError(m));
+        this.finished = true;
+        void this.worker.terminate();
         break;
     }
     this.wake?.();
@@ -178,32 +181,50 @@ export class TarThread implements AsyncIterable<TarChunk> {
     this.wake?.();
   }
 
-  /** Stops the worker: its walk ends at the next entry or chunk. */
+  /**
+   * Stops the worker: its walk ends at the next entry or chunk, then it is
+   * ended (a worker stuck in one slow read is ended after a second).
+   */
   private stop(reason: unknown): void {
     this.fail(reason);
     this.finished = true;
-    this.worker.postMessage({ type: 'abort' } satisfies ToWorker);
-    // The walk checks between entries; a worker stuck in one slow read is ended outright.
-    const timer = setTimeout(() => void this.worker.terminate(), 1000);
-    timer.unref();
-    this.worker.once('exit', () => clearTimeout(timer));
+    const worker = this.worker;
+    worker.off('message', this.onMessage).off('error', this.onError).off('exit', this.onExit);
+    const end = () => {
+      clearTimeout(timer);
+      void worker.terminate();
+    };
+    const timer = setTimeout(end, 1000);
+    worker.on('message', (m: ToParent) => (m.type === 'done' || m.type === 'error') && end());
+    worker.on('error', end);
+    worker.postMessage({ type: 'abort' } satisfies ToWorker);
   }
 }
 
-/** The worker's error as this package's error (or the abort reason). */
-function rebuild(m: Extract<ToParent, { type: 'error' }>, signal?: AbortSignal): unknown {
-  if (signal?.aborted) return signal.reason;
-  if (m.code?.startsWith('OCI_')) {
-    return new OciExportError(m.code as OciExportError['code'], m.message, {
-      path: m.path,
-      hint: m.hint,
-    });
-  }
-  return new OciExportError(OciExportCodes.READ_FAILED, m.message, {
-    path: m.path,
-    hint: m.hint ?? 'Check that the layer is readable',
-  });
-}
+/**
+ * Workers that finished an archive, kept (without holding the process open)
+ * for the next one: starting a worker and its walk stage costs more than
+ * archiving a small layer. Like zlib's thread pool, this is per process.
+ */
+const idleWorkers = {
+  idle: [] as Worker[],
+  take(): Worker {
+    let worker = this.idle.pop();
+    if (!worker) {
+      const made = new Worker(workerFile());
+      // An idle worker that dies (out of memory, ...) leaves the pool.
+      made.on('exit', () => this.idle.includes(made) && this.idle.splice(this.idle.indexOf(made), 1));
+      worker = made;
+    }
+    worker.ref();
+    return worker;
+  },
+  give(worker: Worker): void {
+    if (this.idle.length >= availableParallelism()) return void worker.terminate();
+    worker.unref();
+    this.idle.push(worker);
+  },
+};
 
 /** The compiled worker; sources run by a test runner use the build's copy. */
 function workerFile(): URL {
