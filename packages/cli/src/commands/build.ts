@@ -4,7 +4,13 @@ import { createBuilder, loadPlan, shardOf } from '@day11/build';
 import { Runc } from '@day11/container';
 import { DOCKER_MAX_LAYERS, Layout } from '@day11/oci-export';
 import { recover } from '@day11/runner';
-import { intOption, logCapOption, maxLayersOption, parseCommand } from '../args.js';
+import {
+  gzipLevelOption,
+  intOption,
+  logCapOption,
+  maxLayersOption,
+  parseCommand,
+} from '../args.js';
 import { cacheDir, prepareCache } from '../cache.js';
 import { CliCodes, CliError } from '../errors.js';
 import { makeReporter } from '../progress.js';
@@ -31,6 +37,7 @@ Options:
                      built, tagged with the step's tag
   --max-layers N     with --oci: at most N layers per image (2-500, or docker = 125); deeper
                      stacks merge contiguous runs of their least shared layers
+  --gzip-level N     with --oci: gzip level of the layer blobs, 0-9 (default 6)
   --timeout SECONDS  stop a step after this long (not recorded)
   --log-cap SIZE     most bytes of a step's output kept in its layer.log (default 64M;
                      none keeps all): past it the log keeps the first and the last half
@@ -100,6 +107,7 @@ export async function run(argv: string[]): Promise<number> {
     runtime: { type: 'string' },
     oci: { type: 'string' },
     'max-layers': { type: 'string' },
+    'gzip-level': { type: 'string' },
     timeout: { type: 'string' },
     'log-cap': { type: 'string' },
     'retry-failed': { type: 'boolean' },
@@ -127,6 +135,11 @@ export async function run(argv: string[]): Promise<number> {
     throw new CliError(CliCodes.USAGE, 'day11 build: --max-layers needs --oci LAYOUT', {
       hint: 'See `day11 build --help`',
     });
+  const gzipLevel = gzipLevelOption('build', values['gzip-level']);
+  if (gzipLevel !== undefined && values.oci === undefined)
+    throw new CliError(CliCodes.USAGE, 'day11 build: --gzip-level needs --oci LAYOUT', {
+      hint: 'See `day11 build --help`',
+    });
   const shard = shardOption(values.shard);
   const whole = await loadPlan(resolve(positionals[0]!));
   const plan = shard ? shardOf(whole, shard) : whole;
@@ -151,6 +164,7 @@ export async function run(argv: string[]): Promise<number> {
       retryFailed: values['retry-failed'] === true,
       ...(values.oci !== undefined && { layout: resolve(values.oci) }),
       ...(maxLayers !== undefined && { maxLayers }),
+      ...(gzipLevel !== undefined && { gzipLevel }),
       ...(timeout > 0 && { timeoutMs: timeout * 1000 }),
       ...(logCap !== undefined && { logCap }),
       sources: caches.sources,

@@ -4,7 +4,7 @@ import { imageOfStep } from '@day11/build';
 import { Sidecar } from '@day11/layer';
 import { DOCKER_MAX_LAYERS, exportImage } from '@day11/oci-export';
 import { exportToRegistry } from '@day11/registry';
-import { maxLayersOption, parseCommand, usage } from '../args.js';
+import { gzipLevelOption, maxLayersOption, parseCommand, usage } from '../args.js';
 import { assertCacheExists, cacheDir, layerDirOf, prepareCache, stackOf } from '../cache.js';
 import { formatBytes } from '../progress.js';
 import { REGISTRY_OPTIONS } from '../registry.js';
@@ -30,6 +30,8 @@ Options:
   --max-layers N     at most N layers (2-500, or docker = ${DOCKER_MAX_LAYERS}): a deeper stack keeps
                      its layers most shared in LAYOUT (× size) and merges contiguous runs of
                      the others into one cached blob each; the image unpacks the same
+  --gzip-level N     gzip level of the layer blobs, 0 (store) to 9 (smallest; default 6);
+                     each layer caches its blob at one level, another level compresses again
   --to REF           push the image to a registry instead (docker://HOST/REPO:TAG)
   --insecure         with --to: plain http to a registry that is not on this machine
   --json             print the result as JSON
@@ -48,6 +50,7 @@ export async function run(argv: string[]): Promise<number> {
     tag: { type: 'string' },
     cmd: { type: 'string', multiple: true },
     'max-layers': { type: 'string' },
+    'gzip-level': { type: 'string' },
     to: { type: 'string' },
     ...REGISTRY_OPTIONS,
     json: { type: 'boolean' },
@@ -62,6 +65,7 @@ export async function run(argv: string[]): Promise<number> {
   }
   if (positionals.length === 0) throw usage('export', 'name the LAYER to export');
   const maxLayers = maxLayersOption('export', values['max-layers'], DOCKER_MAX_LAYERS);
+  const gzipLevel = gzipLevelOption('export', values['gzip-level']);
   await assertCacheExists(osDir);
   await prepareCache(osDir);
   const named = await Promise.all(positionals.map((h) => layerDirOf(osDir, h)));
@@ -76,6 +80,7 @@ export async function run(argv: string[]): Promise<number> {
     createdBy: steps.map((s) => imageOfStep(s).createdBy),
     config: { ...top.config, Cmd: values.cmd ?? ['/bin/sh'] },
     ...(maxLayers !== undefined && { maxLayers }),
+    ...(gzipLevel !== undefined && { gzipLevel }),
   };
   if (values.to !== undefined) {
     const pushed = await exportToRegistry({
