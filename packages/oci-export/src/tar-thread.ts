@@ -34,9 +34,7 @@ export type ToParent =
 
 /** Messages to the worker. */
 export type ToWorker =
-  | { type: 'job'; job: TarJob }
-  | { type: 'buffer'; data: ArrayBuffer }
-  | { type: 'abort' };
+  { type: 'job'; job: TarJob } | { type: 'buffer'; data: ArrayBuffer } | { type: 'abort' };
 
 /** The tar's digest and checksum, as the worker computed them. */
 export interface TarSummary {
@@ -77,7 +75,8 @@ export class TarThread implements AsyncIterable<TarChunk> {
   /** Resolves once the last chunk was handed over. */
   readonly summary: Promise<TarSummary>;
   private readonly queue: TarChunk[] = [];
-  private failure: unknown;
+  /** Why the archive failed (an abort's reason as given when it is an `Error`). */
+  private failure: Error | undefined;
   private finished = false;
   private wake: (() => void) | undefined;
   private settle!: { resolve: (s: TarSummary) => void; reject: (e: unknown) => void };
@@ -176,8 +175,8 @@ export class TarThread implements AsyncIterable<TarChunk> {
 
   private fail(err: unknown): void {
     if (this.failure !== undefined || this.finished) return;
-    this.failure = err;
-    this.settle.reject(err);
+    this.failure = err instanceof Error ? err : new Error(String(err));
+    this.settle.reject(this.failure);
     this.wake?.();
   }
 
@@ -213,7 +212,10 @@ const idleWorkers = {
     if (!worker) {
       const made = new Worker(workerFile());
       // An idle worker that dies (out of memory, ...) leaves the pool.
-      made.on('exit', () => this.idle.includes(made) && this.idle.splice(this.idle.indexOf(made), 1));
+      made.on(
+        'exit',
+        () => this.idle.includes(made) && this.idle.splice(this.idle.indexOf(made), 1),
+      );
       worker = made;
     }
     worker.ref();

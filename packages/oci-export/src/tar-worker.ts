@@ -63,11 +63,11 @@ async function* walked(
 ): AsyncGenerator<EncodedEntry> {
   const stage = (walker ??= new Worker(new URL('./walk-worker.js', import.meta.url)));
   const queue: FromWalker[] = [];
-  let failure: unknown;
+  let failure: Error | undefined;
   let ready: (() => void) | undefined;
   let ended = false;
   const onMessage = (m: FromWalker) => (queue.push(m), ready?.());
-  const onError = (err: unknown) => ((failure ??= err), ready?.());
+  const onError = (err: Error) => ((failure ??= err), ready?.());
   const onExit = () => onError(new Error('The walk worker exited before the end of the walk'));
   stage.on('message', onMessage).on('error', onError).on('exit', onExit);
   stage.postMessage({ type: 'walk', root, credits: WALK_CREDITS } satisfies ToWalker);

@@ -23,7 +23,7 @@ export interface ThreadError {
  * ```
  */
 export function serializeError(err: unknown): ThreadError {
-  const known = err instanceof Day11Error ? err : undefined;
+  const known: Day11Error<string> | undefined = err instanceof Day11Error ? err : undefined;
   return { message: messageOf(err), code: known?.code, path: known?.path, hint: known?.hint };
 }
 
