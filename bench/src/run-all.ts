@@ -61,7 +61,11 @@ const SUITES: Record<string, Suite> = {
   },
   export: {
     load: () => import('./export.js'),
-    note: "`exportImage` with every blob cache emptied (cold) of five layers copied from this machine's `/usr` (headers, Python, Perl, binaries) against day10's method on the same layers: per layer, sequentially, GNU `tar -c --numeric-owner | gzip -n -6`; the same for one large layer (`/usr/bin`). Warm re-export (every blob cached) into a fresh layout against the cold export. Peak RSS of a child process exporting a layer holding one 2 GiB incompressible file against a 150 MB limit. 3 rounds (7 warm), medians; all reads from the page cache, so this measures CPU, not the disk.",
+    note: "`exportImage` with every blob cache emptied (cold) of five layers copied from this machine's `/usr` (headers, Python, Perl, helper binaries; ~300 MB) against the tools a user would pick instead: per layer, GNU `tar -c --numeric-owner | pigz -6 -p N` with the same N threads; `skopeo copy containers-storage: oci:` of the same image (imported into podman's storage first; Go's parallel gzip), at level 6 and, with `gzipLevel: 4`, at level 4; and day10's `tar | gzip -n -6` per layer for the record. The same against pigz for one layer of ~24k small files (`/usr/share/man`). Warm re-export (every blob cached) into a fresh layout against the cold export. Peak RSS of a child process exporting a layer holding one 2 GiB incompressible file against a 150 MB limit. 5 rounds, every variant once per round in a seeded shuffled order (7 warm), medians; all reads from the page cache, so this measures CPU, not the disk.",
+  },
+  import: {
+    load: () => import('./import.js'),
+    note: "`Import.fromTarball` of a ~300 MB tarball of ~33k entries from this machine's `/usr` (man pages, headers, helper binaries) into a fresh cache, plain and gzipped, against GNU `tar -xf` (`-xzf`) of the same tarball into an empty directory; `podman import` of it as a reference. 5 rounds, every variant once per round in a seeded shuffled order, medians.",
   },
   squash: {
     load: () => import('./squash.js'),

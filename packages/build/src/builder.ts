@@ -36,7 +36,7 @@ import {
   type Base,
   type LayerMetaRecord,
 } from '@day11/layer';
-import { exportImage, OciExportCodes } from '@day11/oci-export';
+import { exportImage, LayerBlob, OciExportCodes } from '@day11/oci-export';
 import { resolveBase, type ImageResolver } from './base.js';
 import { BuildCodes, BuildError } from './errors.js';
 import { now, type BuildEvent, type StepEvent, type SummaryEvent } from './events.js';
@@ -76,6 +76,8 @@ export interface BuilderOptions {
    * runs of the others; the image unpacks the same.
    */
   maxLayers?: number | undefined;
+  /** With `layout`: gzip level 0–9 of the layer blobs (default 6). */
+  gzipLevel?: number | undefined;
   /** Stop a step after this long: it is not recorded. */
   timeoutMs?: number | undefined;
   /**
@@ -212,6 +214,7 @@ interface Checked {
   fetchJobs: number;
   layout: string | undefined;
   maxLayers: number | undefined;
+  gzipLevel: number | undefined;
   timeoutMs: number | undefined;
   logCap: number | undefined;
   retryFailed: boolean;
@@ -236,6 +239,16 @@ function checkOptions(options: BuilderOptions): Checked {
     throw new BuildError(BuildCodes.BAD_ARGUMENT, 'Invalid builder option osDir: not a path', {
       hint: 'Pass the layer cache directory, e.g. /var/cache/day11',
     });
+  }
+  if (
+    options.gzipLevel !== undefined &&
+    !(Number.isInteger(options.gzipLevel) && options.gzipLevel >= 0 && options.gzipLevel <= 9)
+  ) {
+    throw new BuildError(
+      BuildCodes.BAD_ARGUMENT,
+      `Invalid builder option gzipLevel: ${options.gzipLevel}`,
+      { hint: 'Pass a whole number from 0 (store) to 9 (smallest); the default is 6' },
+    );
   }
   if (
     options.maxLayers !== undefined &&
@@ -271,6 +284,7 @@ function checkOptions(options: BuilderOptions): Checked {
     fetchJobs: positive('fetchJobs', options.fetchJobs, 4),
     layout: options.layout,
     maxLayers: options.maxLayers,
+    gzipLevel: options.gzipLevel,
     timeoutMs: options.timeoutMs,
     logCap: cap,
     retryFailed: options.retryFailed === true,
@@ -299,6 +313,8 @@ class BuildRun {
   private readonly lockSlots = new Semaphore(LOCK_AHEAD);
   private readonly remote = new Map<string, LayerSource>();
   private readonly background = new Set<Promise<void>>();
+  /** One layer blob compressed ahead at a time (it uses every core). */
+  private readonly blobSlot = new Semaphore(1);
   private exportChain: Promise<void> = Promise.resolve();
   private readonly exported: string[] = [];
   private readonly exportFailures: { tag: string; reason: string }[] = [];
@@ -990,7 +1006,26 @@ class BuildRun {
   private queueExport(step: Step): void {
     const layout = this.o.layout;
     if (layout === undefined) return;
+    this.prepareBlob(step);
     this.exportChain = this.exportChain.then(() => this.exportStep(step, layout));
+  }
+
+  /**
+   * Compresses the step's layer blob now, beside the steps still running, so
+   * that the image exports (one at a time) find it cached. A failure here is
+   * not reported: the export that needs the blob makes it again and reports.
+   */
+  private prepareBlob(step: Step): void {
+    const dir = this.dirOf(step.id);
+    const options = { gzipLevel: this.o.gzipLevel, signal: this.signal };
+    const job: Promise<void> = this.blobSlot
+      .use(() => LayerBlob.ensure(dir, options))
+      .then(
+        () => undefined,
+        () => undefined,
+      )
+      .finally(() => this.background.delete(job));
+    this.background.add(job);
   }
 
   private async exportStep(step: Step, layout: string): Promise<void> {
@@ -1006,6 +1041,7 @@ class BuildRun {
         createdBy: stack.map((s) => imageOfStep(s).createdBy),
         config: { ...imageOfStep(step).config, Cmd: ['/bin/sh'] },
         ...(this.o.maxLayers !== undefined && { maxLayers: this.o.maxLayers }),
+        ...(this.o.gzipLevel !== undefined && { gzipLevel: this.o.gzipLevel }),
         ...(this.signal && { signal: this.signal }),
       });
     try {

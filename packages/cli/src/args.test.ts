@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { intOption, maxLayersOption, numberOption, sizeOption } from './args.js';
+import { gzipLevelOption, intOption, maxLayersOption, numberOption, sizeOption } from './args.js';
 import { CliCodes } from './errors.js';
 import { formatBytes, formatSummary } from './progress.js';
 
@@ -29,6 +29,15 @@ describe('options', () => {
     expect(numberOption('gc', 'before', '1.5', 10)).toBe(1.5);
     expect(() => numberOption('gc', 'before', 'NaN', 10)).toThrow(/--before/);
     expect(() => numberOption('gc', 'before', '1e99', 10)).toThrow(/--before/);
+  });
+
+  it('parses a gzip level from 0 to 9', () => {
+    expect(gzipLevelOption('export', '0')).toBe(0);
+    expect(gzipLevelOption('build', '9')).toBe(9);
+    expect(gzipLevelOption('export', undefined)).toBeUndefined();
+    for (const bad of ['-1', '10', '4.5', 'fast']) {
+      expect(() => gzipLevelOption('export', bad)).toThrow(/--gzip-level must be an integer/);
+    }
   });
 
   it('parses a layer budget, docker meaning 125', () => {

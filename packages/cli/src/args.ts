@@ -147,6 +147,19 @@ export function logCapOption(
 /** The most layers the kernel's overlayfs stacks (and so any engine) can use. */
 const MAX_LAYERS_LIMIT = 500;
 
+/**
+ * `--gzip-level N`: 0 (store) to 9 (smallest); `undefined` when not given (the default, 6).
+ *
+ * @example
+ * ```ts
+ * gzipLevelOption('export', '4'); // 4
+ * ```
+ */
+export function gzipLevelOption(command: string, value: string | undefined): number | undefined {
+  if (value === undefined) return undefined;
+  return intOption(command, 'gzip-level', value, { min: 0, max: 9, def: 6 });
+}
+
 /** `--max-layers N|docker`: a layer budget of 2 to 500, `docker` being Docker's 125. */
 export function maxLayersOption(
   command: string,

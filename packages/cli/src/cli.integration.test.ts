@@ -158,6 +158,44 @@ describe('day11 export', () => {
     await Exec.run('umoci', ['unpack', '--image', `${layout}:tool-squashed`, again]);
     expect(await readFile(join(again, 'rootfs/opt/tool'), 'utf8')).toBe('lib\n');
     await expect(readFile(join(again, 'rootfs/etc/passwd'))).rejects.toThrow(/ENOENT/);
+
+    // Another gzip level compresses again (the cache is keyed by level) and unpacks the same.
+    const stored = await day11(
+      'export',
+      '--cache',
+      cache,
+      '--oci',
+      layout,
+      '--tag',
+      'tool-stored',
+      '--gzip-level',
+      '0',
+      '--json',
+      lib,
+      toolLayer,
+    );
+    expect(stored.exitCode).toBe(0);
+    const storedLayers = (
+      JSON.parse(stored.stdout) as { layers: { cached: boolean; size: number }[] }
+    ).layers;
+    expect(storedLayers.map((l) => l.cached)).toEqual(storedLayers.map(() => false));
+    const level0 = join(work, 'bundle-level0');
+    await Exec.run('umoci', ['unpack', '--image', `${layout}:tool-stored`, level0]);
+    expect(await readFile(join(level0, 'rootfs/opt/tool'), 'utf8')).toBe('lib\n');
+    const bad = await day11(
+      'export',
+      '--cache',
+      cache,
+      '--oci',
+      layout,
+      '--tag',
+      'x',
+      '--gzip-level',
+      '10',
+      lib,
+    );
+    expect(bad.exitCode).toBe(2);
+    expect(bad.stderr).toMatch(/--gzip-level must be an integer from 0 to 9/);
   });
 });
 

@@ -3,9 +3,9 @@
  * code from {@link OciExportCodes}, the file involved, and a hint saying what
  * to do about it.
  */
-import { Day11Error, type CodeOf, messageOf } from '@day11/exec';
+import { Day11Error, type CodeOf, messageOf } from '@day11/exec/errors';
 // Shared helpers, re-exported so this package's modules import them from one place.
-export { messageOf, errnoCode } from '@day11/exec';
+export { messageOf, errnoCode } from '@day11/exec/errors';
 
 /** A stable code from {@link OciExportCodes}. */
 export type OciExportCode = CodeOf<typeof OciExportCodes>;

@@ -15,6 +15,7 @@ import { createHash } from 'node:crypto';
 import zlib from 'node:zlib';
 import { OciExportCodes, OciExportError } from './errors.js';
 import type { TarChunk } from './layer-tar.js';
+import type { TarSummary } from './tar-thread.js';
 import { Semaphore } from './pool.js';
 
 /** Default gzip level (gzip's own default). */
@@ -38,6 +39,11 @@ export interface GzipOptions {
   onChunk?: ((tarBytes: number) => void) | undefined;
   /** Called with each input chunk once nothing reads it any more (to reuse its buffer). */
   recycle?: ((chunk: Buffer) => void) | undefined;
+  /**
+   * The input's SHA-256, size and CRC-32 as its producer computed them (a
+   * {@link TarThread}'s summary); without it they are computed here.
+   */
+  summary?: Promise<TarSummary> | undefined;
 }
 
 /** What {@link gzipChunks} produced. */
@@ -90,8 +96,10 @@ export async function gzipChunks(
   try {
     await emit(gzipHeader(level));
     for await (const { data, last } of chunks) {
-      tarHash.update(data);
-      crc = zlib.crc32(data, crc);
+      if (!options.summary) {
+        tarHash.update(data);
+        crc = zlib.crc32(data, crc);
+      }
       tarSize += data.length;
       // Copied now: `data` goes back to its pool once compressed.
       const next = data.length >= WINDOW ? Buffer.from(data.subarray(-WINDOW)) : undefined;
@@ -106,8 +114,12 @@ export async function gzipChunks(
     // On failure, let the jobs already started finish before the caller moves on.
     await Promise.allSettled(inFlight);
   }
-  await emit(gzipTrailer(crc, tarSize));
-  return { diffId: hex(tarHash), tarSize, digest: hex(gzHash), size };
+  const summary = options.summary ? await options.summary : undefined;
+  if (summary && summary.tarSize !== tarSize) {
+    throw new Error(`The tar has ${tarSize} bytes, its producer counted ${summary.tarSize}`);
+  }
+  await emit(gzipTrailer(summary?.crc ?? crc, tarSize));
+  return { diffId: summary?.diffId ?? hex(tarHash), tarSize, digest: hex(gzHash), size };
 }
 
 /**

@@ -18,8 +18,9 @@ import { z } from 'zod';
 import { OciExportCodes, OciExportError, fsError } from './errors.js';
 import { writeAll, writeAtomic } from './files.js';
 import { gzipChunks, levelOf } from './gzip.js';
-import { DEFAULT_CHUNK_SIZE, tarChunks } from './layer-tar.js';
-import { BufferPool, Semaphore, compressionSlots } from './pool.js';
+import { DEFAULT_CHUNK_SIZE } from './layer-tar.js';
+import { Semaphore, compressionSlots } from './pool.js';
+import { TarThread } from './tar-thread.js';
 import type { WalkWarning } from './walk.js';
 import { TempName } from '@day11/exec';
 
@@ -312,25 +313,30 @@ async function compressTo(
 ): Promise<{ digest: string; diffId: string; size: number; tarSize: number }> {
   const slots = options.slots ?? compressionSlots(options.concurrency);
   const window = slots.size + 1;
-  const pool = new BufferPool(DEFAULT_CHUNK_SIZE, window + 1);
   // The cache's copy is private (its layer directory is too); Layout.linkBlob
   // makes it readable where a layout publishes it.
   const out = await open(temp, 'wx', 0o600);
+  const tar = TarThread.start(fsDir, {
+    chunkSize: DEFAULT_CHUNK_SIZE,
+    // The chunks being compressed or written, and one ready for the next free slot.
+    credits: window + 1,
+    signal: options.signal,
+    onWarning: options.onWarning,
+  });
   try {
-    const result = await gzipChunks(
-      tarChunks(fsDir, { signal: options.signal, onWarning: options.onWarning, pool }),
-      {
-        level: options.gzipLevel,
-        slots,
-        window,
-        write: (b) => writeAll(out, b),
-        onChunk: options.onProgress,
-        recycle: (chunk) => pool.give(chunk),
-      },
-    );
+    const result = await gzipChunks(tar, {
+      level: options.gzipLevel,
+      slots,
+      window,
+      write: (b) => writeAll(out, b),
+      onChunk: options.onProgress,
+      recycle: (chunk) => tar.recycle(chunk),
+      summary: tar.summary,
+    });
     await out.sync();
     return result;
   } finally {
+    tar.close();
     await out.close();
   }
 }

@@ -9,8 +9,8 @@ import { closeSync, openSync, readSync } from 'node:fs';
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import { OciExportCodes, OciExportError, fsError } from './errors.js';
 import { END_OF_ARCHIVE, encodeHeader, padding } from './tar-header.js';
-import { BufferPool } from './pool.js';
-import { walk, type WalkOptions } from './walk.js';
+import { BufferPool } from './buffer-pool.js';
+import { walk, type WalkEntry, type WalkOptions } from './walk.js';
 
 /**
  * Default bytes of tar per chunk (1 MiB): small enough that a few chunks in
@@ -41,6 +41,16 @@ export interface TarOptions extends WalkOptions {
   pool?: BufferPool | undefined;
 }
 
+/** An entry with its header encoded: what {@link tarOf} archives. */
+export interface EncodedEntry {
+  /** The header block(s): the PAX header when needed, then the ustar block. */
+  header: Buffer;
+  /** For a regular file: where its `size` bytes of content are read from. */
+  source?: string | undefined;
+  /** Bytes of content following the header. */
+  size: number;
+}
+
 /**
  * Yields the tar of the tree at `root` (see `walk` for the order and the
  * overlay conversions) in chunks of `chunkSize` bytes, the last one shorter
@@ -53,19 +63,51 @@ export interface TarOptions extends WalkOptions {
  * ```
  * @throws {OciExportError} as `walk`, and `OCI_LAYER_CHANGED` when a file shrinks while read.
  */
-export async function* tarChunks(root: string, options: TarOptions = {}): AsyncGenerator<TarChunk> {
+export function tarChunks(root: string, options: TarOptions = {}): AsyncGenerator<TarChunk> {
+  return tarOf(encodeEntries(walk(root, options)), options);
+}
+
+/**
+ * The walk's entries with their headers encoded.
+ *
+ * @example
+ * ```ts
+ * for (const { header, source } of encodeEntries(walk(fsDir))) console.log(header.length, source);
+ * ```
+ */
+export function* encodeEntries(entries: Iterable<WalkEntry>): Generator<EncodedEntry> {
+  for (const { header, source } of entries) {
+    yield { header: encodeHeader(header), source, size: header.size };
+  }
+}
+
+/**
+ * The tar of `entries` (in archive order) in chunks, as {@link tarChunks}:
+ * each header, then the content of each regular file read from its source
+ * and padded to a block, then the end of the archive.
+ *
+ * @example
+ * ```ts
+ * for await (const { data, last } of tarOf(encodeEntries(walk(fsDir)), { pool })) compress(data, last);
+ * ```
+ * @throws {OciExportError} `OCI_READ_FAILED`, `OCI_LAYER_CHANGED`; what `entries` throws.
+ */
+export async function* tarOf(
+  entries: Iterable<EncodedEntry> | AsyncIterable<EncodedEntry>,
+  options: Omit<TarOptions, 'onWarning'> = {},
+): AsyncGenerator<TarChunk> {
   const chunker = new Chunker(
     options.pool ?? new BufferPool(options.chunkSize ?? DEFAULT_CHUNK_SIZE, 0),
   );
-  let entries = 0;
-  for (const { header, source } of walk(root, options)) {
-    chunker.put(encodeHeader(header));
+  let count = 0;
+  for await (const { header, source, size } of entries) {
+    chunker.put(header);
     yield* chunker.drain();
     if (source !== undefined) {
-      yield* copyFile(chunker, source, header.size);
-      chunker.zeros(padding(header.size));
+      yield* copyFile(chunker, source, size);
+      chunker.zeros(padding(size));
     }
-    if (++entries % YIELD_EVERY === 0) {
+    if (++count % YIELD_EVERY === 0) {
       await nextTurn();
       options.signal?.throwIfAborted();
     }

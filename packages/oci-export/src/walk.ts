@@ -24,7 +24,8 @@
  */
 import { lstatSync, readdirSync, readlinkSync, type Stats } from 'node:fs';
 import { join } from 'node:path';
-import { Sys } from '@day11/exec';
+// The light entry points: the walk also runs on worker threads, which should start fast.
+import * as Sys from '@day11/exec/sys';
 import { OciExportCodes as Codes, OciExportError, fsError } from './errors.js';
 import type { TarHeader } from './tar-header.js';
 

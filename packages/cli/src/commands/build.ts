@@ -1,6 +1,7 @@
 /** `day11 build PLAN.json --cache DIR [--jobs N] [--oci LAYOUT] [--cache-from REF] [--cache-to REF] [--shard K/N] ...` */
 import { resolve } from 'node:path';
 import {
+  gzipLevelOption,
   intOption,
   logCapOption,
   maxLayersOption,
@@ -28,6 +29,7 @@ Options:
                      built, tagged with the step's tag
   --max-layers N     with --oci: at most N layers per image (2-500, or docker = 125); deeper
                      stacks merge contiguous runs of their least shared layers
+  --gzip-level N     with --oci: gzip level of the layer blobs, 0-9 (default 6)
   --timeout SECONDS  stop a step after this long (not recorded)
   --log-cap SIZE     most bytes of a step's output kept in its layer.log (default 64M;
                      none keeps all): past it the log keeps the first and the last half
@@ -97,6 +99,7 @@ export async function run(argv: string[]): Promise<number> {
     runtime: { type: 'string' },
     oci: { type: 'string' },
     'max-layers': { type: 'string' },
+    'gzip-level': { type: 'string' },
     timeout: { type: 'string' },
     'log-cap': { type: 'string' },
     'retry-failed': { type: 'boolean' },
@@ -139,6 +142,11 @@ export async function run(argv: string[]): Promise<number> {
     throw new CliError(CliCodes.USAGE, 'day11 build: --max-layers needs --oci LAYOUT', {
       hint: 'See `day11 build --help`',
     });
+  const gzipLevel = gzipLevelOption('build', values['gzip-level']);
+  if (gzipLevel !== undefined && values.oci === undefined)
+    throw new CliError(CliCodes.USAGE, 'day11 build: --gzip-level needs --oci LAYOUT', {
+      hint: 'See `day11 build --help`',
+    });
   const shard = shardOption(values.shard);
   const whole = await loadPlan(resolve(positionals[0]!));
   const plan = shard ? shardOf(whole, shard) : whole;
@@ -163,6 +171,7 @@ export async function run(argv: string[]): Promise<number> {
       retryFailed: values['retry-failed'] === true,
       ...(values.oci !== undefined && { layout: resolve(values.oci) }),
       ...(maxLayers !== undefined && { maxLayers }),
+      ...(gzipLevel !== undefined && { gzipLevel }),
       ...(timeout > 0 && { timeoutMs: timeout * 1000 }),
       ...(logCap !== undefined && { logCap }),
       sources: caches.sources,

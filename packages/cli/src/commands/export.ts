@@ -1,6 +1,12 @@
 /** `day11 export --cache DIR (--oci LAYOUT --tag TAG | --to docker://REF) LAYER...` */
 import { resolve } from 'node:path';
-import { maxLayersOption, parseCommand, REGISTRY_OPTIONS, usage } from '../args.js';
+import {
+  gzipLevelOption,
+  maxLayersOption,
+  parseCommand,
+  REGISTRY_OPTIONS,
+  usage,
+} from '../args.js';
 import { assertCacheExists, cacheDir, layerDirOf, prepareCache, stackOf } from '../cache.js';
 import { formatBytes } from '../progress.js';
 
@@ -23,6 +29,8 @@ Options:
   --max-layers N     at most N layers (2-500, or docker = 125): a deeper stack keeps
                      its layers most shared in LAYOUT (× size) and merges contiguous runs of
                      the others into one cached blob each; the image unpacks the same
+  --gzip-level N     gzip level of the layer blobs, 0 (store) to 9 (smallest; default 6);
+                     each layer caches its blob at one level, another level compresses again
   --to REF           push the image to a registry instead (docker://HOST/REPO:TAG)
   --insecure         with --to: plain http to a registry that is not on this machine
   --json             print the result as JSON
@@ -41,6 +49,7 @@ export async function run(argv: string[]): Promise<number> {
     tag: { type: 'string' },
     cmd: { type: 'string', multiple: true },
     'max-layers': { type: 'string' },
+    'gzip-level': { type: 'string' },
     to: { type: 'string' },
     ...REGISTRY_OPTIONS,
     json: { type: 'boolean' },
@@ -60,6 +69,7 @@ export async function run(argv: string[]): Promise<number> {
     import('@day11/oci-export'),
   ]);
   const maxLayers = maxLayersOption('export', values['max-layers'], DOCKER_MAX_LAYERS);
+  const gzipLevel = gzipLevelOption('export', values['gzip-level']);
   await assertCacheExists(osDir);
   await prepareCache(osDir);
   const named = await Promise.all(positionals.map((h) => layerDirOf(osDir, h)));
@@ -74,6 +84,7 @@ export async function run(argv: string[]): Promise<number> {
     createdBy: steps.map((s) => imageOfStep(s).createdBy),
     config: { ...top.config, Cmd: values.cmd ?? ['/bin/sh'] },
     ...(maxLayers !== undefined && { maxLayers }),
+    ...(gzipLevel !== undefined && { gzipLevel }),
   };
   if (values.to !== undefined) {
     const { exportToRegistry } = await import('@day11/registry');
