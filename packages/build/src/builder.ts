@@ -41,7 +41,7 @@ import { resolveBase, type ImageResolver } from './base.js';
 import { BuildCodes, BuildError } from './errors.js';
 import { now, type BuildEvent, type StepEvent, type SummaryEvent } from './events.js';
 import { PlanGraph } from './graph.js';
-import { outOfSpace } from './disk.js';
+import { FreeSpaceWatch, outOfSpace } from './disk.js';
 import { imageOfStep } from './image.js';
 import { argvOf, userOf, type Plan, type Step } from './plan.js';
 import { runnerSandbox, type Sandbox, type StepProcess } from './sandbox.js';
@@ -805,6 +805,7 @@ class BuildRun {
     const stack = this.graph.stack(step.id);
     const logFile = TempName.inside(this.o.osDir, 'log');
     let logMoved = false;
+    const space = new FreeSpaceWatch(this.o.osDir);
     try {
       const result = await this.sandbox
         .run({
@@ -816,7 +817,10 @@ class BuildRun {
           signal: this.signal,
           timeoutMs: this.o.timeoutMs,
         })
-        .finally(done);
+        .finally(() => {
+          space.stop();
+          done();
+        });
       if (result.status === 'interrupted') {
         const reason = result.reason === 'timeout' ? 'timed out' : 'aborted';
         this.report(step, 'failed', { seconds: seconds(), reason, recorded: false });
@@ -825,7 +829,9 @@ class BuildRun {
       // A step that failed because the disk filled up did not fail by itself:
       // nothing is recorded, and what it wrote goes at once.
       const noSpace =
-        result.exitCode === 0 ? undefined : await outOfSpace({ dir: this.o.osDir, logFile });
+        result.exitCode === 0
+          ? undefined
+          : await outOfSpace({ dir: this.o.osDir, logFile, watch: space });
       if (noSpace !== undefined) {
         await rm(result.upper, { recursive: true, force: true });
         const reason = `exit ${result.exitCode}, not recorded: ${noSpace}`;
