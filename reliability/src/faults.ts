@@ -5,6 +5,7 @@
  * succeeds. The kill delay is drawn (seeded) over the duration of a clean
  * run of the same operation, measured first.
  */
+import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -245,6 +246,8 @@ async function recoverAll(ctx: FaultContext, job: WorkerJob): Promise<string[]> 
     ...report.cache.incompleteLayers.map((p) => `incomplete layer ${p}`),
   ];
   for (const layout of layoutsOf(job)) {
+    // Killed before it made the layout (1–2 ms in, at most an empty directory): nothing to recover.
+    if (!existsSync(join(layout, 'oci-layout'))) continue;
     await Layout.recover(layout);
     await Layout.gc(layout);
   }
