@@ -268,6 +268,7 @@ class LayoutChecker {
   async check(layouts: readonly string[]): Promise<string[]> {
     const problems: string[] = [];
     for (const layout of layouts) {
+      if (!existsSync(join(layout, 'oci-layout'))) continue; // never made: nothing to check
       problems.push(...(await layoutProblems(layout)));
       for (const { tag, digest } of await Layout.tags(layout)) {
         const key = `${layout}:${tag}@${digest}`;
