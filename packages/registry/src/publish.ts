@@ -2,20 +2,21 @@
  * Publishing a committed layer to the cache repository.
  *
  * Order (the manifest PUT is the commit point, so a kill at any moment never
- * leaves a tag pointing at missing blobs):
- * 1. the layers of its stack (base and dependencies), each under its own
- *    `build-` tag, unless recorded as published already;
- * 2. the blobs: the stack's layer blobs (the exporter's cached tar+gzip,
- *    never recompressed), the config, the log: each skipped when known,
- *    else HEAD, else uploaded;
- * 3. the `log-<hash>` artifact;
- * 4. HEAD `build-<hash>`, then PUT its manifest.
+ * leaves a tag pointing at missing blobs, nor a tag whose stack's tags are
+ * missing):
+ * 1. the blobs: the stack's layer blobs (the exporter's cached tar+gzip,
+ *    never recompressed) first, then each image's config and log beside
+ *    them: each skipped when known, else HEAD (big ones), else uploaded;
+ * 2. the `log-<hash>` artifact, beside the big blobs;
+ * 3. once the image's blobs are up, HEAD `build-<hash>`, while the layers
+ *    of its stack (each under its own `build-` tag, unless recorded as
+ *    published already) put their manifests, bottom up;
+ * 4. PUT its manifest.
  *
  * First writer wins: an existing tag is never overwritten. When it holds a
  * different blob for the layer than ours, the step is not reproducible: a
  * warning says so and theirs stays.
  */
-import { createReadStream } from 'node:fs';
 import { link, mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { InUse, LayerDir, LayerMeta } from '@day11/layer';
@@ -33,6 +34,7 @@ import {
 } from './cache-image.js';
 import type { BlobSource, PushOutcome, RegistryClient } from './client.js';
 import { sha256Of } from './digest-stream.js';
+import { FileBody } from './file-body.js';
 import { RegistryError } from './errors.js';
 import {
   baseOf,
@@ -296,30 +298,30 @@ async function publishLeased(
   layer: LocalLayer,
   stack: readonly string[],
 ): Promise<PublishResult> {
+  // Layers below recorded as published are known first, so their blobs are not asked about.
+  await mapLimit(stack.slice(0, -1), 16, (hash) => trustRecord(ctx, hash));
+  // The stack's cached blobs go up at once: they are most of the time, and the registry's.
+  const early = cachedBlobs(ctx, stack).then((blobs) => pushBlobs(ctx, blobs));
   const exported = stackImage(ctx, layer);
   const lowers = mapLimit(stack.slice(0, -1), ctx.concurrency ?? DEFAULT_CONCURRENCY, (hash) =>
     publishOne(ctx, hash, true),
   );
-  const cached = await cachedBlobs(ctx, stack);
-  // The image's files first (a few ms on an idle thread pool; 0.1-0.2 s once the uploads' reads
-  // fill it), so its small blobs and those of the images below go up beside the big ones.
-  await exported.catch(() => undefined);
-  const early = pushBlobs(ctx, cached);
-  const prepared = exported.then(async (image) => {
-    const blobs = image.layers.map((l) => fileBlob(blobFile(image, l.digest), l));
-    const [counts, ready] = await settleAll(pushBlobs(ctx, blobs), prepareImage(ctx, layer, image));
-    ready.uploaded += counts.uploaded;
-    ready.uploadedBytes += counts.uploadedBytes;
-    return ready;
-  });
+  // The small blobs and the log artifact go up beside the big ones; blobs compressed just now after.
+  const prepared = exported.then((image) => prepareImage(ctx, layer, image));
+  const layerBlobs = exported.then((image) =>
+    pushBlobs(
+      ctx,
+      image.layers.map((l) => fileBlob(blobFile(image, l.digest), l)),
+    ),
+  );
   try {
-    const [pushed, below, , ready] = await settleAll(early, lowers, exported, prepared);
-    const counts = { uploaded: 0, uploadedBytes: 0 };
-    for (const r of [...below, ready, pushed]) {
-      counts.uploaded += r.uploaded;
-      counts.uploadedBytes += r.uploadedBytes;
-    }
-    return { ...(await commitImage(ctx, layer, ready)), ...counts };
+    const up = settleAll(early, layerBlobs, prepared);
+    // Everything this image needs is up: look at the tag while the layers below commit.
+    const existing = up.then(() =>
+      ctx.client.headManifest(ctx.repository, buildTag(layer.hash), ctx),
+    );
+    const [[, , ready], , found] = await settleAll(up, lowers, existing, exported);
+    return await commitImage(ctx, layer, ready, found !== undefined);
   } finally {
     // Settled by now (settleAll waits for everything).
     await exported.then(
@@ -327,6 +329,14 @@ async function publishLeased(
       () => undefined,
     );
   }
+}
+
+/** Marks `hash` published when its record in this registry says so (the record is trusted below the layer asked for). */
+async function trustRecord(ctx: Context, hash: string): Promise<void> {
+  if (ctx.session.published.has(hash)) return;
+  const where = { registry: ctx.client.registry, repository: ctx.repository };
+  const record = await Record.recordFor(LayerDir.path({ osDir: ctx.osDir, hash }), where);
+  if (record) trusted(ctx, hash, record);
 }
 
 /** The blobs of `stack` already cached in their layer directories (the others are compressed by the export). */
@@ -402,16 +412,14 @@ async function stackImage(ctx: Context, layer: LocalLayer): Promise<StackImage> 
   }
 }
 
-/** A layer's manifest, ready to go up: its blobs and log artifact are in the registry. */
+/** A layer's manifest, ready to go up once its layer blobs are (its small blobs and log artifact are). */
 interface PreparedImage {
   manifest: Buffer;
   blobs: BlobSource[];
   ownBlob: string;
-  uploaded: number;
-  uploadedBytes: number;
 }
 
-/** Pushes the layer's config, log and log artifact, and builds its manifest. */
+/** Pushes the layer's config, log and log artifact (not its layer blobs), and builds its manifest. */
 async function prepareImage(
   ctx: Context,
   layer: LocalLayer,
@@ -419,13 +427,12 @@ async function prepareImage(
 ): Promise<PreparedImage> {
   const log = await logOf(layer.dir);
   const own = image.layers.at(-1)!;
-  const blobs: BlobSource[] = [
-    ...image.layers.map((l) => fileBlob(blobFile(image, l.digest), l)),
+  const small: BlobSource[] = [
     bufferBlob(image.config.bytes),
     log.file ? fileBlob(log.file, log) : bufferBlob(Buffer.alloc(0)),
     bufferBlob(EMPTY_CONFIG),
   ];
-  const counts = await pushBlobs(ctx, blobs);
+  await pushBlobs(ctx, small);
   await putLog(ctx, layer.hash, log);
   const manifest = buildManifest({
     config: {
@@ -445,20 +452,23 @@ async function prepareImage(
     fsRoot: await fsRootOf(layer.dir),
     baseImage: image.baseImage,
   });
-  return { manifest, blobs, ownBlob: own.digest, ...counts };
+  const blobs = [...image.layers.map((l) => fileBlob(blobFile(image, l.digest), l)), ...small];
+  return { manifest, blobs, ownBlob: own.digest };
 }
 
-/** The commit point: HEAD the tag, then PUT the manifest (an existing tag wins). */
+/**
+ * The commit point: PUT the manifest, unless the tag was found to exist
+ * (a HEAD made once the image's blobs were up, while the layers below committed:
+ * someone may have published it meanwhile; an existing tag wins).
+ */
 async function commitImage(
   ctx: Context,
   layer: LocalLayer,
   prepared: PreparedImage,
+  exists: boolean,
 ): Promise<PublishResult> {
   const { client, repository, session } = ctx;
-  // Last look before the commit point: someone may have published it meanwhile.
-  if (await client.headManifest(repository, buildTag(layer.hash), ctx)) {
-    return settleExisting(ctx, layer);
-  }
+  if (exists) return settleExisting(ctx, layer);
   const digest = await putManifest(ctx, {
     layer,
     manifest: prepared.manifest,
@@ -509,16 +519,12 @@ async function putManifest(
   }
 }
 
-/** Pushes what is not known to be there; returns what was uploaded. */
-async function pushBlobs(
-  ctx: Context,
-  blobs: readonly BlobSource[],
-): Promise<{ uploaded: number; uploadedBytes: number }> {
+/** Pushes what is not known to be there (counted in the call's tally). */
+async function pushBlobs(ctx: Context, blobs: readonly BlobSource[]): Promise<void> {
   const { client, repository, session } = ctx;
   const unique = [...new Map(blobs.map((b) => [b.digest, b])).values()].filter(
     (b) => !session.knownBlobs.has(b.digest),
   );
-  const counts = { uploaded: 0, uploadedBytes: 0 };
   // Uploads another call started are awaited, not given one of this call's slots.
   const theirs = unique.flatMap((b) => session.uploads.get(b.digest) ?? []);
   const ours = unique.filter((b) => !session.uploads.has(b.digest));
@@ -542,14 +548,11 @@ async function pushBlobs(
     session.uploads.set(blob.digest, upload);
     const outcome = await upload;
     if (outcome === 'uploaded') {
-      counts.uploaded++;
-      counts.uploadedBytes += blob.size;
       ctx.tally.uploaded++;
       ctx.tally.uploadedBytes += blob.size;
     }
   });
   await Promise.all(theirs);
-  return counts;
 }
 
 /** The `log-<hash>` artifact, unless there is one. */
@@ -570,11 +573,7 @@ export function fileBlob(file: string, ref: BlobRef): BlobSource {
   return {
     digest: ref.digest,
     size: ref.size,
-    open: (range) =>
-      createReadStream(file, {
-        highWaterMark: 1024 * 1024,
-        ...(range && { start: range.start, end: range.end - 1 }),
-      }),
+    open: (range) => new FileBody(file, range?.start ?? 0, range?.end ?? ref.size),
   };
 }
 

@@ -16,6 +16,7 @@ import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { Sys } from '@day11/exec';
+import { BufferPool, FileBody } from './file-body.js';
 import { zeroCopyGet, type ZeroCopyBody } from './zero-copy-get.js';
 
 /** Statuses whose responses have no body. */
@@ -84,6 +85,7 @@ export async function discardBody(res: Response): Promise<void> {
 export class StreamSender {
   private readonly http = new HttpAgent({ keepAlive: true });
   private readonly https = new HttpsAgent({ keepAlive: true });
+  private readonly pieces = new BufferPool();
   private tuned: boolean;
 
   /**
@@ -97,7 +99,8 @@ export class StreamSender {
   /**
    * Sends a request (with `body` streamed, when given); resolves with the
    * response once its headers arrive (its body unread: {@link bodyOf}),
-   * rejects when the request fails first.
+   * rejects when the request fails first. A {@link FileBody} is written
+   * through reused buffers; `onBytes` counts what the socket was handed.
    */
   send(
     url: URL,
@@ -106,6 +109,7 @@ export class StreamSender {
       headers: Record<string, string>;
       body: AsyncIterable<Uint8Array> | undefined;
       signal: AbortSignal;
+      onBytes?: ((n: number) => void) | undefined;
     },
   ): Promise<Response> {
     this.tune();
@@ -125,7 +129,12 @@ export class StreamSender {
         return;
       }
       // A registry may answer (413, 401) before it read everything: the response decides.
-      pipeline(Readable.from(init.body), req).catch((cause: unknown) => {
+      const { body, onBytes = () => undefined } = init;
+      const sent =
+        body instanceof FileBody
+          ? this.pieces.write(body, req, onBytes)
+          : pipeline(Readable.from(counted(body, onBytes)), req);
+      sent.catch((cause: unknown) => {
         const err = cause instanceof Error ? cause : new Error(String(cause));
         req.destroy(err);
         reject(err);
@@ -163,6 +172,16 @@ export class StreamSender {
   close(): void {
     this.http.destroy();
     this.https.destroy();
+  }
+}
+
+async function* counted(
+  source: AsyncIterable<Uint8Array>,
+  onBytes: (n: number) => void,
+): AsyncIterable<Uint8Array> {
+  for await (const chunk of source) {
+    onBytes(chunk.length);
+    yield chunk;
   }
 }
 

@@ -264,7 +264,8 @@ export class Transport {
         return await this.streams.send(url, {
           method: init.method,
           headers: init.headers,
-          body: body === undefined ? undefined : counted(body, this.stats),
+          body,
+          onBytes: (n) => (this.stats.bytesSent += n),
           signal: AbortSignal.any(signals),
         });
       }
@@ -451,16 +452,6 @@ async function readCapped(res: Response, max: number): Promise<string> {
  */
 export async function discard(res: Response): Promise<void> {
   await discardBody(res);
-}
-
-async function* counted(
-  source: AsyncIterable<Uint8Array>,
-  stats: TransportStats,
-): AsyncIterable<Uint8Array> {
-  for await (const chunk of source) {
-    stats.bytesSent += chunk.length;
-    yield chunk;
-  }
 }
 
 function isTransient(err: unknown): boolean {
