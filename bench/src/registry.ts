@@ -238,11 +238,11 @@ async function stackRows(work: string): Promise<BenchRow[]> {
       target: 1,
     },
     {
+      // Reference only: skopeo's copy to a layout leaves the blobs compressed; the next rows compare like with like.
       name: `pull + extract + commit, same stack (${rate(m.pullOurs)})`,
       value: m.pullOurs,
-      baselineName: `skopeo copy docker:// → oci: (${rate(m.pullSkopeo)})`,
+      baselineName: `skopeo copy docker:// → oci:, which does not extract (${rate(m.pullSkopeo)})`,
       baseline: m.pullSkopeo,
-      target: 1,
     },
     {
       name: `pull, transfer only: blobs verified to disk and synced, 8 at once (${rate(m.pullTransfer)})`,
