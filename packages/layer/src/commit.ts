@@ -189,7 +189,7 @@ function validate(options: CommitOptions): Checked {
     created_at: options.meta.created_at || new Date().toISOString(),
     disk_usage: 0,
   };
-  const parsed = LayerMeta.Schema.safeParse(record);
+  const parsed = LayerMeta.validate(record);
   const problems = parsed.success
     ? []
     : parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`);

@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { LayerCodes } from './errors.js';
-import { file, load, save, find, type LayerMeta } from './layer-meta.js';
+import { file, load, save, find, Schema, validate, type LayerMeta } from './layer-meta.js';
 
 const meta: LayerMeta = {
   exit_status: 0,
@@ -99,5 +99,61 @@ describe('LayerMeta', () => {
     await expect(save(join(dir, 'nope'), meta)).rejects.toMatchObject({
       code: LayerCodes.WRITE_FAILED,
     });
+  });
+});
+
+describe('LayerMeta.validate', () => {
+  const hash = 'a'.repeat(64);
+  const valid: unknown[] = [
+    meta,
+    { ...meta, hash },
+    { ...meta, failed_dep: 'cc', exit_status: -1, extra: { nested: [1] } },
+    { ...meta, timing: [] },
+    // Known fields out of the schema's order: zod reorders them, and so must the result.
+    Object.assign({ created_at: meta.created_at }, meta, { hash }),
+    { extra: 1, ...meta },
+  ];
+  const invalid: unknown[] = [
+    null,
+    [],
+    'layer',
+    { ...meta, uid: -1 },
+    { ...meta, gid: 1.5 },
+    { ...meta, exit_status: '0' },
+    { ...meta, exit_status: 1.5 },
+    { ...meta, disk_usage: 2 ** 60 },
+    { ...meta, parent_hashes: ['aa', 1] },
+    { ...meta, timing: [['run', 1, 2]] },
+    { ...meta, timing: [['run']] },
+    { ...meta, timing: [[1, 1]] },
+    { ...meta, created_at: undefined },
+    { ...meta, failed_dep: undefined },
+    { ...meta, hash: 'A'.repeat(64) },
+    { ...meta, hash: 'a'.repeat(63) },
+    Object.fromEntries(Object.entries(meta).filter(([k]) => k !== 'base_hash')),
+  ];
+
+  it('gives what zod gives, key order included, for valid records', () => {
+    for (const value of valid) {
+      const ours = validate(JSON.parse(JSON.stringify(value)));
+      const zods = Schema.safeParse(JSON.parse(JSON.stringify(value)));
+      expect(ours.success).toBe(true);
+      expect(JSON.stringify(ours.data)).toBe(JSON.stringify(zods.data));
+    }
+  });
+
+  it("gives zod's errors for invalid ones", () => {
+    for (const value of invalid) {
+      const ours = validate(value);
+      expect(ours.success, JSON.stringify(value)).toBe(false);
+      expect(ours.error?.issues).toEqual(Schema.safeParse(value).error?.issues);
+    }
+  });
+
+  it('returns a canonical record as is (no copy), and copies nothing it should not', () => {
+    const record = JSON.parse(JSON.stringify({ ...meta, hash }));
+    expect(validate(record).data).toBe(record);
+    const reordered = Object.assign({ created_at: meta.created_at }, meta);
+    expect(validate(reordered).data).not.toBe(reordered);
   });
 });

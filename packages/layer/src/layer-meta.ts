@@ -121,7 +121,7 @@ export async function save(
     ...meta,
     created_at: options.createdAt ?? (meta.created_at || new Date().toISOString()),
   };
-  const parsed = Schema.safeParse(record);
+  const parsed = validate(record);
   if (!parsed.success) {
     throw new LayerError(
       LayerCodes.BAD_ARGUMENT,
@@ -155,9 +155,66 @@ export function parse(text: string, path: string): LayerMeta {
   } catch (cause) {
     throw corrupt(path, `not valid JSON (${messageOf(cause)})`, cause);
   }
-  const parsed = Schema.safeParse(json);
+  const parsed = validate(json);
   if (!parsed.success) throw corrupt(path, describeIssues(parsed.error), parsed.error);
   return parsed.data;
+}
+
+/**
+ * `Schema.safeParse`, with the same result, in about a microsecond for a
+ * record that is already valid and in the schema's key order (every record
+ * `save` wrote): zod takes ~50 µs, and a run over 50 layers reads 50
+ * records. Anything else goes through zod, for its result and its errors.
+ */
+export function validate(value: unknown): ReturnType<typeof Schema.safeParse> {
+  if (isCanonical(value)) return { success: true, data: value };
+  return Schema.safeParse(value);
+}
+
+/** True for a valid record whose known fields come first, in the schema's order (as zod outputs them). */
+function isCanonical(value: unknown): value is LayerMeta {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) return false;
+  const o = value as Record<string, unknown>;
+  const valid =
+    Number.isSafeInteger(o.exit_status) &&
+    isStrings(o.parent_hashes) &&
+    isCount(o.uid) &&
+    isCount(o.gid) &&
+    typeof o.base_hash === 'string' &&
+    isCount(o.disk_usage) &&
+    isTiming(o.timing) &&
+    typeof o.created_at === 'string' &&
+    (o.failed_dep === null || typeof o.failed_dep === 'string') &&
+    (!('hash' in o) || (typeof o.hash === 'string' && FULL_HASH.test(o.hash)));
+  if (!valid || Object.getPrototypeOf(o) !== Object.prototype) return false;
+  const keys = Object.keys(o);
+  let at = 0;
+  for (const field of FIELDS) if (field in o && keys[at++] !== field) return false;
+  return true;
+}
+
+const FULL_HASH = /^[0-9a-f]{64}$/;
+
+function isCount(v: unknown): boolean {
+  return Number.isSafeInteger(v) && (v as number) >= 0;
+}
+
+function isStrings(v: unknown): boolean {
+  return Array.isArray(v) && v.every((s) => typeof s === 'string');
+}
+
+function isTiming(v: unknown): boolean {
+  return (
+    Array.isArray(v) &&
+    v.every(
+      (t) =>
+        Array.isArray(t) &&
+        t.length === 2 &&
+        typeof t[0] === 'string' &&
+        typeof t[1] === 'number' &&
+        Number.isFinite(t[1]),
+    )
+  );
 }
 
 /**
