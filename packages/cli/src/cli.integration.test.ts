@@ -2,11 +2,13 @@
  * The built `day11` binary, spawned as a user would: builds, failures with
  * failed_dep, gc, export + umoci unpack, help and error output.
  */
-import { chmod, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { chmod, mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Exec } from '@day11/exec';
+import { Exec, TempName } from '@day11/exec';
+import { InUse } from '@day11/layer';
 
 const BIN = resolve(import.meta.dirname, '../dist/main.js');
 let work: string;
@@ -335,6 +337,30 @@ describe('day11 run, import, recover', () => {
     const r = await day11('recover', '--cache', cache, '--json');
     expect(r.exitCode, r.stderr).toBe(0);
     expect(JSON.parse(r.stdout)).toBeTypeOf('object');
+  });
+
+  it('puts back, and says so, a layer a killed gc set aside while a live process uses it', async () => {
+    const own = join(work, 'aside-cache');
+    const made = await day11('run', '--cache', own, '--commit', '--', 'true');
+    expect(made.exitCode, made.stderr).toBe(0);
+    const name = /committed .*(build-[0-9a-f]{12})/.exec(made.stderr)![1]!;
+    const dir = join(own, name);
+    const lease = await InUse.acquire({ osDir: own, dirs: [dir] });
+    const aside = join(own, `${TempName.PREFIX}4999999-0a0b0c0d-${name}`); // a dead gc's rename
+    try {
+      await rename(dir, aside);
+      const r = await day11('recover', '--cache', own);
+      expect(r.exitCode, r.stderr).toBe(0);
+      expect(r.stdout).toContain(
+        '1 layers set aside by a killed gc put back (a live process uses them)',
+      );
+      expect(r.stdout).toContain(dir);
+      expect(existsSync(join(dir, 'layer.json'))).toBe(true);
+      expect(existsSync(aside)).toBe(false);
+    } finally {
+      if (existsSync(aside)) await rename(aside, dir);
+      await lease.release();
+    }
   });
 
   it('says clearly that it needs root, with no stack trace', async () => {

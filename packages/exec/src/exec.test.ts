@@ -1,11 +1,11 @@
 import { execFile } from 'node:child_process';
-import { mkdtemp, rm, chmod } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, chmod, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
 import { CommandError, ExecCodes } from './errors.js';
-import { isRoot, run, runStreamed, runSync } from './exec.js';
+import { isRoot, run, runStreamed, runSync, which } from './exec.js';
 
 /** Privileged steps run directly only as root; elsewhere these tests are skipped, not passed. */
 const root = isRoot();
@@ -301,5 +301,29 @@ describe('Exec.runSync', () => {
 
   it.skipIf(!root)('runs privileged commands directly as root', () => {
     expect(runSync('id', ['-u'], { privileged: true })).toMatchObject({ stdout: '0\n' });
+  });
+});
+
+describe('Exec.which', () => {
+  it('finds a command on PATH as execvp would, without running it, and nothing that is not executable', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'day11-which-'));
+    try {
+      await mkdir(join(dir, 'a'));
+      await mkdir(join(dir, 'b'));
+      await mkdir(join(dir, 'b', 'tool-dir'));
+      await writeFile(join(dir, 'a', 'tool'), 'not executable\n');
+      await writeFile(join(dir, 'b', 'tool'), '#!/bin/sh\nexit 0\n');
+      await chmod(join(dir, 'b', 'tool'), 0o755);
+      const path = [join(dir, 'missing'), join(dir, 'a'), join(dir, 'b')].join(':');
+      // a/tool is not executable (root too: no x bit at all); b/tool is the one.
+      expect(which('tool', path)).toBe(join(dir, 'b', 'tool'));
+      expect(which('tool-dir', path)).toBeUndefined(); // a directory is not a command
+      expect(which('nope', path)).toBeUndefined();
+      expect(which(join(dir, 'b', 'tool'), '')).toBe(join(dir, 'b', 'tool'));
+      expect(which(join(dir, 'a', 'tool'), path)).toBeUndefined();
+      expect(which('sh')).toMatch(/\/sh$/);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });

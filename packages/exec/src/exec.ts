@@ -4,6 +4,8 @@
  */
 import * as ExitHooks from './exit-hooks.js';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { accessSync, constants, statSync } from 'node:fs';
+import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { execa, type ExecaError } from 'execa';
 import { CommandError, ExecCodes, type CommandErrorDetails } from './errors.js';
@@ -55,6 +57,33 @@ const STDERR_TAIL_BYTES = 4096;
 /** True when this process runs as root (uid 0). */
 export function isRoot(): boolean {
   return process.getuid?.() === 0;
+}
+
+/**
+ * The executable `cmd` would run as (a path, or a name looked up in `PATH`
+ * as `execvp` does), without spawning it; undefined when there is none.
+ *
+ * @example
+ * ```ts
+ * if (!Exec.which('crun')) console.error('install crun');
+ * ```
+ */
+export function which(cmd: string, path = process.env.PATH ?? ''): string | undefined {
+  if (cmd.includes('/')) return isExecutable(cmd) ? cmd : undefined;
+  for (const dir of path.split(':')) {
+    const candidate = join(dir || '.', cmd);
+    if (isExecutable(candidate)) return candidate;
+  }
+  return undefined;
+}
+
+function isExecutable(file: string): boolean {
+  try {
+    accessSync(file, constants.X_OK);
+    return statSync(file).isFile();
+  } catch {
+    return false;
+  }
 }
 
 /**

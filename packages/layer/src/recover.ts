@@ -28,7 +28,7 @@
  */
 import { lstat, readdir, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { Mountinfo, Proc, TempName } from '@day11/exec';
+import { mapLimit, Mountinfo, Proc, TempName } from '@day11/exec';
 import { errnoCode, LayerCodes, LayerError, messageOf } from './errors.js';
 import * as InUse from './in-use.js';
 import { FILES, isLayerName } from './layer-dir.js';
@@ -94,21 +94,40 @@ export async function sweep(osDir: string, options: SweepOptions = {}): Promise<
   const packageDirs = (await entries(join(osDir, 'packages'))).map((n) =>
     join(osDir, 'packages', n),
   );
-  for (const dir of [osDir, ...layerDirs, join(osDir, Lock.LOCKS_DIR), ...packageDirs]) {
-    const { removed, mounted, restored, leased } = await sweepTemps(dir, dir === osDir);
+  // Directories at once (a build starts with this sweep: one at a time, a cache of
+  // 10,000 layers took seconds); each one's report in the same order as before.
+  const dirs = [osDir, ...layerDirs, join(osDir, Lock.LOCKS_DIR), ...packageDirs];
+  const swept = await mapLimit(dirs, SWEEP_CONCURRENCY, (dir) => sweepTemps(dir, dir === osDir));
+  for (const { removed, mounted, restored, leased } of swept) {
     report.temps.push(...removed);
     report.mounted.push(...mounted);
     report.restored.push(...restored);
     report.leased.push(...leased);
   }
   report.locks.push(...(await sweepLocks(join(osDir, Lock.LOCKS_DIR), options)));
-  for (const dir of layerDirs) {
-    report.leases.push(...(await guard(dir, () => InUse.sweep(dir))));
-    if (!(await exists(join(dir, FILES.meta))) && (await exists(dir)))
-      report.incompleteLayers.push(dir);
-  }
+  const layers = await mapLimit(layerDirs, SWEEP_CONCURRENCY, async (dir) => ({
+    leases: await guard(dir, () => InUse.sweep(dir)),
+    incomplete: !(await exists(join(dir, FILES.meta))) && (await exists(dir)),
+  }));
+  layers.forEach(({ leases, incomplete }, i) => {
+    report.leases.push(...leases);
+    if (incomplete) report.incompleteLayers.push(layerDirs[i]!);
+  });
   return report;
 }
+
+/**
+ * Whether `name`, an entry of a cache directory, is a layer a `Gc` set aside
+ * (a temporary name ending in the layer's): not a leftover to delete like
+ * other temporary entries, since a live lease may hold it — {@link sweep}
+ * puts it back or removes it by its leases.
+ */
+export function isSetAsideLayer(name: string): boolean {
+  return layerOfAside('', name) !== undefined;
+}
+
+/** Directories swept at once: enough to keep the thread pool busy. */
+const SWEEP_CONCURRENCY = 16;
 
 /** Options of {@link sweepDirs}. */
 export interface SweepDirsOptions extends SweepOptions {

@@ -74,21 +74,27 @@ export async function recover(opts: RecoverOptions): Promise<RecoverReport> {
   const report: Progress = { unmounted: [], removed: [], left: [] };
   for (const name of await entries(tmpDir)) {
     const pid = TempName.ownerPid(name);
+    // A layer a killed Gc set aside belongs to the cache (a live lease may hold it), not to a run.
+    if (tmpDir === osDir && Recover.isSetAsideLayer(name)) continue;
     if (pid !== undefined) await recoverEntry(join(tmpDir, name), pid, report);
   }
   return { containers, ...report, cache: await Recover.sweep(osDir) };
 }
 
 async function sweepContainers(runtimes: readonly Runc.Runtime[]): Promise<string[]> {
-  const swept: string[] = [];
-  for (const runtime of runtimes) {
-    try {
-      const ids = await Runc.sweep({ runtime, prefix: CONTAINER_PREFIX, cgroups: false });
-      swept.push(...ids.map((id) => `${runtime}:${id}`));
-    } catch (err) {
-      if (!runtimeMissing(err)) throw err;
-    }
-  }
+  // The runtimes at once: each sweep starts with a `list` subprocess.
+  const perRuntime = await Promise.all(
+    runtimes.map(async (runtime) => {
+      try {
+        const ids = await Runc.sweep({ runtime, prefix: CONTAINER_PREFIX, cgroups: false });
+        return ids.map((id) => `${runtime}:${id}`);
+      } catch (err) {
+        if (!runtimeMissing(err)) throw err;
+        return [];
+      }
+    }),
+  );
+  const swept = perRuntime.flat();
   // Once the runtimes deleted what they know: cgroups left with no record.
   for (const id of await Runc.sweepCgroups({ prefix: CONTAINER_PREFIX }))
     if (!swept.some((s) => s.endsWith(`:${id}`))) swept.push(`cgroup:${id}`);

@@ -54,6 +54,7 @@ export async function run(argv: string[]): Promise<number> {
     ['temporary files removed from the cache', cache.temps],
     ['stale locks removed', cache.locks],
     ['leases of dead processes removed', cache.leases],
+    ['layers set aside by a killed gc put back (a live process uses them)', cache.restored],
     ['temporary files removed from layouts', layoutReports.flatMap((l) => l.temps)],
     ['layout locks of dead exporters removed', layoutReports.flatMap((l) => l.locks)],
   ];
@@ -72,6 +73,12 @@ export async function run(argv: string[]): Promise<number> {
   if (left.length > 0) {
     console.log(`  ${left.length} left in place because something is still mounted below them:`);
     for (const item of left) console.log(`    ${item}`);
+  }
+  if (cache.leased.length > 0) {
+    console.log(
+      `  ${cache.leased.length} layers set aside by a killed gc kept: a live process uses them and their name is taken again (a later recover removes them):`,
+    );
+    for (const item of cache.leased) console.log(`    ${item}`);
   }
   if (cache.incompleteLayers.length > 0) {
     console.log(
