@@ -26,6 +26,7 @@
  *
  * All processes sharing the cache are assumed to share one pid namespace.
  */
+import { existsSync, readdirSync } from 'node:fs';
 import { lstat, readdir, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { mapLimit, Mountinfo, Proc, TempName } from '@day11/exec';
@@ -94,9 +95,16 @@ export async function sweep(osDir: string, options: SweepOptions = {}): Promise<
   const packageDirs = (await entries(join(osDir, 'packages'))).map((n) =>
     join(osDir, 'packages', n),
   );
-  // Directories at once (a build starts with this sweep: one at a time, a cache of
-  // 10,000 layers took seconds); each one's report in the same order as before.
-  const dirs = [osDir, ...layerDirs, join(osDir, Lock.LOCKS_DIR), ...packageDirs];
+  // A build starts with this sweep, and a layer almost never holds anything to
+  // sweep: two synchronous readdirs tell (10,000 layers through the thread pool,
+  // four round trips each, took seconds); the few that need it go to the sweeps.
+  const looks = layerDirs.map(lookAt);
+  const dirs = [
+    osDir,
+    ...layerDirs.filter((_, i) => looks[i]!.temps),
+    join(osDir, Lock.LOCKS_DIR),
+    ...packageDirs,
+  ];
   const swept = await mapLimit(dirs, SWEEP_CONCURRENCY, (dir) => sweepTemps(dir, dir === osDir));
   for (const { removed, mounted, restored, leased } of swept) {
     report.temps.push(...removed);
@@ -105,13 +113,20 @@ export async function sweep(osDir: string, options: SweepOptions = {}): Promise<
     report.leased.push(...leased);
   }
   report.locks.push(...(await sweepLocks(join(osDir, Lock.LOCKS_DIR), options)));
-  const layers = await mapLimit(layerDirs, SWEEP_CONCURRENCY, async (dir) => ({
-    leases: await guard(dir, () => InUse.sweep(dir)),
-    incomplete: !(await exists(join(dir, FILES.meta))) && (await exists(dir)),
-  }));
-  layers.forEach(({ leases, incomplete }, i) => {
+  const leased = layerDirs.filter((_, i) => looks[i]!.leases);
+  for (const leases of await mapLimit(leased, SWEEP_CONCURRENCY, (dir) =>
+    guard(dir, () => InUse.sweep(dir)),
+  ))
     report.leases.push(...leases);
-    if (incomplete) report.incompleteLayers.push(layerDirs[i]!);
+  // Looked at again: a commit in progress renames a complete layer into place.
+  layerDirs.forEach((dir, i) => {
+    if (
+      looks[i]!.exists &&
+      !looks[i]!.meta &&
+      !existsSync(join(dir, FILES.meta)) &&
+      existsSync(dir)
+    )
+      report.incompleteLayers.push(dir);
   });
   return report;
 }
@@ -250,6 +265,42 @@ async function removeStaleLock(path: string, options: SweepOptions): Promise<boo
 }
 
 /** Names in `dir`, or `[]` when it does not exist. */
+/** What a layer directory holds for the sweep, from its listing and its lease directory's. */
+interface LayerLook {
+  exists: boolean;
+  meta: boolean;
+  /** Temporary entries (of any process: the sweep judges which are dead). */
+  temps: boolean;
+  /** Lease files (live or dead: the sweep judges). */
+  leases: boolean;
+}
+
+function lookAt(dir: string): LayerLook {
+  let names: string[];
+  try {
+    names = readdirSync(dir);
+  } catch (err) {
+    const code = errnoCode(err);
+    if (code === 'ENOENT' || code === 'ENOTDIR')
+      return { exists: false, meta: false, temps: false, leases: false };
+    throw cannotRemove(dir, err);
+  }
+  let leases = false;
+  if (names.includes(InUse.LEASE_DIR)) {
+    try {
+      leases = readdirSync(join(dir, InUse.LEASE_DIR)).length > 0;
+    } catch {
+      leases = true; // the sweep says what is wrong
+    }
+  }
+  return {
+    exists: true,
+    meta: names.includes(FILES.meta),
+    temps: names.some((n) => TempName.ownerPid(n) !== undefined),
+    leases,
+  };
+}
+
 async function entries(dir: string): Promise<string[]> {
   try {
     return await readdir(dir);
