@@ -688,11 +688,14 @@ class BuildRun {
           const from = source ?? (await this.lateLookup(hash));
           release = await (from ? this.fetchSlots : this.runSlots).acquire();
           admitted();
+          // Aborted while it waited for the slot (a running step's slot frees as it is stopped).
+          if (this.signal?.aborted) return this.notStarted(step, 'aborted before it started');
           if (from) {
             const fetched = await this.fetch(step, from);
             if (fetched) return fetched;
             release();
             release = await this.runSlots.acquire();
+            if (this.signal?.aborted) return this.notStarted(step, 'aborted before it started');
           }
           return this.run(step, release);
         },

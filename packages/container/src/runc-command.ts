@@ -43,14 +43,26 @@ export function binary(opts: RuntimeOptions): string {
  * ```
  * @throws {ContainerError} `CONTAINER_RUNTIME_FAILED` when the runtime cannot be run at all.
  */
-export function runtimeCommand(opts: RuntimeOptions, args: readonly string[]): Promise<ExecResult> {
-  return Exec.run(binary(opts), args, {
+export async function runtimeCommand(
+  opts: RuntimeOptions,
+  args: readonly string[],
+): Promise<ExecResult> {
+  // Spawned directly (the runtime's small answers kept here), as the runs are.
+  const out: Buffer[] = [];
+  const err: Buffer[] = [];
+  const r = await Exec.runStreamed(binary(opts), args, {
     privileged: true,
     allowNonZeroExit: true,
     timeoutMs: COMMAND_TIMEOUT_MS,
-  }).catch((err: unknown) => {
-    throw runtimeMissing(opts, err);
+    onData: (chunk, stream) => void (stream === 'stdout' ? out : err).push(chunk),
+  }).catch((cause: unknown) => {
+    throw runtimeMissing(opts, cause);
   });
+  return {
+    ...r,
+    stdout: Buffer.concat(out).toString('utf8'),
+    stderr: Buffer.concat(err).toString('utf8'),
+  };
 }
 
 /**

@@ -7,7 +7,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { accessSync, constants, statSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
-import { execa, type ExecaError } from 'execa';
+import type { ExecaError } from 'execa';
 import { CommandError, ExecCodes, type CommandErrorDetails } from './errors.js';
 
 /** Which stream a line of output came from. */
@@ -53,6 +53,17 @@ export interface RunResult {
 }
 
 const STDERR_TAIL_BYTES = 4096;
+
+/**
+ * execa, loaded on the first {@link run}: its modules take ~150 ms to load,
+ * more than a fully cached build's work, which spawns only through
+ * {@link runStreamed}.
+ */
+let execaModule: Promise<typeof import('execa')> | undefined;
+function loadExeca(): Promise<typeof import('execa')> {
+  execaModule ??= import('execa');
+  return execaModule;
+}
 
 /** True when this process runs as root (uid 0). */
 export function isRoot(): boolean {
@@ -107,6 +118,7 @@ export async function run(
   const started = performance.now();
   const onData = opts.onData;
   const onOutput = onData ? undefined : opts.onOutput;
+  const { execa } = await loadExeca();
   const subprocess = execa(file, argv, {
     cwd: opts.cwd,
     env: opts.env,
