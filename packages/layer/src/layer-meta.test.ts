@@ -151,7 +151,7 @@ describe('LayerMeta.validate', () => {
   });
 
   it('returns a canonical record as is (no copy), and copies nothing it should not', () => {
-    const record = JSON.parse(JSON.stringify({ ...meta, hash }));
+    const record = JSON.parse(JSON.stringify({ ...meta, hash })) as unknown;
     expect(validate(record).data).toBe(record);
     const reordered = Object.assign({ created_at: meta.created_at }, meta);
     expect(validate(reordered).data).not.toBe(reordered);
