@@ -121,17 +121,9 @@ describe('day11 export', () => {
     const lib = steps.find((s) => s.step.id === 'lib')!.l.name;
     const toolLayer = steps.find((s) => s.step.id === 'tool')!.l.name;
     const layout = join(work, 'oci');
-    const r = await day11(
-      'export',
-      '--cache',
-      cache,
-      '--oci',
-      layout,
-      '--tag',
-      'tool',
-      lib,
-      toolLayer,
-    );
+    const exportAs = (tag: string, ...rest: string[]) =>
+      day11('export', '--cache', cache, '--oci', layout, '--tag', tag, ...rest);
+    const r = await exportAs('tool', lib, toolLayer);
     expect(r.exitCode).toBe(0);
     const bundle = join(work, 'bundle');
     await Exec.run('umoci', ['unpack', '--image', `${layout}:tool`, bundle]);
@@ -140,19 +132,7 @@ describe('day11 export', () => {
     expect(await readFile(join(bundle, 'rootfs/etc/group'), 'utf8')).toContain('root');
 
     // With a budget of 2, lib and tool become one merged layer; the image unpacks the same.
-    const squashed = await day11(
-      'export',
-      '--cache',
-      cache,
-      '--oci',
-      layout,
-      '--tag',
-      'tool-squashed',
-      '--max-layers',
-      '2',
-      lib,
-      toolLayer,
-    );
+    const squashed = await exportAs('tool-squashed', '--max-layers', '2', lib, toolLayer);
     expect(squashed.stdout).toMatch(/\(2 layers merged\)/);
     const inspect = await Exec.run('skopeo', ['inspect', `oci:${layout}:tool-squashed`]);
     expect((JSON.parse(inspect.stdout) as { Layers: string[] }).Layers).toHaveLength(2);
@@ -162,20 +142,7 @@ describe('day11 export', () => {
     await expect(readFile(join(again, 'rootfs/etc/passwd'))).rejects.toThrow(/ENOENT/);
 
     // Another gzip level compresses again (the cache is keyed by level) and unpacks the same.
-    const stored = await day11(
-      'export',
-      '--cache',
-      cache,
-      '--oci',
-      layout,
-      '--tag',
-      'tool-stored',
-      '--gzip-level',
-      '0',
-      '--json',
-      lib,
-      toolLayer,
-    );
+    const stored = await exportAs('tool-stored', '--gzip-level', '0', '--json', lib, toolLayer);
     expect(stored.exitCode).toBe(0);
     const storedLayers = (
       JSON.parse(stored.stdout) as { layers: { cached: boolean; size: number }[] }
@@ -184,18 +151,7 @@ describe('day11 export', () => {
     const level0 = join(work, 'bundle-level0');
     await Exec.run('umoci', ['unpack', '--image', `${layout}:tool-stored`, level0]);
     expect(await readFile(join(level0, 'rootfs/opt/tool'), 'utf8')).toBe('lib\n');
-    const bad = await day11(
-      'export',
-      '--cache',
-      cache,
-      '--oci',
-      layout,
-      '--tag',
-      'x',
-      '--gzip-level',
-      '10',
-      lib,
-    );
+    const bad = await exportAs('x', '--gzip-level', '10', lib);
     expect(bad.exitCode).toBe(2);
     expect(bad.stderr).toMatch(/--gzip-level must be an integer from 0 to 9/);
   });

@@ -22,6 +22,7 @@ export * as TempName from './temp-name.js';
 export * as Atomic from './atomic.js';
 export { randomHex } from './random.js';
 export { Semaphore, mapLimit } from './concurrency.js';
+export { BufferPool } from './buffer-pool.js';
 export * as OverlayMarks from './overlay-marks.js';
 export * as ExitHooks from './exit-hooks.js';
 export type {

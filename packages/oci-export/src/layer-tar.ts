@@ -9,7 +9,7 @@ import { closeSync, openSync, readSync } from 'node:fs';
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import { OciExportCodes, OciExportError, fsError } from './errors.js';
 import { END_OF_ARCHIVE, encodeHeader, padding } from './tar-header.js';
-import { BufferPool } from './buffer-pool.js';
+import { BufferPool } from '@day11/exec/buffer-pool';
 import { walk, type WalkEntry, type WalkOptions } from './walk.js';
 
 /**

@@ -4,7 +4,6 @@ import { Semaphore } from '@day11/exec';
 import { OciExportCodes, OciExportError } from './errors.js';
 
 export { Semaphore, mapLimit } from '@day11/exec';
-export { BufferPool } from './buffer-pool.js';
 
 /**
  * The compression slots for `concurrency` cores: one more than the cores, so

@@ -18,7 +18,7 @@ import { createHash } from 'node:crypto';
 import { parentPort } from 'node:worker_threads';
 import zlib from 'node:zlib';
 import { encodeEntries, tarOf } from './layer-tar.js';
-import { BufferPool } from './buffer-pool.js';
+import { BufferPool } from '@day11/exec/buffer-pool';
 import { serializeError } from './thread-error.js';
 import type { TarJob, ToParent, ToWorker } from './tar-thread.js';
 import { walk, type WalkWarning } from './walk.js';

@@ -12,6 +12,7 @@
 import { once } from 'node:events';
 import { open } from 'node:fs/promises';
 import type { Writable } from 'node:stream';
+import { BufferPool } from '@day11/exec';
 
 /** Bytes read at a time. */
 const PIECE = 1024 * 1024;
@@ -22,7 +23,7 @@ const POOL_LIMIT = 24;
 
 /**
  * The bytes `start` (inclusive) to `end` (exclusive) of `path`. Iterable like
- * any body; a {@link BufferPool} writes it without per-chunk allocations.
+ * any body; a {@link FileBodyWriter} writes it without per-chunk allocations.
  */
 export class FileBody implements AsyncIterable<Uint8Array> {
   constructor(
@@ -47,9 +48,9 @@ export class FileBody implements AsyncIterable<Uint8Array> {
   }
 }
 
-/** Reusable pieces for writing {@link FileBody}s; one per sender. */
-export class BufferPool {
-  private readonly free: Buffer[] = [];
+/** Writes {@link FileBody}s through reusable pieces; one per sender. */
+export class FileBodyWriter {
+  private readonly pieces = new BufferPool(PIECE, POOL_LIMIT);
 
   /**
    * Writes `body` to `sink` (honouring backpressure) and ends it; `onBytes`
@@ -62,7 +63,7 @@ export class BufferPool {
     let wake: (() => void) | undefined;
     const returned = (piece: Buffer) => {
       inFlight--;
-      if (this.free.length < POOL_LIMIT) this.free.push(piece);
+      this.pieces.give(piece);
       wake?.();
     };
     const settled = () => new Promise<void>((resolve) => (wake = resolve));
@@ -73,10 +74,10 @@ export class BufferPool {
       for (let at = body.start; at < body.end;) {
         while (inFlight >= PIECES_PER_BODY && !sink.destroyed) await settled();
         if (sink.destroyed) return;
-        const piece = this.free.pop() ?? Buffer.allocUnsafeSlow(PIECE);
+        const piece = this.pieces.take();
         const { bytesRead } = await file.read(piece, 0, Math.min(PIECE, body.end - at), at);
         if (bytesRead === 0) {
-          this.free.push(piece);
+          this.pieces.give(piece);
           throw shrank(body, at);
         }
         at += bytesRead;

@@ -16,7 +16,7 @@ import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { Sys } from '@day11/exec';
-import { BufferPool, FileBody } from './file-body.js';
+import { FileBody, FileBodyWriter } from './file-body.js';
 import { zeroCopyGet, type ZeroCopyBody } from './zero-copy-get.js';
 
 /** Statuses whose responses have no body. */
@@ -85,7 +85,7 @@ export async function discardBody(res: Response): Promise<void> {
 export class StreamSender {
   private readonly http = new HttpAgent({ keepAlive: true });
   private readonly https = new HttpsAgent({ keepAlive: true });
-  private readonly pieces = new BufferPool();
+  private readonly files = new FileBodyWriter();
   private tuned: boolean;
 
   /**
@@ -132,7 +132,7 @@ export class StreamSender {
       const { body, onBytes = () => undefined } = init;
       const sent =
         body instanceof FileBody
-          ? this.pieces.write(body, req, onBytes)
+          ? this.files.write(body, req, onBytes)
           : pipeline(Readable.from(counted(body, onBytes)), req);
       sent.catch((cause: unknown) => {
         const err = cause instanceof Error ? cause : new Error(String(cause));

@@ -1,4 +1,4 @@
-/** Reusable chunk buffers (a module of its own: tar workers load it without `@day11/exec`). */
+/** Reusable chunk buffers (a module of its own, `@day11/exec/buffer-pool`: worker threads load it alone). */
 
 /**
  * Reuses equal-sized buffers, so a long stream of chunks does not leave a
@@ -20,7 +20,10 @@ export class BufferPool {
     private readonly keep: number,
   ) {}
 
-  /** A buffer of `size` bytes, uninitialised. */
+  /**
+   * A buffer of `size` bytes, uninitialised. Sizes of 4 KiB and less come from
+   * Node's shared slab (a view at an offset), which `give` does not keep.
+   */
   take(): Buffer {
     return this.free.pop() ?? Buffer.allocUnsafe(this.size);
   }
