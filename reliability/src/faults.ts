@@ -246,10 +246,10 @@ async function recoverAll(ctx: FaultContext, job: WorkerJob): Promise<string[]> 
     ...report.cache.incompleteLayers.map((p) => `incomplete layer ${p}`),
   ];
   for (const layout of layoutsOf(job)) {
-    // Killed before it made the layout (1–2 ms in, at most an empty directory): nothing to recover.
-    if (!existsSync(join(layout, 'oci-layout'))) continue;
+    // As `day11 recover` does: even a layout whose `oci-layout` a kill kept
+    // from being written may hold temporary files (that one's, for a start).
     await Layout.recover(layout);
-    await Layout.gc(layout);
+    if (existsSync(join(layout, 'oci-layout'))) await Layout.gc(layout);
   }
   return problems;
 }

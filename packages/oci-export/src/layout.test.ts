@@ -314,6 +314,17 @@ describe('tags, removeTag, gc, verify', () => {
     expect(await Layout.recover(half)).toMatchObject({ indexWritten: false });
   });
 
+  it('recover clears a layout killed while writing oci-layout (only a temp file); init then makes it', async () => {
+    const half = join(layout, '..', 'before-marker');
+    await mkdir(join(half, 'blobs/sha256'), { recursive: true });
+    const temp = join(half, '.day11-tmp-999999999-abcd-oci-layout');
+    await writeFile(temp, '{"imageLayout');
+    expect(await Layout.recover(half)).toMatchObject({ temps: [temp], indexWritten: false });
+    expect(await readdir(half)).toEqual(['blobs']);
+    await Layout.init(half);
+    expect(await Layout.verify(half)).toEqual([]);
+  });
+
   it('the cache remembers the layouts it exported into, and forgets those gone', async () => {
     await exportBoth();
     const other = join(layout, '..', 'oci-2');
