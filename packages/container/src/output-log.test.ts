@@ -90,6 +90,32 @@ describe('OutputLog', () => {
     expect(lines.map((l) => l.length)).toEqual([MAX_LINE_BYTES, MAX_LINE_BYTES, 10]);
   });
 
+  it('keeps nothing of a chunk once its write resolved: the caller may reuse the buffer', async () => {
+    // As Runc.run hands it chunks: one buffer, overwritten by the next read.
+    // Partial lines held back, lines completed across chunks and the tail
+    // must all be copies.
+    const all = Buffer.concat([numbered(1, 30_000), Buffer.from('no newline at the end')]);
+    for (const capBytes of [Infinity, 64 * 1024]) {
+      const path = fresh();
+      const lines: string[] = [];
+      const log = await OutputLog.open({ path, capBytes, onOutput: (l) => lines.push(l) });
+      const lent = Buffer.alloc(4099);
+      for (let at = 0; at < all.length; at += lent.length) {
+        const n = all.copy(lent, 0, at, at + lent.length);
+        await log.write(lent.subarray(0, n), 'stdout');
+        lent.fill('#');
+      }
+      const { omitted } = await log.close();
+      const text = await readFile(path, 'utf8');
+      expect(text).not.toContain('#');
+      expect(lines).toHaveLength(30_001);
+      expect(lines[12_345]).toBe('0012346');
+      if (capBytes === Infinity) expect(text).toBe(`${all.toString()}\n`);
+      else
+        expect(text.endsWith(`${all.subarray(omitted + 32 * 1024 + 1).toString()}\n`)).toBe(true);
+    }
+  });
+
   it('keeps every byte with no cap', async () => {
     const path = fresh();
     const log = await OutputLog.open({ path, capBytes: Infinity });

@@ -75,6 +75,8 @@ export class OutputLog {
   private tailWritten = 0;
   private failure: Error | undefined;
   private closed = false;
+  /** See {@link joined}. */
+  private scratch = Buffer.alloc(0);
 
   private constructor(
     private readonly file: FileHandle | undefined,
@@ -123,6 +125,7 @@ export class OutputLog {
    * Takes a chunk of output; resolves once it is written, so the caller can
    * wait before reading more (backpressure). Never rejects: a write error is
    * kept for {@link close}, and the rest of the output is then only counted.
+   * The caller may reuse `chunk`'s memory once this resolves: nothing keeps it.
    */
   write(chunk: Buffer, stream: OutputStream): Promise<void> {
     this.chain = this.chain.then(() => this.take(chunk, stream));
@@ -174,27 +177,46 @@ export class OutputLog {
     }
     // Whole lines go out as they complete, so stdout and stderr interleave by
     // line in the log, as they did on a terminal; a partial line waits.
+    // `chunk` may be lent (its bytes overwritten once this resolves): what is
+    // held back for later is copied.
     const newline = chunk.lastIndexOf(NEWLINE);
+    const held = this.pending[stream];
     if (newline < 0) {
-      this.pending[stream].push(chunk);
-      this.pendingBytes[stream] += chunk.length;
-      if (this.pendingBytes[stream] >= MAX_LINE_BYTES) {
-        const all = Buffer.concat(this.pending[stream]);
-        const cut = all.length - (all.length % MAX_LINE_BYTES);
-        this.pending[stream] = cut < all.length ? [all.subarray(cut)] : [];
-        this.pendingBytes[stream] = all.length - cut;
-        await this.emit(all.subarray(0, cut), stream);
+      const total = this.pendingBytes[stream] + chunk.length;
+      if (total < MAX_LINE_BYTES) {
+        held.push(Buffer.from(chunk));
+        this.pendingBytes[stream] = total;
+        return;
       }
+      const all = held.length ? Buffer.concat([...held, chunk]) : chunk;
+      const cut = all.length - (all.length % MAX_LINE_BYTES);
+      this.pending[stream] = cut < all.length ? [Buffer.from(all.subarray(cut))] : [];
+      this.pendingBytes[stream] = all.length - cut;
+      await this.emit(all.subarray(0, cut), stream);
       return;
     }
-    const held = this.pending[stream];
     const lines = held.length
-      ? Buffer.concat([...held, chunk.subarray(0, newline + 1)])
+      ? this.joined(held, chunk.subarray(0, newline + 1))
       : chunk.subarray(0, newline + 1);
     const rest = chunk.subarray(newline + 1);
-    this.pending[stream] = rest.length ? [rest] : [];
+    this.pending[stream] = rest.length ? [Buffer.from(rest)] : [];
     this.pendingBytes[stream] = rest.length;
     await this.emit(lines, stream);
+  }
+
+  /**
+   * `parts` one after the other in a buffer reused from chunk to chunk: the
+   * line a chunk completes is nearly always begun in the one before, and a
+   * fresh buffer per chunk would pile up as garbage faster than V8 frees it.
+   * Valid until the next call (each `take` has emitted it by then).
+   */
+  private joined(parts: Buffer[], last: Buffer): Buffer {
+    const length = parts.reduce((n, p) => n + p.length, last.length);
+    if (this.scratch.length < length)
+      this.scratch = Buffer.allocUnsafe(Math.max(length, 2 * this.scratch.length));
+    let at = 0;
+    for (const part of [...parts, last]) at += part.copy(this.scratch, at);
+    return this.scratch.subarray(0, length);
   }
 
   /** `data` is whole lines (each ending in a newline), or a piece of one. */
@@ -269,7 +291,10 @@ export class OutputLog {
     let from = Math.max(0, this.tailWritten - this.tailCap); // logical offset of the first byte kept
     if (from > 0) {
       // Start the tail at a line: skip the rest of a line cut in two.
-      const before = await this.readRing(from - 1, Math.min(MAX_LINE_BYTES, this.tailCap));
+      const before = await this.readRing(
+        from - 1,
+        Buffer.allocUnsafe(Math.min(MAX_LINE_BYTES, this.tailCap)),
+      );
       const newline = before.indexOf(NEWLINE);
       if (newline > 0 && from + newline < this.tailWritten) from += newline;
       const omitted = from;
@@ -285,8 +310,11 @@ export class OutputLog {
       }
     }
     try {
+      // One buffer for the whole copy: a fresh one per piece would leave tens of MB of garbage.
+      const buffer = Buffer.allocUnsafe(Math.min(COPY_BYTES, this.tailWritten - from));
       for (let at = from; at < this.tailWritten;) {
-        const piece = await this.readRing(at, Math.min(COPY_BYTES, this.tailWritten - at));
+        const want = Math.min(buffer.length, this.tailWritten - at);
+        const piece = await this.readRing(at, buffer.subarray(0, want));
         await writeAll(this.file!, piece);
         at += piece.length;
       }
@@ -296,14 +324,16 @@ export class OutputLog {
     return from;
   }
 
-  /** Up to `length` bytes of the tail from logical offset `from` (not across the ring's end). */
-  private async readRing(from: number, length: number): Promise<Buffer> {
+  /**
+   * Up to `into.length` bytes of the tail from logical offset `from` (not
+   * across the ring's end), read into `into`; the part of it that was read.
+   */
+  private async readRing(from: number, into: Buffer): Promise<Buffer> {
     const ringBytes = this.tailCap + 1;
     const at = from % ringBytes;
-    const n = Math.min(length, ringBytes - at);
-    const buf = Buffer.allocUnsafe(n);
-    const { bytesRead } = await this.tail!.read(buf, 0, n, at);
-    return buf.subarray(0, bytesRead);
+    const n = Math.min(into.length, ringBytes - at);
+    const { bytesRead } = await this.tail!.read(into, 0, n, at);
+    return into.subarray(0, bytesRead);
   }
 
   private fail(err: Error): void {

@@ -191,6 +191,8 @@ async function runForeground(
     allowNonZeroExit: true,
     signal: lastResort.signal,
     killGraceMs: 500,
+    // Read into one buffer per stream: a step printing GBs allocates nothing per read.
+    lendChunks: true,
     onData: (chunk, stream) => output.write(chunk, stream),
     ...(opts.stdin !== undefined && { input: opts.stdin }),
   });

@@ -1,4 +1,5 @@
 import { execFile } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { mkdir, mkdtemp, rm, chmod, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -180,6 +181,47 @@ describe('Exec.runStreamed', () => {
     expect(r).toMatchObject({ exitCode: 4, stdout: '', stderr: '' });
     expect(bytes).toEqual({ stdout: 20_000_000, stderr: 3 });
     expect(overlapped).toBe(false);
+  });
+
+  it('lendChunks: every read lands in one buffer per stream, kept still until the consumer settles', async () => {
+    // The consumer reads each chunk only after a delay: were the stream not
+    // paused meanwhile, the next read would have overwritten it and the
+    // digest would differ.
+    const seq = 'seq 1 2000000; seq 1 5000 >&2';
+    const { stdout: expected } = await run('sh', ['-c', 'seq 1 2000000 | sha256sum']);
+    const hash = createHash('sha256');
+    const buffers = { stdout: new Set<ArrayBufferLike>(), stderr: new Set<ArrayBufferLike>() };
+    const bytes = { stdout: 0, stderr: 0 };
+    let reads = 0;
+    await runStreamed('sh', ['-c', seq], {
+      lendChunks: true,
+      onData: async (chunk, stream) => {
+        buffers[stream].add(chunk.buffer);
+        await new Promise((resolve) => setTimeout(resolve, ++reads % 20 === 0 ? 5 : 0));
+        bytes[stream] += chunk.length;
+        if (stream === 'stdout') hash.update(chunk);
+      },
+    });
+    expect(hash.digest('hex')).toBe(expected.split(' ')[0]);
+    expect(bytes.stderr).toBe((await run('sh', ['-c', 'seq 1 5000'])).stdout.length);
+    expect(reads).toBeGreaterThan(100);
+    // Lent: one buffer per stream for the whole run, none allocated per read.
+    expect(buffers.stdout.size).toBe(1);
+    expect(buffers.stderr.size).toBe(1);
+    expect([...buffers.stdout][0]).not.toBe([...buffers.stderr][0]);
+  });
+
+  it('lendChunks: a consumer that throws makes it reject once the command is done', async () => {
+    let seen = 0;
+    const err = await runStreamed('sh', ['-c', 'head -c 1000000 /dev/zero; echo end'], {
+      lendChunks: true,
+      onData: () => {
+        seen++;
+        throw new Error('disk on fire');
+      },
+    }).catch((e: unknown) => e);
+    expect(err).toMatchObject({ message: 'disk on fire' });
+    expect(seen).toBe(1);
   });
 
   it('rejects a non-zero exit unless allowed, and death by signal always', async () => {

@@ -9,9 +9,9 @@ import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import type { ExecaError } from 'execa';
 import { CommandError, ExecCodes, type CommandErrorDetails } from './errors.js';
+import { pumpEvents, pumpLent, type OutputStream } from './pipe-pump.js';
 
-/** Which stream a line of output came from. */
-export type OutputStream = 'stdout' | 'stderr';
+export type { OutputStream } from './pipe-pump.js';
 
 /** Options of {@link run}. */
 export interface RunOptions {
@@ -264,6 +264,14 @@ export interface RunStreamedOptions {
   input?: string | Uint8Array;
   /** Each chunk of output, as {@link RunOptions.onData}: the next one is read once it settles. */
   onData: (chunk: Buffer, stream: OutputStream) => void | Promise<void>;
+  /**
+   * Lend the chunks instead of giving them: each is valid only until
+   * `onData` returns or its promise settles, then the next read overwrites
+   * it (copy what you keep). Each stream is read into one 64 KiB buffer, so
+   * a command printing gigabytes allocates nothing per read and the RSS
+   * stays flat. Default false: every chunk is a fresh buffer.
+   */
+  lendChunks?: boolean;
   /** Resolve (instead of reject) when the command exits non-zero. Default false. */
   allowNonZeroExit?: boolean;
 }
@@ -311,9 +319,10 @@ export async function runStreamed(
     child.stdin.on('error', () => undefined);
     child.stdin.end(opts.input);
   }
+  const pump = opts.lendChunks === true ? pumpLent : pumpEvents;
   const pumped = Promise.all([
-    pumpEvents(child.stdout, 'stdout', opts.onData, consumer),
-    pumpEvents(child.stderr, 'stderr', opts.onData, consumer),
+    pump(child.stdout, 'stdout', opts.onData, consumer),
+    pump(child.stderr, 'stderr', opts.onData, consumer),
   ]);
   let exit: Awaited<typeof ended>;
   try {
@@ -365,41 +374,6 @@ function exitOf(child: ChildProcess): Promise<Exit> {
       // Later errors (a failed kill) do not end anything; 'close' still comes.
       if (child.pid === undefined) resolve({ spawnError: err });
     });
-  });
-}
-
-/**
- * Hands each chunk of `stream` to `onData`, pausing the stream until a
- * returned promise settles. After `onData` fails, the rest is read and
- * dropped, so the command never blocks on a full pipe.
- */
-function pumpEvents(
-  stream: Readable | null,
-  name: OutputStream,
-  onData: RunStreamedOptions['onData'],
-  consumer: { error: unknown },
-): Promise<void> {
-  if (!stream) return Promise.resolve();
-  return new Promise((resolve) => {
-    const fail = (err: unknown): void => {
-      consumer.error ??= err;
-    };
-    stream.on('data', (chunk: Buffer) => {
-      if (consumer.error !== undefined) return;
-      let settled: void | Promise<void>;
-      try {
-        settled = onData(chunk, name);
-      } catch (err) {
-        fail(err);
-        return;
-      }
-      if (settled instanceof Promise) {
-        stream.pause();
-        settled.catch(fail).finally(() => stream.resume());
-      }
-    });
-    stream.once('error', fail);
-    stream.once('close', resolve);
   });
 }
 
