@@ -18,7 +18,6 @@ import * as fs from 'node:fs';
 import { lstat, mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
-import lockfile from 'proper-lockfile';
 import { errnoCode, LayerCodes, LayerError, messageOf } from './errors.js';
 import { name as layerName } from './layer-dir.js';
 import { TempName, Proc } from '@day11/exec';
@@ -217,6 +216,8 @@ async function acquire(lockPath: string, options: LockOptions): Promise<Acquired
     const lock = heldLock(lockPath, controller.signal);
     let release: (() => Promise<void>) | undefined;
     try {
+      // Loaded on first use: commands that take no lock (layers ls, gc --dry-run) start faster.
+      const { default: lockfile } = await import('proper-lockfile');
       release = await lockfile.lock(lockPath, {
         lockfilePath: lockPath,
         realpath: false,
