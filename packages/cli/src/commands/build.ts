@@ -157,7 +157,7 @@ export async function run(argv: string[]): Promise<number> {
   if (values.oci !== undefined) await Layout.recover(resolve(values.oci)).catch(() => undefined);
   const reporter = makeReporter({ json: values.json === true });
   const flags = { insecure: values.insecure === true };
-  const caches = openCaches({
+  const caches = await openCaches({
     from: values['cache-from'] ?? [],
     to: values['cache-to'] ?? [],
     flags,
