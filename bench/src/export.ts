@@ -28,7 +28,7 @@ import { Exec } from '@day11/exec';
 import type { Base } from '@day11/layer';
 import { exportImage, LayerBlob } from '@day11/oci-export';
 import { makeLayer, type Layer } from './fixtures.js';
-import { median, seeded, shuffled, toMarkdown, type BenchRow } from './table.js';
+import { median, peakRssKiB, seeded, shuffled, toMarkdown, type BenchRow } from './table.js';
 
 const ROUNDS = Number(process.env['DAY11_BENCH_ROUNDS'] ?? 5);
 const WARM_ROUNDS = 7;
@@ -196,7 +196,7 @@ async function peakRss(work: string, layer: Layer): Promise<number> {
   const self = new URL(import.meta.url).pathname;
   const { stdout } = await Exec.run('node', [self, '--rss-child', layer.hash, layer.dir, layout]);
   await rm(layout, { recursive: true });
-  return (Number(stdout.trim()) * 1024) / 1e6; // maxRSS is in KiB
+  return (Number(stdout.trim()) * 1024) / 1e6; // VmHWM is in KiB
 }
 
 /** In the child: export, then print the peak RSS in KiB. */
@@ -207,7 +207,7 @@ async function rssChild([hash, dir, layout]: string[]): Promise<void> {
     base: { hash: hash!, dir: dir!, image: 'rss' },
     layers: [],
   });
-  console.log(process.resourceUsage().maxRSS);
+  console.log(peakRssKiB());
 }
 
 /** Runs the benchmark; returns its rows. */

@@ -16,7 +16,7 @@ import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { createBuilder, parsePlan } from '@day11/build';
 import { Exec } from '@day11/exec';
-import { median, toMarkdown, type BenchRow } from './table.js';
+import { median, peakRssKiB, toMarkdown, type BenchRow } from './table.js';
 
 const OUTPUT_BYTES = 250 * 1024 ** 2;
 const ROUNDS = 3;
@@ -41,7 +41,7 @@ async function child([osDir, run, round]: string[]): Promise<void> {
     const { ok } = await builder.build(plan);
     const ms = performance.now() - started;
     if (!ok) throw new Error(`the step ${JSON.stringify(run)} failed`);
-    console.log(JSON.stringify({ rssKiB: process.resourceUsage().maxRSS, ms }));
+    console.log(JSON.stringify({ rssKiB: peakRssKiB(), ms }));
   } finally {
     await builder.close();
   }

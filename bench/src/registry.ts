@@ -30,7 +30,7 @@ import { Hash, LayerDir, LayerMeta, Sidecar } from '@day11/layer';
 import { exportImage } from '@day11/oci-export';
 import { RegistryCache, RegistryClient, buildTag, lookupLayers } from '@day11/registry';
 import { DockerRegistry } from '@day11/testing';
-import { median, seeded, shuffled, toMarkdown, type BenchRow } from './table.js';
+import { median, peakRssKiB, seeded, shuffled, toMarkdown, type BenchRow } from './table.js';
 
 const ROUNDS = 5;
 /** Rounds run first and not counted: every variant's first run pays for cold caches (and ours for the JIT). */
@@ -473,7 +473,7 @@ async function rssChild([op, ref, osDir, hash]: string[]): Promise<void> {
   if (op === 'publish') await cache.publish({ hash: hash!, osDir: osDir! }, {});
   else if (!(await cache.fetch(hash!, { osDir: osDir! }))) throw new Error('not found');
   await cache.close();
-  console.log(process.resourceUsage().maxRSS);
+  console.log(peakRssKiB());
 }
 
 async function rssRows(work: string): Promise<BenchRow[]> {

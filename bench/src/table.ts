@@ -1,4 +1,5 @@
 /** Shared shape and printing of benchmark results. */
+import { readFileSync } from 'node:fs';
 
 /** One measured figure and the baseline it is compared to, measured in the same run. */
 export interface BenchRow {
@@ -104,4 +105,17 @@ export function shuffled<T>(items: readonly T[], random: () => number): T[] {
     [out[i], out[j]] = [out[j]!, out[i]!];
   }
   return out;
+}
+
+/**
+ * Peak resident memory of this process's own program, in KiB: `VmHWM` of
+ * `/proc/self/status`. Not `resourceUsage().maxRSS`: a child started by
+ * fork + exec counts the copy of its parent in that, so a child of a big
+ * bench process would report the bench's memory instead of its own.
+ */
+export function peakRssKiB(): number {
+  const status = readFileSync('/proc/self/status', 'utf8');
+  const kib = /^VmHWM:\s+(\d+) kB$/m.exec(status)?.[1];
+  if (kib === undefined) throw new Error('/proc/self/status has no VmHWM line');
+  return Number(kib);
 }

@@ -60,6 +60,26 @@ describe('gzipChunks', () => {
     expect(b.bytes.equals(a.bytes)).toBe(true);
   });
 
+  it("with freeWritten, frees each of zlib's pieces once written, bytes unchanged", async () => {
+    const written: Buffer[] = [];
+    const copies: Buffer[] = [];
+    await gzipChunks(chunksOf(data, 64 * 1024), {
+      slots: new Semaphore(2),
+      freeWritten: true,
+      write: async (b) => {
+        written.push(b);
+        copies.push(Buffer.from(b));
+      },
+    });
+    expect(
+      Buffer.concat(copies).equals((await gzip(data, { chunk: 64 * 1024, slots: 2 })).bytes),
+    ).toBe(true);
+    // All but the header and the trailer came from zlib, and are detached now.
+    expect(written.slice(1, -1).every((b) => b.length === 0)).toBe(true);
+    expect(written[0]!.length).toBe(10);
+    expect(written.at(-1)!.length).toBe(8);
+  });
+
   it('writes a header with no name, mtime 0 and OS 3', async () => {
     const gz = await gzip(Buffer.from('x'), { chunk: 64 * 1024, slots: 1 });
     expect([...gz.bytes.subarray(0, 10)]).toEqual([0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3]);

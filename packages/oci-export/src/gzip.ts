@@ -7,13 +7,20 @@
  * ordinary single-member gzip stream, which any reader accepts; its bytes
  * depend only on the input, the chunk size and the level.
  *
+ * Memory stays flat whatever the size of the stream: a few chunks and their
+ * output are in flight, dictionaries are reused, and (with `freeWritten`)
+ * zlib's output buffers are freed as soon as they are written rather than
+ * left for V8 to collect.
+ *
  * The header has no name and mtime 0; the OS byte is 3 (Unix), as Node's own
  * gzip writes it. The CRC-32 and both SHA-256 digests (of the tar: the OCI
  * diff_id; of the gzip: the blob digest) are computed on the way through.
  */
 import { createHash } from 'node:crypto';
 import zlib from 'node:zlib';
+import { BufferPool } from '@day11/exec/buffer-pool';
 import { OciExportCodes, OciExportError } from './errors.js';
+import { freeNow } from './free.js';
 import type { TarChunk } from './layer-tar.js';
 import type { TarSummary } from './tar-thread.js';
 import { Semaphore } from './pool.js';
@@ -29,6 +36,13 @@ const WINDOW = 32 * 1024;
 export interface GzipOptions {
   /** Where compressed bytes go, in order; awaited (backpressure). */
   write: (bytes: Buffer) => Promise<void>;
+  /**
+   * True when `write` is done with each buffer once its promise resolves (it
+   * neither keeps nor queues it): zlib's output buffers are then freed (and
+   * detached) as soon as they are written, instead of when V8 next collects
+   * garbage, by when tens of megabytes of them may have piled up.
+   */
+  freeWritten?: boolean | undefined;
   /** 0–9; default {@link DEFAULT_LEVEL}. */
   level?: number | undefined;
   /** Compression slots, shared by every stream compressed at once. */
@@ -90,8 +104,12 @@ export async function gzipChunks(
   const inFlight: Array<Promise<Buffer[]>> = [];
   const window = options.window ?? options.slots.size + 1;
   const drain = async () => {
-    for (const piece of await inFlight.shift()!) await emit(piece);
+    const pieces = await inFlight.shift()!;
+    for (const piece of pieces) await emit(piece);
+    if (options.freeWritten) free(pieces);
   };
+  // Each chunk's dictionary, reused once that chunk is compressed.
+  const dictionaries = new BufferPool(WINDOW, window + 1);
   let dictionary: Buffer | undefined;
   try {
     await emit(gzipHeader(level));
@@ -102,9 +120,16 @@ export async function gzipChunks(
       }
       tarSize += data.length;
       // Copied now: `data` goes back to its pool once compressed.
-      const next = data.length >= WINDOW ? Buffer.from(data.subarray(-WINDOW)) : undefined;
+      const next = data.length >= WINDOW ? dictionaries.take() : undefined;
+      if (next) data.copy(next, 0, data.length - WINDOW);
+      const used = dictionary;
       const started = await compress({ data, last, dictionary, level, slots: options.slots });
-      inFlight.push(started.job.finally(() => options.recycle?.(data)));
+      inFlight.push(
+        started.job.finally(() => {
+          options.recycle?.(data);
+          if (used) dictionaries.give(used);
+        }),
+      );
       options.onChunk?.(tarSize);
       dictionary = next;
       while (inFlight.length >= window) await drain();
@@ -165,6 +190,17 @@ function deflatePieces(job: {
     deflate.on('error', reject);
     deflate.end(job.data);
   });
+}
+
+/**
+ * Frees zlib's output buffers behind `pieces` now (see `free.ts`): each is a
+ * fresh `OUTPUT_PIECE`-byte `ArrayBuffer` of its own, some 1.25 MiB of them
+ * per MiB of incompressible tar, that V8 would free only at its next full
+ * collection.
+ */
+function free(pieces: readonly Buffer[]): void {
+  // zlib's own buffers only, never a slab shared with other small Buffers.
+  freeNow(pieces.map((p) => p.buffer).filter((b) => b.byteLength === OUTPUT_PIECE));
 }
 
 /**

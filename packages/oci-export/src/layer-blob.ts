@@ -329,6 +329,8 @@ async function compressTo(
       slots,
       window,
       write: (b) => writeAll(out, b),
+      // writeAll keeps nothing once written.
+      freeWritten: true,
       onChunk: options.onProgress,
       recycle: (chunk) => tar.recycle(chunk),
       summary: tar.summary,

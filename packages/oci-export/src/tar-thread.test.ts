@@ -83,6 +83,18 @@ describe('TarThread', () => {
     await expect(tar.summary).rejects.toBe(reason);
   });
 
+  it('frees a chunk given back once the worker has finished', async () => {
+    const root = join(await tempDir('late-recycle'), 'fs');
+    mkdirSync(root);
+    writeFileSync(join(root, 'small'), 'x');
+    const tar = TarThread.start(root, { chunkSize: CHUNK, credits: 2 });
+    const chunks = [];
+    for await (const { data } of tar) chunks.push(data);
+    await tar.summary;
+    for (const chunk of chunks) tar.recycle(chunk);
+    expect(chunks.map((c) => c.buffer.byteLength)).toEqual(chunks.map(() => 0));
+  });
+
   it('stops the worker when the reader leaves early', async () => {
     const root = await manyFiles('early');
     const tar = TarThread.start(root, { chunkSize: CHUNK, credits: 1 });

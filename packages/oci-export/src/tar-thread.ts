@@ -13,6 +13,7 @@ import { existsSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
+import { freeNow } from './free.js';
 import type { TarChunk } from './layer-tar.js';
 import { rebuildError, type ThreadError } from './thread-error.js';
 import type { WalkWarning } from './walk.js';
@@ -118,10 +119,14 @@ export class TarThread implements AsyncIterable<TarChunk> {
     return thread;
   }
 
-  /** Gives a chunk (from this thread's iteration) back to the worker for reuse. */
+  /**
+   * Gives a chunk (from this thread's iteration) back to the worker for
+   * reuse; once the worker has finished, frees its memory at once instead
+   * (`free.ts`). Either way the chunk is detached: read nothing from it after.
+   */
   recycle(chunk: Buffer): void {
-    if (this.finished) return;
     const data = chunk.buffer as ArrayBuffer;
+    if (this.finished) return freeNow([data]);
     this.worker.postMessage({ type: 'buffer', data } satisfies ToWorker, [data]);
   }
 

@@ -19,27 +19,70 @@ import { parentPort } from 'node:worker_threads';
 import zlib from 'node:zlib';
 import { encodeEntries, tarOf } from './layer-tar.js';
 import { BufferPool } from '@day11/exec/buffer-pool';
+import { freeNow } from './free.js';
 import { serializeError } from './thread-error.js';
 import type { TarJob, ToParent, ToWorker } from './tar-thread.js';
 import { walk, type WalkWarning } from './walk.js';
 
 const port = parentPort!;
 let controller = new AbortController();
-let pool: BufferPool | undefined;
+/** The running job's buffers; none between jobs. */
+let pool: JobPool | undefined;
 let credits = 0;
 let wake: (() => void) | undefined;
+
+/**
+ * A job's chunk buffers. When the job ends, those still here are freed at
+ * once (`free.ts`): an idle worker holds none, and those of a finished job
+ * are not left for a collection that an idle worker never runs.
+ */
+class JobPool extends BufferPool {
+  private readonly own = new Set<ArrayBuffer>();
+
+  override take(): Buffer {
+    return this.track(super.take());
+  }
+
+  override give(buf: Buffer): void {
+    super.give(this.track(buf));
+  }
+
+  /** Frees every buffer of the job that is still here (the parent holds the others). */
+  release(): void {
+    freeNow(this.own);
+    this.own.clear();
+  }
+
+  private track(buf: Buffer): Buffer {
+    // Whole buffers of the chunk size only: never the slab behind small Buffers.
+    if (buf.byteOffset === 0 && buf.buffer.byteLength === this.size) {
+      // Those handed to the parent since are detached here: forget them.
+      if (this.own.size >= 64) for (const b of this.own) if (b.byteLength === 0) this.own.delete(b);
+      this.own.add(buf.buffer as ArrayBuffer);
+    }
+    return buf;
+  }
+}
 
 port.on('message', (message: ToWorker) => {
   if (message.type === 'job') {
     controller = new AbortController();
-    pool = new BufferPool(message.job.chunkSize, message.job.credits + 1);
+    const jobPool = new JobPool(message.job.chunkSize, message.job.credits + 1);
+    pool = jobPool;
     credits = message.job.credits;
-    run(message.job).then(
-      (done) => send(done),
-      (err: unknown) => send({ type: 'error', ...serializeError(err) }),
-    );
+    run(message.job)
+      .finally(() => {
+        pool = undefined;
+        jobPool.release();
+      })
+      .then(
+        (done) => send(done),
+        (err: unknown) => send({ type: 'error', ...serializeError(err) }),
+      );
   } else if (message.type === 'buffer') {
-    pool?.give(Buffer.from(message.data));
+    // Given back after its job ended: nothing will use it again.
+    if (pool) pool.give(Buffer.from(message.data));
+    else freeNow([message.data]);
     credits++;
   } else {
     controller.abort();
