@@ -44,7 +44,9 @@ import { join } from 'node:path';
 import { Readable, Transform, type TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
-import type { Header } from 'tar-stream';
+// Not imported lazily: extractStream must pipe its source before it first
+// yields, or an early error of that stream (a garbled gzip) has no listener.
+import tar, { type Header } from 'tar-stream';
 import { Sys } from '@day11/exec';
 import { errnoCode, LayerCodes, LayerError, messageOf } from './errors.js';
 import { PaxXattrTap, XATTR_PREFIX, type Xattrs } from './tar-pax.js';
@@ -262,8 +264,6 @@ export async function extractTarball(opts: {
  * @throws {LayerError} `LAYER_IMPORT_UNSAFE_PATH` or `LAYER_IMPORT_FAILED`.
  */
 export async function extractStream(opts: ExtractStreamOptions): Promise<ExtractResult> {
-  // Loaded on first use: only an import needs it.
-  const { default: tar } = await import('tar-stream');
   const tap = new PaxXattrTap();
   const extract = tar.extract();
   // Settles with the stream error (or undefined) so it is never an unhandled rejection.
