@@ -1,20 +1,38 @@
 /**
  * Whether a step that failed ran out of disk space: then its failure is the
  * machine's, not the step's verdict, and is not recorded (the next build,
- * after space is freed, runs it again). Tools that hit ENOSPC say so in
- * their output (or only "I/O error", as busybox does), and often delete their
- * partial output before exiting, so by the time the step has ended the
- * filesystem may have room again: the log is asked, and the filesystem is
- * watched while the step runs ({@link FreeSpaceWatch}).
+ * after space is freed, runs it again).
+ *
+ * The kernel keeps no record of a failed write, and tools that hit ENOSPC
+ * often delete their partial output before exiting, so by the time the step
+ * has ended the filesystem may have room again. Three signs are asked, most
+ * certain first: the filesystem was seen full (now, or by the
+ * {@link FreeSpaceWatch} that sampled it while the step ran); the log says
+ * ENOSPC; the filesystem was nearly full while the step ran. The last is a
+ * judgement: a sample can miss a disk that fills and empties within
+ * milliseconds (busybox says only "I/O error"), and a step that fails with
+ * less than {@link TIGHT_BELOW_BYTES} free may well have failed for space.
+ * Leaving such a failure unrecorded costs one rerun; recording a failure the
+ * disk caused would keep it until the user clears it.
  */
 import { open, statfs } from 'node:fs/promises';
 
-/** Below this many free bytes (or with no free inode), the cache's filesystem is full. */
+/** Below this many free bytes (or with no free inode), the filesystem is full. */
 const FULL_BELOW_BYTES = 2 ** 20;
+/** Below this many free bytes (or inodes), a failing step may have failed for space. */
+export const TIGHT_BELOW_BYTES = 64 * 2 ** 20;
+const TIGHT_BELOW_INODES = 1024;
 /** strerror(ENOSPC) and strerror(EDQUOT), as C libraries, Python, Node and Go print them. */
 const NO_SPACE = /no space left on device|disk quota exceeded|ENOSPC|EDQUOT/i;
 /** How much of the end of a log is read: the error is among the last things a failing step says. */
 const TAIL_BYTES = 64 * 1024;
+/** The write rate the watch assumes when it decides how soon the free space could be gone. */
+const FAST_WRITE_BYTES_PER_MS = 2 * 2 ** 20;
+
+interface Space {
+  bytes: number;
+  inodes: number;
+}
 
 /**
  * Why the step whose output is in `logFile` failed for lack of space in
@@ -32,29 +50,32 @@ export async function outOfSpace(o: {
   /** What a {@link FreeSpaceWatch} saw while the step ran. */
   watch?: FreeSpaceWatch | undefined;
 }): Promise<string | undefined> {
-  const full = fullness(await statfs(o.dir).catch(() => undefined)) ?? o.watch?.full;
+  const now = await freeSpace(o.dir);
+  const full = (now && fullness(now)) ?? o.watch?.full;
   if (full !== undefined) {
     return `the filesystem of ${o.dir} is full (${full}): no space left on device`;
   }
   const line = (await tail(o.logFile)).split('\n').findLast((l) => NO_SPACE.test(l));
-  return line === undefined
-    ? undefined
-    : `it ran out of disk space (its output says: ${line.trim().slice(0, 200)})`;
-}
-
-/** `undefined`, or what says the filesystem is full (`no free inode`, `N bytes free`). */
-function fullness(
-  fs: { bfree: number; bsize: number; ffree: number } | undefined,
-): string | undefined {
-  if (fs === undefined) return undefined;
-  if (fs.ffree === 0) return 'no free inode';
-  return fs.bfree * fs.bsize < FULL_BELOW_BYTES ? `${fs.bfree * fs.bsize} bytes free` : undefined;
+  if (line !== undefined) {
+    return `it ran out of disk space (its output says: ${line.trim().slice(0, 200)})`;
+  }
+  const lowest = lower(now, o.watch?.lowest);
+  if (lowest && (lowest.bytes < TIGHT_BELOW_BYTES || lowest.inodes < TIGHT_BELOW_INODES)) {
+    return (
+      `the filesystem of ${o.dir} was nearly full while it ran ` +
+      `(${freeText(lowest)} at the lowest), ` +
+      'so it may have run out of space; free some and build again'
+    );
+  }
+  return undefined;
 }
 
 /**
- * Samples the free space of `dir`'s filesystem every `intervalMs` while a
- * step runs: `full` says whether (and how) it was full at some moment. One
- * `statfs` per interval; {@link FreeSpaceWatch.stop} when the step ends.
+ * Samples the free space of `dir`'s filesystem from now until
+ * {@link FreeSpaceWatch.stop}: `full` says whether (and how) it was full at
+ * some moment, `lowest` is the least free space seen. It samples sooner the
+ * less room is left (every `maxIntervalMs` at most, every 2 ms at least), so
+ * a step writing fast into a nearly full disk is seen doing it.
  *
  * @example
  * ```ts
@@ -66,33 +87,65 @@ function fullness(
 export class FreeSpaceWatch {
   /** How the filesystem was full when last seen full, or `undefined`. */
   full: string | undefined;
-  private readonly timer: NodeJS.Timeout;
-  private sampling = false;
+  /** The least free space seen (bytes and inodes, each its own minimum). */
+  lowest: Space | undefined;
+  private timer: NodeJS.Timeout | undefined;
+  private stopped = false;
 
   constructor(
     private readonly dir: string,
-    intervalMs = 100,
+    private readonly maxIntervalMs = 100,
   ) {
-    this.timer = setInterval(() => this.sample(), intervalMs);
-    this.timer.unref();
+    this.sample();
+  }
+
+  /** How long until the next sample, when `free` bytes were free at the last. */
+  static intervalFor(free: number, maxIntervalMs: number): number {
+    return Math.max(2, Math.min(maxIntervalMs, Math.floor(free / FAST_WRITE_BYTES_PER_MS / 2)));
   }
 
   private sample(): void {
-    if (this.sampling) return;
-    this.sampling = true;
-    statfs(this.dir)
-      .then((fs) => {
-        this.full = fullness(fs) ?? this.full;
-      })
-      .catch(() => undefined)
-      .finally(() => {
-        this.sampling = false;
-      });
+    void freeSpace(this.dir).then((space) => {
+      if (space) {
+        this.full = fullness(space) ?? this.full;
+        this.lowest = lower(space, this.lowest);
+      }
+      if (this.stopped) return;
+      const free = space?.bytes ?? Number.MAX_SAFE_INTEGER;
+      this.timer = setTimeout(
+        () => this.sample(),
+        FreeSpaceWatch.intervalFor(free, this.maxIntervalMs),
+      );
+      this.timer.unref();
+    });
   }
 
   stop(): void {
-    clearInterval(this.timer);
+    this.stopped = true;
+    clearTimeout(this.timer);
   }
+}
+
+async function freeSpace(dir: string): Promise<Space | undefined> {
+  const fs = await statfs(dir).catch(() => undefined);
+  // Btrfs, and tmpfs without an inode limit, report 0 inodes of 0: no limit, not none free.
+  return fs && { bytes: fs.bfree * fs.bsize, inodes: fs.files > 0 ? fs.ffree : Infinity };
+}
+
+/** `undefined`, or what says the filesystem is full (`no free inode`, `N bytes free`). */
+function fullness(space: Space): string | undefined {
+  if (space.inodes === 0) return 'no free inode';
+  return space.bytes < FULL_BELOW_BYTES ? `${space.bytes} bytes free` : undefined;
+}
+
+function lower(a: Space | undefined, b: Space | undefined): Space | undefined {
+  if (!a || !b) return a ?? b;
+  return { bytes: Math.min(a.bytes, b.bytes), inodes: Math.min(a.inodes, b.inodes) };
+}
+
+function freeText(space: Space): string {
+  const bytes = `${(space.bytes / 2 ** 20).toFixed(1)} MiB free`;
+  return Number.isFinite(space.inodes) ? `${bytes}, ${space.inodes} inodes free` : bytes;
 }
 
 async function tail(file: string): Promise<string> {
