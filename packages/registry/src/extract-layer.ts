@@ -4,7 +4,9 @@
  * `@day11/layer`'s safe extraction. Shared by pulls (`whiteouts: 'overlay'`)
  * and base image imports (`'apply'`).
  */
-import { PassThrough, type Readable, type Transform } from 'node:stream';
+import { createReadStream } from 'node:fs';
+import { open } from 'node:fs/promises';
+import { PassThrough, Readable, type Transform, type Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
 import { LayerError, TarExtract } from '@day11/layer';
@@ -13,8 +15,13 @@ import { RegistryCodes, RegistryError, isAbort, messageOf, registryCause } from 
 
 /** Options of {@link extractLayer}. */
 export interface ExtractLayerOptions {
-  /** The blob's bytes (a verified stream: its digest errors explain any later failure). */
-  body: Readable;
+  /**
+   * The blob's bytes: a verified stream (its digest errors explain any later
+   * failure), or a verified file. A gzip file with no taps is read through
+   * one reused buffer (a stream would allocate one per read: gigabytes of
+   * garbage for a big layer).
+   */
+  body: Readable | { file: string };
   /** Pass-throughs on the compressed bytes (e.g. a copy to a file). */
   taps?: readonly Transform[] | undefined;
   gzip: boolean;
@@ -39,12 +46,30 @@ export interface ExtractLayerOptions {
 export async function extractLayer(o: ExtractLayerOptions): Promise<{ tarBytes: number }> {
   const diff = new Sha256Tap();
   const tar = new PassThrough();
-  const stages = [...(o.taps ?? []), ...(o.gzip ? [createGunzip()] : []), diff, tar];
+  const taps = o.taps ?? [];
+  const stages = [
+    ...taps,
+    ...(o.gzip ? [createGunzip({ chunkSize: GUNZIP_CHUNK })] : []),
+    diff,
+    tar,
+  ];
+  // gunzip is done with an input chunk when its write callback runs (a tap passes the chunk on).
+  const feedFile = !(o.body instanceof Readable) && o.gzip && taps.length === 0;
+  const body =
+    o.body instanceof Readable
+      ? o.body
+      : feedFile
+        ? undefined
+        : createReadStream(o.body.file, { highWaterMark: FEED_BYTES });
   // Settles with the first stream error (or undefined): never an unhandled rejection.
-  const piping = (pipeline as (...s: unknown[]) => Promise<void>)(o.body, ...stages).then(
+  const piping = (pipeline as (...s: unknown[]) => Promise<void>)(
+    ...(body ? [body] : []),
+    ...stages,
+  ).then(
     () => undefined,
     (err: unknown) => (err instanceof Error ? err : new Error(String(err))),
   );
+  if (feedFile) void feed((o.body as { file: string }).file, stages[0]!);
   try {
     await TarExtract.extractStream({
       source: tar,
@@ -56,7 +81,7 @@ export async function extractLayer(o: ExtractLayerOptions): Promise<{ tarBytes: 
     const streamError = await piping;
     if (streamError !== undefined) throw streamError;
   } catch (err) {
-    o.body.destroy();
+    for (const stream of [body, stages[0]]) stream?.destroy();
     throw failure(o, err, await piping);
   }
   if (diff.digest() !== o.diffId) {
@@ -67,6 +92,34 @@ export async function extractLayer(o: ExtractLayerOptions): Promise<{ tarBytes: 
     );
   }
   return { tarBytes: diff.bytes };
+}
+
+/** Read size of a blob file; gunzip's output piece. */
+const FEED_BYTES = 256 * 1024;
+const GUNZIP_CHUNK = 64 * 1024;
+
+/**
+ * Writes `file` into `into` through one buffer, reused once `into` has
+ * consumed each piece; ends it, or destroys it with the read's error.
+ */
+async function feed(file: string, into: Writable): Promise<void> {
+  let handle;
+  try {
+    handle = await open(file, 'r');
+    const buf = Buffer.allocUnsafe(FEED_BYTES);
+    for (;;) {
+      const { bytesRead } = await handle.read(buf, 0, buf.length, null);
+      if (bytesRead === 0 || into.destroyed) break;
+      await new Promise<void>((resolve, reject) =>
+        into.write(buf.subarray(0, bytesRead), (err) => (err ? reject(err) : resolve())),
+      );
+    }
+    into.end();
+  } catch (err) {
+    into.destroy(err instanceof Error ? err : new Error(String(err)));
+  } finally {
+    await handle?.close();
+  }
 }
 
 /** Bytes that are not what was promised explain any extraction failure; then the tar's own. */

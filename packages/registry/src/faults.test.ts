@@ -8,6 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { readdir } from 'node:fs/promises';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { join } from 'node:path';
+import { gzipSync } from 'node:zlib';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { buildTag } from './cache-image.js';
 import { RegistryCache } from './cache.js';
@@ -130,6 +131,49 @@ describe.skipIf(!isRoot)('faults, publishing and pulling through a fake registry
     expect(names).not.toContain(`build-${stack.app.hash.slice(0, 12)}`);
     expect(names.filter((n) => n.startsWith('.day11-tmp-'))).toEqual([]);
   });
+
+  /** A registry whose app layer is `bytes` under their own digest: a blob that is what its manifest says. */
+  async function registryWithAppBlob(bytes: Buffer): Promise<FakeRegistry> {
+    const registry = await registryWithStack();
+    const tag = buildTag(stack.app.hash);
+    const { bytes: json, mediaType } = good.manifests.get(REPO)!.get(tag)!;
+    const manifest = JSON.parse(json.toString()) as { layers: { digest: string; size: number }[] };
+    Object.assign(manifest.layers.at(-1)!, {
+      digest: registry.addBlob(REPO, bytes),
+      size: bytes.length,
+    });
+    registry.putManifest(REPO, tag, Buffer.from(JSON.stringify(manifest)), mediaType);
+    return registry;
+  }
+
+  it('pull: a layer whose blob is its digest but garbled gzip, or not its diff_id', async () => {
+    const original = good.blobs.get(appBlob().digest)!;
+    const garbled = Buffer.from(original);
+    for (let i = 20; i < garbled.length - 8; i += 7) garbled[i]! ^= 0x5a;
+    const otherTar = gzipSync(Buffer.alloc(10240)); // an empty tar: valid, but not this layer
+    const cases = [
+      { name: 'garbled', bytes: garbled, code: RegistryCodes.UNSAFE_LAYER },
+      { name: 'other-tar', bytes: otherTar, code: RegistryCodes.DIGEST_MISMATCH },
+    ];
+    for (const c of cases) {
+      const registry = await registryWithAppBlob(c.bytes);
+      const dest = join(work, `lying-${c.name}`);
+      const err = await expectFault(
+        cacheOf(registry).fetch(stack.app.hash, { osDir: dest }),
+        c.code,
+        registry.host,
+      );
+      expect(err.message, c.name).toContain(stack.app.hash);
+      await expectNothingStoredAbove(dest, stack.app.hash);
+    }
+  });
+
+  /** The layer `hash` is not in `osDir`, and no temporary file is left. */
+  async function expectNothingStoredAbove(osDir: string, hash: string): Promise<void> {
+    const names = await readdir(osDir);
+    expect(names).not.toContain(`build-${hash.slice(0, 12)}`);
+    expect(names.filter((n) => n.startsWith('.day11-tmp-'))).toEqual([]);
+  }
 
   it('pull: a truncated download', async () => {
     const registry = await registryWithStack();

@@ -15,7 +15,7 @@
  * renamed into place at the end: a failure or a kill leaves no partial
  * layer, and `Recover.sweep` removes the temporaries of a killed process.
  */
-import { createReadStream, writeSync } from 'node:fs';
+import { writeSync } from 'node:fs';
 import { mkdir, open, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Commit, Hash, Import, LayerDir, Lock } from '@day11/layer';
@@ -231,7 +231,7 @@ async function extractBlob(
   const own = o.image.stack.at(-1)!;
   await download(ctx, own, o.gz);
   const { tarBytes } = await extractLayer({
-    body: createReadStream(o.gz, { highWaterMark: 1024 * 1024 }),
+    body: { file: o.gz },
     gzip: true,
     diffId: o.image.blob.diffId,
     dest: o.upper,
