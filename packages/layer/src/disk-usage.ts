@@ -18,6 +18,8 @@ export interface InodeVisit {
   readonly bytes: number;
   /** Hardlink count; always 1 for directories, which cannot be hardlinked. */
   readonly nlink: number;
+  /** Last modification (epoch ms). */
+  readonly mtimeMs: number;
 }
 
 class Visit implements InodeVisit {
@@ -26,6 +28,7 @@ class Visit implements InodeVisit {
     private readonly ino: number,
     readonly bytes: number,
     readonly nlink: number,
+    readonly mtimeMs: number,
   ) {}
 
   get key(): string {
@@ -59,7 +62,7 @@ export async function walk(root: string, visit: (entry: InodeVisit) => void): Pr
     const st = lstatUnlessVanished(path);
     if (!st) continue;
     const isDir = st.isDirectory();
-    visit(new Visit(st.dev, st.ino, st.blocks * 512, isDir ? 1 : st.nlink));
+    visit(new Visit(st.dev, st.ino, st.blocks * 512, isDir ? 1 : st.nlink, st.mtimeMs));
     if (!isDir) continue;
     // Names from readdir hold no '/': a plain concatenation, not path.join's normalising.
     for (const name of readdirUnlessVanished(path)) pending.push(`${path}/${name}`);
@@ -75,7 +78,8 @@ function lstatUnlessVanished(path: string): Stats | undefined {
   }
 }
 
-function readdirUnlessVanished(path: string): string[] {
+/** The names in directory `path`, or none when it vanished (or is not a directory). */
+export function readdirUnlessVanished(path: string): string[] {
   try {
     return readdirSync(path);
   } catch (err) {

@@ -11,13 +11,19 @@
  * and the planned `bytes` add up to `totalBytes - totalAfterBytes`. An inode
  * also linked from outside the cache is never freed, so never attributed.
  */
-import { rm, rmdir, stat } from 'node:fs/promises';
+import { rm, rmdir } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { measure, walk } from './disk-usage.js';
+import { measure } from './disk-usage.js';
 import { LayerCodes, LayerError, messageOf } from './errors.js';
 import * as InUse from './in-use.js';
 import * as LastUsed from './last-used.js';
-import { NAME_HASH_LENGTH, path as layerPath } from './layer-dir.js';
+import {
+  defaultThreads,
+  surveyLayers,
+  type LayerSurvey,
+  type SurveyFailure,
+} from './layer-survey.js';
+import { hashPrefix, NAME_HASH_LENGTH, path as layerPath } from './layer-dir.js';
 import * as Lock from './lock.js';
 import * as Scan from './scan.js';
 import { setAside, type SetAside } from './set-aside.js';
@@ -92,8 +98,8 @@ interface SurveyedLayer {
   dir: string;
   name: string;
   hashPrefix: string;
-  /** Full hashes of what it was built on: its recorded parents and base. */
-  parents: string[];
+  /** What it was built on (its recorded parents and base): their name hashes, concatenated. */
+  parents: string;
   lastUsed: number;
   inUse: boolean;
   /** Bytes of its inodes no other link can hold (directories, files with one link). */
@@ -247,8 +253,8 @@ async function run(
   const dependents = new Map<SurveyedLayer, number>();
   for (const layer of survey.layers) {
     const below = new Set<SurveyedLayer>();
-    for (const hash of layer.parents) {
-      const l = byPrefix.get(hash.slice(0, NAME_HASH_LENGTH));
+    for (let at = 0; at < layer.parents.length; at += NAME_HASH_LENGTH) {
+      const l = byPrefix.get(layer.parents.slice(at, at + NAME_HASH_LENGTH));
       if (l !== undefined && l !== layer) below.add(l);
     }
     standingOn.set(layer, [...below]);
@@ -364,9 +370,6 @@ function badOption(why: string, hint: string): LayerError {
   });
 }
 
-/** Entries measured between yields to the event loop while surveying. */
-const SURVEY_SLICE = 4096;
-
 /**
  * Every layer with what it stands on, its LRU time, whether it is in use,
  * and its real disk usage: inodes with one link (most, and every directory)
@@ -374,70 +377,50 @@ const SURVEY_SLICE = 4096;
  * one, as only they can be shared between layers.
  */
 async function surveyCache(osDir: string): Promise<Survey> {
-  let scanned: Scan.ScannedLayer[];
+  let names: string[];
+  let surveys: Map<string, LayerSurvey | SurveyFailure>;
   try {
-    scanned = await Scan.layers(osDir);
+    names = await Scan.names(osDir);
+    surveys = await surveyLayers(osDir, names, defaultThreads(names.length));
   } catch (cause) {
-    throw gcFailed(`Cannot list the layers of ${osDir}`, osDir, cause);
+    throw gcFailed(`Cannot survey the layers of ${osDir}`, osDir, cause);
   }
   const inodes = new Map<string, InodeInfo>();
   const layers: SurveyedLayer[] = [];
   let totalBytes = 0;
-  let sinceYield = 0;
-  for (const s of scanned) {
-    if (sinceYield >= SURVEY_SLICE) {
-      sinceYield = 0;
-      await new Promise((resolve) => setImmediate(resolve));
+  for (const name of names) {
+    const dir = join(osDir, name);
+    const s = surveys.get(name)!;
+    if ('error' in s) {
+      const cause = Object.assign(new Error(s.error.message), { code: s.error.code });
+      throw gcFailed(`Cannot measure the layer ${dir}`, dir, cause);
     }
     const links = new Map<string, number>();
-    let ownBytes = 0;
-    try {
-      await walk(s.dir, (entry) => {
-        sinceYield++;
-        if (entry.nlink <= 1) {
-          ownBytes += entry.bytes;
-          return;
-        }
-        const key = entry.key;
-        links.set(key, (links.get(key) ?? 0) + 1);
-        let info = inodes.get(key);
-        if (info === undefined) {
-          info = { bytes: entry.bytes, nlink: entry.nlink, links: 0, remaining: 0 };
-          inodes.set(key, info);
-          totalBytes += entry.bytes;
-        }
-        info.links++;
-        info.remaining++;
-      });
-    } catch (cause) {
-      throw gcFailed(`Cannot measure the layer ${s.dir}`, s.dir, cause);
+    for (const [key, shared] of s.shared) {
+      links.set(key, shared.links);
+      let info = inodes.get(key);
+      if (info === undefined) {
+        info = { bytes: shared.bytes, nlink: shared.nlink, links: 0, remaining: 0 };
+        inodes.set(key, info);
+        totalBytes += shared.bytes;
+      }
+      info.links += shared.links;
+      info.remaining += shared.links;
     }
-    totalBytes += ownBytes;
-    const parents = s.meta ? [...s.meta.parent_hashes, s.meta.base_hash] : [];
+    totalBytes += s.ownBytes;
     layers.push({
-      dir: s.dir,
-      name: s.name,
-      hashPrefix: s.hashPrefix,
-      parents,
-      lastUsed: s.lastUsed ?? (await lruTime(s)),
+      dir,
+      name,
+      hashPrefix: hashPrefix(name)!,
+      parents: s.parents,
+      lastUsed: s.lastUsed,
       // Only a layer with a lease directory can hold a lease: the others need no look.
-      inUse: s.leased && (await InUse.isInUse(s.dir)),
-      ownBytes,
+      inUse: s.leased && (await InUse.isInUse(dir)),
+      ownBytes: s.ownBytes,
       links,
     });
   }
   return { layers, inodes, totalBytes };
-}
-
-async function lruTime(layer: Scan.ScannedLayer): Promise<number> {
-  if (layer.lastUsed !== undefined) return layer.lastUsed;
-  const created = layer.meta ? Date.parse(layer.meta.created_at) : NaN;
-  if (Number.isFinite(created)) return created;
-  try {
-    return (await stat(layer.dir)).mtimeMs;
-  } catch {
-    return 0;
-  }
 }
 
 type Outcome = { skipped: SkippedLayer['reason'] } | { aside: string };

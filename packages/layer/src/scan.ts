@@ -67,17 +67,26 @@ const SLICE = 128;
 export async function layers(osDir: string, options: ScanOptions = {}): Promise<ScannedLayer[]> {
   const read = options.read ?? [];
   for (const name of read) Sidecar.assertName(name);
-  const names = await layerNames(osDir);
+  const found = await names(osDir);
   const out: ScannedLayer[] = [];
-  for (let start = 0; start < names.length; start += SLICE) {
+  for (let start = 0; start < found.length; start += SLICE) {
     if (start > 0) await new Promise((resolve) => setImmediate(resolve));
-    for (const name of names.slice(start, start + SLICE))
+    for (const name of found.slice(start, start + SLICE))
       out.push(scanOne(join(osDir, name), name, read));
   }
   return out;
 }
 
-async function layerNames(osDir: string): Promise<string[]> {
+/**
+ * The names of the `build-xxxxxxxxxxxx` directories of `osDir`, sorted
+ * (what {@link layers} lists, without reading them). A missing `osDir` gives `[]`.
+ *
+ * @example
+ * ```ts
+ * const count = (await Scan.names(osDir)).length;
+ * ```
+ */
+export async function names(osDir: string): Promise<string[]> {
   try {
     const entries = await readdir(osDir, { withFileTypes: true });
     return entries

@@ -9,10 +9,9 @@
  * The bytes are exactly those of `tarChunks` on the calling thread: the
  * thread only changes where the work runs.
  */
-import { existsSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
-import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
+import { workerFile } from '@day11/exec';
 import { freeNow } from './free.js';
 import type { TarChunk } from './layer-tar.js';
 import { rebuildError, type ThreadError } from './thread-error.js';
@@ -215,7 +214,7 @@ const idleWorkers = {
   take(): Worker {
     let worker = this.idle.pop();
     if (!worker) {
-      const made = new Worker(workerFile());
+      const made = new Worker(workerFile('tar-worker.js', import.meta.url));
       // An idle worker that dies (out of memory, ...) leaves the pool.
       made.on(
         'exit',
@@ -234,8 +233,3 @@ const idleWorkers = {
 };
 
 /** The compiled worker; sources run by a test runner use the build's copy. */
-function workerFile(): URL {
-  const beside = new URL('./tar-worker.js', import.meta.url);
-  if (existsSync(fileURLToPath(beside))) return beside;
-  return new URL('../dist/tar-worker.js', import.meta.url);
-}
