@@ -77,7 +77,7 @@ describe('outOfSpace', () => {
       await rm(ballast);
       watch.stop();
       const logFile = await log(['head: standard output: I/O error']);
-      expect(await outOfSpace({ dir, logFile })).toMatch(/nearly full/);
+      expect(await outOfSpace({ dir, logFile })).toMatch(/nearly full.*a write failed/);
       expect(await outOfSpace({ dir, logFile, watch })).toMatch(
         /filesystem of .* is full \(\d+ bytes free\): no space left on device/,
       );
@@ -85,15 +85,18 @@ describe('outOfSpace', () => {
   );
 
   it.skipIf(!Exec.isRoot())(
-    'judges a failure on a nearly full filesystem as maybe out of space, naming what was free',
+    'judges a failed write on a nearly full filesystem as maybe out of space, naming what was free',
     async () => {
       const dir = await tmpfs('tight', 'size=32m');
       const logFile = await log(['head: standard output: I/O error']);
       const watch = await sampled(dir);
       watch.stop();
       expect(await outOfSpace({ dir, logFile, watch })).toMatch(
-        /was nearly full while it ran \(32\.0 MiB free, \d+ inodes free at the lowest\)/,
+        /was nearly full while it ran \(32\.0 MiB free, \d+ inodes free at the lowest\) and its output says a write failed \(head: standard output: I\/O error\)/,
       );
+      // A step failing for its own reasons on that disk is its verdict.
+      const ownFailure = await log(['cc1: error: unknown option', 'make: *** [all] Error 1']);
+      expect(await outOfSpace({ dir, logFile: ownFailure, watch })).toBeUndefined();
     },
   );
 

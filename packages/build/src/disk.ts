@@ -8,12 +8,13 @@
  * has ended the filesystem may have room again. Three signs are asked, most
  * certain first: the filesystem was seen full (now, or by the
  * {@link FreeSpaceWatch} that sampled it while the step ran); the log says
- * ENOSPC; the filesystem was nearly full while the step ran. The last is a
- * judgement: a sample can miss a disk that fills and empties within
- * milliseconds (busybox says only "I/O error"), and a step that fails with
- * less than {@link TIGHT_BELOW_BYTES} free may well have failed for space.
- * Leaving such a failure unrecorded costs one rerun; recording a failure the
- * disk caused would keep it until the user clears it.
+ * ENOSPC; the filesystem was nearly full while the step ran and the log says
+ * a write failed. The last is a judgement: a sample can miss a disk that
+ * fills and empties within milliseconds, and some tools name no errno
+ * (busybox says only "I/O error"). A step that fails saying so with less
+ * than {@link TIGHT_BELOW_BYTES} free may well have failed for space:
+ * leaving it unrecorded costs one rerun, while recording a failure the disk
+ * caused would keep it until the user clears it.
  */
 import { open, statfs } from 'node:fs/promises';
 
@@ -24,6 +25,8 @@ export const TIGHT_BELOW_BYTES = 64 * 2 ** 20;
 const TIGHT_BELOW_INODES = 1024;
 /** strerror(ENOSPC) and strerror(EDQUOT), as C libraries, Python, Node and Go print them. */
 const NO_SPACE = /no space left on device|disk quota exceeded|ENOSPC|EDQUOT/i;
+/** What tools print when a write fails without naming ENOSPC (busybox: "standard output: I/O error"). */
+const WRITE_FAILED = /I\/O error|write error|short write|cannot write|can't write|failed to write/i;
 /** How much of the end of a log is read: the error is among the last things a failing step says. */
 const TAIL_BYTES = 64 * 1024;
 /** The write rate the watch assumes when it decides how soon the free space could be gone. */
@@ -55,19 +58,18 @@ export async function outOfSpace(o: {
   if (full !== undefined) {
     return `the filesystem of ${o.dir} is full (${full}): no space left on device`;
   }
-  const line = (await tail(o.logFile)).split('\n').findLast((l) => NO_SPACE.test(l));
-  if (line !== undefined) {
-    return `it ran out of disk space (its output says: ${line.trim().slice(0, 200)})`;
-  }
+  const lines = (await tail(o.logFile)).split('\n');
+  const line = lines.findLast((l) => NO_SPACE.test(l));
+  if (line !== undefined) return `it ran out of disk space (its output says: ${quote(line)})`;
   const lowest = lower(now, o.watch?.lowest);
-  if (lowest && (lowest.bytes < TIGHT_BELOW_BYTES || lowest.inodes < TIGHT_BELOW_INODES)) {
-    return (
-      `the filesystem of ${o.dir} was nearly full while it ran ` +
-      `(${freeText(lowest)} at the lowest), ` +
-      'so it may have run out of space; free some and build again'
-    );
-  }
-  return undefined;
+  const tight = lowest && (lowest.bytes < TIGHT_BELOW_BYTES || lowest.inodes < TIGHT_BELOW_INODES);
+  const writeFailed = tight ? lines.findLast((l) => WRITE_FAILED.test(l)) : undefined;
+  if (writeFailed === undefined) return undefined;
+  return (
+    `the filesystem of ${o.dir} was nearly full while it ran ` +
+    `(${freeText(lowest!)} at the lowest) and its output says a write failed ` +
+    `(${quote(writeFailed)}): it may have run out of space; free some and build again`
+  );
 }
 
 /**
@@ -141,6 +143,10 @@ function fullness(space: Space): string | undefined {
 function lower(a: Space | undefined, b: Space | undefined): Space | undefined {
   if (!a || !b) return a ?? b;
   return { bytes: Math.min(a.bytes, b.bytes), inodes: Math.min(a.inodes, b.inodes) };
+}
+
+function quote(line: string): string {
+  return line.trim().slice(0, 200);
 }
 
 function freeText(space: Space): string {

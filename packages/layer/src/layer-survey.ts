@@ -83,9 +83,9 @@ export function defaultThreads(layers: number): number {
 
 /**
  * Surveys the layers `names` of `osDir` on `threads` worker threads (0: on
- * this one). Resolves with each layer's survey, or why it failed, by name (a
- * layer that vanished meanwhile surveys as empty); rejects only when a
- * thread dies.
+ * this one; a thread that fails is replaced by this one). Resolves with
+ * each layer's survey, or why it failed, by name (a layer that vanished
+ * meanwhile surveys as empty).
  *
  * @example
  * ```ts
@@ -102,8 +102,17 @@ export async function surveyLayers(
   const shares = Array.from({ length: threads }, (_, t) =>
     names.filter((_, i) => i % threads === t),
   );
-  const parts = await Promise.all(shares.map((share) => onThread(osDir, share)));
-  return new Map(parts.flatMap((packed, t) => unpack(shares[t]!, packed)));
+  const parts = await Promise.all(
+    shares.map((share) =>
+      onThread(osDir, share).then(
+        (packed) => unpack(share, packed),
+        // A thread that cannot start or dies (its script missing from a bundle, no
+        // memory for it): the same survey, here.
+        async () => [...(await surveyAll(osDir, share))],
+      ),
+    ),
+  );
+  return new Map(parts.flat());
 }
 
 /** What a worker posts for the layers `names` of `osDir`. */
