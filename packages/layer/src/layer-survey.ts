@@ -3,8 +3,8 @@
  * it stands on, when it was last used, whether it may be in use) and its
  * real disk usage. That is one `lstat` per file of the cache, tens of
  * thousands of system calls bound by the CPU, not the disk: on several
- * cores, worker threads share the layers, and the survey takes less than
- * `du` of the same cache.
+ * cores, worker threads share the layers (on 2 cores here, 10,000 layers:
+ * ~2.5 s against ~2.8 s on one thread and ~1.9 s for `du -s`).
  */
 import { lstatSync, readFileSync, statSync } from 'node:fs';
 import { availableParallelism } from 'node:os';

@@ -4,7 +4,6 @@
  * `@day11/layer`'s safe extraction. Shared by pulls (`whiteouts: 'overlay'`)
  * and base image imports (`'apply'`).
  */
-import { createReadStream } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { PassThrough, Readable, type Transform, type Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -17,9 +16,9 @@ import { RegistryCodes, RegistryError, isAbort, messageOf, registryCause } from 
 export interface ExtractLayerOptions {
   /**
    * The blob's bytes: a verified stream (its digest errors explain any later
-   * failure), or a verified file. A gzip file with no taps is read through
-   * one reused buffer (a stream would allocate one per read: gigabytes of
-   * garbage for a big layer).
+   * failure), or a verified gzip file (with `gzip`, and no `taps`), which is
+   * read into gunzip through one reused buffer (a stream would allocate one
+   * per read: gigabytes of garbage for a big layer).
    */
   body: Readable | { file: string };
   /** Pass-throughs on the compressed bytes (e.g. a copy to a file). */
@@ -53,14 +52,11 @@ export async function extractLayer(o: ExtractLayerOptions): Promise<{ tarBytes: 
     diff,
     tar,
   ];
-  // gunzip is done with an input chunk when its write callback runs (a tap passes the chunk on).
-  const feedFile = !(o.body instanceof Readable) && o.gzip && taps.length === 0;
-  const body =
-    o.body instanceof Readable
-      ? o.body
-      : feedFile
-        ? undefined
-        : createReadStream(o.body.file, { highWaterMark: FEED_BYTES });
+  const body = o.body instanceof Readable ? o.body : undefined;
+  // Only gunzip is done with an input chunk when its write callback runs (a tap passes it on).
+  if (!body && (!o.gzip || taps.length > 0)) {
+    throw new TypeError('extractLayer: a file body must be gzip, with no taps');
+  }
   // Settles with the first stream error (or undefined): never an unhandled rejection.
   const piping = (pipeline as (...s: unknown[]) => Promise<void>)(
     ...(body ? [body] : []),
@@ -69,7 +65,7 @@ export async function extractLayer(o: ExtractLayerOptions): Promise<{ tarBytes: 
     () => undefined,
     (err: unknown) => (err instanceof Error ? err : new Error(String(err))),
   );
-  if (feedFile) void feed((o.body as { file: string }).file, stages[0]!);
+  if (!body) void feed((o.body as { file: string }).file, stages[0]!);
   try {
     await TarExtract.extractStream({
       source: tar,
@@ -94,7 +90,7 @@ export async function extractLayer(o: ExtractLayerOptions): Promise<{ tarBytes: 
   return { tarBytes: diff.bytes };
 }
 
-/** Read size of a blob file; gunzip's output piece. */
+/** Read size of a blob file, and gunzip's output piece. */
 const FEED_BYTES = 256 * 1024;
 const GUNZIP_CHUNK = 64 * 1024;
 
