@@ -539,8 +539,14 @@ describe('a dependency collected during the build', () => {
       })
       .finally(() => builder.close());
     expect(result.ok).toBe(true);
+    // a is made again, but its image is exported once.
     expect(result.summary.exported.sort()).toEqual(['a', 'b']);
     expect(sandbox.names).toEqual(['a']);
+    expect(events.filter((e) => e.type === 'export').length).toBe(2);
+    // Nothing of the build runs after it returned.
+    const seen = events.length;
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    expect(events.length).toBe(seen);
     expect(await Layout.verify(layout)).toEqual([]);
   });
 

@@ -316,6 +316,8 @@ class BuildRun {
   /** One layer blob compressed ahead at a time (it uses every core). */
   private readonly blobSlot = new Semaphore(1);
   private exportChain: Promise<void> = Promise.resolve();
+  /** Steps whose export is queued: a layer made again (collected meanwhile) is not exported twice. */
+  private readonly exportQueued = new Set<string>();
   private readonly exported: string[] = [];
   private readonly exportFailures: { tag: string; reason: string }[] = [];
   private bytes = 0;
@@ -373,8 +375,7 @@ class BuildRun {
     for (const step of this.plan.steps) this.report(step, 'queued');
     await this.lookup();
     await this.schedule();
-    await this.exportChain;
-    await Promise.all(this.background);
+    await this.drainBackground();
     await addStats(this.o.osDir, this.counters);
     const summary: SummaryEvent = {
       ...this.summary((performance.now() - started) / 1000),
@@ -384,6 +385,20 @@ class BuildRun {
     const steps = this.plan.steps.map((s) => this.outcomes.get(s.id)!);
     const ok = steps.every(isOk) && this.exportFailures.length === 0;
     return { ok, base: this.base, steps, summary };
+  }
+
+  /**
+   * Waits for the exports and background jobs, including those queued while
+   * waiting (an export that finds a layer collected makes it again, which
+   * publishes it): nothing of the build may still run once it returned.
+   */
+  private async drainBackground(): Promise<void> {
+    for (;;) {
+      const chain = this.exportChain;
+      await chain;
+      await Promise.all(this.background);
+      if (chain === this.exportChain && this.background.size === 0) return;
+    }
   }
 
   // ------------------------------------------------------------ events
@@ -1014,7 +1029,8 @@ class BuildRun {
   /** Exports the step's image once it is ok, one export at a time, while the build goes on. */
   private queueExport(step: Step): void {
     const layout = this.o.layout;
-    if (layout === undefined) return;
+    if (layout === undefined || this.exportQueued.has(step.id)) return;
+    this.exportQueued.add(step.id);
     this.prepareBlob(step);
     this.exportChain = this.exportChain.then(() => this.exportStep(step, layout));
   }
