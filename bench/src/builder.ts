@@ -29,7 +29,7 @@ import { Exec, randomHex } from '@day11/exec';
 import { median, seeded, shuffled, toMarkdown, type BenchRow } from './table.js';
 
 /** The built CLI. */
-const CLI = join(import.meta.dirname, '../../packages/cli/dist/main.js');
+const CLI = join(import.meta.dirname, '../../packages/cli/dist/bin/day11.js');
 /** The builder tests' fake sandbox, as built for the tests (`pnpm build`). */
 const FAKE = join(import.meta.dirname, '../../packages/build/dist-spec/fixtures/fake-sandbox.js');
 /** Rounds of the whole-build comparison (each builds 1,000 steps with crun). */

@@ -24,7 +24,7 @@ import { Gc } from '@day11/layer';
 import { makeLayerCache } from './layer-cache.js';
 import { median, seeded, shuffled, toMarkdown, type BenchRow } from './table.js';
 
-const CLI = join(import.meta.dirname, '../../packages/cli/dist/main.js');
+const CLI = join(import.meta.dirname, '../../packages/cli/dist/bin/day11.js');
 const LAYERS = 10_000;
 const ROUNDS = 11;
 /** Samples per round of the variants that take a Node start and little more. */

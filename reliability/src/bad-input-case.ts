@@ -65,7 +65,7 @@ export async function throwsTyped(fn: () => unknown, code: string, names: string
 }
 
 /** The built `day11` binary. */
-export const BIN = resolve(import.meta.dirname, '../../packages/cli/dist/main.js');
+export const BIN = resolve(import.meta.dirname, '../../packages/cli/dist/bin/day11.js');
 
 /**
  * Runs `day11 ...args` and checks what a user sees of a bad input: exit

@@ -13,6 +13,8 @@ export const BUILD_EXCLUDES = ['src/**/*.test.ts', 'src/**/*.test-utils.ts', 'sr
 /** The one list of published files; tests never reach `dist`, so nothing is filtered out. */
 export const FILES = ['dist', 'README.md', 'LICENSE'];
 export const PREPACK = 'tsc -b tsconfig.build.json';
+/** A package shipping a bundled command (into `dist/bin/`) bundles it after compiling. */
+export const BUNDLE = 'bundle.mjs';
 
 interface TsConfig {
   files?: string[];
@@ -85,7 +87,8 @@ function manifestProblems(pkg: WorkspacePackage): string[] {
     bins.every((bin) => !bin.startsWith('./')),
     'bin paths are written without "./" (npm publish drops such an entry)',
   );
-  need(m.scripts?.['prepack'] === PREPACK, `needs "scripts": { "prepack": "${PREPACK}" }`);
+  const prepack = existsSync(join(pkg.path, BUNDLE)) ? `${PREPACK} && node ${BUNDLE}` : PREPACK;
+  need(m.scripts?.['prepack'] === prepack, `needs "scripts": { "prepack": "${prepack}" }`);
   return problems;
 }
 

@@ -21,6 +21,7 @@ import { mkdir, open, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import { Runc } from '@day11/container';
+import type { OciExportCodes } from '@day11/oci-export';
 import { isDay11Error, mapLimit, messageOf, Semaphore, TempName } from '@day11/exec';
 import {
   CacheDir,
@@ -36,7 +37,6 @@ import {
   type Base,
   type LayerMetaRecord,
 } from '@day11/layer';
-import { exportImage, LayerBlob, OciExportCodes } from '@day11/oci-export';
 import { resolveBase, type ImageResolver } from './base.js';
 import { BuildCodes, BuildError } from './errors.js';
 import { now, type BuildEvent, type StepEvent, type SummaryEvent } from './events.js';
@@ -1044,7 +1044,7 @@ class BuildRun {
     const dir = this.dirOf(step.id);
     const options = { gzipLevel: this.o.gzipLevel, signal: this.signal };
     const job: Promise<void> = this.blobSlot
-      .use(() => LayerBlob.ensure(dir, options))
+      .use(async () => (await ociExport()).LayerBlob.ensure(dir, options))
       .then(
         () => undefined,
         () => undefined,
@@ -1057,8 +1057,8 @@ class BuildRun {
     const started = performance.now();
     const seconds = (): number => (performance.now() - started) / 1000;
     const stack = [...this.graph.stack(step.id).reverse(), step];
-    const exportOnce = () =>
-      exportImage({
+    const exportOnce = async () =>
+      (await ociExport()).exportImage({
         layout,
         tag: step.tag,
         base: this.base,
@@ -1157,9 +1157,17 @@ function collected(err: unknown): boolean {
   return (
     isDay11Error(err, LayerCodes.NOT_FOUND) ||
     isDay11Error(err, LayerCodes.META_MISSING) ||
-    isDay11Error(err, OciExportCodes.LAYER_NOT_FOUND)
+    isDay11Error(err, LAYER_NOT_IN_EXPORT)
   );
 }
+
+/**
+ * `@day11/oci-export`, loaded by the first export: a build without a layout
+ * (most cached builds) does not pay for loading it.
+ */
+const ociExport = () => import('@day11/oci-export');
+/** `OciExportCodes.LAYER_NOT_FOUND`, known before the module is loaded (the type keeps them equal). */
+const LAYER_NOT_IN_EXPORT: (typeof OciExportCodes)['LAYER_NOT_FOUND'] = 'OCI_LAYER_NOT_FOUND';
 
 async function layerPresent(dir: string): Promise<boolean> {
   try {

@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Exec, TempName } from '@day11/exec';
 import { InUse } from '@day11/layer';
 
-const BIN = resolve(import.meta.dirname, '../dist/main.js');
+const BIN = resolve(import.meta.dirname, '../dist/bin/day11.js');
 let work: string;
 let cache: string;
 

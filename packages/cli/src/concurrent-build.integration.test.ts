@@ -9,7 +9,7 @@ import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Exec } from '@day11/exec';
 
-const BIN = resolve(import.meta.dirname, '../dist/main.js');
+const BIN = resolve(import.meta.dirname, '../dist/bin/day11.js');
 const PROCESSES = 3;
 let work: string;
 

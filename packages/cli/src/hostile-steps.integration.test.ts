@@ -13,7 +13,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DEFAULT_PIDS } from '@day11/build';
 import { Exec } from '@day11/exec';
 
-const BIN = resolve(import.meta.dirname, '../dist/main.js');
+const BIN = resolve(import.meta.dirname, '../dist/bin/day11.js');
 const isRoot = process.getuid?.() === 0;
 let work: string;
 

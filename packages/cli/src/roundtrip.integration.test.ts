@@ -20,7 +20,7 @@ import { Exec } from '@day11/exec';
 import { LayerDir, LayerMeta } from '@day11/layer';
 import { Layout } from '@day11/oci-export';
 
-const BIN = resolve(import.meta.dirname, '../dist/main.js');
+const BIN = resolve(import.meta.dirname, '../dist/bin/day11.js');
 
 const PLAN = {
   base: 'busybox',

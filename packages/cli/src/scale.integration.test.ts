@@ -13,7 +13,7 @@ import { deriveTag } from '@day11/build';
 import { Exec } from '@day11/exec';
 import { Layout } from '@day11/oci-export';
 
-const BIN = resolve(import.meta.dirname, '../dist/main.js');
+const BIN = resolve(import.meta.dirname, '../dist/bin/day11.js');
 const isRoot = process.getuid?.() === 0;
 let work: string;
 

@@ -123,14 +123,19 @@ export async function sweep(opts: SweepOptions = {}): Promise<string[]> {
     return pid === process.pid || (await Proc.ownerGone(pid, changedMs));
   };
   const swept: string[] = [];
-  const listed = await list(opts);
+  const stateNames = await stateDirNames(opts);
+  // Every container a runtime knows has a state directory under its root:
+  // with none of ours there, `list` (a subprocess, most of a sweep's cost) has nothing to show.
+  const mayHaveOurs =
+    STATE_ROOTS[binary(opts)] === undefined || stateNames.some((id) => owner.test(id));
+  const listed = mayHaveOurs ? await list(opts) : [];
   for (const c of listed) {
     if (!(await orphaned(c.id, Date.parse(c.created)))) continue;
     await remove(c.id, opts);
     swept.push(c.id);
   }
   const known = new Set(listed.map((c) => c.id));
-  for (const id of await stateDirNames(opts)) {
+  for (const id of stateNames) {
     if (known.has(id)) continue;
     const st = await lstat(stateDir(id, opts)!).catch(() => undefined);
     if (st === undefined || !(await orphaned(id, st.ctimeMs))) continue;

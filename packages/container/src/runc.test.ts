@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { chmod, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Exec } from '@day11/exec';
@@ -309,6 +309,24 @@ esac
     expect(await Runc.sweep({ runtime: f.runtime })).toEqual([ids[0], ids[2], ids[4]]);
     const deletes = (await f.calls()).filter((c) => c.startsWith('delete'));
     expect(deletes).toEqual([ids[0], ids[2], ids[4]].map((id) => `delete --force ${id}`));
+  });
+
+  it('sweep spawns nothing when no state directory of runc names a container of the prefix', async () => {
+    const f = await fake({ list: 'echo []' });
+    await symlink(f.runtime, join(f.dir, 'runc'));
+    const path = process.env.PATH;
+    process.env.PATH = `${f.dir}:${path ?? ''}`;
+    try {
+      // No entry of /run/runc starts with this prefix: `list` has nothing to show.
+      const prefix = `day11-none${process.pid}`;
+      expect(await Runc.sweep({ runtime: 'runc', prefix, cgroups: false })).toEqual([]);
+      expect(await f.calls()).toEqual([]);
+      // A runtime whose state directory is not known is asked.
+      expect(await Runc.sweep({ runtime: f.runtime, prefix, cgroups: false })).toEqual([]);
+      expect(await f.calls()).toEqual(['list --format json']);
+    } finally {
+      process.env.PATH = path;
+    }
   });
 
   it('killAndDeleteSync kills what names the id, deletes it, and never throws', async () => {

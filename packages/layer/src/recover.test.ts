@@ -54,6 +54,29 @@ describe('Recover.sweep', () => {
     }
   });
 
+  it('with layers: false, sweeps the top level, locks and packages but no layer directory', async () => {
+    const dir = await layer(1);
+    const deadTop = join(osDir, `${TempName.PREFIX}${DEAD_PID}-0a0b0c0d-build-000000000002`);
+    const deadInLayer = join(dir, `${TempName.PREFIX}${DEAD_PID}-0a0b0c0d-layer.json`);
+    const deadLease = join(dir, LEASE_DIR, `${DEAD_PID}-ff.lease`);
+    const deadLock = layerLockPath({ osDir, hash: hashOf(5) });
+    await mkdir(deadTop);
+    await mkdir(join(dir, LEASE_DIR), { recursive: true });
+    await mkdir(deadLock, { recursive: true });
+    await writeFile(join(deadLock, 'owner'), JSON.stringify({ pid: DEAD_PID, start: '7' }));
+    for (const f of [deadInLayer, deadLease]) await writeFile(f, '');
+
+    const report = await sweep(osDir, { layers: false });
+    expect(report.temps).toEqual([deadTop]);
+    expect(report.locks).toEqual([deadLock]);
+    expect(report.leases).toEqual([]);
+    for (const p of [deadInLayer, deadLease]) expect(await exists(p)).toBe(true);
+    // The full sweep takes the rest.
+    const full = await sweep(osDir);
+    expect(full.temps).toEqual([deadInLayer]);
+    expect(full.leases).toEqual([deadLease]);
+  });
+
   it('removes stale locks (owner dead, or not refreshed) and keeps held ones', async () => {
     const deadOwner = layerLockPath({ osDir, hash: hashOf(1) });
     const expired = layerLockPath({ osDir, hash: hashOf(2) });

@@ -67,6 +67,15 @@ export interface SweepReport {
 export interface SweepOptions {
   /** A lock not refreshed for this long is stale (default and minimum as in `Lock`). */
   staleMs?: number;
+  /**
+   * `false`: leave the layer directories alone (their temporaries and dead
+   * leases; `incompleteLayers` stays empty) and sweep only the cache's top
+   * level, `.locks/` and `packages/`: what a killed build or GC leaves that
+   * matters to the next one. Reading every layer directory is most of a
+   * sweep's cost in a large cache, and what it finds there (a killed export's
+   * half-written blob, a dead lease, which GC ignores) stops nothing. Default `true`.
+   */
+  layers?: boolean;
 }
 
 /**
@@ -90,7 +99,7 @@ export async function sweep(osDir: string, options: SweepOptions = {}): Promise<
     mounted: [],
     incompleteLayers: [],
   };
-  const top = await entries(osDir);
+  const top = options.layers === false ? [] : await entries(osDir);
   const layerDirs = top.filter((n) => isLayerName(n)).map((n) => join(osDir, n));
   const packageDirs = (await entries(join(osDir, 'packages'))).map((n) =>
     join(osDir, 'packages', n),

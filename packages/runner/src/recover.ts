@@ -27,6 +27,11 @@ export interface RecoverOptions {
   tmpDir?: string;
   /** Runtimes whose orphaned containers are deleted (default runc and crun; a missing one is skipped). */
   runtimes?: readonly Runc.Runtime[];
+  /**
+   * `false`: the cache's sweep leaves the layer directories alone (see
+   * `Recover.SweepOptions.layers`), as at a build's start. Default `true`.
+   */
+  layers?: boolean;
 }
 
 /**
@@ -78,7 +83,8 @@ export async function recover(opts: RecoverOptions): Promise<RecoverReport> {
     if (tmpDir === osDir && Recover.isSetAsideLayer(name)) continue;
     if (pid !== undefined) await recoverEntry(join(tmpDir, name), pid, report);
   }
-  return { containers, ...report, cache: await Recover.sweep(osDir) };
+  const cache = await Recover.sweep(osDir, opts.layers === false ? { layers: false } : {});
+  return { containers, ...report, cache };
 }
 
 async function sweepContainers(runtimes: readonly Runc.Runtime[]): Promise<string[]> {

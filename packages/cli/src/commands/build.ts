@@ -117,14 +117,15 @@ export async function run(argv: string[]): Promise<number> {
   const [
     { createBuilder, loadPlan, shardOf },
     { Runc },
-    { DOCKER_MAX_LAYERS, Layout },
+    ociExport,
     { recover },
     { makeReporter },
     { imageResolver, openCaches, printWarning },
   ] = await Promise.all([
     import('@day11/build'),
     import('@day11/container'),
-    import('@day11/oci-export'),
+    // Loaded for an export only: most builds (and every cached one without --oci) start faster.
+    values.oci === undefined ? undefined : import('@day11/oci-export'),
     import('@day11/runner'),
     import('../progress.js'),
     import('../registry.js'),
@@ -137,11 +138,12 @@ export async function run(argv: string[]): Promise<number> {
   });
   const runtime = runtimeOption(values.runtime);
   const logCap = logCapOption('build', values['log-cap'], Runc.MIN_LOG_CAP);
-  const maxLayers = maxLayersOption('build', values['max-layers'], DOCKER_MAX_LAYERS);
-  if (maxLayers !== undefined && values.oci === undefined)
+  if (values['max-layers'] !== undefined && ociExport === undefined)
     throw new CliError(CliCodes.USAGE, 'day11 build: --max-layers needs --oci LAYOUT', {
       hint: 'See `day11 build --help`',
     });
+  const maxLayers =
+    ociExport && maxLayersOption('build', values['max-layers'], ociExport.DOCKER_MAX_LAYERS);
   const gzipLevel = gzipLevelOption('build', values['gzip-level']);
   if (gzipLevel !== undefined && values.oci === undefined)
     throw new CliError(CliCodes.USAGE, 'day11 build: --gzip-level needs --oci LAYOUT', {
@@ -153,42 +155,57 @@ export async function run(argv: string[]): Promise<number> {
   await checkRequirements(runtime);
   await prepareCache(osDir);
   if (runtime === 'crun') await Runc.prepareCrunCgroups().catch(() => undefined);
-  await recover({ osDir }).catch(() => undefined);
-  if (values.oci !== undefined) await Layout.recover(resolve(values.oci)).catch(() => undefined);
-  const reporter = makeReporter({ json: values.json === true });
-  const flags = { insecure: values.insecure === true };
-  const caches = await openCaches({
-    from: values['cache-from'] ?? [],
-    to: values['cache-to'] ?? [],
-    flags,
-    onWarning: printWarning,
-  });
+  if (ociExport && values.oci !== undefined)
+    await ociExport.Layout.recover(resolve(values.oci)).catch(() => undefined);
+  // What killed processes left is swept beside the build, not before it: the
+  // sweep never touches what a live process owns, and no step needs it done.
+  // The layer directories are left to `day11 recover`: nothing there stops a build.
+  const swept = recover({ osDir, layers: false }).then(
+    () => undefined,
+    () => undefined,
+  );
   try {
-    const builder = createBuilder({
-      osDir,
-      jobs,
-      runtime,
-      retryFailed: values['retry-failed'] === true,
-      ...(values.oci !== undefined && { layout: resolve(values.oci) }),
-      ...(maxLayers !== undefined && { maxLayers }),
-      ...(gzipLevel !== undefined && { gzipLevel }),
-      ...(timeout > 0 && { timeoutMs: timeout * 1000 }),
-      ...(logCap !== undefined && { logCap }),
-      sources: caches.sources,
-      publishers: caches.publishers,
-      resolveImage: imageResolver(flags),
+    return await buildWith();
+  } finally {
+    await swept;
+  }
+
+  async function buildWith(): Promise<number> {
+    const reporter = makeReporter({ json: values.json === true });
+    const flags = { insecure: values.insecure === true };
+    const caches = await openCaches({
+      from: values['cache-from'] ?? [],
+      to: values['cache-to'] ?? [],
+      flags,
+      onWarning: printWarning,
     });
     try {
-      // SIGINT/SIGTERM/SIGHUP: the runner unmounts and deletes its containers,
-      // then the process dies by the signal; committed layers are whole.
-      const result = await builder.build(plan, { onEvent: (event) => reporter.emit(event) });
-      return result.ok ? 0 : 1;
+      const builder = createBuilder({
+        osDir,
+        jobs,
+        runtime,
+        retryFailed: values['retry-failed'] === true,
+        ...(values.oci !== undefined && { layout: resolve(values.oci) }),
+        ...(maxLayers !== undefined && { maxLayers }),
+        ...(gzipLevel !== undefined && { gzipLevel }),
+        ...(timeout > 0 && { timeoutMs: timeout * 1000 }),
+        ...(logCap !== undefined && { logCap }),
+        sources: caches.sources,
+        publishers: caches.publishers,
+        resolveImage: imageResolver(flags),
+      });
+      try {
+        // SIGINT/SIGTERM/SIGHUP: the runner unmounts and deletes its containers,
+        // then the process dies by the signal; committed layers are whole.
+        const result = await builder.build(plan, { onEvent: (event) => reporter.emit(event) });
+        return result.ok ? 0 : 1;
+      } finally {
+        await builder.close();
+      }
     } finally {
-      await builder.close();
+      reporter.close();
+      await caches.close();
     }
-  } finally {
-    reporter.close();
-    await caches.close();
   }
 }
 
