@@ -155,57 +155,47 @@ export async function run(argv: string[]): Promise<number> {
   await checkRequirements(runtime);
   await prepareCache(osDir);
   if (runtime === 'crun') await Runc.prepareCrunCgroups().catch(() => undefined);
+  // What killed processes left goes first (a killed build's upper may hold
+  // the room this one needs); the layer directories are left to `day11
+  // recover`: nothing there stops a build, and reading them all is most of a
+  // sweep's cost in a large cache.
+  await recover({ osDir, layers: false }).catch(() => undefined);
   if (ociExport && values.oci !== undefined)
     await ociExport.Layout.recover(resolve(values.oci)).catch(() => undefined);
-  // What killed processes left is swept beside the build, not before it: the
-  // sweep never touches what a live process owns, and no step needs it done.
-  // The layer directories are left to `day11 recover`: nothing there stops a build.
-  const swept = recover({ osDir, layers: false }).then(
-    () => undefined,
-    () => undefined,
-  );
+  const reporter = makeReporter({ json: values.json === true });
+  const flags = { insecure: values.insecure === true };
+  const caches = await openCaches({
+    from: values['cache-from'] ?? [],
+    to: values['cache-to'] ?? [],
+    flags,
+    onWarning: printWarning,
+  });
   try {
-    return await buildWith();
-  } finally {
-    await swept;
-  }
-
-  async function buildWith(): Promise<number> {
-    const reporter = makeReporter({ json: values.json === true });
-    const flags = { insecure: values.insecure === true };
-    const caches = await openCaches({
-      from: values['cache-from'] ?? [],
-      to: values['cache-to'] ?? [],
-      flags,
-      onWarning: printWarning,
+    const builder = createBuilder({
+      osDir,
+      jobs,
+      runtime,
+      retryFailed: values['retry-failed'] === true,
+      ...(values.oci !== undefined && { layout: resolve(values.oci) }),
+      ...(maxLayers !== undefined && { maxLayers }),
+      ...(gzipLevel !== undefined && { gzipLevel }),
+      ...(timeout > 0 && { timeoutMs: timeout * 1000 }),
+      ...(logCap !== undefined && { logCap }),
+      sources: caches.sources,
+      publishers: caches.publishers,
+      resolveImage: imageResolver(flags),
     });
     try {
-      const builder = createBuilder({
-        osDir,
-        jobs,
-        runtime,
-        retryFailed: values['retry-failed'] === true,
-        ...(values.oci !== undefined && { layout: resolve(values.oci) }),
-        ...(maxLayers !== undefined && { maxLayers }),
-        ...(gzipLevel !== undefined && { gzipLevel }),
-        ...(timeout > 0 && { timeoutMs: timeout * 1000 }),
-        ...(logCap !== undefined && { logCap }),
-        sources: caches.sources,
-        publishers: caches.publishers,
-        resolveImage: imageResolver(flags),
-      });
-      try {
-        // SIGINT/SIGTERM/SIGHUP: the runner unmounts and deletes its containers,
-        // then the process dies by the signal; committed layers are whole.
-        const result = await builder.build(plan, { onEvent: (event) => reporter.emit(event) });
-        return result.ok ? 0 : 1;
-      } finally {
-        await builder.close();
-      }
+      // SIGINT/SIGTERM/SIGHUP: the runner unmounts and deletes its containers,
+      // then the process dies by the signal; committed layers are whole.
+      const result = await builder.build(plan, { onEvent: (event) => reporter.emit(event) });
+      return result.ok ? 0 : 1;
     } finally {
-      reporter.close();
-      await caches.close();
+      await builder.close();
     }
+  } finally {
+    reporter.close();
+    await caches.close();
   }
 }
 
