@@ -127,33 +127,15 @@ function describeOther(e: ReportEvent): string | undefined {
   }
 }
 
-/**
- * One JSON line per event, written in batches: the events of one turn of
- * the event loop (a cached build reports thousands at once) go out in one
- * write, at the end of that turn, not one system call each.
- */
 class JsonReporter implements Reporter {
-  private lines: string[] = [];
-  private flushing: NodeJS.Immediate | undefined;
   constructor(private readonly stream: OutputStream) {}
   emit(event: ReportEvent): void {
-    this.lines.push(`${JSON.stringify(event)}\n`);
-    this.flushing ??= setImmediate(() => this.flush());
+    this.stream.write(`${JSON.stringify(event)}\n`);
   }
   note(message: string): void {
     this.emit({ type: 'note', time: new Date().toISOString(), message });
   }
-  close(): void {
-    this.flush();
-  }
-  private flush(): void {
-    if (this.flushing) clearImmediate(this.flushing);
-    this.flushing = undefined;
-    if (this.lines.length === 0) return;
-    const text = this.lines.join('');
-    this.lines = [];
-    this.stream.write(text);
-  }
+  close(): void {}
 }
 
 class PlainReporter implements Reporter {
