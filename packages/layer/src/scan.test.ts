@@ -5,7 +5,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { LayerCodes } from './errors.js';
 import { touch } from './last-used.js';
 import { save } from './layer-meta.js';
-import { layers } from './scan.js';
+import { each, layers } from './scan.js';
 import { write } from './sidecar.js';
 
 let osDir: string;
@@ -89,6 +89,37 @@ describe('Scan.layers', () => {
     await writeFile(join(osDir, 'file'), '');
     await expect(layers(join(osDir, 'file'))).rejects.toMatchObject({
       code: LayerCodes.BAD_ARGUMENT,
+    });
+  });
+});
+
+describe('Scan.each', () => {
+  it('visits what Scan.layers lists, in the same order, across slices, and refuses a bad sidecar name', async () => {
+    // 300 layers: more than one slice of 128.
+    for (let i = 0; i < 300; i++) {
+      const dir = join(osDir, `build-${i.toString(16).padStart(12, '0')}`);
+      await mkdir(dir);
+      if (i % 7 !== 0) await save(dir, { ...meta, exit_status: i % 3 });
+      if (i % 2 === 0) await write(dir, 'step.json', { id: `s${i}` });
+    }
+    const visited: string[] = [];
+    const steps: unknown[] = [];
+    await each(
+      osDir,
+      (l) => {
+        visited.push(l.name);
+        steps.push(l.values.get('step.json')?.['id']);
+      },
+      { read: ['step.json'] },
+    );
+    const listed = await layers(osDir, { read: ['step.json'] });
+    expect(visited).toEqual(listed.map((l) => l.name));
+    expect(visited).toHaveLength(300);
+    expect(steps).toEqual(listed.map((l) => l.values.get('step.json')?.['id']));
+    expect(steps.filter((id) => id !== undefined)).toHaveLength(150);
+    await expect(each(osDir, () => undefined, { read: ['../x'] })).rejects.toThrow();
+    await each(join(osDir, 'nope'), () => {
+      throw new Error('a missing cache has no layer');
     });
   });
 });

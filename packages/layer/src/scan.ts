@@ -65,16 +65,37 @@ const SLICE = 128;
  * ```
  */
 export async function layers(osDir: string, options: ScanOptions = {}): Promise<ScannedLayer[]> {
+  const out: ScannedLayer[] = [];
+  await each(osDir, (layer) => out.push(layer), options);
+  return out;
+}
+
+/**
+ * {@link layers}, one layer at a time: `visit` gets each layer as it is read,
+ * in name order, and nothing is kept. What a caller keeps of a large cache
+ * (a line to print, a few fields) is then all that stays in memory: a
+ * `layer.json` lists its whole stack, and 10,000 of them parsed and kept cost
+ * more in garbage collection than reading them.
+ *
+ * @example
+ * ```ts
+ * let failed = 0;
+ * await Scan.each(osDir, (l) => { if (l.meta && l.meta.exit_status !== 0) failed++; });
+ * ```
+ */
+export async function each(
+  osDir: string,
+  visit: (layer: ScannedLayer) => void,
+  options: ScanOptions = {},
+): Promise<void> {
   const read = options.read ?? [];
   for (const name of read) Sidecar.assertName(name);
   const found = await names(osDir);
-  const out: ScannedLayer[] = [];
   for (let start = 0; start < found.length; start += SLICE) {
     if (start > 0) await new Promise((resolve) => setImmediate(resolve));
     for (const name of found.slice(start, start + SLICE))
-      out.push(scanOne(join(osDir, name), name, read));
+      visit(scanOne(join(osDir, name), name, read));
   }
-  return out;
 }
 
 /**

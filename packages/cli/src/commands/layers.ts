@@ -113,39 +113,52 @@ class Lines {
 
 async function ls(osDir: string, json: boolean): Promise<number> {
   const { Scan } = await import('@day11/layer');
-  const layers = await Scan.layers(osDir, { read: ORIGIN_SIDECARS });
   const out = new Lines();
   if (json) {
-    for (const l of layers) {
-      out.add(
-        JSON.stringify({
-          name: l.name,
-          dir: l.dir,
-          lastUsed: l.lastUsed ?? null,
-          sidecars: l.sidecars,
-          step: originOf(l).step,
-          meta: l.meta ?? null,
-          error: l.metaError?.message ?? null,
-        }),
-      );
-    }
+    await Scan.each(
+      osDir,
+      (l) => {
+        out.add(
+          JSON.stringify({
+            name: l.name,
+            dir: l.dir,
+            lastUsed: l.lastUsed ?? null,
+            sidecars: l.sidecars,
+            step: originOf(l).step,
+            meta: l.meta ?? null,
+            error: l.metaError?.message ?? null,
+          }),
+        );
+      },
+      { read: ORIGIN_SIDECARS },
+    );
     out.flush();
     return 0;
   }
-  for (const l of layers.sort((a, b) => (b.lastUsed ?? 0) - (a.lastUsed ?? 0))) {
-    const status = l.metaError
-      ? `unreadable (${l.metaError.code})`
-      : l.meta!.failed_dep
-        ? `skipped: ${l.meta!.failed_dep} failed`
-        : l.meta!.exit_status === 0
-          ? 'ok'
-          : `exit ${l.meta!.exit_status}`;
-    const used = l.lastUsed
-      ? new Date(l.lastUsed).toISOString().slice(0, 19).replace('T', ' ')
-      : 'never';
-    out.add(`${l.name}  ${used}  ${status.padEnd(24)} ${originOf(l).label}`);
-  }
-  out.add(`${layers.length} layers in ${osDir}`);
+  // Only what a line shows is kept (see Scan.each), then sorted by last use.
+  const rows: { lastUsed: number; line: string }[] = [];
+  await Scan.each(
+    osDir,
+    (l) => {
+      const status = l.metaError
+        ? `unreadable (${l.metaError.code})`
+        : l.meta!.failed_dep
+          ? `skipped: ${l.meta!.failed_dep} failed`
+          : l.meta!.exit_status === 0
+            ? 'ok'
+            : `exit ${l.meta!.exit_status}`;
+      const used = l.lastUsed
+        ? new Date(l.lastUsed).toISOString().slice(0, 19).replace('T', ' ')
+        : 'never';
+      rows.push({
+        lastUsed: l.lastUsed ?? 0,
+        line: `${l.name}  ${used}  ${status.padEnd(24)} ${originOf(l).label}`,
+      });
+    },
+    { read: ORIGIN_SIDECARS },
+  );
+  for (const row of rows.sort((a, b) => b.lastUsed - a.lastUsed)) out.add(row.line);
+  out.add(`${rows.length} layers in ${osDir}`);
   out.flush();
   return 0;
 }
