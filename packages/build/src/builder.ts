@@ -322,6 +322,8 @@ class BuildRun {
   private readonly exportFailures: { tag: string; reason: string }[] = [];
   private bytes = 0;
   private graph!: PlanGraph;
+  /** Layer directories by step id (asked for several times per step). */
+  private readonly dirs = new Map<string, string>();
   private base!: Base;
   private readonly signal: AbortSignal | undefined;
 
@@ -429,7 +431,12 @@ class BuildRun {
   }
 
   private dirOf(id: string): string {
-    return LayerDir.path({ osDir: this.o.osDir, hash: this.graph.hash(id) });
+    let dir = this.dirs.get(id);
+    if (dir === undefined) {
+      dir = LayerDir.path({ osDir: this.o.osDir, hash: this.graph.hash(id) });
+      this.dirs.set(id, dir);
+    }
+    return dir;
   }
 
   // ------------------------------------------------------------ sources

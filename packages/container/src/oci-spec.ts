@@ -17,11 +17,19 @@
  * ```
  */
 import { existsSync, readdirSync } from 'node:fs';
-import { isAbsolute, join } from 'node:path';
+import { join } from 'node:path';
 import { Atomic } from '@day11/exec';
 import { z } from 'zod';
 import { ContainerCodes, ContainerError, messageOf } from './errors.js';
 import * as Seccomp from './seccomp.js';
+import {
+  specSchemas,
+  type Mount,
+  type Spec,
+  type SpecResources,
+  type Template,
+  type ValidOptions,
+} from './oci-spec-schema.js';
 
 // ---------------------------------------------------------------- defaults
 
@@ -88,107 +96,10 @@ export { DENIED_SYSCALLS, SYNC_SYSCALLS, seccompArchitectures } from './seccomp.
 
 // ---------------------------------------------------------------- schema
 
+// The schemas live in their own module, made on first use.
+export type { Mount, Spec, Template } from './oci-spec-schema.js';
+
 const noNul = (s: string): boolean => !s.includes('\0');
-const absolutePath = z
-  .string()
-  .refine((p) => isAbsolute(p) && noNul(p), { message: 'must be an absolute path' });
-/** uid/gid: a 32-bit id; 4294967295 is (uid_t)-1, "no change", never a real id. */
-const id32 = z.number().int().min(0).max(4294967294);
-
-const MountSchema = z.looseObject({
-  destination: absolutePath,
-  type: z.string().optional(),
-  source: z.string().optional(),
-  options: z.array(z.string()).optional(),
-});
-
-const CapabilitiesSchema = z.looseObject({
-  bounding: z.array(z.string()).optional(),
-  effective: z.array(z.string()).optional(),
-  inheritable: z.array(z.string()).optional(),
-  permitted: z.array(z.string()).optional(),
-  ambient: z.array(z.string()).optional(),
-});
-
-const ProcessSchema = z.looseObject({
-  terminal: z.boolean(),
-  user: z.looseObject({
-    uid: id32,
-    gid: id32,
-    additionalGids: z.array(id32).optional(),
-  }),
-  args: z.array(z.string()).min(1, 'must name the program to run'),
-  env: z.array(z.string().regex(/^[^=\0]+=[^\0]*$/, 'must be KEY=VALUE')),
-  cwd: absolutePath,
-  capabilities: CapabilitiesSchema,
-  rlimits: z.array(
-    z.looseObject({ type: z.string(), hard: z.number().int(), soft: z.number().int() }),
-  ),
-  noNewPrivileges: z.boolean(),
-});
-
-const SeccompSchema = z.looseObject({
-  defaultAction: z.string(),
-  architectures: z.array(z.string()).optional(),
-  syscalls: z.array(
-    z.looseObject({
-      names: z.array(z.string()).min(1),
-      action: z.string(),
-      errnoRet: z.number().int().nonnegative().optional(),
-    }),
-  ),
-});
-
-const ResourcesSchema = z.looseObject({
-  devices: z.array(z.looseObject({ allow: z.boolean(), access: z.string().optional() })).optional(),
-  memory: z
-    .looseObject({ limit: z.number().int().positive(), swap: z.number().int().optional() })
-    .optional(),
-  cpu: z
-    .looseObject({
-      cpus: z.string().optional(),
-      mems: z.string().optional(),
-      quota: z.number().int().optional(),
-      period: z.number().int().positive().optional(),
-    })
-    .optional(),
-  pids: z.looseObject({ limit: z.number().int().positive() }).optional(),
-});
-
-const LinuxSchema = z.looseObject({
-  namespaces: z.array(z.looseObject({ type: z.string(), path: z.string().optional() })),
-  maskedPaths: z.array(absolutePath),
-  readonlyPaths: z.array(absolutePath),
-  resources: ResourcesSchema.optional(),
-  seccomp: SeccompSchema.optional(),
-  cgroupsPath: z.string().min(1).optional(),
-});
-
-/** Schema of the spec we emit. Unknown keys pass through, so callers may add their own. */
-export const Schema = z.looseObject({
-  ociVersion: z.string(),
-  process: ProcessSchema,
-  root: z.looseObject({
-    path: z.string().min(1).refine(noNul, { message: 'must not contain NUL' }),
-    readonly: z.boolean(),
-  }),
-  hostname: z.string(),
-  mounts: z.array(MountSchema),
-  linux: LinuxSchema,
-});
-
-/** Schema of a {@link Template}: a spec with no rootfs and no cgroup of its own yet. */
-export const TemplateSchema = Schema.extend({
-  root: z.looseObject({ path: z.undefined().optional(), readonly: z.boolean() }),
-  linux: LinuxSchema.extend({ cgroupsPath: z.undefined().optional() }),
-});
-
-/** An OCI runtime spec (`config.json`) as day11 writes it. */
-export type Spec = z.infer<typeof Schema>;
-/** A spec with no `root.path` and no `linux.cgroupsPath`: one per layer, JSON-serialisable. */
-export type Template = z.infer<typeof TemplateSchema>;
-/** One entry of `mounts`. */
-export type Mount = z.infer<typeof MountSchema>;
 
 // ---------------------------------------------------------------- options
 
@@ -263,55 +174,6 @@ export interface MakeOptions {
   arch?: string;
 }
 
-const envKey = /^[^=\0]+$/;
-const cpuList = /^\d+(-\d+)?(,\d+(-\d+)?)*$/;
-
-const OptionsSchema = z.object({
-  args: z
-    .array(z.string().refine(noNul, { message: 'must not contain NUL' }))
-    .min(1, 'must name the program to run'),
-  cwd: absolutePath.optional(),
-  env: z
-    .record(
-      z.string().regex(envKey, 'names must be non-empty and contain no "="'),
-      z.string().refine(noNul, { message: 'must not contain NUL' }),
-    )
-    .optional(),
-  hostname: z
-    .string()
-    .regex(/^[A-Za-z0-9]([A-Za-z0-9.-]{0,62})$/, 'must be a valid hostname')
-    .optional(),
-  uid: id32.optional(),
-  gid: id32.optional(),
-  additionalGids: z.array(id32).optional(),
-  network: z.enum(['none', 'host']).optional(),
-  mounts: z
-    .array(
-      z.object({
-        source: absolutePath,
-        destination: absolutePath,
-        readonly: z.boolean().optional(),
-      }),
-    )
-    .optional(),
-  readonlyRoot: z.boolean().optional(),
-  noNewPrivileges: z.boolean().optional(),
-  seccomp: z.boolean().optional(),
-  resources: z
-    .object({
-      cpus: z.string().regex(cpuList, 'must be a CPU list such as "0-3" or "0,2"').optional(),
-      mems: z.string().regex(cpuList, 'must be a node list such as "0" or "0-1"').optional(),
-      memoryBytes: z.number().int().positive('must be a positive number of bytes').optional(),
-      cpuLimit: z.number().positive('must be a positive number of CPUs').max(4096).optional(),
-      pidsLimit: z.number().int().positive('must be a positive integer').optional(),
-    })
-    .optional(),
-  fastSync: z.boolean().optional(),
-  tmpfsTmp: z.boolean().optional(),
-  rootfs: z.string().min(1).refine(noNul, { message: 'must not contain NUL' }).optional(),
-  arch: z.string().optional(),
-});
-
 // ---------------------------------------------------------------- make
 
 /**
@@ -373,8 +235,8 @@ export function make(opts: MakeOptions): Spec {
   return parse(spec);
 }
 
-function validateOptions(opts: MakeOptions): z.infer<typeof OptionsSchema> {
-  const parsed = OptionsSchema.safeParse(opts);
+function validateOptions(opts: MakeOptions): ValidOptions {
+  const parsed = specSchemas().OptionsSchema.safeParse(opts);
   if (!parsed.success) throw badSpec('Invalid OCI spec option', parsed.error);
   return parsed.data;
 }
@@ -431,7 +293,7 @@ function namespaces(network: Network): { type: string }[] {
 /** The CFS period of {@link Resources.cpuLimit}: the kernel's default, 100 ms. */
 const CPU_PERIOD_US = 100_000;
 
-function resources(r: Resources | undefined): NonNullable<z.infer<typeof ResourcesSchema>> {
+function resources(r: Resources | undefined): NonNullable<SpecResources> {
   const cpu = r?.cpus !== undefined || r?.mems !== undefined || r?.cpuLimit !== undefined;
   return {
     // Deny every device; runc and crun then allow the standard ones (null, zero, tty, ...).
@@ -454,7 +316,7 @@ function resources(r: Resources | undefined): NonNullable<z.infer<typeof Resourc
   };
 }
 
-function seccompOf(o: z.infer<typeof OptionsSchema>): Pick<Spec['linux'], 'seccomp'> {
+function seccompOf(o: ValidOptions): Pick<Spec['linux'], 'seccomp'> {
   const seccomp = Seccomp.profile({
     deny: o.seccomp ?? false,
     fastSync: o.fastSync ?? false,
@@ -503,7 +365,7 @@ function thermalThrottleDirs(): string[] {
  * @throws {ContainerError} `CONTAINER_BAD_SPEC`.
  */
 export function parse(value: unknown): Spec {
-  const parsed = Schema.safeParse(value);
+  const parsed = specSchemas().Schema.safeParse(value);
   if (!parsed.success) throw badSpec('Invalid OCI runtime spec', parsed.error);
   return parsed.data;
 }
@@ -534,7 +396,7 @@ function validTemplate(value: unknown): Template {
   const text = jsonOf(value);
   // The text is what a runtime reads; parsing it back is also the cheapest deep copy.
   if (text !== undefined && validTexts.has(text)) return JSON.parse(text) as Template;
-  const parsed = TemplateSchema.safeParse(value);
+  const parsed = specSchemas().TemplateSchema.safeParse(value);
   if (!parsed.success) {
     const err = badSpec('Invalid OCI spec template', parsed.error);
     if (!parsed.error.issues.every(isRunPart)) throw err;

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { baseHash, deriveKey, layerHash, ofStrings } from './hash.js';
@@ -25,6 +26,24 @@ describe('Hash.ofStrings', () => {
 
   it('counts bytes, not UTF-16 units', () => {
     expect(ofStrings(['é', 'x'])).not.toBe(ofStrings(['éx']));
+  });
+
+  // Hashes name layers on disk and in registries: they must never change.
+  it('keeps its encoding: length-prefixed UTF-8 parts after a header', () => {
+    expect(ofStrings(['a', 'bc'])).toBe(
+      '82ba59d3a994388c23a16bd9676942a47205b92e6b91577e4708309d0d5c2f81',
+    );
+  });
+
+  it('equals a Hash object fed part by part, for any UTF-16 (lone surrogates too)', () => {
+    const unit = fc.integer({ min: 0, max: 0xffff }).map((c) => String.fromCharCode(c));
+    fc.assert(
+      fc.property(fc.array(fc.string({ unit })), (parts) => {
+        const h = createHash('sha256').update(`day11.v1:${parts.length}\n`);
+        for (const p of parts) h.update(`${Buffer.byteLength(p, 'utf8')}:`).update(p, 'utf8');
+        expect(ofStrings(parts)).toBe(h.digest('hex'));
+      }),
+    );
   });
 });
 

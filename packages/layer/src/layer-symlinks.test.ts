@@ -5,6 +5,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { LayerCodes } from './errors.js';
 import { ensure } from './layer-symlinks.js';
 import { symlinks } from './scan.js';
+import { TempName } from '@day11/exec';
 
 let osDir: string;
 let packagesDir: string;
@@ -28,16 +29,24 @@ describe('LayerSymlinks.ensure', () => {
   it('is idempotent and leaves no temporary names', async () => {
     for (let i = 0; i < 3; i++)
       await ensure({ packagesDir, id: 'a', layerName: 'build-0123456789ab' });
-    expect(await readdir(join(packagesDir, 'a'))).toEqual(['build-0123456789ab']);
+    await ensure({ packagesDir, id: 'a', layerName: 'build-ffffffffffff' });
+    expect((await readdir(join(packagesDir, 'a'))).sort()).toEqual([
+      'build-0123456789ab',
+      'build-ffffffffffff',
+    ]);
+    expect(await readdir(packagesDir)).toEqual(['a']);
   });
 
-  it.each(['', '.', '..', 'a/b', '../x', 'a\0b'])('refuses the id %j', async (id) => {
-    await expect(
-      ensure({ packagesDir, id, layerName: 'build-0123456789ab' }),
-    ).rejects.toMatchObject({
-      code: LayerCodes.BAD_ID,
-    });
-  });
+  it.each(['', '.', '..', 'a/b', '../x', 'a\0b', `${TempName.PREFIX}1-ab-x`])(
+    'refuses the id %j',
+    async (id) => {
+      await expect(
+        ensure({ packagesDir, id, layerName: 'build-0123456789ab' }),
+      ).rejects.toMatchObject({
+        code: LayerCodes.BAD_ID,
+      });
+    },
+  );
 
   it('refuses a layer name that is not build-{12 hex}', async () => {
     await expect(ensure({ packagesDir, id: 'a', layerName: '../etc' })).rejects.toMatchObject({

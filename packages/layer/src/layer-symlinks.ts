@@ -5,16 +5,26 @@
  */
 import { readlinkSync } from 'node:fs';
 import { mkdir, rename, rm, symlink } from 'node:fs/promises';
-import { join, relative } from 'node:path';
-import { LayerCodes, LayerError, messageOf } from './errors.js';
+import { join } from 'node:path';
+import { errnoCode, LayerCodes, LayerError, messageOf } from './errors.js';
 import { isLayerName } from './layer-dir.js';
 import { TempName } from '@day11/exec';
 
-/** Throws unless `id` can name one directory: not empty, no `/`, no NUL, not `.` or `..`. */
+/**
+ * Throws unless `id` can name one directory: not empty, no `/`, no NUL, not
+ * `.` or `..`, and not a temporary name (`.day11-tmp-…`, which recovery removes).
+ */
 export function assertId(id: string): void {
-  if (id === '' || id === '.' || id === '..' || id.includes('/') || id.includes('\0')) {
+  if (
+    id === '' ||
+    id === '.' ||
+    id === '..' ||
+    id.includes('/') ||
+    id.includes('\0') ||
+    TempName.is(id)
+  ) {
     throw new LayerError(LayerCodes.BAD_ID, `Invalid registry id ${JSON.stringify(id)}`, {
-      hint: 'An id names one directory: it must be non-empty, not "." or "..", and contain no "/" or NUL',
+      hint: `An id names one directory: it must be non-empty, not "." or "..", contain no "/" or NUL, and not start with "${TempName.PREFIX}"`,
     });
   }
 }
@@ -51,15 +61,23 @@ export async function ensure({
   }
   const idDir = join(packagesDir, id);
   const link = join(idDir, layerName);
-  const target = relative(idDir, join(packagesDir, '..', layerName));
+  // relative(idDir, join(packagesDir, '..', layerName)): an id is one path component.
+  const target = `../../${layerName}`;
   // Synchronous: the link is usually right already (a cached step), and one
   // readlink costs less than a thread-pool round trip.
   if (currentTarget(link) === target) return;
-  const temp = TempName.beside(link);
+  // Made in `packages/` itself, not in the id's directory, so that recovery
+  // finds a killed process's temporary link by reading one directory.
+  const temp = TempName.inside(packagesDir, layerName);
   try {
     await mkdir(idDir, { recursive: true });
     await symlink(target, temp);
-    await rename(temp, link);
+    // A GC removing the id's last dangling link removes its directory too.
+    await rename(temp, link).catch(async (err: unknown) => {
+      if (errnoCode(err) !== 'ENOENT') throw err;
+      await mkdir(idDir, { recursive: true });
+      await rename(temp, link);
+    });
   } catch (cause) {
     await rm(temp, { force: true });
     throw new LayerError(LayerCodes.WRITE_FAILED, `Cannot register ${link}: ${messageOf(cause)}`, {

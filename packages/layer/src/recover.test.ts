@@ -1,4 +1,4 @@
-import { access, mkdir, readdir, rm, utimes, writeFile } from 'node:fs/promises';
+import { access, mkdir, readdir, rm, symlink, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { commit } from './commit.js';
@@ -54,26 +54,31 @@ describe('Recover.sweep', () => {
     }
   });
 
-  it('with layers: false, sweeps the top level, locks and packages but no layer directory', async () => {
+  it('with layers: false, sweeps the top level, locks and packages/ but no layer or id directory', async () => {
     const dir = await layer(1);
     const deadTop = join(osDir, `${TempName.PREFIX}${DEAD_PID}-0a0b0c0d-build-000000000002`);
     const deadInLayer = join(dir, `${TempName.PREFIX}${DEAD_PID}-0a0b0c0d-layer.json`);
     const deadLease = join(dir, LEASE_DIR, `${DEAD_PID}-ff.lease`);
     const deadLock = layerLockPath({ osDir, hash: hashOf(5) });
+    // A killed link update's temporary: in packages/ now, in the id's directory before.
+    const deadLink = join(osDir, 'packages', `${TempName.PREFIX}${DEAD_PID}-01-build-x`);
+    const deadOldLink = join(osDir, 'packages', 'a.1', `${TempName.PREFIX}${DEAD_PID}-02-build-x`);
     await mkdir(deadTop);
     await mkdir(join(dir, LEASE_DIR), { recursive: true });
+    await mkdir(join(osDir, 'packages', 'a.1'), { recursive: true });
     await mkdir(deadLock, { recursive: true });
     await writeFile(join(deadLock, 'owner'), JSON.stringify({ pid: DEAD_PID, start: '7' }));
-    for (const f of [deadInLayer, deadLease]) await writeFile(f, '');
+    for (const f of [deadInLayer, deadLease, deadOldLink]) await writeFile(f, '');
+    await symlink('../build-000000000001', deadLink);
 
     const report = await sweep(osDir, { layers: false });
-    expect(report.temps).toEqual([deadTop]);
+    expect(report.temps.sort()).toEqual([deadTop, deadLink].sort());
     expect(report.locks).toEqual([deadLock]);
     expect(report.leases).toEqual([]);
-    for (const p of [deadInLayer, deadLease]) expect(await exists(p)).toBe(true);
+    for (const p of [deadInLayer, deadLease, deadOldLink]) expect(await exists(p)).toBe(true);
     // The full sweep takes the rest.
     const full = await sweep(osDir);
-    expect(full.temps).toEqual([deadInLayer]);
+    expect(full.temps.sort()).toEqual([deadInLayer, deadOldLink].sort());
     expect(full.leases).toEqual([deadLease]);
   });
 

@@ -7,7 +7,8 @@
  *   assembly directory, a layer set aside by Gc, a half-written file) whose
  *   process is dead, or whose pid now belongs to a process started after the
  *   entry was last changed. Looked for in `osDir`, in each layer directory
- *   (not inside `fs/`, which is build output), in `.locks/` and `packages/*`.
+ *   (not inside `fs/`, which is build output), in `.locks/`, `packages/`
+ *   and `packages/*` (where 0.1.0 made its temporary links).
  * - lock directories in `.locks/` that are stale by proper-lockfile's rule
  *   (not refreshed within `staleMs`), whose recorded owner is dead, or that
  *   never got an owner (see `Lock.staleness`).
@@ -69,8 +70,9 @@ export interface SweepOptions {
   staleMs?: number;
   /**
    * `false`: leave the layer directories alone (their temporaries and dead
-   * leases; `incompleteLayers` stays empty) and sweep only the cache's top
-   * level, `.locks/` and `packages/`: what a killed build or GC leaves that
+   * leases; `incompleteLayers` stays empty) and the id directories in
+   * `packages/`, and sweep only the cache's top level, `.locks/` and
+   * `packages/` itself: what a killed build or GC leaves that
    * matters to the next one. Reading every layer directory is most of a
    * sweep's cost in a large cache, and what it finds there (a killed export's
    * half-written blob, a dead lease, which GC ignores) stops nothing. Default `true`.
@@ -101,9 +103,12 @@ export async function sweep(osDir: string, options: SweepOptions = {}): Promise<
   };
   const top = options.layers === false ? [] : await entries(osDir);
   const layerDirs = top.filter((n) => isLayerName(n)).map((n) => join(osDir, n));
-  const packageDirs = (await entries(join(osDir, 'packages'))).map((n) =>
-    join(osDir, 'packages', n),
-  );
+  // Links are made in `packages/` itself; only older versions made them in
+  // the id directories, so the quick sweep leaves those alone.
+  const packageDirs =
+    options.layers === false
+      ? []
+      : (await entries(join(osDir, 'packages'))).map((n) => join(osDir, 'packages', n));
   // A build starts with this sweep, and a layer almost never holds anything to
   // sweep: two synchronous readdirs tell (10,000 layers through the thread pool,
   // four round trips each, took seconds); the few that need it go to the sweeps.
@@ -112,6 +117,7 @@ export async function sweep(osDir: string, options: SweepOptions = {}): Promise<
     osDir,
     ...layerDirs.filter((_, i) => looks[i]!.temps),
     join(osDir, Lock.LOCKS_DIR),
+    join(osDir, 'packages'),
     ...packageDirs,
   ];
   const swept = await mapLimit(dirs, SWEEP_CONCURRENCY, (dir) => sweepTemps(dir, dir === osDir));
