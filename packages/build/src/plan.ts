@@ -10,13 +10,9 @@ import { z } from 'zod';
 import { BuildCodes, BuildError } from './errors.js';
 import { checkArgumentSizes } from './limits.js';
 import { parseResources, ResourcesSchema, type Resources } from './resources.js';
+import { MAX_ID, MAX_ID_BYTES, quickStep } from './quick-step.js';
 import { SecuritySchema, type Security } from './security.js';
 import { assignTags } from './tags.js';
-
-/** uids and gids are 32-bit, and (uid_t)-1 means "unchanged". */
-const MAX_ID = 2 ** 32 - 2;
-/** A step id names a directory in the cache's registry (`packages/{id}/`): one path component. */
-const MAX_ID_BYTES = 255;
 
 const UserSchema = z.union([
   z.number().int().min(0).max(MAX_ID),
@@ -75,6 +71,11 @@ export const PlanSchema = z.strictObject({
   /** Defaults for every step's `security`. */
   security: SecuritySchema.optional(),
   steps: z.array(StepSchema).min(1, 'a plan needs at least one step'),
+});
+
+/** The plan around its steps: each step goes to `quickStep`, then to zod if need be. */
+const PlanShellSchema = PlanSchema.extend({
+  steps: z.array(z.unknown()).min(1, 'a plan needs at least one step'),
 });
 
 /** A step as written in a plan, defaults filled in. */
@@ -154,27 +155,58 @@ export function parsePlan(json: unknown, file: string): Plan {
       'Add e.g. "base": "busybox" or "base": { "tarball": "rootfs.tar" }',
     );
   }
-  const parsed = PlanSchema.safeParse(json);
-  if (!parsed.success) throw bad(file, describeIssues(parsed.error, json), parsed.error);
+  const parsed = PlanShellSchema.safeParse(json);
+  if (!parsed.success) throw bad(file, describeIssues(parsed.error.issues, json), parsed.error);
   const fail = (why: string, hint?: string): never => {
     throw bad(file, why, undefined, hint);
   };
   const planResources = parsed.data.resources;
   const planSecurity = parsed.data.security;
-  const inputs = parsed.data.steps;
+  const inputs = parsed.data.steps.map((raw, i): StepInput => {
+    const quick = quickStep(raw);
+    if (quick !== undefined) return quick;
+    const step = StepSchema.safeParse(raw);
+    if (step.success) return step.data;
+    const issues = step.error.issues.map((issue) => ({
+      ...issue,
+      path: ['steps', i, ...issue.path],
+    }));
+    throw bad(file, describeIssues(issues, json), step.error);
+  });
   checkIds(inputs, fail);
   const tags = assignTags(inputs, fail);
   const steps: Step[] = inputs.map((s, i) => {
-    const resources = parseResources({ ...planResources, ...s.resources }, (why) =>
-      fail(`step ${JSON.stringify(s.id)} (resources): ${why}`),
-    );
-    try {
-      userOf(s);
-    } catch (err) {
-      fail((err as Error).message);
+    // Most steps set neither: no spread, no closure (a plan may have thousands of steps).
+    const resources =
+      planResources === undefined && s.resources === undefined
+        ? {}
+        : parseResources({ ...planResources, ...s.resources }, (why) =>
+            fail(`step ${JSON.stringify(s.id)} (resources): ${why}`),
+          );
+    if (typeof s.user === 'string') {
+      try {
+        userOf(s);
+      } catch (err) {
+        fail((err as Error).message);
+      }
     }
-    const security = { ...planSecurity, ...s.security };
-    return { ...s, tag: tags[i]!, resources, security };
+    const security =
+      planSecurity === undefined && s.security === undefined
+        ? {}
+        : { ...planSecurity, ...s.security };
+    // Spelled out: a spread of each step cost more than the rest of this loop.
+    return {
+      id: s.id,
+      deps: s.deps,
+      run: s.run,
+      env: s.env,
+      user: s.user,
+      network: s.network,
+      cwd: s.cwd,
+      tag: tags[i]!,
+      resources,
+      security,
+    };
   });
   for (const step of steps) checkArgumentSizes(step, argvOf(step), fail);
   return {
@@ -184,8 +216,8 @@ export function parsePlan(json: unknown, file: string): Plan {
   };
 }
 
-function describeIssues(error: z.ZodError, json: unknown): string {
-  const issue = error.issues[0]!;
+function describeIssues(issues: readonly z.core.$ZodIssue[], json: unknown): string {
+  const issue = issues[0]!;
   const [first, index] = issue.path;
   let where = issue.path.join('.') || 'the plan';
   if (first === 'steps' && typeof index === 'number') {
