@@ -49,7 +49,7 @@ export function quickStep(value: unknown): QuickStep | undefined {
   return {
     id,
     ...(tag !== undefined && { tag }),
-    deps: [...(deps)],
+    deps: [...deps],
     run: runCopy,
     env: envCopy,
     user,
