@@ -127,35 +127,65 @@ function describeOther(e: ReportEvent): string | undefined {
   }
 }
 
-class JsonReporter implements Reporter {
+/**
+ * Lines written together at the end of the current task (a microtask): a
+ * build emits a thousand `queued` events at once, and one write each was a
+ * fair part of a cached build's time. Nothing can run between the task and
+ * the write (a signal's listener is a task of its own), so what a killed
+ * build printed is what it printed before.
+ */
+class LineWriter {
+  private pending: string[] = [];
   constructor(private readonly stream: OutputStream) {}
+  line(text: string): void {
+    if (this.pending.length === 0) queueMicrotask(() => this.flush());
+    this.pending.push(text);
+  }
+  flush(): void {
+    if (this.pending.length === 0) return;
+    const text = `${this.pending.join('\n')}\n`;
+    this.pending = [];
+    this.stream.write(text);
+  }
+}
+
+class JsonReporter implements Reporter {
+  private readonly out: LineWriter;
+  constructor(stream: OutputStream) {
+    this.out = new LineWriter(stream);
+  }
   emit(event: ReportEvent): void {
-    this.stream.write(`${JSON.stringify(event)}\n`);
+    this.out.line(JSON.stringify(event));
   }
   note(message: string): void {
     this.emit({ type: 'note', time: new Date().toISOString(), message });
   }
-  close(): void {}
+  close(): void {
+    this.out.flush();
+  }
 }
 
 class PlainReporter implements Reporter {
-  constructor(private readonly stream: OutputStream) {}
+  private readonly out: LineWriter;
+  constructor(stream: OutputStream) {
+    this.out = new LineWriter(stream);
+  }
   emit(event: ReportEvent): void {
     if (event.type === 'step') {
       if (event.status === 'queued') return;
-      this.stream.write(`  ${describeStep(event)}\n`);
-      if (event.status === 'failed') {
-        for (const line of describeLog(event)) this.stream.write(`${line}\n`);
-      }
+      this.out.line(`  ${describeStep(event)}`);
+      if (event.status === 'failed') for (const line of describeLog(event)) this.out.line(line);
       return;
     }
     const line = describeOther(event);
-    if (line !== undefined) this.stream.write(`${line}\n`);
+    if (line !== undefined) this.out.line(line);
   }
   note(message: string): void {
     this.emit({ type: 'note', time: new Date().toISOString(), message });
   }
-  close(): void {}
+  close(): void {
+    this.out.flush();
+  }
 }
 
 /** Statuses in the order the counts line shows them. */

@@ -235,28 +235,32 @@ const isCount: Check = (v, path, issues) => {
     issues.push({ path, message: `expected a whole number ≥ 0, got ${kindOf(v)}` });
 };
 
+// Paths of elements are made only for an issue: a cache check validates
+// every layer.json it reads, and these arrays were most of what that allocated.
 const isStrings: Check = (v, path, issues) => {
   if (!Array.isArray(v))
     return void issues.push({ path, message: `expected an array of strings, got ${kindOf(v)}` });
-  v.forEach((s, i) => isString(s, [...path, i], issues));
+  for (let i = 0; i < v.length; i++) {
+    if (typeof v[i] !== 'string') isString(v[i], [...path, i], issues);
+  }
 };
 
 const isTiming: Check = (v, path, issues) => {
   if (!Array.isArray(v))
     return void issues.push({ path, message: `expected [phase, seconds] pairs, got ${kindOf(v)}` });
-  v.forEach((t, i) => {
-    if (!Array.isArray(t) || t.length !== 2)
-      return void issues.push({
-        path: [...path, i],
-        message: `expected [phase, seconds], got ${kindOf(t)}`,
-      });
-    isString(t[0], [...path, i, 0], issues);
+  for (let i = 0; i < v.length; i++) {
+    const t: unknown = v[i];
+    if (!Array.isArray(t) || t.length !== 2) {
+      issues.push({ path: [...path, i], message: `expected [phase, seconds], got ${kindOf(t)}` });
+      continue;
+    }
+    if (typeof t[0] !== 'string') isString(t[0], [...path, i, 0], issues);
     if (typeof t[1] !== 'number' || !Number.isFinite(t[1]))
       issues.push({
         path: [...path, i, 1],
         message: `expected a number of seconds, got ${kindOf(t[1])}`,
       });
-  });
+  }
 };
 
 const CHECKS: Record<(typeof FIELDS)[number], Check> = {
