@@ -322,8 +322,8 @@ class BuildRun {
   private readonly exportFailures: { tag: string; reason: string }[] = [];
   private bytes = 0;
   private graph!: PlanGraph;
-  /** Layer directories by step id (asked for several times per step). */
-  private readonly dirs = new Map<string, string>();
+  /** Layer names and directories by step id (asked for several times per step). */
+  private readonly layers = new Map<string, { name: string; dir: string }>();
   private base!: Base;
   private readonly signal: AbortSignal | undefined;
 
@@ -418,25 +418,34 @@ class BuildRun {
     status: StepEvent['status'],
     extra: Partial<Omit<StepEvent, 'type' | 'id' | 'status' | 'time'>> = {},
   ): void {
-    const hash = this.graph.hash(step.id);
     this.emit({
       type: 'step',
       id: step.id,
       status,
-      layer: LayerDir.name(hash),
-      hash,
+      layer: this.nameOf(step.id),
+      hash: this.graph.hash(step.id),
       seconds: 0,
       ...extra,
     });
   }
 
   private dirOf(id: string): string {
-    let dir = this.dirs.get(id);
-    if (dir === undefined) {
-      dir = LayerDir.path({ osDir: this.o.osDir, hash: this.graph.hash(id) });
-      this.dirs.set(id, dir);
+    return this.layerOf(id).dir;
+  }
+
+  /** The layer's directory name (`build-…`) of step `id`. */
+  private nameOf(id: string): string {
+    return this.layerOf(id).name;
+  }
+
+  private layerOf(id: string): { name: string; dir: string } {
+    let layer = this.layers.get(id);
+    if (layer === undefined) {
+      const name = LayerDir.name(this.graph.hash(id));
+      layer = { name, dir: join(this.o.osDir, name) };
+      this.layers.set(id, layer);
     }
-    return dir;
+    return layer;
   }
 
   // ------------------------------------------------------------ sources
@@ -916,7 +925,7 @@ class BuildRun {
     await LayerSymlinks.ensure({
       packagesDir: join(this.o.osDir, 'packages'),
       id: step.id,
-      layerName: LayerDir.name(this.graph.hash(step.id)),
+      layerName: this.nameOf(step.id),
     });
   }
 

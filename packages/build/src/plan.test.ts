@@ -323,6 +323,39 @@ describe('hashes and stacks', () => {
     expect(stepKey(a)).toBe(stepKey(b));
   });
 
+  // Keys are hashed into layer names: the text must stay what it was, for any JSON.
+  it('keys any JSON as the first canonical form did (sorted keys, undefined left out)', () => {
+    const reference = (value: unknown): string => {
+      if (Array.isArray(value)) return `[${value.map(reference).join(',')}]`;
+      if (value && typeof value === 'object') {
+        const entries = Object.entries(value as Record<string, unknown>)
+          .filter(([, v]) => v !== undefined)
+          .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+        return `{${entries.map(([k, v]) => `${JSON.stringify(k)}:${reference(v)}`).join(',')}}`;
+      }
+      return JSON.stringify(value);
+    };
+    const plain = parsePlan({ base: 'busybox', steps: [{ id: 'x', run: 'r' }] }, '/p').steps[0]!;
+    fc.assert(
+      fc.property(
+        fc.dictionary(
+          fc.string().filter((k) => !['deps', 'tag', 'resources', 'security'].includes(k)),
+          fc.jsonValue(),
+        ),
+        fc.jsonValue(),
+        (extra, env) => {
+          const step = { ...plain, ...extra, env: env as Record<string, string> };
+          const { deps: _d, tag: _t, resources: _r, security: _s, ...definition } = step;
+          expect(stepKey(step)).toBe(reference(definition));
+        },
+      ),
+      { numRuns: 2000 },
+    );
+    expect(stepKey({ ...plain, env: { b: '1', B: '2', a: undefined as unknown as string } })).toBe(
+      '{"cwd":"/","env":{"B":"2","b":"1"},"id":"x","network":"none","run":"r","user":0}',
+    );
+  });
+
   it('counts resources in the key only when set', () => {
     const plain = parsePlan({ base: 'busybox', steps: [{ id: 'x', run: 'r' }] }, '/p').steps[0]!;
     const limited = parsePlan(
