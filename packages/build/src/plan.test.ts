@@ -72,6 +72,11 @@ describe('plans', () => {
       /cycle: x → y → x/,
     ],
     [
+      'a step id that looks like a cache temporary',
+      { base: 'busybox', steps: [{ id: '.day11-tmp-1-x', run: 'true' }] },
+      /step "\.day11-tmp-1-x" \(id\): a step id must not start with "\.day11-tmp-"/,
+    ],
+    [
       'a self-dependency',
       { base: 'busybox', steps: [{ id: 'x', deps: ['x'], run: 'true' }] },
       /step "x" depends on itself/,

@@ -6,6 +6,7 @@
  */
 import { readFile } from 'node:fs/promises';
 import { dirname, isAbsolute, resolve } from 'node:path';
+import { TempName } from '@day11/exec';
 import { z } from 'zod';
 import { BuildCodes, BuildError } from './errors.js';
 import { checkArgumentSizes } from './limits.js';
@@ -26,6 +27,10 @@ const StepIdSchema = z
   .min(1, 'a step id must not be empty')
   .refine((s) => !s.includes('/') && !s.includes('\0'), 'a step id must not contain "/" or NUL')
   .refine((s) => s !== '.' && s !== '..', 'a step id must not be "." or ".."')
+  .refine(
+    (s) => !TempName.is(s),
+    `a step id must not start with "${TempName.PREFIX}" (the cache's temporary names)`,
+  )
   .refine(
     (s) => Buffer.byteLength(s) <= MAX_ID_BYTES,
     `a step id is at most ${MAX_ID_BYTES} bytes`,

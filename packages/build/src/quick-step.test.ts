@@ -26,6 +26,7 @@ const odd = {
   id: fc.oneof(
     fc.string(),
     fc.constantFrom('', '.', '..', 'a/b', 'a\0b', 'é'.repeat(128), 'x'.repeat(256)),
+    fc.constantFrom('.day11-tmp-1-ab-x', '.day11-tmp-'),
     fc.integer(),
   ),
   tag: fc.oneof(fc.constant(''), fc.integer(), fc.constant(undefined)),

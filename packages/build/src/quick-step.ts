@@ -8,6 +8,8 @@
  * the two equal.
  */
 
+import { TempName } from '@day11/exec';
+
 /** What `StepSchema` gives for a step (kept in step with it by the tests). */
 export interface QuickStep {
   id: string;
@@ -69,6 +71,7 @@ function validId(id: unknown): id is string {
     id !== '' &&
     id !== '.' &&
     id !== '..' &&
+    !TempName.is(id) &&
     !id.includes('/') &&
     !id.includes('\0') &&
     Buffer.byteLength(id) <= MAX_ID_BYTES
