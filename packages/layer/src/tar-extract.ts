@@ -46,7 +46,7 @@ import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
 // Not imported lazily: extractStream must pipe its source before it first
 // yields, or an early error of that stream (a garbled gzip) has no listener.
-import type { Header } from 'tar-stream';
+import tar, { type Header } from 'tar-stream';
 import { Sys } from '@day11/exec';
 import { errnoCode, LayerCodes, LayerError, messageOf } from './errors.js';
 import { PaxXattrTap, XATTR_PREFIX, type Xattrs } from './tar-pax.js';
@@ -272,8 +272,6 @@ export async function extractTarball(opts: {
  * @throws {LayerError} `LAYER_IMPORT_UNSAFE_PATH` or `LAYER_IMPORT_FAILED`.
  */
 export async function extractStream(opts: ExtractStreamOptions): Promise<ExtractResult> {
-  // Loaded here: most commands that load this package extract nothing.
-  const { default: tar } = await import('tar-stream');
   const tap = new PaxXattrTap();
   const extract = tar.extract();
   // Settles with the stream error (or undefined) so it is never an unhandled rejection.
