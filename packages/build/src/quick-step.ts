@@ -8,7 +8,7 @@
  * the two equal.
  */
 
-import { TempName } from '@day11/exec';
+import { LayerSymlinks } from '@day11/layer';
 
 /** What `StepSchema` gives for a step (kept in step with it by the tests). */
 export interface QuickStep {
@@ -66,16 +66,7 @@ function isPlain(value: unknown): value is Record<string, unknown> {
 }
 
 function validId(id: unknown): id is string {
-  return (
-    typeof id === 'string' &&
-    id !== '' &&
-    id !== '.' &&
-    id !== '..' &&
-    !TempName.is(id) &&
-    !id.includes('/') &&
-    !id.includes('\0') &&
-    Buffer.byteLength(id) <= MAX_ID_BYTES
-  );
+  return typeof id === 'string' && LayerSymlinks.isId(id) && Buffer.byteLength(id) <= MAX_ID_BYTES;
 }
 
 function validRun(run: unknown): string | string[] | undefined {

@@ -1,4 +1,4 @@
-import { appendFile, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { appendFile, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { CacheDir } from '@day11/layer';
@@ -49,6 +49,15 @@ describe('cache statistics', () => {
     // Nothing left beside the totals and the new log: the folded log is gone.
     const left = (await readdir(osDir)).filter((n) => n.startsWith('cache-stats'));
     expect(left.sort()).toEqual([STATS_FILE, STATS_LOG].sort());
+    expect((await readdir(osDir)).filter((n) => n.startsWith('.day11-tmp'))).toEqual([]);
+  });
+
+  it('keep every line when the fold cannot write the totals', async () => {
+    await mkdir(join(osDir, STATS_FILE)); // a directory: the atomic write's rename fails
+    const big = `${JSON.stringify({ ...one, at: '2026-12-02T00:00:00.000Z' })}\n`.repeat(1000);
+    await writeFile(join(osDir, STATS_LOG), big);
+    await addStats(osDir, one);
+    expect(await readStats(osDir)).toMatchObject({ hits: 3003, misses: 2002, built: 1001 });
     expect((await readdir(osDir)).filter((n) => n.startsWith('.day11-tmp'))).toEqual([]);
   });
 

@@ -7,7 +7,7 @@
  * survive and add up. (Updating the JSON under a lock at the end of every
  * build was a tenth of a fully cached build's time.)
  */
-import { mkdir, open, readFile, rename, rm } from 'node:fs/promises';
+import { appendFile, mkdir, open, readFile, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { Atomic, TempName } from '@day11/exec';
@@ -150,12 +150,18 @@ async function fold(osDir: string): Promise<void> {
     async () => {
       const aside = TempName.inside(osDir, STATS_LOG);
       await rename(join(osDir, STATS_LOG), aside);
-      const [folded, log] = await Promise.all([
-        readFile(file, 'utf8').catch(() => undefined),
-        readFile(aside, 'utf8'),
-      ]);
-      const next = addLines(foldedTotals(folded), log);
-      await Atomic.writeFile(file, `${JSON.stringify(next, null, 2)}\n`);
+      const log = await readFile(aside, 'utf8');
+      try {
+        const folded = await readFile(file, 'utf8').catch(() => undefined);
+        const next = addLines(foldedTotals(folded), log);
+        await Atomic.writeFile(file, `${JSON.stringify(next, null, 2)}\n`);
+      } catch (err) {
+        // Not folded (a full disk, say): the lines go back to the log, not lost
+        // (should even that fail, the set-aside log stays for recovery to remove).
+        await appendFile(join(osDir, STATS_LOG), log, { mode: 0o600 });
+        await rm(aside, { force: true });
+        throw err;
+      }
       await rm(aside, { force: true });
     },
     { timeoutMs: 10_000, lockfilePath: join(osDir, Lock.LOCKS_DIR, `${STATS_FILE}.lock`) },

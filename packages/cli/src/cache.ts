@@ -71,9 +71,8 @@ export async function layerDirOf(osDir: string, name: string): Promise<string> {
 
 /** The most recently used layer a step `id` made (its registry links under `packages/`). */
 async function latestOfStep(osDir: string, id: string): Promise<string | undefined> {
-  if (id === '' || id === '.' || id === '..' || id.includes('/') || id.includes('\0'))
-    return undefined;
-  const { LastUsed, LayerDir, LayerMeta } = await import('@day11/layer');
+  const { LastUsed, LayerDir, LayerMeta, LayerSymlinks } = await import('@day11/layer');
+  if (!LayerSymlinks.isId(id)) return undefined;
   const links = await readdir(join(osDir, 'packages', id)).catch(() => [] as string[]);
   let best: { dir: string; used: number } | undefined;
   for (const link of links.filter((n) => LayerDir.isLayerName(n))) {

@@ -11,18 +11,24 @@ import { isLayerName } from './layer-dir.js';
 import { TempName } from '@day11/exec';
 
 /**
- * Throws unless `id` can name one directory: not empty, no `/`, no NUL, not
- * `.` or `..`, and not a temporary name (`.day11-tmp-…`, which recovery removes).
+ * Whether `id` can name one directory of the registry: not empty, no `/`, no
+ * NUL, not `.` or `..`, and not a temporary name (`.day11-tmp-…`, which
+ * recovery removes).
  */
+export function isId(id: string): boolean {
+  return (
+    id !== '' &&
+    id !== '.' &&
+    id !== '..' &&
+    !id.includes('/') &&
+    !id.includes('\0') &&
+    !TempName.is(id)
+  );
+}
+
+/** Throws unless {@link isId}. */
 export function assertId(id: string): void {
-  if (
-    id === '' ||
-    id === '.' ||
-    id === '..' ||
-    id.includes('/') ||
-    id.includes('\0') ||
-    TempName.is(id)
-  ) {
+  if (!isId(id)) {
     throw new LayerError(LayerCodes.BAD_ID, `Invalid registry id ${JSON.stringify(id)}`, {
       hint: `An id names one directory: it must be non-empty, not "." or "..", contain no "/" or NUL, and not start with "${TempName.PREFIX}"`,
     });

@@ -108,7 +108,10 @@ export async function sweep(osDir: string, options: SweepOptions = {}): Promise<
   const packageDirs =
     options.layers === false
       ? []
-      : (await entries(join(osDir, 'packages'))).map((n) => join(osDir, 'packages', n));
+      : (await entries(join(osDir, 'packages')))
+          // A temporary there is a link being made (swept with `packages/`), not an id.
+          .filter((n) => !TempName.is(n))
+          .map((n) => join(osDir, 'packages', n));
   // A build starts with this sweep, and a layer almost never holds anything to
   // sweep: two synchronous readdirs tell (10,000 layers through the thread pool,
   // four round trips each, took seconds); the few that need it go to the sweeps.
