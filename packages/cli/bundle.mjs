@@ -25,6 +25,7 @@ const input = {
   // Worker scripts, by the names their modules ask `workerFile` for.
   'survey-worker': join(here, 'node_modules/@day11/layer/dist/survey-worker.js'),
   'tar-worker': join(here, 'node_modules/@day11/oci-export/dist/tar-worker.js'),
+  'file-writer-worker': join(here, 'node_modules/@day11/layer/dist/file-writer-worker.js'),
 };
 
 /**

@@ -23,7 +23,7 @@ describe('the bundled day11 command', () => {
     }
     // The survey of `layers gc`/`du` and the export's tar thread, at least.
     expect([...asked].sort()).toEqual(
-      expect.arrayContaining(['survey-worker.js', 'tar-worker.js']),
+      expect.arrayContaining(['survey-worker.js', 'tar-worker.js', 'file-writer-worker.js']),
     );
     for (const name of asked) expect(existsSync(join(BIN_DIR, name)), name).toBe(true);
   });

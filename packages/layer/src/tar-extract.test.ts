@@ -494,3 +494,112 @@ describe.skipIf(!isRoot)('image-layer whiteouts (root: devices and trusted xattr
     expect(await readFile(join(outside, 'victim'), 'utf8')).toBe('v');
   });
 });
+
+/**
+ * Past its first 64 regular files, an extraction hands small files and
+ * symlinks to worker threads (FileWriter). Each case is extracted twice, after
+ * 100 filler files (threads) and without (all on the main thread): trees and
+ * errors must be the same.
+ */
+describe.skipIf(!isRoot)('files written by worker threads (root)', () => {
+  const FILLERS = 100;
+  const root: TestEntry = { header: { name: './', type: 'directory', mode: 0o755, mtime: T(10) } };
+
+  async function outcome(entries: TestEntry[], fillers: number) {
+    const out = join(work, `out-${fillers}`);
+    await mkdir(out);
+    const filler = (i: number): TestEntry => ({
+      header: { name: `zz-filler/f${i}`, mtime: T(20) },
+      body: `filler ${i}`,
+    });
+    const all = [root, ...Array.from({ length: fillers }, (_, i) => filler(i)), ...entries];
+    const error = await extractStream({
+      source: Readable.from([await packTar(all)]),
+      dest: out,
+      archive: { label: 'test archive' },
+    }).then(
+      () => undefined,
+      (e: unknown) =>
+        (e instanceof LayerError ? `${e.code}: ${e.message}` : String(e)).replaceAll(out, '<dest>'),
+    );
+    // Directories the archive only implies get the time they were made: not compared.
+    const declared = new Set(all.map((e) => e.header?.name ?? ''));
+    const tree = [...(await snapshot(out))]
+      .filter(([rel]) => !rel.startsWith('zz-filler'))
+      .map(([rel, info]) =>
+        info.type === 'dir' && rel !== '.' && !declared.has(`${rel}/`) && !declared.has(`./${rel}/`)
+          ? [rel, { ...info, mtime: 0 }]
+          : [rel, info],
+      );
+    return { error, tree };
+  }
+
+  async function expectSameWithThreads(entries: TestEntry[]) {
+    const threaded = await outcome(entries, FILLERS);
+    expect(threaded).toEqual(await outcome(entries, 0));
+    return threaded;
+  }
+
+  it('extracts a good rootfs the same', async () => {
+    const files = goodEntries().filter((e) => e.header?.name !== './');
+    const big = Buffer.alloc(600 * 1024, 7); // larger than a hand-over: written as it streams
+    const { error, tree } = await expectSameWithThreads([
+      ...files,
+      { header: { name: './big', mtime: T(30) }, body: big },
+      { header: { name: './after-big', mtime: T(31) }, body: 'small again' },
+    ]);
+    expect(error).toBeUndefined();
+    expect(tree.length).toBeGreaterThan(20);
+  });
+
+  it('replaces, in archive order, what was handed over', async () => {
+    const outside = join(work, 'outside');
+    await mkdir(outside);
+    const { error } = await expectSameWithThreads([
+      { header: { name: 'f', mtime: T(40) }, body: 'first' },
+      { header: { name: 'f', mtime: T(41) }, body: 'second' },
+      { header: { name: 's', type: 'symlink', linkname: outside } },
+      { header: { name: 's', mtime: T(42) }, body: 'a file now' },
+      { header: { name: 'g', mtime: T(43) }, body: 'a file' },
+      { header: { name: 'g/', type: 'directory', mode: 0o711, mtime: T(44) } },
+      { header: { name: 'g/inside', mtime: T(45) }, body: 'in g' },
+      { header: { name: 'd/x', mtime: T(46) }, body: 'x' },
+      { header: { name: 'd', type: 'symlink', linkname: '/nowhere' } },
+      { header: { name: 'h', type: 'link', linkname: 'f' } },
+      { header: { name: 'l', type: 'symlink', linkname: 'f' } },
+      { header: { name: 'l', type: 'link', linkname: 'g/inside' } },
+    ]);
+    expect(error).toBeUndefined();
+    expect(await readdir(outside)).toEqual([]);
+  });
+
+  it('refuses the same writes through handed-over symlinks', async () => {
+    const outside = join(work, 'outside');
+    await mkdir(outside);
+    for (const last of [
+      { header: { name: 'evil/file' }, body: 'pwned' },
+      { header: { name: 'h', type: 'link', linkname: 'evil/passwd' } },
+      { header: { name: 'f/under-a-file' }, body: 'x' },
+    ] satisfies TestEntry[]) {
+      const { error } = await expectSameWithThreads([
+        { header: { name: 'f' }, body: 'a file' },
+        { header: { name: 'evil', type: 'symlink', linkname: outside } },
+        last,
+      ]);
+      expect(error).toMatch(/^LAYER_IMPORT_(UNSAFE_PATH|FAILED): /);
+      await removeAll([join(work, 'out-0'), join(work, `out-${FILLERS}`)]);
+    }
+    expect(await readdir(outside)).toEqual([]);
+  });
+
+  it("reports a file a thread could not write as that entry's failure", async () => {
+    const tooLong = `${'n'.repeat(300)}`; // a name component past NAME_MAX
+    const { error } = await expectSameWithThreads([
+      { header: { name: 'fine' }, body: 'ok' },
+      { header: { name: tooLong }, body: 'x' },
+    ]);
+    expect(error).toMatch(
+      /^LAYER_IMPORT_FAILED: Cannot extract entry "n{300}" of test archive: .*ENAMETOOLONG/,
+    );
+  });
+});

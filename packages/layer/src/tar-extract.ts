@@ -49,6 +49,7 @@ import { createGunzip } from 'node:zlib';
 import tar, { type Header } from 'tar-stream';
 import { Sys } from '@day11/exec';
 import { errnoCode, LayerCodes, LayerError, messageOf } from './errors.js';
+import { FileWriter, MAX_FILE_BYTES } from './file-writer.js';
 import { PaxXattrTap, XATTR_PREFIX, type Xattrs } from './tar-pax.js';
 
 /** Where an archive came from, for error messages. */
@@ -289,10 +290,12 @@ export async function extractStream(opts: ExtractStreamOptions): Promise<Extract
     }
     const streamError = await piping;
     if (streamError !== undefined) throw streamError;
-    extractor.finish();
+    await extractor.finish();
   } catch (err) {
     opts.source.destroy();
     throw chooseError({ err, streamError: await piping, archive: opts.archive });
+  } finally {
+    await extractor.close();
   }
   return { entries };
 }
@@ -328,13 +331,24 @@ function isAbort(err: unknown): boolean {
   return err instanceof Error && err.name === 'AbortError';
 }
 
+/** Regular files extracted on the main thread before worker threads are worth starting. */
+const FILES_BEFORE_THREADS = 64;
 /**
- * Applies tar entries to a directory tree, one at a time, in archive order.
+ * Threads writing files beside the main thread. One: with two, on two cores,
+ * the kernel's inode allocation contended and the import was no faster.
+ */
+const EXTRACT_THREADS = 1;
+
+/**
+ * Applies tar entries to a directory tree, in archive order.
  *
  * Metadata calls are synchronous on purpose: a rootfs has tens of thousands of
  * tiny entries, and a thread-pool hop per lstat/chown/chmod/utimes made
  * extraction several times slower than `tar -x`. Each call blocks for
  * microseconds, and the loop yields to the event loop between stream chunks.
+ * Past the first few files of an archive, small files go to a
+ * {@link FileWriter}'s threads; an entry that depends on one still being
+ * written (the same path, a parent, a hardlink's target) waits for them.
  */
 class Extractor {
   /** Relative paths verified to be real directories (not symlinks) under dest; '' is dest. */
@@ -344,6 +358,10 @@ class Extractor {
   private rootSeen = false;
   /** In `'apply'` mode: what this archive wrote (an opaque marker keeps these). */
   private readonly written = new Set<string>();
+  /** Outside `'apply'` mode: the non-directories made, which a file must not be handed over to replace. */
+  private readonly made = new Set<string>();
+  private filesSeen = 0;
+  private writer: FileWriter | undefined;
 
   constructor(
     private readonly dest: string,
@@ -359,15 +377,34 @@ class Extractor {
     try {
       assertSupported(header, (why) => this.failed(header.name, why));
       const meta = entryMeta(header, (why) => this.failed(header.name, why));
+      if (this.writer?.busy && this.dependsOnWriter(rel, header, whiteout)) {
+        await this.writer.settle();
+      }
       if (this.whiteouts === 'apply' && !whiteout) this.markWritten(rel);
       if (whiteout) this.whiteout({ w: whiteout, marker: rel, meta, name: header.name });
       else if (rel === '') this.root(header, meta);
-      else if (isFile) await this.file({ rel, name: header.name, meta, body });
+      else if (isFile) await this.file({ rel, name: header.name, meta, body, header, xattrs });
+      else if (header.type === 'symlink') await this.symlink({ rel, header, meta, xattrs });
       else this.node({ rel, header, meta });
       this.applyXattrs(rel, header, xattrs);
     } catch (err) {
       throw this.entryError(header.name, err);
     }
+  }
+
+  /**
+   * Whether the entry at `rel` may touch a file still being written: the
+   * same path, an ancestor not yet seen to be a directory, a directory it
+   * replaces, a hardlink's target, or (for whiteouts) what they remove or replace.
+   */
+  private dependsOnWriter(rel: string, header: TarHeader, whiteout: Whiteout | undefined): boolean {
+    const writer = this.writer!;
+    if (whiteout || writer.isPending(rel) || !this.dirs.has(parentOf(rel))) return true;
+    // Replacing a directory removes what is in it.
+    if (header.type !== 'directory' && this.dirs.has(rel)) return true;
+    if (header.type !== 'link') return false;
+    const target = this.safePath(header.linkname ?? '', header.name);
+    return writer.isPending(target) || !this.dirs.has(parentOf(target));
   }
 
   /** A regular file: created, written chunk by chunk, then owned, moded and timed through its fd. */
@@ -376,10 +413,26 @@ class Extractor {
     name: string;
     meta: Meta;
     body: EntryBody;
+    header: TarHeader;
+    xattrs: Xattrs;
   }): Promise<void> {
     const { rel, meta } = opts;
     this.ensureParents(rel, opts.name);
     const path = join(this.dest, rel);
+    const writer = this.writerFor(rel, opts.header.size ?? 0, opts.xattrs);
+    if (writer) {
+      await this.handOver({
+        writer,
+        rel,
+        path,
+        name: opts.name,
+        meta,
+        body: opts.body,
+        size: opts.header.size ?? 0,
+      });
+      return;
+    }
+    if (this.whiteouts !== 'apply') this.made.add(rel);
     // 'wx' is O_CREAT|O_EXCL: never writes through a symlink planted at `path`.
     const fd = this.replacing(rel, () => openSync(path, 'wx', 0o600));
     try {
@@ -396,10 +449,76 @@ class Extractor {
     }
   }
 
+  /**
+   * The writer to hand a file (or symlink) over to, when it should be: a
+   * small one without xattrs at a path nothing in the archive made before,
+   * once the archive has shown enough of them to be worth the threads.
+   */
+  private writerFor(rel: string, size: number, xattrs: Xattrs): FileWriter | undefined {
+    if (this.whiteouts === 'apply') return undefined;
+    if (this.writer === undefined) {
+      if (++this.filesSeen < FILES_BEFORE_THREADS) return undefined;
+      this.writer = new FileWriter(EXTRACT_THREADS, (name, cause) =>
+        this.failedBy({ name, why: messageOf(cause), cause }),
+      );
+    }
+    if (size > MAX_FILE_BYTES || xattrs.size > 0) return undefined;
+    if (this.made.has(rel) || this.dirs.has(rel)) return undefined;
+    return this.writer;
+  }
+
+  /** Copies a file's bytes into the writer's next batch and hands the file over. */
+  private async handOver(opts: {
+    writer: FileWriter;
+    rel: string;
+    path: string;
+    name: string;
+    meta: Meta;
+    body: EntryBody;
+    size: number;
+  }): Promise<void> {
+    const { writer, size } = opts;
+    const room = await writer.reserve(size);
+    let at = 0;
+    for await (const chunk of opts.body) {
+      const bytes = chunk as Uint8Array;
+      if (at + bytes.length > size) throw this.failed(opts.name, 'it has more data than its size');
+      room.set(bytes, at);
+      at += bytes.length;
+    }
+    if (at !== size) throw this.failed(opts.name, 'its data ended early');
+    const { uid, gid, mode, atime, mtime } = opts.meta;
+    writer.add(
+      { rel: opts.rel, path: opts.path, name: opts.name, uid, gid, mode, atime, mtime },
+      size,
+    );
+    this.made.add(opts.rel);
+  }
+
+  /** A symlink: handed over like a small file, or made here. */
+  private async symlink(opts: {
+    rel: string;
+    header: TarHeader;
+    meta: Meta;
+    xattrs: Xattrs;
+  }): Promise<void> {
+    const { rel, header, meta } = opts;
+    const writer = this.writerFor(rel, 0, opts.xattrs);
+    if (!writer) return this.node({ rel, header, meta });
+    this.ensureParents(rel, header.name);
+    await writer.reserve(0);
+    const path = join(this.dest, rel);
+    const { uid, gid, mode, atime, mtime } = meta;
+    const linkname = header.linkname ?? '';
+    writer.add({ rel, path, name: header.name, uid, gid, mode, atime, mtime, linkname }, 0);
+    this.made.add(rel);
+  }
+
   /** Anything but a regular file or the root. */
   private node({ rel, header, meta }: { rel: string; header: TarHeader; meta: Meta }): void {
     this.ensureParents(rel, header.name);
     const path = join(this.dest, rel);
+    if (header.type !== 'directory' && this.whiteouts !== 'apply') this.made.add(rel);
     if (header.type === 'link') {
       this.hardlink(rel, header);
       return;
@@ -503,6 +622,7 @@ class Extractor {
         return;
       }
       const path = join(this.dest, w.rel);
+      this.made.add(w.rel);
       this.replacing(w.rel, () => Sys.mknod(path, Sys.S_IFCHR, 0, 0));
       lchownSync(path, 0, 0);
       lutimesSync(path, meta.atime, meta.mtime);
@@ -608,13 +728,22 @@ class Extractor {
     for (const [name, value] of raw) Sys.setXattrSync(path, name, value);
   }
 
-  /** Sets directory times deepest first, and gives dest a rootfs mode when the archive did not. */
-  finish(): void {
+  /**
+   * Waits for the files being written, then sets directory times deepest
+   * first, and gives dest a rootfs mode when the archive did not.
+   */
+  async finish(): Promise<void> {
+    await this.writer?.settle();
     if (!this.rootSeen) chmodSync(this.dest, 0o755);
     const byDepth = [...this.dirTimes].sort(([a], [b]) => depth(b) - depth(a));
     for (const [rel, times] of byDepth) {
       lutimesSync(join(this.dest, rel), times.atime, times.mtime);
     }
+  }
+
+  /** Stops the writer's threads, if any were started. */
+  async close(): Promise<void> {
+    await this.writer?.close();
   }
 
   /** Normalises an entry name to a path relative to dest ('' for dest), or refuses it. */
@@ -730,6 +859,12 @@ function entryMeta(header: TarHeader, failed: (why: string) => LayerError): Meta
     mtime,
     atime: time('atime', mtime),
   };
+}
+
+/** `a/b/c` → `a/b`; `a` → `` (dest). */
+function parentOf(rel: string): string {
+  const slash = rel.lastIndexOf('/');
+  return slash < 0 ? '' : rel.slice(0, slash);
 }
 
 /** `a/b/c` → `a`, `a/b`. */
