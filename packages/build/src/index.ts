@@ -33,7 +33,7 @@ export {
   parsePlan,
   argvOf,
   userOf,
-  PlanSchema,
+  planSchema,
   type Plan,
   type Step,
   type StepInput,

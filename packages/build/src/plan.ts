@@ -6,85 +6,29 @@
  */
 import { readFile } from 'node:fs/promises';
 import { dirname, isAbsolute, resolve } from 'node:path';
-import { TempName } from '@day11/exec';
-import { z } from 'zod';
+import type { z } from 'zod';
 import { BuildCodes, BuildError } from './errors.js';
 import { checkArgumentSizes } from './limits.js';
-import { parseResources, ResourcesSchema, type Resources } from './resources.js';
-import { MAX_ID, MAX_ID_BYTES, quickStep } from './quick-step.js';
-import { SecuritySchema, type Security } from './security.js';
+import { planSchemas, type BaseInput, type StepInput } from './plan-schema.js';
+import { parseResources, type Resources } from './resources.js';
+import { MAX_ID, quickShell, quickStep } from './quick-step.js';
+import type { Security } from './security.js';
 import { assignTags } from './tags.js';
 
-const UserSchema = z.union([
-  z.number().int().min(0).max(MAX_ID),
-  z.string().regex(/^\d+(:\d+)?$/, 'a user is "uid" or "uid:gid" (numbers)'),
-]);
+export type { StepInput };
 
-const noNul = (what: string) => (s: string) => !s.includes('\0') || `${what} must not contain NUL`;
-
-const StepIdSchema = z
-  .string()
-  .min(1, 'a step id must not be empty')
-  .refine((s) => !s.includes('/') && !s.includes('\0'), 'a step id must not contain "/" or NUL')
-  .refine((s) => s !== '.' && s !== '..', 'a step id must not be "." or ".."')
-  .refine(
-    (s) => !TempName.is(s),
-    `a step id must not start with "${TempName.PREFIX}" (the cache's temporary names)`,
-  )
-  .refine(
-    (s) => Buffer.byteLength(s) <= MAX_ID_BYTES,
-    `a step id is at most ${MAX_ID_BYTES} bytes`,
-  );
-
-const StepSchema = z.strictObject({
-  id: StepIdSchema,
-  /** The image tag of this step's export; derived from the id when absent (see `deriveTag`). */
-  tag: z.string().min(1).optional(),
-  deps: z.array(z.string()).default([]),
-  run: z.union([
-    z.string().min(1).refine(noNul('run'), 'run must not contain NUL'),
-    z.array(z.string().refine((s) => !s.includes('\0'), 'no NUL in arguments')).min(1),
-  ]),
-  env: z
-    .record(
-      z.string().regex(/^[^=\0]+$/, 'no "=" or NUL in variable names'),
-      z.string().refine((s) => !s.includes('\0'), 'no NUL in values'),
-    )
-    .default({}),
-  user: UserSchema.default(0),
-  network: z.enum(['none', 'host']).default('none'),
-  cwd: z.string().startsWith('/', 'cwd must be an absolute path').default('/'),
-  resources: ResourcesSchema.optional(),
-  security: SecuritySchema.optional(),
-});
-
-const BaseSchema = z.union([
-  z.literal('busybox'),
-  z.strictObject({ busybox: z.literal(true) }),
-  z.strictObject({ tarball: z.string().min(1) }),
-  z.strictObject({ dir: z.string().min(1) }),
-  z.strictObject({ docker: z.string().min(1) }),
-  z.strictObject({ image: z.string().min(1) }),
-  z.strictObject({ layer: z.string().regex(/^(build-)?[0-9a-f]{12,64}$/, 'a layer hash (hex)') }),
-]);
-
-/** Schema of a plan file. */
-export const PlanSchema = z.strictObject({
-  base: BaseSchema,
-  /** Defaults for every step's `resources`. */
-  resources: ResourcesSchema.optional(),
-  /** Defaults for every step's `security`. */
-  security: SecuritySchema.optional(),
-  steps: z.array(StepSchema).min(1, 'a plan needs at least one step'),
-});
-
-/** The plan around its steps: each step goes to `quickStep`, then to zod if need be. */
-const PlanShellSchema = PlanSchema.extend({
-  steps: z.array(z.unknown()).min(1, 'a plan needs at least one step'),
-});
-
-/** A step as written in a plan, defaults filled in. */
-export type StepInput = z.infer<typeof StepSchema>;
+/**
+ * The zod schema of a plan file (made on the first call), e.g. to check a
+ * plan object the way `parsePlan` does, or to derive a JSON Schema from it.
+ *
+ * @example
+ * ```ts
+ * const ok = planSchema().safeParse(JSON.parse(text)).success;
+ * ```
+ */
+export function planSchema(): ReturnType<typeof planSchemas>['PlanSchema'] {
+  return planSchemas().PlanSchema;
+}
 
 /** A validated step: the plan's fields, plus what validation derived. */
 export interface Step extends Omit<StepInput, 'resources' | 'security'> {
@@ -160,17 +104,16 @@ export function parsePlan(json: unknown, file: string): Plan {
       'Add e.g. "base": "busybox" or "base": { "tarball": "rootfs.tar" }',
     );
   }
-  const parsed = PlanShellSchema.safeParse(json);
-  if (!parsed.success) throw bad(file, describeIssues(parsed.error.issues, json), parsed.error);
+  const shell = quickShell(json) ?? zodShell(json, file);
   const fail = (why: string, hint?: string): never => {
     throw bad(file, why, undefined, hint);
   };
-  const planResources = parsed.data.resources;
-  const planSecurity = parsed.data.security;
-  const inputs = parsed.data.steps.map((raw, i): StepInput => {
+  const planResources = shell.resources;
+  const planSecurity = shell.security;
+  const inputs = shell.steps.map((raw, i): StepInput => {
     const quick = quickStep(raw);
     if (quick !== undefined) return quick;
-    const step = StepSchema.safeParse(raw);
+    const step = planSchemas().StepSchema.safeParse(raw);
     if (step.success) return step.data;
     const issues = step.error.issues.map((issue) => ({
       ...issue,
@@ -216,7 +159,7 @@ export function parsePlan(json: unknown, file: string): Plan {
   for (const step of steps) checkArgumentSizes(step, argvOf(step), fail);
   return {
     file,
-    base: baseSource(parsed.data.base, dirname(resolve(file))),
+    base: baseSource(shell.base, dirname(resolve(file))),
     steps: topoOrder(steps, fail),
   };
 }
@@ -303,7 +246,7 @@ function findCycle(
   return [...path.slice(at.get(current.id)), current.id];
 }
 
-function baseSource(base: z.infer<typeof BaseSchema>, planDir: string): BaseSource {
+function baseSource(base: BaseInput, planDir: string): BaseSource {
   const abs = (p: string): string => (isAbsolute(p) ? p : resolve(planDir, p));
   if (base === 'busybox' || 'busybox' in base) return { kind: 'busybox' };
   if ('tarball' in base) return { kind: 'tarball', path: abs(base.tarball) };
@@ -311,6 +254,13 @@ function baseSource(base: z.infer<typeof BaseSchema>, planDir: string): BaseSour
   if ('docker' in base) return { kind: 'docker', image: base.docker };
   if ('image' in base) return { kind: 'image', ref: base.image };
   return { kind: 'layer', hash: base.layer.replace(/^build-/, '') };
+}
+
+/** The plan around its steps, by zod: for what `quickShell` leaves to it. */
+function zodShell(json: unknown, file: string) {
+  const parsed = planSchemas().PlanShellSchema.safeParse(json);
+  if (!parsed.success) throw bad(file, describeIssues(parsed.error.issues, json), parsed.error);
+  return parsed.data;
 }
 
 function bad(file: string, why: string, cause?: unknown, hint?: string): BuildError {

@@ -1,9 +1,9 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { PlanSchema } from './plan.js';
-import { quickStep } from './quick-step.js';
+import { planSchemas } from './plan-schema.js';
+import { quickShell, quickStep } from './quick-step.js';
 
-const StepSchema = PlanSchema.shape.steps.element;
+const { StepSchema, PlanShellSchema } = planSchemas();
 
 /** Valid values of each key (the common shapes), and values zod may refuse. */
 const valid = {
@@ -108,5 +108,64 @@ describe('quickStep', () => {
     { id: 'a', run: 'true', env: JSON.parse('{"__proto__": "x"}') as unknown },
   ])('leaves %j to zod', (step) => {
     expect(quickStep(step)).toBeUndefined();
+  });
+});
+
+describe('quickShell', () => {
+  const base = fc.oneof(
+    fc.constantFrom('busybox', 'debian', '', { busybox: true }, { busybox: false }),
+    fc.constantFrom({ layer: 'build-0123456789ab' }, { layer: '0123456789AB' }, { layer: 'abc' }),
+    fc.record({ tarball: fc.string() }),
+    fc.record({ dir: fc.string(), docker: fc.string() }, { requiredKeys: [] }),
+    fc.record({ image: fc.oneof(fc.string(), fc.integer()) }),
+    fc.dictionary(fc.string(), fc.anything(), { maxKeys: 2 }),
+    fc.anything(),
+  );
+  const shell = fc.record(
+    {
+      base,
+      steps: fc.oneof(fc.array(fc.anything(), { maxLength: 3 }), fc.anything()),
+      resources: fc.constantFrom({ pids: 10 }, { bogus: 1 }),
+      security: fc.constantFrom({ seccomp: false }, 'no'),
+      bogus: fc.anything(),
+    },
+    { requiredKeys: [] },
+  );
+
+  it('gives what zod gives, or leaves the plan to zod', () => {
+    fc.assert(
+      fc.property(
+        fc.oneof({ arbitrary: shell, weight: 9 }, { arbitrary: fc.anything(), weight: 1 }),
+        (value) => {
+          const quick = quickShell(value);
+          if (quick === undefined) return;
+          const parsed = PlanShellSchema.safeParse(value);
+          expect(parsed.success).toBe(true);
+          expect(quick).toEqual(parsed.data);
+        },
+      ),
+      { numRuns: 5000 },
+    );
+  });
+
+  it.each([
+    { base: 'busybox', steps: [{ id: 'a', run: 'true' }] },
+    { base: { tarball: '/srv/rootfs.tar' }, steps: [1] },
+    { base: { image: 'docker://127.0.0.1:5000/debian:12' }, steps: [{}] },
+    { base: { layer: 'build-0123456789ab' }, steps: [{}] },
+    { base: { busybox: true }, steps: [{}] },
+  ])('takes the usual plan %j itself', (plan) => {
+    expect(quickShell(plan)).toEqual(PlanShellSchema.parse(plan));
+  });
+
+  it.each([
+    { base: 'busybox', steps: [] },
+    { base: 'busybox', steps: [{}], resources: { pids: 1 } },
+    { base: { tarball: '' }, steps: [{}] },
+    { base: { tarball: 'a', dir: 'b' }, steps: [{}] },
+    { steps: [{}] },
+    JSON.parse('{"base": "busybox", "steps": [{}], "__proto__": {}}') as unknown,
+  ])('leaves %j to zod', (plan) => {
+    expect(quickShell(plan)).toBeUndefined();
   });
 });

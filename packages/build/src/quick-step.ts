@@ -5,10 +5,12 @@
  * in, fresh arrays and objects); anything unusual (`resources`, `security`,
  * an object that is not a plain object, an explicit `undefined`) or invalid gives
  * `undefined`, and zod decides and words the error. A property test holds
- * the two equal.
+ * the two equal. The same for the plan around the steps ({@link quickShell}),
+ * so that a plan of the usual shape needs no zod schema at all.
  */
 
 import { LayerSymlinks } from '@day11/layer';
+import type { BaseInput } from './plan-schema.js';
 
 /** What `StepSchema` gives for a step (kept in step with it by the tests). */
 export interface QuickStep {
@@ -94,4 +96,40 @@ function validEnv(env: unknown): Record<string, string> | undefined {
 function validUser(user: unknown): user is number | string {
   if (typeof user === 'number') return Number.isInteger(user) && user >= 0 && user <= MAX_ID;
   return typeof user === 'string' && USER.test(user);
+}
+
+/** What `PlanShellSchema` gives for a plan with only `base` and `steps`. */
+export interface QuickShell {
+  base: BaseInput;
+  steps: unknown[];
+  resources?: undefined;
+  security?: undefined;
+}
+
+/** Bases that name their source with one non-empty string. */
+const STRING_BASES = new Set(['tarball', 'dir', 'docker', 'image']);
+const LAYER_HASH = /^(build-)?[0-9a-f]{12,64}$/;
+
+/** The plan `value` around its steps as `PlanShellSchema` parses it, or `undefined` to leave it to zod. */
+export function quickShell(value: unknown): QuickShell | undefined {
+  if (!isPlain(value)) return undefined;
+  for (const key of Object.keys(value)) if (key !== 'base' && key !== 'steps') return undefined;
+  const { steps } = value;
+  if (!Array.isArray(steps) || steps.length === 0) return undefined;
+  const base = quickBase(value['base']);
+  return base === undefined ? undefined : { base, steps: [...(steps as unknown[])] };
+}
+
+function quickBase(base: unknown): BaseInput | undefined {
+  if (base === 'busybox') return base;
+  if (!isPlain(base)) return undefined;
+  const keys = Object.keys(base);
+  if (keys.length !== 1) return undefined;
+  const key = keys[0]!;
+  const value = base[key];
+  if (key === 'busybox') return value === true ? { busybox: true } : undefined;
+  if (typeof value !== 'string') return undefined;
+  if (key === 'layer') return LAYER_HASH.test(value) ? { layer: value } : undefined;
+  if (!STRING_BASES.has(key) || value === '') return undefined;
+  return { [key]: value } as BaseInput;
 }

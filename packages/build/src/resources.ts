@@ -4,7 +4,7 @@
  * ({@link DEFAULT_PIDS} unless set), so a fork bomb in one step cannot take
  * the machine; memory and CPU are unlimited unless set.
  */
-import { z } from 'zod';
+import type { ResourcesInput } from './plan-schema.js';
 
 /**
  * The pids limit of a step that sets none: a build spawns many processes
@@ -13,7 +13,7 @@ import { z } from 'zod';
 export const DEFAULT_PIDS = 4096;
 
 /** The kernel's own ceiling on pids (pid_max on 64-bit). */
-const MAX_PIDS = 4_194_304;
+export const MAX_PIDS = 4_194_304;
 
 const SIZE_UNITS: Readonly<Record<string, number>> = {
   '': 1,
@@ -22,16 +22,6 @@ const SIZE_UNITS: Readonly<Record<string, number>> = {
   g: 2 ** 30,
   t: 2 ** 40,
 };
-
-/** Schema of `resources` as written in a plan. */
-export const ResourcesSchema = z.strictObject({
-  /** Memory (and swap) limit: bytes, or a size such as `"512M"`, `"4G"`. */
-  memory: z.union([z.number().int().positive(), z.string().min(1)]).optional(),
-  /** CPU time, in CPUs (e.g. 1.5): a CFS quota, not a cpuset. */
-  cpus: z.number().positive().max(4096).optional(),
-  /** Most processes (and threads) the step may have at once. */
-  pids: z.number().int().min(1).max(MAX_PIDS).optional(),
-});
 
 /** Limits of a step, in the units the runtime takes; absent means the default. */
 export interface Resources {
@@ -52,10 +42,7 @@ export interface Resources {
  * parseResources({ memory: '4G', pids: 512 }, fail); // { memoryBytes: 4294967296, pids: 512 }
  * ```
  */
-export function parseResources(
-  input: z.infer<typeof ResourcesSchema>,
-  fail: (why: string) => never,
-): Resources {
+export function parseResources(input: ResourcesInput, fail: (why: string) => never): Resources {
   const out: Resources = {};
   if (input.memory !== undefined) out.memoryBytes = memoryBytes(input.memory, fail);
   if (input.cpus !== undefined) out.cpus = input.cpus;

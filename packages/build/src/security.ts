@@ -6,21 +6,10 @@
  * the clock, reboot), and `no_new_privs`. Both are on unless a plan turns
  * them off.
  */
-import { z } from 'zod';
-
-/** Schema of `security` as written in a plan. */
-export const SecuritySchema = z.strictObject({
-  /** The deny-list seccomp filter (default true). */
-  seccomp: z.boolean().optional(),
-  /**
-   * `no_new_privs` (default true): setuid binaries (`su`, `sudo`, `ping` on
-   * some systems) and file capabilities do not raise privileges.
-   */
-  noNewPrivileges: z.boolean().optional(),
-});
+import type { SecurityInput } from './plan-schema.js';
 
 /** Hardening explicitly set for a step; absent means the default (on). */
-export type Security = z.infer<typeof SecuritySchema>;
+export type Security = SecurityInput;
 
 /** What a step runs with when its plan says nothing. */
 export const DEFAULT_SECURITY: Readonly<Required<Security>> = {

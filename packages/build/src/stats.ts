@@ -30,23 +30,30 @@ export interface CacheStats {
   built: number;
 }
 
-const StoredSchema = z.looseObject({
-  hits: z.number().int().nonnegative(),
-  misses: z.number().int().nonnegative(),
-  fetched: z.number().int().nonnegative().default(0),
-  built: z.number().int().nonnegative().default(0),
-  since: z.string(),
-  updated: z.string().optional(),
-});
+/** The schemas of the stats files, made when first read (not on every build's start-up). */
+function makeSchemas() {
+  const StoredSchema = z.looseObject({
+    hits: z.number().int().nonnegative(),
+    misses: z.number().int().nonnegative(),
+    fetched: z.number().int().nonnegative().default(0),
+    built: z.number().int().nonnegative().default(0),
+    since: z.string(),
+    updated: z.string().optional(),
+  });
 
-/** A line of the log: one build's counts and when it ended. */
-const DeltaSchema = z.object({
-  hits: z.number().int().nonnegative(),
-  misses: z.number().int().nonnegative(),
-  fetched: z.number().int().nonnegative(),
-  built: z.number().int().nonnegative(),
-  at: z.string(),
-});
+  /** A line of the log: one build's counts and when it ended. */
+  const DeltaSchema = z.object({
+    hits: z.number().int().nonnegative(),
+    misses: z.number().int().nonnegative(),
+    fetched: z.number().int().nonnegative(),
+    built: z.number().int().nonnegative(),
+    at: z.string(),
+  });
+  return { StoredSchema, DeltaSchema };
+}
+
+let schemas: ReturnType<typeof makeSchemas> | undefined;
+const statsSchemas = () => (schemas ??= makeSchemas());
 
 /** The persisted totals, with when counting started and last changed. */
 export type StoredStats = CacheStats & { since: string; updated?: string | undefined };
@@ -84,13 +91,15 @@ export async function readStats(osDir: string): Promise<StoredStats> {
 /** The totals of `cache-stats.json`; a damaged or missing file starts the count again. */
 function foldedTotals(text: string | undefined): StoredStats {
   // Bookkeeping never fails a build.
-  const parsed = text === undefined ? undefined : StoredSchema.safeParse(safeJson(text));
+  const parsed =
+    text === undefined ? undefined : statsSchemas().StoredSchema.safeParse(safeJson(text));
   return parsed?.success ? parsed.data : { ...zeroStats(), since: new Date().toISOString() };
 }
 
 /** `totals` plus each whole, valid line of the log (a torn or damaged line counts nothing). */
 function addLines(totals: StoredStats, log: string): StoredStats {
   const out = { ...totals };
+  const { DeltaSchema } = statsSchemas();
   for (const line of log.split('\n')) {
     if (line === '') continue;
     const delta = DeltaSchema.safeParse(safeJson(line));
