@@ -6,7 +6,7 @@
  */
 import { TempName } from '@day11/exec';
 import { z } from 'zod';
-import { MAX_ID, MAX_ID_BYTES } from './quick-step.js';
+import { LAYER_HASH, MAX_ID, MAX_ID_BYTES } from './quick-step.js';
 import { MAX_PIDS } from './resources.js';
 
 function build() {
@@ -82,7 +82,7 @@ function build() {
     z.strictObject({ dir: z.string().min(1) }),
     z.strictObject({ docker: z.string().min(1) }),
     z.strictObject({ image: z.string().min(1) }),
-    z.strictObject({ layer: z.string().regex(/^(build-)?[0-9a-f]{12,64}$/, 'a layer hash (hex)') }),
+    z.strictObject({ layer: z.string().regex(LAYER_HASH, 'a layer hash (hex)') }),
   ]);
 
   /** Schema of a plan file. */

@@ -108,7 +108,8 @@ export interface QuickShell {
 
 /** Bases that name their source with one non-empty string. */
 const STRING_BASES = new Set(['tarball', 'dir', 'docker', 'image']);
-const LAYER_HASH = /^(build-)?[0-9a-f]{12,64}$/;
+/** A `{ layer }` base: a layer hash or its prefix, with or without `build-`. */
+export const LAYER_HASH = /^(build-)?[0-9a-f]{12,64}$/;
 
 /** The plan `value` around its steps as `PlanShellSchema` parses it, or `undefined` to leave it to zod. */
 export function quickShell(value: unknown): QuickShell | undefined {

@@ -1,9 +1,10 @@
 /**
- * Small regular files and symlinks of an extraction, made by worker threads
+ * Small regular files and symlinks of an extraction, made by a worker thread
  * while the main thread reads the archive and makes directories and the rest.
  * Creating an inode is most of what extracting a rootfs costs, and the kernel
  * does that work on the thread that asks: on one thread an extraction cannot
- * go faster than `tar -x`; on two it can.
+ * go faster than `tar -x`; on two it can. (A second worker was no faster on
+ * two cores: the kernel's inode allocation contended.)
  *
  * The caller keeps the order that matters: it makes a file's parent
  * directories before handing the file over, hands over only paths nothing
@@ -57,8 +58,8 @@ export const MAX_FILE_BYTES = 256 * 1024;
 /** At least {@link MAX_FILE_BYTES}. */
 const BATCH_BYTES = 1024 * 1024;
 const BATCH_FILES = 128;
-/** Batches posted and not yet done, per worker: enough to keep it busy, bounded memory. */
-const IN_FLIGHT_PER_WORKER = 3;
+/** Batches posted and not yet done: enough to keep the worker busy, bounded memory. */
+const IN_FLIGHT = 3;
 
 interface Sent {
   rels: string[];
@@ -84,8 +85,7 @@ class Batch {
 }
 
 export class FileWriter {
-  private readonly workers: Worker[] = [];
-  private nextWorker = 0;
+  private readonly worker: Worker;
   private batch: Batch | undefined;
   private nextId = 0;
   private readonly sent = new Map<number, Sent>();
@@ -95,15 +95,14 @@ export class FileWriter {
   private failure: Error | undefined;
   private wake: (() => void) | undefined;
 
-  /**
-   * @param threads worker threads to start (at least 1)
-   * @param failed makes the error for the entry `name` whose file could not be written
-   */
-  constructor(
-    threads: number,
-    private readonly failed: (name: string, cause: Error) => Error,
-  ) {
-    for (let i = 0; i < Math.max(1, threads); i++) this.workers.push(this.start());
+  /** @param failed makes the error for the entry `name` whose file could not be written */
+  constructor(private readonly failed: (name: string, cause: Error) => Error) {
+    this.worker = new Worker(workerFile('file-writer-worker.js', import.meta.url));
+    this.worker.on('message', (result: FileBatchResult) => this.done(result));
+    this.worker.on('error', (err) => this.fail(err));
+    this.worker.on('exit', (code) => {
+      if (this.sent.size > 0) this.fail(new Error(`the file-writing thread exited (code ${code})`));
+    });
   }
 
   /** Whether `rel` was handed over and is not known to be written yet. */
@@ -124,7 +123,7 @@ export class FileWriter {
   async reserve(size: number): Promise<Uint8Array> {
     this.throwIfFailed();
     if (this.batch && !this.batch.fits(size)) this.post();
-    while (this.sent.size >= this.workers.length * IN_FLIGHT_PER_WORKER) await this.changed();
+    while (this.sent.size >= IN_FLIGHT) await this.changed();
     this.batch ??= new Batch(this.free.pop());
     return this.batch.data.subarray(this.batch.used, this.batch.used + size);
   }
@@ -149,21 +148,11 @@ export class FileWriter {
     this.throwIfFailed();
   }
 
-  /** Stops the workers (a batch being written stops part way: the caller removes the tree). */
+  /** Stops the worker (a batch being written stops part way: the caller removes the tree). */
   async close(): Promise<void> {
     this.failure ??= new Error('the file writer was closed');
-    await Promise.all(this.workers.map((w) => w.terminate()));
+    await this.worker.terminate();
     this.notify();
-  }
-
-  private start(): Worker {
-    const worker = new Worker(workerFile('file-writer-worker.js', import.meta.url));
-    worker.on('message', (result: FileBatchResult) => this.done(result));
-    worker.on('error', (err) => this.fail(err));
-    worker.on('exit', (code) => {
-      if (this.sent.size > 0) this.fail(new Error(`a file-writing thread exited (code ${code})`));
-    });
-    return worker;
   }
 
   private post(): void {
@@ -176,8 +165,7 @@ export class FileWriter {
     const data = batch.data.buffer as ArrayBuffer;
     const message: FileBatch = { id, paths: batch.paths, links: batch.links, meta, data };
     this.sent.set(id, { rels: batch.rels, names: batch.names });
-    const worker = this.workers[this.nextWorker++ % this.workers.length]!;
-    worker.postMessage(message, [meta.buffer, data]);
+    this.worker.postMessage(message, [meta.buffer, data]);
   }
 
   private done(result: FileBatchResult): void {
@@ -193,8 +181,10 @@ export class FileWriter {
     this.notify();
   }
 
+  /** The thread itself failed: blamed on the first entry it had not finished. */
   private fail(err: Error): void {
-    this.failure ??= err;
+    const unfinished = this.sent.values().next().value?.names[0];
+    this.failure ??= this.failed(unfinished ?? '(none)', err);
     this.notify();
   }
 

@@ -331,13 +331,8 @@ function isAbort(err: unknown): boolean {
   return err instanceof Error && err.name === 'AbortError';
 }
 
-/** Regular files extracted on the main thread before worker threads are worth starting. */
-const FILES_BEFORE_THREADS = 64;
-/**
- * Threads writing files beside the main thread. One: with two, on two cores,
- * the kernel's inode allocation contended and the import was no faster.
- */
-const EXTRACT_THREADS = 1;
+/** Files and symlinks extracted on the main thread before a writer thread is worth starting. */
+const FILES_BEFORE_THREAD = 64;
 
 /**
  * Applies tar entries to a directory tree, in archive order.
@@ -346,8 +341,8 @@ const EXTRACT_THREADS = 1;
  * tiny entries, and a thread-pool hop per lstat/chown/chmod/utimes made
  * extraction several times slower than `tar -x`. Each call blocks for
  * microseconds, and the loop yields to the event loop between stream chunks.
- * Past the first few files of an archive, small files go to a
- * {@link FileWriter}'s threads; an entry that depends on one still being
+ * Past the first few files of an archive, small files and symlinks go to a
+ * {@link FileWriter}'s thread; an entry that depends on one still being
  * written (the same path, a parent, a hardlink's target) waits for them.
  */
 class Extractor {
@@ -383,8 +378,9 @@ class Extractor {
       if (this.whiteouts === 'apply' && !whiteout) this.markWritten(rel);
       if (whiteout) this.whiteout({ w: whiteout, marker: rel, meta, name: header.name });
       else if (rel === '') this.root(header, meta);
-      else if (isFile) await this.file({ rel, name: header.name, meta, body, header, xattrs });
-      else if (header.type === 'symlink') await this.symlink({ rel, header, meta, xattrs });
+      else if (isFile) {
+        await this.file({ rel, name: header.name, meta, body, size: header.size ?? 0, xattrs });
+      } else if (header.type === 'symlink') await this.symlink({ rel, header, meta, xattrs });
       else this.node({ rel, header, meta });
       this.applyXattrs(rel, header, xattrs);
     } catch (err) {
@@ -413,23 +409,15 @@ class Extractor {
     name: string;
     meta: Meta;
     body: EntryBody;
-    header: TarHeader;
+    size: number;
     xattrs: Xattrs;
   }): Promise<void> {
     const { rel, meta } = opts;
     this.ensureParents(rel, opts.name);
     const path = join(this.dest, rel);
-    const writer = this.writerFor(rel, opts.header.size ?? 0, opts.xattrs);
+    const writer = this.writerFor(rel, opts.size, opts.xattrs);
     if (writer) {
-      await this.handOver({
-        writer,
-        rel,
-        path,
-        name: opts.name,
-        meta,
-        body: opts.body,
-        size: opts.header.size ?? 0,
-      });
+      await this.handOver({ ...opts, writer, path });
       return;
     }
     if (this.whiteouts !== 'apply') this.made.add(rel);
@@ -457,8 +445,8 @@ class Extractor {
   private writerFor(rel: string, size: number, xattrs: Xattrs): FileWriter | undefined {
     if (this.whiteouts === 'apply') return undefined;
     if (this.writer === undefined) {
-      if (++this.filesSeen < FILES_BEFORE_THREADS) return undefined;
-      this.writer = new FileWriter(EXTRACT_THREADS, (name, cause) =>
+      if (++this.filesSeen < FILES_BEFORE_THREAD) return undefined;
+      this.writer = new FileWriter((name, cause) =>
         this.failedBy({ name, why: messageOf(cause), cause }),
       );
     }
