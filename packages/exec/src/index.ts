@@ -26,6 +26,7 @@ export { BufferPool } from './buffer-pool.js';
 export { workerFile } from './worker-file.js';
 export * as OverlayMarks from './overlay-marks.js';
 export * as ExitHooks from './exit-hooks.js';
+export * as Libdeflate from './libdeflate.js';
 export type {
   OutputStream,
   RunOptions,

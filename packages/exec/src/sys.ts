@@ -2,7 +2,7 @@
  * The Linux system calls Node has no API for: extended attributes, `mknod`,
  * and mounting (classic `mount(2)` and the new fsopen/fsconfig API).
  *
- * This is the only module in day11 that touches FFI. Bindings load lazily, so
+ * With `libdeflate.ts`, the only module in day11 that touches FFI. Bindings load lazily, so
  * importing it on a platform without them costs nothing; a call then fails
  * with a {@link SysError} whose code is `SYS_UNAVAILABLE`.
  */

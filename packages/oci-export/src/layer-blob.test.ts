@@ -1,7 +1,8 @@
-import { copyFile, readdir, stat, writeFile } from 'node:fs/promises';
+import { copyFile, readFile, readdir, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { TempName } from '@day11/exec';
+import { gunzipSync, inflateRawSync } from 'node:zlib';
+import { Libdeflate, TempName } from '@day11/exec';
 import { OciExportCodes, OciExportError } from './errors.js';
 import { exportImage } from './export.js';
 import { asBase, cleanup, makeLayer, tempDir } from './fixtures/layers.js';
@@ -73,5 +74,39 @@ describe('LayerBlob.adopt', () => {
       await expect(stat(temp)).rejects.toThrow(/ENOENT/);
     }
     expect(await LayerBlob.find(layer.dir)).toBeUndefined();
+  });
+});
+
+describe.skipIf(!Libdeflate.load())('LayerBlob encodings', () => {
+  it('caches one member per chunk with libdeflate (format 2), one member with DAY11_GZIP_ENGINE=zlib (format 1), each rebuilding the other', async () => {
+    const osDir = join(await tempDir('formats'), 'cache');
+    const layer = await makeLayer(osDir, 'layer', async (fs) => {
+      // Three chunks' worth, so libdeflate writes three members.
+      await writeFile(join(fs, 'big'), Buffer.alloc(2.5 * 1024 * 1024, 'day11 '));
+    });
+    const fast = await LayerBlob.ensure(layer.dir);
+    expect(LayerBlob.encoding().format).toBe(2);
+    expect(
+      JSON.parse(await readFile(join(layer.dir, LayerBlob.DIGESTS_FILE), 'utf8')),
+    ).toMatchObject({ format: 2 });
+    const gz = await readFile(fast.file);
+    expect(gunzipSync(gz).length).toBe(fast.tarSize);
+    expect(gz.indexOf(Buffer.from([0x1f, 0x8b, 8]), 10)).toBeGreaterThan(0); // a second member
+
+    process.env['DAY11_GZIP_ENGINE'] = 'zlib';
+    try {
+      expect(LayerBlob.encoding().format).toBe(1);
+      expect(await LayerBlob.find(layer.dir)).toBeUndefined();
+      const single = await LayerBlob.ensure(layer.dir);
+      expect(single).toMatchObject({ cached: false, diffId: fast.diffId, tarSize: fast.tarSize });
+      expect(single.digest).not.toBe(fast.digest);
+      // One deflate stream: inflating past the 10-byte header yields the whole tar.
+      const bytes = await readFile(single.file);
+      expect(inflateRawSync(bytes.subarray(10, -8)).length).toBe(fast.tarSize);
+    } finally {
+      delete process.env['DAY11_GZIP_ENGINE'];
+    }
+    expect(await LayerBlob.find(layer.dir)).toBeUndefined();
+    expect(await LayerBlob.ensure(layer.dir)).toMatchObject({ cached: false, digest: fast.digest });
   });
 });

@@ -17,7 +17,7 @@ import { LayerDir, Lock } from '@day11/layer';
 import { z } from 'zod';
 import { OciExportCodes, OciExportError, fsError } from './errors.js';
 import { writeAll, writeAtomic } from './files.js';
-import { gzipChunks, levelOf } from './gzip.js';
+import { type GzipEngine, fastestEngine, gzipChunks, levelOf } from './gzip.js';
 import { DEFAULT_CHUNK_SIZE } from './layer-tar.js';
 import { Semaphore, compressionSlots } from './pool.js';
 import { TarThread } from './tar-thread.js';
@@ -28,8 +28,17 @@ import { TempName } from '@day11/exec';
 export const CACHE_FILE = 'layer.tar.gz';
 /** Its digests, inside the layer directory. */
 export const DIGESTS_FILE = 'layer.tar.gz.digests';
-/** Version of the tar + gzip encoding; a cache of another version is rebuilt. */
-export const FORMAT = 1;
+/**
+ * Versions of the tar + gzip encoding: 1, one gzip member (zlib); 2, one
+ * member per chunk (libdeflate; see `gzip.ts`). A cache of another version
+ * than {@link encoding}'s is rebuilt.
+ */
+export const FORMATS = [1, 2] as const;
+const FORMAT_OF: Record<GzipEngine, number> = { zlib: 1, libdeflate: 2 };
+const ENGINE_OF = new Map<number, GzipEngine>([
+  [1, 'zlib'],
+  [2, 'libdeflate'],
+]);
 
 const RecordSchema = z.object({
   format: z.number(),
@@ -84,7 +93,7 @@ export interface EnsureOptions {
  * it was made with, and found by {@link find} only at that gzip level.
  */
 export interface Encoding {
-  /** {@link FORMAT} of the tar + gzip encoding. */
+  /** Version of the tar + gzip encoding, one of {@link FORMATS}. */
   format: number;
   /** gzip level 0–9. */
   level: number;
@@ -93,15 +102,25 @@ export interface Encoding {
 }
 
 /**
- * The encoding this version writes at `gzipLevel` (default 6).
+ * The encoding this version writes here at `gzipLevel` (default 6): format 2
+ * where libdeflate is installed (unless `DAY11_GZIP_ENGINE=zlib`), else 1.
  *
  * @example
  * ```ts
- * LayerBlob.encoding(); // { format: 1, level: 6, chunkSize: 1048576 }
+ * LayerBlob.encoding(); // { format: 2, level: 6, chunkSize: 1048576 }
  * ```
  */
 export function encoding(gzipLevel?: number): Encoding {
-  return { format: FORMAT, level: levelOf(gzipLevel), chunkSize: DEFAULT_CHUNK_SIZE };
+  return {
+    format: FORMAT_OF[fastestEngine()],
+    level: levelOf(gzipLevel),
+    chunkSize: DEFAULT_CHUNK_SIZE,
+  };
+}
+
+/** True for an encoding version this release can cache (one of {@link FORMATS}). */
+export function knownFormat(format: number): boolean {
+  return ENGINE_OF.has(format);
 }
 
 /** A blob made elsewhere, for {@link adopt}. */
@@ -174,7 +193,7 @@ async function adoptLocked(dir: string, blob: AdoptedBlob): Promise<LayerBlob> {
 
 function assertAdoptable(dir: string, blob: AdoptedBlob): void {
   const parsed = RecordSchema.safeParse({ ...blob.encoding, ...blob, ino: 0 });
-  if (parsed.success && blob.encoding.format === FORMAT) return;
+  if (parsed.success && knownFormat(blob.encoding.format)) return;
   throw new OciExportError(
     OciExportCodes.BAD_ARGUMENT,
     `Cannot cache a blob for ${dir}: its digests or encoding are malformed, or of another format`,
@@ -203,7 +222,12 @@ export async function find(
   } catch {
     return undefined; // missing or torn: rebuilt under the lock
   }
-  if (record.format !== FORMAT || record.level !== level || record.chunkSize !== DEFAULT_CHUNK_SIZE)
+  const wanted = encoding(level);
+  if (
+    record.format !== wanted.format ||
+    record.level !== level ||
+    record.chunkSize !== wanted.chunkSize
+  )
     return undefined;
   const file = join(dir, CACHE_FILE);
   const st = await stat(file).catch(() => undefined);
@@ -279,18 +303,16 @@ async function build(
 ): Promise<LayerBlob> {
   const file = join(dir, CACHE_FILE);
   const temp = TempName.beside(file);
+  const made = encoding(options.gzipLevel);
   try {
-    const result = await compressTo(temp, join(dir, 'fs'), options);
+    const result = await compressTo(temp, join(dir, 'fs'), {
+      ...options,
+      engine: ENGINE_OF.get(made.format)!,
+    });
     const ino = (await stat(temp)).ino;
     assertHeld();
     await rename(temp, file);
-    const record = {
-      format: FORMAT,
-      level: options.gzipLevel,
-      chunkSize: DEFAULT_CHUNK_SIZE,
-      ...result,
-      ino,
-    };
+    const record = { ...made, ...result, ino };
     await writeAtomic(join(dir, DIGESTS_FILE), `${JSON.stringify(record, null, 2)}\n`);
     return { dir, file, ...result, cached: false, ino };
   } catch (err) {
@@ -309,7 +331,7 @@ async function build(
 async function compressTo(
   temp: string,
   fsDir: string,
-  options: EnsureOptions & { gzipLevel: number },
+  options: EnsureOptions & { gzipLevel: number; engine: GzipEngine },
 ): Promise<{ digest: string; diffId: string; size: number; tarSize: number }> {
   const slots = options.slots ?? compressionSlots(options.concurrency);
   const window = slots.size + 1;
@@ -320,11 +342,14 @@ async function compressTo(
     chunkSize: DEFAULT_CHUNK_SIZE,
     // The chunks being compressed or written, and one ready for the next free slot.
     credits: window + 1,
+    // libdeflate's members carry their own.
+    crc: options.engine === 'zlib',
     signal: options.signal,
     onWarning: options.onWarning,
   });
   try {
     const result = await gzipChunks(tar, {
+      engine: options.engine,
       level: options.gzipLevel,
       slots,
       window,

@@ -23,6 +23,8 @@ export interface TarJob {
   chunkSize: number;
   /** Chunks the worker may have handed over and not yet got back. */
   credits: number;
+  /** Whether to compute the CRC-32 (a gzip member per chunk has its own). */
+  crc: boolean;
 }
 
 /** Messages from the worker. */
@@ -42,7 +44,7 @@ export interface TarSummary {
   diffId: string;
   /** Bytes of the tar. */
   tarSize: number;
-  /** CRC-32 of the tar (for the gzip trailer). */
+  /** CRC-32 of the tar (for the gzip trailer); 0 when not asked for. */
   crc: number;
 }
 
@@ -52,6 +54,8 @@ export interface TarThreadOptions {
   chunkSize: number;
   /** Chunks handed over and not yet given back ({@link TarThread.recycle}) at most. */
   credits: number;
+  /** Compute the tar's CRC-32 for the summary (default true). */
+  crc?: boolean | undefined;
   /** Aborting stops the worker; the iteration throws the signal's reason. */
   signal?: AbortSignal | undefined;
   /** Called for each file skipped (sockets). */
@@ -104,7 +108,12 @@ export class TarThread implements AsyncIterable<TarChunk> {
    * ```
    */
   static start(root: string, options: TarThreadOptions): TarThread {
-    const job: TarJob = { root, chunkSize: options.chunkSize, credits: options.credits };
+    const job: TarJob = {
+      root,
+      chunkSize: options.chunkSize,
+      credits: options.credits,
+      crc: options.crc ?? true,
+    };
     const thread = new TarThread(idleWorkers.take(), options);
     thread.worker.postMessage({ type: 'job', job } satisfies ToWorker);
     const signal = options.signal;

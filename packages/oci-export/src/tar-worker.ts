@@ -102,7 +102,7 @@ async function run(job: TarJob): Promise<ToParent> {
   const entries = encodeEntries(walk(job.root, { onWarning }));
   for await (const { data, last } of tarOf(entries, { pool, signal })) {
     tarHash.update(data);
-    crc = zlib.crc32(data, crc);
+    if (job.crc) crc = zlib.crc32(data, crc);
     tarSize += data.length;
     while (credits === 0 && !signal.aborted) {
       await new Promise<void>((resolve) => (wake = resolve));

@@ -190,7 +190,7 @@ async function extractAndCommit(
       log: image.log.size > 0 ? { file: log } : undefined,
       sidecars: image.sidecars,
     });
-    if (committed && image.blob.format === LayerBlob.FORMAT) {
+    if (committed && LayerBlob.knownFormat(image.blob.format)) {
       const { diffId, format, level, chunkSize } = image.blob;
       await LayerBlob.adopt(dir, {
         file: gz,
