@@ -71,6 +71,14 @@ async function time(fn: () => Promise<unknown>): Promise<number> {
 }
 
 /** Ours: a cold export of `layers` (base first) into a fresh layout. */
+/** Bytes written by each variant's last run, keyed by variant: what the time bought. */
+const outputBytes = new Map<string, number>();
+
+async function dirBytes(dir: string): Promise<number> {
+  const { stdout } = await Exec.run('du', ['-sb', dir]);
+  return Number(stdout.split('\t')[0]);
+}
+
 async function ours(work: string, layers: readonly Layer[], gzipLevel = 6): Promise<number> {
   await dropCaches(layers);
   const layout = await mkdtemp(join(work, 'oci-'));
@@ -84,6 +92,7 @@ async function ours(work: string, layers: readonly Layer[], gzipLevel = 6): Prom
       gzipLevel,
     }),
   );
+  if (layers.length > 1) outputBytes.set(`ours${gzipLevel}`, await dirBytes(join(layout, 'blobs')));
   await rm(layout, { recursive: true });
   return ms;
 }
@@ -116,6 +125,7 @@ async function skopeo(work: string, level: number): Promise<number> {
     `oci:${out}:bench`,
   ];
   const ms = await time(() => Exec.run('skopeo', args));
+  outputBytes.set(`skopeo${level}`, await dirBytes(join(out, 'blobs')));
   await rm(out, { recursive: true });
   return ms;
 }
@@ -281,6 +291,13 @@ export async function run(): Promise<BenchRow[]> {
           baseline: cold['skopeo4']!,
           target: 1,
         },
+        ...[6, 4].map((level) => ({
+          name: `bytes of the image's blobs, gzip level ${level}`,
+          value: (outputBytes.get(`ours${level}`) ?? 0) / 1e6,
+          baselineName: `skopeo copy, level ${level}`,
+          baseline: (outputBytes.get(`skopeo${level}`) ?? 0) / 1e6,
+          unit: 'MB',
+        })),
       );
     }
     rows.push(
