@@ -24,5 +24,12 @@ export {
   type WalkWarning,
 } from './walk.js';
 export { encodeHeader, BLOCK, type TarHeader, type TarKind } from './tar-header.js';
-export { gzipChunks as gzip, DEFAULT_LEVEL, type GzipOptions, type GzipResult } from './gzip.js';
+export {
+  gzipChunks as gzip,
+  fastestEngine,
+  DEFAULT_LEVEL,
+  type GzipEngine,
+  type GzipOptions,
+  type GzipResult,
+} from './gzip.js';
 export { Semaphore } from './pool.js';
