@@ -33,12 +33,13 @@ export const DIGESTS_FILE = 'layer.tar.gz.digests';
  * member per chunk (libdeflate; see `gzip.ts`). A cache of another version
  * than {@link encoding}'s is rebuilt.
  */
-export const FORMATS = [1, 2] as const;
-const FORMAT_OF: Record<GzipEngine, number> = { zlib: 1, libdeflate: 2 };
-const ENGINE_OF = new Map<number, GzipEngine>([
-  [1, 'zlib'],
-  [2, 'libdeflate'],
-]);
+const FORMAT_OF = { zlib: 1, libdeflate: 2 } as const satisfies Record<GzipEngine, number>;
+/** Every version of the encoding this release can cache. */
+export const FORMATS: readonly number[] = Object.values(FORMAT_OF);
+
+function engineOf(format: number): GzipEngine | undefined {
+  return (Object.keys(FORMAT_OF) as GzipEngine[]).find((engine) => FORMAT_OF[engine] === format);
+}
 
 const RecordSchema = z.object({
   format: z.number(),
@@ -120,7 +121,7 @@ export function encoding(gzipLevel?: number): Encoding {
 
 /** True for an encoding version this release can cache (one of {@link FORMATS}). */
 export function knownFormat(format: number): boolean {
-  return ENGINE_OF.has(format);
+  return engineOf(format) !== undefined;
 }
 
 /** A blob made elsewhere, for {@link adopt}. */
@@ -307,7 +308,7 @@ async function build(
   try {
     const result = await compressTo(temp, join(dir, 'fs'), {
       ...options,
-      engine: ENGINE_OF.get(made.format)!,
+      engine: engineOf(made.format)!,
     });
     const ino = (await stat(temp)).ino;
     assertHeld();

@@ -114,7 +114,10 @@ async function linkOrCopy(blob: BlobFile, temp: string): Promise<void> {
     throw new OciExportError(
       OciExportCodes.LAYER_CHANGED,
       `${blob.file} was replaced while being added as blob ${blob.digest}`,
-      { path: blob.file, hint: 'Export again; use one gzipLevel for exports that run at once' },
+      {
+        path: blob.file,
+        hint: 'Export again; use one gzipLevel (and one DAY11_GZIP_ENGINE) for exports that run at once',
+      },
     );
   }
 }
