@@ -231,3 +231,64 @@ describe('Sys.keepFreedMemory', () => {
     expect(after).toBeLessThan(before / 2); // ~15,000 → ~3,300 here
   });
 });
+
+describe('Sys calls relative to a directory', () => {
+  it.skipIf(!root)(
+    'stat like lstat, list xattrs like llistxattr, and open without following a symlink',
+    async () => {
+      await mkdir(join(dir, 'd'));
+      await writeFile(join(dir, 'd/file'), 'content');
+      Sys.setXattrSync(join(dir, 'd/file'), 'user.a', '1');
+      Sys.setXattrSync(join(dir, 'd/file'), 'user.bb', '2');
+      await symlink('file', join(dir, 'd/link'));
+      Sys.mknod(join(dir, 'd/tty'), Sys.S_IFCHR | 0o620, 4, 70_000);
+      Sys.mknod(join(dir, 'd/fifo'), Sys.S_IFIFO | 0o600);
+      const fd = Sys.openDirectorySync(undefined, join(dir, 'd'), join(dir, 'd'));
+      try {
+        for (const name of ['file', 'link', 'tty', 'fifo', '.']) {
+          const path = join(dir, 'd', name);
+          const want = await lstat(path);
+          const got = Sys.statAtSync(fd, name, path);
+          expect(got).toEqual({
+            mode: want.mode,
+            uid: want.uid,
+            gid: want.gid,
+            size: want.size,
+            nlink: want.nlink,
+            ino: want.ino,
+            dev: got.dev, // encoded differently from Node's; compared below
+            rdev: want.rdev,
+            mtimeMs: want.mtimeMs,
+          });
+        }
+        expect(Sys.statAtSync(fd, 'file', '').dev).toBe(Sys.statAtSync(fd, 'link', '').dev);
+        expect(Sys.listXattrsAtSync(fd, 'file', join(dir, 'd/file')).sort()).toEqual([
+          'user.a',
+          'user.bb',
+        ]);
+        expect(Sys.listXattrsAtSync(fd, 'link', join(dir, 'd/link'))).toEqual([]);
+        const file = Sys.openFileAtSync(fd, 'file', join(dir, 'd/file'));
+        const buf = Buffer.alloc(16);
+        const { readSync } = await import('node:fs');
+        expect(buf.subarray(0, readSync(file, buf)).toString()).toBe('content');
+        Sys.closeFdSync(file);
+        expect(() => Sys.openFileAtSync(fd, 'link', join(dir, 'd/link'))).toThrow(
+          expect.objectContaining({
+            code: 'SYS_CALL_FAILED',
+            errno: 'ELOOP',
+            path: join(dir, 'd/link'),
+          }),
+        );
+        expect(() => Sys.statAtSync(fd, 'missing', join(dir, 'd/missing'))).toThrow(
+          expect.objectContaining({ errno: 'ENOENT', path: join(dir, 'd/missing') }),
+        );
+        // A symlink is never followed: to a file, not a directory.
+        expect(() => Sys.openDirectorySync(fd, 'link', join(dir, 'd/link'))).toThrow(
+          expect.objectContaining({ errno: 'ENOTDIR' }),
+        );
+      } finally {
+        Sys.closeFdSync(fd);
+      }
+    },
+  );
+});

@@ -5,6 +5,8 @@ import {
   linkSync,
   lstatSync,
   mkdirSync,
+  readdirSync,
+  rmSync,
   symlinkSync,
   truncateSync,
   utimesSync,
@@ -308,4 +310,65 @@ describe.skipIf(!isRoot)('as root', () => {
       });
     },
   );
+});
+
+describe.skipIf(!isRoot)('directory-relative calls', () => {
+  /** Every kind of entry the walk converts, several directories deep. */
+  async function kitchenSink(): Promise<string> {
+    const root = join(await tempDir('sink'), 'fs');
+    mkdirSync(join(root, 'a/b/c'), { recursive: true });
+    mkdirSync(join(root, 'opaque/inner'), { recursive: true });
+    writeFileSync(join(root, 'a/b/c/deep'), 'deep\n');
+    writeFileSync(join(root, 'a/big'), Buffer.alloc(200_000, 'b'));
+    writeFileSync(join(root, 'a/é-ünïcode'), 'u');
+    linkSync(join(root, 'a/b/c/deep'), join(root, 'a/deep.link'));
+    symlinkSync('b/c/deep', join(root, 'a/to-deep'));
+    execFileSync('mkfifo', [join(root, 'a/fifo')]);
+    Sys.mknod(join(root, 'a/whiteout'), Sys.S_IFCHR, 0, 0);
+    Sys.mknod(join(root, 'a/tty'), Sys.S_IFCHR | 0o620, 4, 70_000);
+    writeFileSync(join(root, 'a/xwhiteout'), '');
+    Sys.setXattrSync(join(root, 'a/xwhiteout'), 'trusted.overlay.whiteout', '');
+    Sys.setXattrSync(join(root, 'opaque'), 'trusted.overlay.opaque', 'y');
+    writeFileSync(join(root, 'opaque/inner/kept'), 'k');
+    Sys.setXattrSync(join(root, 'opaque/inner/kept'), 'user.note', 'kept');
+    chownSync(join(root, 'a/big'), 3_000_000, 4_000_001);
+    fixTimes(root);
+    return root;
+  }
+
+  it('give the same archive as calls by full path', async () => {
+    const root = await kitchenSink();
+    const relative = await tarOf(root, { directoryCalls: true });
+    const byPath = await tarOf(root, { directoryCalls: false });
+    expect(relative.equals(byPath)).toBe(true);
+    const names = (await parseTar(relative)).map((e) => e.name);
+    expect(names).toEqual(
+      expect.arrayContaining([
+        'a/.wh.whiteout',
+        'a/.wh.xwhiteout',
+        'a/b/c/deep',
+        'a/deep.link',
+        'a/tty',
+        'opaque/.wh..wh..opq',
+        'opaque/inner/kept',
+      ]),
+    );
+  });
+
+  it('name the file in OCI_READ_FAILED when one cannot be opened, and close every directory', async () => {
+    const root = await kitchenSink();
+    const fds = () => readdirSync('/proc/self/fd').length;
+    const before = fds();
+    // Root reads anything: make a directory vanish under the walk instead,
+    // once the walk has listed it (the first chunk fills inside a/).
+    const tar = tarChunks(root, { directoryCalls: true, chunkSize: 64 * 1024 });
+    expect((await tar.next()).done).toBe(false);
+    rmSync(join(root, 'opaque'), { recursive: true });
+    await expect(
+      (async () => {
+        for await (const _ of tar) void _;
+      })(),
+    ).rejects.toMatchObject({ code: OciExportCodes.READ_FAILED, path: join(root, 'opaque') });
+    expect(fds()).toBe(before);
+  });
 });

@@ -10,6 +10,7 @@ import { setImmediate as nextTurn } from 'node:timers/promises';
 import { OciExportCodes, OciExportError, fsError } from './errors.js';
 import { END_OF_ARCHIVE, encodeHeader, padding } from './tar-header.js';
 import { BufferPool } from '@day11/exec/buffer-pool';
+import * as Sys from '@day11/exec/sys';
 import { walk, type WalkEntry, type WalkOptions } from './walk.js';
 
 /**
@@ -47,6 +48,8 @@ export interface EncodedEntry {
   header: Buffer;
   /** For a regular file: where its `size` bytes of content are read from. */
   source?: string | undefined;
+  /** Opens `source` relative to its directory, while the walk is at this entry (see `WalkEntry`). */
+  open?: (() => number) | undefined;
   /** Bytes of content following the header. */
   size: number;
 }
@@ -76,8 +79,8 @@ export function tarChunks(root: string, options: TarOptions = {}): AsyncGenerato
  * ```
  */
 export function* encodeEntries(entries: Iterable<WalkEntry>): Generator<EncodedEntry> {
-  for (const { header, source } of entries) {
-    yield { header: encodeHeader(header), source, size: header.size };
+  for (const { header, source, open } of entries) {
+    yield { header: encodeHeader(header), source, open, size: header.size };
   }
 }
 
@@ -100,11 +103,11 @@ export async function* tarOf(
     options.pool ?? new BufferPool(options.chunkSize ?? DEFAULT_CHUNK_SIZE, 0),
   );
   let count = 0;
-  for await (const { header, source, size } of entries) {
+  for await (const { header, source, open, size } of entries) {
     chunker.put(header);
     yield* chunker.drain();
     if (source !== undefined) {
-      yield* copyFile(chunker, source, size);
+      yield* copyFile(chunker, source, size, open);
       chunker.zeros(padding(size));
     }
     if (++count % YIELD_EVERY === 0) {
@@ -118,10 +121,15 @@ export async function* tarOf(
   yield { data: chunker.rest(), last: true };
 }
 
-function* copyFile(chunker: Chunker, path: string, size: number): Generator<TarChunk> {
+function* copyFile(
+  chunker: Chunker,
+  path: string,
+  size: number,
+  open: (() => number) | undefined,
+): Generator<TarChunk> {
   let fd: number;
   try {
-    fd = openSync(path, 'r');
+    fd = open ? open() : openSync(path, 'r');
   } catch (cause) {
     throw fsError(
       OciExportCodes.READ_FAILED,
@@ -137,7 +145,9 @@ function* copyFile(chunker: Chunker, path: string, size: number): Generator<TarC
       yield* chunker.drain();
     }
   } finally {
-    closeSync(fd);
+    // A descriptor from `open` was not opened through node:fs (see Sys.closeFdSync).
+    if (open) Sys.closeFdSync(fd);
+    else closeSync(fd);
   }
 }
 

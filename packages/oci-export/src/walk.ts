@@ -26,6 +26,7 @@ import { lstatSync, readdirSync, readlinkSync, type Stats } from 'node:fs';
 import { join } from 'node:path';
 // The light entry points: the walk also runs on worker threads, which should start fast.
 import * as Sys from '@day11/exec/sys';
+import { messageOf } from '@day11/exec/errors';
 import { OciExportCodes as Codes, OciExportError, fsError } from './errors.js';
 import type { TarHeader } from './tar-header.js';
 
@@ -39,6 +40,11 @@ export interface WalkEntry {
   header: TarHeader;
   /** Absolute path of the file whose `header.size` bytes follow the header. */
   source?: string | undefined;
+  /**
+   * Opens `source` for reading relative to its directory (one name to
+   * resolve, not the whole path); valid only until the walk moves on.
+   */
+  open?: (() => number) | undefined;
 }
 
 /** Something the walk skipped, e.g. a socket. */
@@ -52,11 +58,77 @@ export interface WalkWarning {
 export interface WalkOptions {
   /** Called for each entry skipped (sockets). */
   onWarning?: ((warning: WalkWarning) => void) | undefined;
+  /**
+   * Stat, list xattrs and open relative to each open directory (default:
+   * where the platform has the calls); false resolves every full path, as
+   * a platform without them does. The archive is the same either way.
+   */
+  directoryCalls?: boolean | undefined;
 }
 
 const KEPT_XATTR = /^(security\.capability|user\.(?!overlay\.).+)$/;
 const OVERLAY_PREFIXES = ['trusted.overlay.', 'user.overlay.'] as const;
 const REFUSED = ['redirect', 'metacopy'] as const;
+
+/** What the walk reads of a file's stat: `fs.Stats`, or {@link ModeStat} from statx. */
+type StatLike = Pick<
+  Stats,
+  | 'mode'
+  | 'uid'
+  | 'gid'
+  | 'size'
+  | 'nlink'
+  | 'ino'
+  | 'dev'
+  | 'rdev'
+  | 'mtimeMs'
+  | 'isFile'
+  | 'isDirectory'
+  | 'isSymbolicLink'
+  | 'isCharacterDevice'
+  | 'isBlockDevice'
+  | 'isSocket'
+>;
+
+const S_IFMT = 0o170000;
+
+/** A statx result with `fs.Stats`'s type tests (and none of its Date objects). */
+class ModeStat implements StatLike {
+  readonly mode: number;
+  readonly uid: number;
+  readonly gid: number;
+  readonly size: number;
+  readonly nlink: number;
+  readonly ino: number;
+  readonly dev: number;
+  readonly rdev: number;
+  readonly mtimeMs: number;
+
+  constructor(st: Sys.FileStat) {
+    ({ mode: this.mode, uid: this.uid, gid: this.gid, size: this.size } = st);
+    ({ nlink: this.nlink, ino: this.ino, dev: this.dev, rdev: this.rdev } = st);
+    this.mtimeMs = st.mtimeMs;
+  }
+
+  isFile(): boolean {
+    return (this.mode & S_IFMT) === 0o100000;
+  }
+  isDirectory(): boolean {
+    return (this.mode & S_IFMT) === 0o040000;
+  }
+  isSymbolicLink(): boolean {
+    return (this.mode & S_IFMT) === 0o120000;
+  }
+  isCharacterDevice(): boolean {
+    return (this.mode & S_IFMT) === 0o020000;
+  }
+  isBlockDevice(): boolean {
+    return (this.mode & S_IFMT) === 0o060000;
+  }
+  isSocket(): boolean {
+    return (this.mode & S_IFMT) === 0o140000;
+  }
+}
 
 interface Child {
   /** Name on disk. */
@@ -65,7 +137,7 @@ interface Child {
   tarName: string;
   sortKey: Buffer;
   path: string;
-  st: Stats;
+  st: StatLike;
   xattrs: Map<string, Buffer>;
   whiteout: boolean;
 }
@@ -94,11 +166,22 @@ export function* walk(root: string, options: WalkOptions = {}): Generator<WalkEn
     });
   }
   if (isOpaque(top)) yield { header: marker(top, OPAQUE_MARKER) };
-  yield* walkDir({ dir: root, prefix: '', inodes: new Map(), options });
+  // Directory-relative calls where the platform has them (see Sys.statAtSync); paths otherwise.
+  const fd =
+    (options.directoryCalls ?? Sys.directoryCallsAvailable())
+      ? openDir(undefined, root, root)
+      : undefined;
+  try {
+    yield* walkDir({ dir: root, fd, prefix: '', inodes: new Map(), options });
+  } finally {
+    if (fd !== undefined) Sys.closeFdSync(fd);
+  }
 }
 
 interface DirWalk {
   dir: string;
+  /** `dir`, open, for directory-relative calls; undefined: calls by path. */
+  fd: number | undefined;
   /** Archive path of `dir` with a trailing `/`, or `''` for the root. */
   prefix: string;
   /** `dev:ino` → archive path of the first link seen. */
@@ -107,13 +190,18 @@ interface DirWalk {
 }
 
 function* walkDir(w: DirWalk): Generator<WalkEntry> {
-  const children = listChildren(w.dir);
+  const children = listChildren(w);
   for (const child of children) {
     const name = w.prefix + child.tarName;
     if (child.st.isDirectory()) {
       yield { header: header(child, `${name}/`) };
       if (isOpaque(child)) yield { header: marker(child, `${name}/${OPAQUE_MARKER}`) };
-      yield* walkDir({ ...w, dir: child.path, prefix: `${name}/` });
+      const fd = w.fd === undefined ? undefined : openDir(w.fd, child.name, child.path);
+      try {
+        yield* walkDir({ ...w, dir: child.path, fd, prefix: `${name}/` });
+      } finally {
+        if (fd !== undefined) Sys.closeFdSync(fd);
+      }
     } else {
       const entry = fileEntry(w, child, name);
       if (entry) yield entry;
@@ -145,12 +233,37 @@ function fileEntry(w: DirWalk, child: Child, name: string): WalkEntry | undefine
   }
   const h = header(child, name);
   if (child.st.isSymbolicLink()) h.linkname = readLink(child.path);
-  return { header: h, source: h.kind === 'file' ? child.path : undefined };
+  if (h.kind !== 'file') return { header: h };
+  const { fd } = w;
+  const open =
+    fd === undefined
+      ? undefined
+      : () =>
+          sysCall('Cannot open', child.path, () => Sys.openFileAtSync(fd, child.name, child.path));
+  return { header: h, source: child.path, open };
 }
 
-/** Reads, classifies and orders the children of `dir` (see the module doc). */
-function listChildren(dir: string): Child[] {
-  const children = readNames(dir).map((name) => describe(dir, name));
+function openDir(dirfd: number | undefined, name: string, path: string): number {
+  return sysCall('Cannot open', path, () => Sys.openDirectorySync(dirfd, name, path));
+}
+
+/** A system call of the walk, its failure an `OCI_READ_FAILED` naming `path`. */
+function sysCall<T>(what: string, path: string, call: () => T): T {
+  try {
+    return call();
+  } catch (cause) {
+    throw new OciExportError(Codes.READ_FAILED, `${what} ${path}: ${messageOf(cause)}`, {
+      path,
+      cause,
+      hint: 'Check that the layer is readable',
+    });
+  }
+}
+
+/** Reads, classifies and orders the children of `w.dir` (see the module doc). */
+function listChildren(w: DirWalk): Child[] {
+  const { dir, fd } = w;
+  const children = readNames(dir).map((name) => describe(dir, name, fd));
   const group = (c: Child) => (c.whiteout ? 0 : 1);
   return children.sort((a, b) => group(a) - group(b) || Buffer.compare(a.sortKey, b.sortKey));
 }
@@ -178,21 +291,25 @@ function utf8(bytes: Buffer, where: string): string {
   );
 }
 
-function describe(dir: string, name: string): Child {
+function describe(dir: string, name: string, fd?: number): Child {
   const path = join(dir, name);
-  let st: Stats;
-  try {
-    st = lstatSync(path);
-  } catch (cause) {
-    throw fsError(
-      Codes.READ_FAILED,
-      'Cannot stat',
-      path,
-      cause,
-      'Check that the layer is readable',
-    );
+  let st: StatLike;
+  if (fd !== undefined) {
+    st = new ModeStat(sysCall('Cannot stat', path, () => Sys.statAtSync(fd, name, path)));
+  } else {
+    try {
+      st = lstatSync(path);
+    } catch (cause) {
+      throw fsError(
+        Codes.READ_FAILED,
+        'Cannot stat',
+        path,
+        cause,
+        'Check that the layer is readable',
+      );
+    }
   }
-  const xattrs = readXattrs(path, st);
+  const xattrs = readXattrs(path, st, fd === undefined ? undefined : { fd, name });
   const whiteout =
     (st.isCharacterDevice() && st.rdev === 0) ||
     (st.isFile() &&
@@ -202,12 +319,17 @@ function describe(dir: string, name: string): Child {
   return { name, tarName, sortKey: Buffer.from(tarName), path, st, xattrs, whiteout };
 }
 
-/** All xattrs of `path`; refuses redirect/metacopy uppers. */
-function readXattrs(path: string, st: Stats): Map<string, Buffer> {
+/** All xattrs of `path` (listed relative to `at` when given); refuses redirect/metacopy uppers. */
+function readXattrs(
+  path: string,
+  st: StatLike,
+  at: { fd: number; name: string } | undefined,
+): Map<string, Buffer> {
   const out = new Map<string, Buffer>();
   // Only regular files, directories and symlinks carry xattrs worth a syscall each.
   if (!(st.isFile() || st.isDirectory() || st.isSymbolicLink())) return out;
-  for (const name of Sys.listXattrsSync(path)) {
+  const names = at ? Sys.listXattrsAtSync(at.fd, at.name, path) : Sys.listXattrsSync(path);
+  for (const name of names) {
     const overlay = OVERLAY_PREFIXES.find((p) => name.startsWith(p));
     if (overlay && (REFUSED as readonly string[]).includes(name.slice(overlay.length))) {
       throw refused(path, name);
@@ -277,7 +399,7 @@ function keptXattrs(xattrs: Map<string, Buffer>): TarHeader['xattrs'] {
   return kept.sort(([a], [b]) => Buffer.compare(Buffer.from(a), Buffer.from(b)));
 }
 
-function kindOf(st: Stats): TarHeader['kind'] {
+function kindOf(st: StatLike): TarHeader['kind'] {
   if (st.isFile()) return 'file';
   if (st.isDirectory()) return 'directory';
   if (st.isSymbolicLink()) return 'symlink';
