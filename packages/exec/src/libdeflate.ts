@@ -92,7 +92,7 @@ function bind(): Libdeflate | undefined {
           reject(new RangeError(`libdeflate has no compression level ${level}`));
           return;
         }
-        b.gzip.async(compressor, input, input.length, output, output.length, (err, written) => {
+        const done = (err: unknown, written: number) => {
           b.free(compressor);
           if (err)
             reject(
@@ -101,7 +101,13 @@ function bind(): Libdeflate | undefined {
           else if (written === 0)
             reject(new RangeError('libdeflate: the output buffer is too small'));
           else resolve(written);
-        });
+        };
+        try {
+          b.gzip.async(compressor, input, input.length, output, output.length, done);
+        } catch (err) {
+          // Refused before it ran (koffi's queue of async calls is full): free the compressor.
+          done(err, 0);
+        }
       }),
   };
 }

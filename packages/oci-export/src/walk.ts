@@ -105,8 +105,14 @@ class ModeStat implements StatLike {
   readonly mtimeMs: number;
 
   constructor(st: Sys.FileStat) {
-    ({ mode: this.mode, uid: this.uid, gid: this.gid, size: this.size } = st);
-    ({ nlink: this.nlink, ino: this.ino, dev: this.dev, rdev: this.rdev } = st);
+    this.mode = st.mode;
+    this.uid = st.uid;
+    this.gid = st.gid;
+    this.size = st.size;
+    this.nlink = st.nlink;
+    this.ino = st.ino;
+    this.dev = st.dev;
+    this.rdev = st.rdev;
     this.mtimeMs = st.mtimeMs;
   }
 
