@@ -168,6 +168,8 @@ interface Libc {
   mallopt: (param: number, value: number) => number;
   statx: (dirfd: number, path: string, flags: number, mask: number, buf: Buffer) => number;
   openat: (dirfd: number, path: string, flags: number, mode: number) => number;
+  readlinkat: (dirfd: number, path: string, buf: Buffer, size: number) => number;
+  getdents64: (fd: number, buf: Buffer, size: number) => number;
   /** `syscall(SYS_listxattrat, dirfd, path, at_flags, list, size)` (Linux 6.13+). */
   listxattrat: (
     nr: number,
@@ -210,6 +212,8 @@ function libc(syscall: string): Libc {
         'int statx(int dirfd, const char *path, int flags, unsigned int mask, void *statxbuf)',
       ),
       openat: fn('int openat(int dirfd, const char *path, int flags, unsigned int mode)'),
+      readlinkat: fn('long readlinkat(int dirfd, const char *path, void *buf, size_t size)'),
+      getdents64: fn('long getdents64(int fd, void *dirp, size_t count)'),
       // syscall(2) with listxattrat's arguments: glibc 2.36 has no wrapper for it.
       listxattrat: lib.func('syscall', 'long', [
         'long',
@@ -536,6 +540,7 @@ const STATX_SIZE = 256;
 /** The one number every architecture gives listxattrat (Linux 6.13). */
 const SYS_LISTXATTRAT = 465;
 const XATTR_LIST_MAX = 65536;
+const PATH_MAX = 4096;
 
 /** What {@link statAtSync} tells of a file; the fields of `fs.Stats` a tar walk needs. */
 export interface FileStat {
@@ -560,6 +565,8 @@ export interface FileStat {
 const at = {
   stat: Buffer.alloc(STATX_SIZE),
   list: Buffer.alloc(XATTR_LIST_MAX),
+  link: Buffer.alloc(PATH_MAX),
+  dents: Buffer.alloc(64 * 1024),
   listxattrat: true,
 };
 
@@ -615,9 +622,11 @@ export function statAtSync(dirfd: number, name: string, path: string): FileStat 
     uid: b.readUInt32LE(20),
     gid: b.readUInt32LE(24),
     mode: b.readUInt16LE(28),
-    ino: Number(b.readBigUInt64LE(32)),
-    size: Number(b.readBigUInt64LE(40)),
-    mtimeMs: Number(b.readBigInt64LE(112)) * 1000 + b.readUInt32LE(120) / 1e6,
+    // 64-bit fields as two halves: a BigInt per field would cost more than the call.
+    ino: b.readUInt32LE(32) + b.readUInt32LE(36) * 2 ** 32,
+    size: b.readUInt32LE(40) + b.readUInt32LE(44) * 2 ** 32,
+    mtimeMs:
+      (b.readUInt32LE(112) + b.readInt32LE(116) * 2 ** 32) * 1000 + b.readUInt32LE(120) / 1e6,
     rdev: makedev(b.readUInt32LE(128), b.readUInt32LE(132)),
     dev: makedev(b.readUInt32LE(136), b.readUInt32LE(140)),
   };
@@ -671,6 +680,63 @@ export function listXattrsAtSync(dirfd: number, name: string, path: string): str
     at.listxattrat = false;
   }
   return listXattrsSync(path);
+}
+
+/**
+ * The target of the symlink `name` in `dirfd`, as bytes (readlinkat(2)).
+ *
+ * @example
+ * ```ts
+ * Sys.readLinkAtSync(dirfd, 'sh', '/bin/sh').toString(); // 'dash'
+ * ```
+ * @throws {SysError} `SYS_CALL_FAILED` naming `path`.
+ */
+export function readLinkAtSync(dirfd: number, name: string, path: string): Buffer {
+  const lib = libc('readlinkat');
+  const n = check(
+    'readlinkat',
+    lib.readlinkat(dirfd, name, at.link, PATH_MAX),
+    `readlink ${path}`,
+    path,
+  );
+  // PATH_MAX bytes read: the target may have been cut short.
+  if (n >= PATH_MAX)
+    throw new SysError('readlinkat', 'ENAMETOOLONG', `readlink ${path} failed: ENAMETOOLONG`, {
+      path,
+    });
+  return Buffer.from(at.link.subarray(0, n));
+}
+
+/**
+ * The names in the open directory `fd`, as bytes, without `.` and `..`
+ * (getdents64(2): one call per 64 KiB of entries, where `fs.readdirSync`
+ * makes a Buffer per name on the way). Reads from the descriptor's current
+ * position: call it once per descriptor.
+ *
+ * @example
+ * ```ts
+ * const fd = Sys.openDirectorySync(undefined, '/etc', '/etc');
+ * const names = Sys.readDirectorySync(fd, '/etc').map((b) => b.toString());
+ * ```
+ * @throws {SysError} `SYS_CALL_FAILED` naming `path`.
+ */
+export function readDirectorySync(fd: number, path: string): Buffer[] {
+  const lib = libc('getdents64');
+  const b = at.dents;
+  const names: Buffer[] = [];
+  for (;;) {
+    const n = check('getdents64', lib.getdents64(fd, b, b.length), `readdir ${path}`, path);
+    if (n === 0) return names;
+    // struct linux_dirent64: u64 ino, s64 off, u16 reclen, u8 type, then the NUL-terminated name.
+    for (let off = 0; off < n; off += b.readUInt16LE(off + 16)) {
+      const start = off + 19;
+      const end = b.indexOf(0, start);
+      const dots = end - start;
+      if (dots === 1 && b[start] === 0x2e) continue;
+      if (dots === 2 && b[start] === 0x2e && b[start + 1] === 0x2e) continue;
+      names.push(Buffer.from(b.subarray(start, end)));
+    }
+  }
 }
 
 // ---------------------------------------------------------------- helpers

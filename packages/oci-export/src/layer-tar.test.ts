@@ -89,6 +89,37 @@ describe('tarChunks determinism', () => {
     ]);
   });
 
+  it('sorts by UTF-8 bytes where UTF-16 order differs, and keeps a name that holds U+FFFD', async () => {
+    const root = join(await tempDir('utf8-order'), 'fs');
+    mkdirSync(root);
+    // UTF-16 puts the surrogate pair (D83D…) before U+E000; UTF-8 puts EE 80 80 before F0 9F….
+    for (const name of ['\u{1F600}', '\uE000', 'z', 'a\uFFFDb'])
+      writeFileSync(join(root, name), '');
+    for (const directoryCalls of [true, false]) {
+      const names = (await parseTar(await tarOf(root, { directoryCalls }))).map((e) => e.name);
+      expect(names).toEqual(['a\uFFFDb', 'z', '\uE000', '\u{1F600}']);
+    }
+  });
+
+  it('lists a directory of thousands of long names the same either way', async () => {
+    const root = join(await tempDir('wide'), 'fs');
+    mkdirSync(join(root, 'wide'), { recursive: true });
+    // ~1 MiB of directory entries: many getdents64 calls.
+    for (let i = 0; i < 4000; i++) writeFileSync(join(root, 'wide', `${'n'.repeat(200)}-${i}`), '');
+    const relative = await tarOf(root, { directoryCalls: true });
+    expect(relative.equals(await tarOf(root, { directoryCalls: false }))).toBe(true);
+    expect((await parseTar(relative)).length).toBe(4001);
+  });
+
+  it('closes the open file and directories when the reader leaves early', async () => {
+    const root = await sampleTree();
+    const fds = () => readdirSync('/proc/self/fd').length;
+    const before = fds();
+    // The first chunk fills inside usr/lib/big, 300 kB: the walk holds it and two directories open.
+    for await (const _ of tarChunks(root, { directoryCalls: true, chunkSize: 64 * 1024 })) break;
+    expect(fds()).toBe(before);
+  });
+
   it('writes the content, numeric owners, permissions and whole-second mtimes', async () => {
     const root = await sampleTree();
     const entries = await parseTar(await tarOf(root));

@@ -8,7 +8,14 @@
 import { closeSync, openSync, readSync } from 'node:fs';
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import { OciExportCodes, OciExportError, fsError } from './errors.js';
-import { END_OF_ARCHIVE, encodeHeader, padding } from './tar-header.js';
+import {
+  BLOCK,
+  END_OF_ARCHIVE,
+  encodeHeader,
+  encodeHeaderInto,
+  padding,
+  type TarHeader,
+} from './tar-header.js';
 import { BufferPool } from '@day11/exec/buffer-pool';
 import * as Sys from '@day11/exec/sys';
 import { walk, type WalkEntry, type WalkOptions } from './walk.js';
@@ -42,18 +49,6 @@ export interface TarOptions extends WalkOptions {
   pool?: BufferPool | undefined;
 }
 
-/** An entry with its header encoded: what {@link tarOf} archives. */
-export interface EncodedEntry {
-  /** The header block(s): the PAX header when needed, then the ustar block. */
-  header: Buffer;
-  /** For a regular file: where its `size` bytes of content are read from. */
-  source?: string | undefined;
-  /** Opens `source` relative to its directory, while the walk is at this entry (see `WalkEntry`). */
-  open?: (() => number) | undefined;
-  /** Bytes of content following the header. */
-  size: number;
-}
-
 /**
  * Yields the tar of the tree at `root` (see `walk` for the order and the
  * overlay conversions) in chunks of `chunkSize` bytes, the last one shorter
@@ -67,21 +62,7 @@ export interface EncodedEntry {
  * @throws {OciExportError} as `walk`, and `OCI_LAYER_CHANGED` when a file shrinks while read.
  */
 export function tarChunks(root: string, options: TarOptions = {}): AsyncGenerator<TarChunk> {
-  return tarOf(encodeEntries(walk(root, options)), options);
-}
-
-/**
- * The walk's entries with their headers encoded.
- *
- * @example
- * ```ts
- * for (const { header, source } of encodeEntries(walk(fsDir))) console.log(header.length, source);
- * ```
- */
-export function* encodeEntries(entries: Iterable<WalkEntry>): Generator<EncodedEntry> {
-  for (const { header, source, open } of entries) {
-    yield { header: encodeHeader(header), source, open, size: header.size };
-  }
+  return tarOf(walk(root, options), options);
 }
 
 /**
@@ -89,47 +70,118 @@ export function* encodeEntries(entries: Iterable<WalkEntry>): Generator<EncodedE
  * each header, then the content of each regular file read from its source
  * and padded to a block, then the end of the archive.
  *
+ * The work is synchronous between chunks (a generator step or a promise per
+ * entry would cost more than its system calls); it yields each full chunk,
+ * and a turn of the event loop every {@link YIELD_EVERY} entries.
+ *
  * @example
  * ```ts
- * for await (const { data, last } of tarOf(encodeEntries(walk(fsDir)), { pool })) compress(data, last);
+ * for await (const { data, last } of tarOf(walk(fsDir), { pool })) compress(data, last);
  * ```
  * @throws {OciExportError} `OCI_READ_FAILED`, `OCI_LAYER_CHANGED`; what `entries` throws.
  */
 export async function* tarOf(
-  entries: Iterable<EncodedEntry> | AsyncIterable<EncodedEntry>,
+  entries: Iterable<WalkEntry>,
   options: Omit<TarOptions, 'onWarning'> = {},
 ): AsyncGenerator<TarChunk> {
   const chunker = new Chunker(
     options.pool ?? new BufferPool(options.chunkSize ?? DEFAULT_CHUNK_SIZE, 0),
   );
-  let count = 0;
-  for await (const { header, source, open, size } of entries) {
-    chunker.put(header);
-    yield* chunker.drain();
-    if (source !== undefined) {
-      yield* copyFile(chunker, source, size, open);
-      chunker.zeros(padding(size));
-    }
-    if (++count % YIELD_EVERY === 0) {
-      await nextTurn();
+  const writer = new TarWriter(entries[Symbol.iterator](), chunker);
+  try {
+    let turnAt = YIELD_EVERY;
+    for (;;) {
+      const done = writer.fill(turnAt);
+      for (const data of chunker.takeSealed()) yield { data, last: false };
+      if (done) break;
+      if (writer.entries >= turnAt) {
+        turnAt = writer.entries + YIELD_EVERY;
+        await nextTurn();
+      }
       options.signal?.throwIfAborted();
     }
+  } finally {
+    writer.close();
   }
-  chunker.put(END_OF_ARCHIVE);
-  yield* chunker.drain();
   options.signal?.throwIfAborted();
   yield { data: chunker.rest(), last: true };
 }
 
-function* copyFile(
-  chunker: Chunker,
-  path: string,
-  size: number,
-  open: (() => number) | undefined,
-): Generator<TarChunk> {
-  let fd: number;
+/** The state of one archive between two chunks: the entry iterator and the file being read. */
+class TarWriter {
+  /** Entries archived so far. */
+  entries = 0;
+  private file: OpenFile | undefined;
+  private ended = false;
+
+  constructor(
+    private readonly iterator: Iterator<WalkEntry>,
+    private readonly chunker: Chunker,
+  ) {}
+
+  /**
+   * Archives until a chunk is full, `stop` entries are done, or the archive
+   * is complete, its end written and every full chunk taken (then true).
+   */
+  fill(stop: number): boolean {
+    const { chunker } = this;
+    while (!chunker.hasSealed()) {
+      if (this.ended) return true;
+      if (this.file) {
+        this.readMore(this.file);
+        continue;
+      }
+      if (this.entries >= stop) return false;
+      const next = this.iterator.next();
+      if (next.done) {
+        chunker.put(END_OF_ARCHIVE);
+        this.ended = true;
+        continue;
+      }
+      this.entries++;
+      const { header, source, open } = next.value;
+      chunker.header(header);
+      if (source !== undefined) this.file = openFile(source, header.size, open);
+    }
+    return false;
+  }
+
+  /** Releases the open file, if any (after a failure or an abort). */
+  close(): void {
+    if (this.file) closeFile(this.file);
+    this.file = undefined;
+    if (!this.ended) this.iterator.return?.();
+  }
+
+  private readMore(file: OpenFile): void {
+    if (file.done < file.size) {
+      file.done += this.chunker.readFrom({
+        fd: file.fd,
+        path: file.path,
+        position: file.done,
+        length: file.size - file.done,
+      });
+      return;
+    }
+    this.file = undefined;
+    closeFile(file);
+    this.chunker.zeros(padding(file.size));
+  }
+}
+
+/** A regular file being copied into the archive. */
+interface OpenFile {
+  fd: number;
+  path: string;
+  size: number;
+  done: number;
+  /** Opened relative to its directory, not through node:fs (see Sys.closeFdSync). */
+  relative: boolean;
+}
+
+function openFile(path: string, size: number, open: (() => number) | undefined): OpenFile {
   try {
-    fd = open ? open() : openSync(path, 'r');
+    return { fd: open ? open() : openSync(path, 'r'), path, size, done: 0, relative: !!open };
   } catch (cause) {
     throw fsError(
       OciExportCodes.READ_FAILED,
@@ -139,16 +191,11 @@ function* copyFile(
       'Check that the layer is readable',
     );
   }
-  try {
-    for (let done = 0; done < size;) {
-      done += chunker.readFrom({ fd, path, position: done, length: size - done });
-      yield* chunker.drain();
-    }
-  } finally {
-    // A descriptor from `open` was not opened through node:fs (see Sys.closeFdSync).
-    if (open) Sys.closeFdSync(fd);
-    else closeSync(fd);
-  }
+}
+
+function closeFile(file: OpenFile): void {
+  if (file.relative) Sys.closeFdSync(file.fd);
+  else closeSync(file.fd);
 }
 
 /**
@@ -169,6 +216,13 @@ class Chunker {
       });
     }
     this.buf = pool.take();
+  }
+
+  /** Writes an entry's header: straight into the chunk when one ustar block says it all. */
+  header(h: TarHeader): void {
+    this.makeRoom();
+    if (encodeHeaderInto(h, this.buf, this.pos)) this.pos += BLOCK;
+    else this.put(encodeHeader(h));
   }
 
   put(bytes: Buffer): void {
@@ -205,8 +259,15 @@ class Chunker {
     return n;
   }
 
-  *drain(): Generator<TarChunk> {
-    while (this.sealed.length > 0) yield { data: this.sealed.shift()!, last: false };
+  hasSealed(): boolean {
+    return this.sealed.length > 0;
+  }
+
+  /** The full chunks, oldest first; the chunker forgets them. */
+  takeSealed(): Buffer[] {
+    const sealed = this.sealed;
+    this.sealed = [];
+    return sealed;
   }
 
   rest(): Buffer {

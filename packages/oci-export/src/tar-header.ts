@@ -81,6 +81,52 @@ export function padding(size: number): number {
  * ```
  */
 export function encodeHeader(h: TarHeader): Buffer {
+  const { name, split, link, records } = prepare(h);
+  const block = Buffer.alloc(BLOCK);
+  ustarInto(block, 0, h, split ?? { prefix: EMPTY, name: name.subarray(0, NAME_LEN) }, link);
+  if (records.length === 0) return block;
+  const body = paxBody(records);
+  const paxHeader = Buffer.alloc(BLOCK);
+  ustarInto(
+    paxHeader,
+    0,
+    { name: '', kind: 'file', mode: 0o644, uid: 0, gid: 0, size: body.length, mtime: 0 },
+    { prefix: EMPTY, name: paxName(name) },
+    undefined,
+    TYPEFLAG.pax,
+  );
+  return Buffer.concat([paxHeader, body, Buffer.alloc(padding(body.length)), block]);
+}
+
+/**
+ * Writes `h` as one ustar block at `offset` in `target`, the same bytes as
+ * {@link encodeHeader} gives, when one block can say everything; returns
+ * false, having written nothing, when `h` needs a PAX header (or the block
+ * does not fit). Spares the common entry a buffer of its own.
+ *
+ * @example
+ * ```ts
+ * if (!encodeHeaderInto(h, chunk, pos)) encodeHeader(h).copy(chunk, pos); // (when it fits)
+ * ```
+ */
+export function encodeHeaderInto(h: TarHeader, target: Buffer, offset: number): boolean {
+  if (target.length - offset < BLOCK) return false;
+  const { split, link, records } = prepare(h);
+  if (split === undefined || records.length > 0) return false;
+  target.fill(0, offset, offset + BLOCK);
+  ustarInto(target, offset, h, split, link);
+  return true;
+}
+
+const EMPTY = Buffer.alloc(0);
+
+/** What a header needs: its name split for ustar (when it fits), its link, its PAX records. */
+function prepare(h: TarHeader): {
+  name: Buffer;
+  split: { prefix: Buffer; name: Buffer } | undefined;
+  link: Buffer | undefined;
+  records: Array<[string, Buffer]>;
+} {
   const records: Array<[string, Buffer]> = [];
   const name = Buffer.from(h.name, 'utf8');
   const split = isAscii(name) ? splitName(name) : undefined;
@@ -92,21 +138,7 @@ export function encodeHeader(h: TarHeader): Buffer {
   numberRecord(records, 'size', h.size, MAX_OCTAL_12);
   if (h.mtime < 0 || h.mtime > MAX_OCTAL_12) records.push(['mtime', ascii(String(h.mtime))]);
   for (const [key, value] of h.xattrs ?? []) records.push([`SCHILY.xattr.${key}`, value]);
-
-  const block = ustarBlock(
-    h,
-    split ?? { prefix: Buffer.alloc(0), name: name.subarray(0, NAME_LEN) },
-    link,
-  );
-  if (records.length === 0) return block;
-  const body = paxBody(records);
-  const paxHeader = ustarBlock(
-    { name: '', kind: 'file', mode: 0o644, uid: 0, gid: 0, size: body.length, mtime: 0 },
-    { prefix: Buffer.alloc(0), name: paxName(name) },
-    undefined,
-    TYPEFLAG.pax,
-  );
-  return Buffer.concat([paxHeader, body, Buffer.alloc(padding(body.length)), block]);
+  return { name, split, link, records };
 }
 
 function numberRecord(records: Array<[string, Buffer]>, key: string, value: number, max: number) {
@@ -118,7 +150,7 @@ function numberRecord(records: Array<[string, Buffer]>, key: string, value: numb
  * `/`, or `undefined` when no split fits.
  */
 function splitName(name: Buffer): { prefix: Buffer; name: Buffer } | undefined {
-  if (name.length <= NAME_LEN) return { prefix: Buffer.alloc(0), name };
+  if (name.length <= NAME_LEN) return { prefix: EMPTY, name };
   if (name.length > PREFIX_LEN + 1 + NAME_LEN) return undefined;
   // The rightmost slash that leaves a prefix that fits; a trailing slash (a
   // directory) cannot be the split point, the name part must not be empty.
@@ -153,35 +185,44 @@ function paxBody(records: Array<[string, Buffer]>): Buffer {
   return Buffer.concat(parts);
 }
 
-function ustarBlock(
+/** Writes a ustar block at `o` in `b`, whose 512 bytes from `o` are zero. */
+function ustarInto(
+  b: Buffer,
+  o: number,
   h: TarHeader,
   names: { prefix: Buffer; name: Buffer },
   link: Buffer | undefined,
   typeflag: string = TYPEFLAG[h.kind],
-): Buffer {
-  const b = Buffer.alloc(BLOCK);
-  names.name.copy(b, 0, 0, NAME_LEN);
-  octal(b, 100, 8, h.mode & 0o7777);
-  octal(b, 108, 8, h.uid > MAX_OCTAL_8 ? 0 : h.uid);
-  octal(b, 116, 8, h.gid > MAX_OCTAL_8 ? 0 : h.gid);
-  octal(b, 124, 12, h.size > MAX_OCTAL_12 ? 0 : h.size);
-  octal(b, 136, 12, Math.min(Math.max(h.mtime, 0), MAX_OCTAL_12));
-  b.write(typeflag, 156, 'latin1');
-  link?.copy(b, 157, 0, NAME_LEN);
-  b.write('ustar\x0000', 257, 'latin1');
+): void {
+  names.name.copy(b, o, 0, NAME_LEN);
+  octal(b, o + 100, 8, h.mode & 0o7777);
+  octal(b, o + 108, 8, h.uid > MAX_OCTAL_8 ? 0 : h.uid);
+  octal(b, o + 116, 8, h.gid > MAX_OCTAL_8 ? 0 : h.gid);
+  octal(b, o + 124, 12, h.size > MAX_OCTAL_12 ? 0 : h.size);
+  octal(b, o + 136, 12, Math.min(Math.max(h.mtime, 0), MAX_OCTAL_12));
+  b[o + 156] = typeflag.charCodeAt(0);
+  link?.copy(b, o + 157, 0, NAME_LEN);
+  MAGIC.copy(b, o + 257);
   // uname (265) and gname (297) stay empty: numeric ids only.
   if (h.kind === 'char' || h.kind === 'block') {
-    devField(b, 329, h.devmajor ?? 0);
-    devField(b, 337, h.devminor ?? 0);
+    devField(b, o + 329, h.devmajor ?? 0);
+    devField(b, o + 337, h.devminor ?? 0);
   }
-  names.prefix.copy(b, 345, 0, PREFIX_LEN);
-  checksum(b);
-  return b;
+  names.prefix.copy(b, o + 345, 0, PREFIX_LEN);
+  checksum(b, o);
 }
 
-/** A zero-padded, NUL-terminated octal field of `width` bytes. */
+/** ustar's magic and version. */
+const MAGIC = Buffer.from('ustar\x0000', 'latin1');
+
+/** A zero-padded, NUL-terminated octal field of `width` bytes (`value` fits `width - 1` digits). */
 function octal(b: Buffer, offset: number, width: number, value: number): void {
-  b.write(value.toString(8).padStart(width - 1, '0') + '\0', offset, width, 'latin1');
+  b[offset + width - 1] = 0;
+  let v = value;
+  for (let i = offset + width - 2; i >= offset; i--) {
+    b[i] = 0x30 + (v % 8);
+    v = Math.floor(v / 8);
+  }
 }
 
 /** Device numbers beyond 7 octal digits use GNU's base-256 form (PAX has no key for them). */
@@ -195,15 +236,20 @@ function devField(b: Buffer, offset: number, value: number): void {
   }
 }
 
-function checksum(b: Buffer): void {
-  b.fill(0x20, 148, 156);
+/** The checksum field of the block at `o`: six octal digits, NUL, space. */
+function checksum(b: Buffer, o: number): void {
+  b.fill(0x20, o + 148, o + 156);
   let sum = 0;
-  for (let i = 0; i < BLOCK; i++) sum += b[i]!;
-  b.write(sum.toString(8).padStart(6, '0') + '\0 ', 148, 8, 'latin1');
+  for (let i = o; i < o + BLOCK; i++) sum += b[i]!;
+  octal(b, o + 148, 7, sum);
+  b[o + 155] = 0x20;
 }
 
 function isAscii(bytes: Buffer): boolean {
-  for (const byte of bytes) if (byte > 0x7e || byte === 0) return false;
+  for (let i = 0; i < bytes.length; i++) {
+    const byte = bytes[i]!;
+    if (byte > 0x7e || byte === 0) return false;
+  }
   return true;
 }
 

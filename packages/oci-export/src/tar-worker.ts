@@ -17,7 +17,7 @@
 import { createHash } from 'node:crypto';
 import { parentPort } from 'node:worker_threads';
 import zlib from 'node:zlib';
-import { encodeEntries, tarOf } from './layer-tar.js';
+import { tarOf } from './layer-tar.js';
 import { BufferPool } from '@day11/exec/buffer-pool';
 import { freeNow } from './free.js';
 import { serializeError } from './thread-error.js';
@@ -99,8 +99,7 @@ async function run(job: TarJob): Promise<ToParent> {
   let tarSize = 0;
   const { signal } = controller;
   const onWarning = (warning: WalkWarning) => send({ type: 'warning', warning });
-  const entries = encodeEntries(walk(job.root, { onWarning }));
-  for await (const { data, last } of tarOf(entries, { pool, signal })) {
+  for await (const { data, last } of tarOf(walk(job.root, { onWarning }), { pool, signal })) {
     tarHash.update(data);
     if (job.crc) crc = zlib.crc32(data, crc);
     tarSize += data.length;

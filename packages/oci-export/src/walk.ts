@@ -23,7 +23,7 @@
  * round trip, and the caller yields to the event loop between batches.
  */
 import { lstatSync, readdirSync, readlinkSync, type Stats } from 'node:fs';
-import { join } from 'node:path';
+import { normalize } from 'node:path';
 // The light entry points: the walk also runs on worker threads, which should start fast.
 import * as Sys from '@day11/exec/sys';
 import { messageOf } from '@day11/exec/errors';
@@ -141,12 +141,14 @@ interface Child {
   name: string;
   /** Name in the archive (`.wh.<name>` for a whiteout). */
   tarName: string;
-  sortKey: Buffer;
   path: string;
   st: StatLike;
-  xattrs: Map<string, Buffer>;
+  xattrs: ReadonlyMap<string, Buffer>;
   whiteout: boolean;
 }
+
+/** The xattrs of the (many) files that have none. */
+const NO_XATTRS: ReadonlyMap<string, Buffer> = new Map();
 
 /**
  * Yields the entries of the tree at `root` in archive order (see the module
@@ -162,9 +164,10 @@ interface Child {
  * @throws {OciExportError} `OCI_UNSUPPORTED_UPPER` (redirect/metacopy), `OCI_BAD_FILENAME`
  *   (a name that is not UTF-8), `OCI_READ_FAILED`.
  */
-export function* walk(root: string, options: WalkOptions = {}): Generator<WalkEntry> {
+export function* walk(given: string, options: WalkOptions = {}): Generator<WalkEntry> {
+  const root = normalize(given);
   // The root is no entry, but an opaque root hides every lower file.
-  const top = describe(root, '.');
+  const top = describe(root, undefined);
   if (!top.st.isDirectory()) {
     throw new OciExportError(Codes.LAYER_NOT_FOUND, `Cannot export ${root}: not a directory`, {
       path: root,
@@ -238,7 +241,7 @@ function fileEntry(w: DirWalk, child: Child, name: string): WalkEntry | undefine
     w.inodes.set(key, name);
   }
   const h = header(child, name);
-  if (child.st.isSymbolicLink()) h.linkname = readLink(child.path);
+  if (child.st.isSymbolicLink()) h.linkname = readLink(child, w.fd);
   if (h.kind !== 'file') return { header: h };
   const { fd } = w;
   const open =
@@ -269,15 +272,29 @@ function sysCall<T>(what: string, path: string, call: () => T): T {
 /** Reads, classifies and orders the children of `w.dir` (see the module doc). */
 function listChildren(w: DirWalk): Child[] {
   const { dir, fd } = w;
-  const children = readNames(dir).map((name) => describe(dir, name, fd));
+  const children = readNames(dir, fd).map((name) => describe(dir, { name, fd }));
   const group = (c: Child) => (c.whiteout ? 0 : 1);
-  return children.sort((a, b) => group(a) - group(b) || Buffer.compare(a.sortKey, b.sortKey));
+  return children.sort((a, b) => group(a) - group(b) || byUtf8(a.tarName, b.tarName));
 }
 
-function readNames(dir: string): string[] {
+/**
+ * Orders names by their UTF-8 bytes. JavaScript compares UTF-16 code units,
+ * which agrees with UTF-8 except between a surrogate pair and U+E000–U+FFFF:
+ * only names holding such characters are encoded to compare.
+ */
+function byUtf8(a: string, b: string): number {
+  if (HIGH_UNITS.test(a) || HIGH_UNITS.test(b))
+    return Buffer.compare(Buffer.from(a), Buffer.from(b));
+  return a < b ? -1 : a > b ? 1 : 0;
+}
+
+const HIGH_UNITS = /[\uD800-\uFFFF]/;
+
+function readNames(dir: string, fd: number | undefined): string[] {
   let raw: Buffer[];
   try {
-    raw = readdirSync(dir, { encoding: 'buffer' });
+    raw =
+      fd === undefined ? readdirSync(dir, { encoding: 'buffer' }) : Sys.readDirectorySync(fd, dir);
   } catch (cause) {
     throw fsError(Codes.READ_FAILED, 'Cannot list', dir, cause, 'Check that the layer is readable');
   }
@@ -286,7 +303,8 @@ function readNames(dir: string): string[] {
 
 function utf8(bytes: Buffer, where: string): string {
   const text = bytes.toString('utf8');
-  if (Buffer.from(text).equals(bytes)) return text;
+  // Only a name holding U+FFFD may be one that did not decode.
+  if (!text.includes('\uFFFD') || Buffer.from(text).equals(bytes)) return text;
   throw new OciExportError(
     Codes.BAD_FILENAME,
     `A name in ${where} is not valid UTF-8: ${JSON.stringify(bytes.toString('latin1'))}`,
@@ -297,8 +315,12 @@ function utf8(bytes: Buffer, where: string): string {
   );
 }
 
-function describe(dir: string, name: string, fd?: number): Child {
-  const path = join(dir, name);
+/** Stats and classifies `at.name` in `dir`, or `dir` itself without `at`. */
+function describe(dir: string, at: { name: string; fd: number | undefined } | undefined): Child {
+  const name = at?.name ?? '.';
+  const fd = at?.fd;
+  // Concatenated: `dir` is already normal, and path.join costs more than the syscall's name lookup.
+  const path = at === undefined ? dir : dir.endsWith('/') ? dir + name : `${dir}/${name}`;
   let st: StatLike;
   if (fd !== undefined) {
     st = new ModeStat(sysCall('Cannot stat', path, () => Sys.statAtSync(fd, name, path)));
@@ -322,7 +344,7 @@ function describe(dir: string, name: string, fd?: number): Child {
       st.size === 0 &&
       (xattrs.has('trusted.overlay.whiteout') || xattrs.has('user.overlay.whiteout')));
   const tarName = whiteout ? WHITEOUT_PREFIX + name : name;
-  return { name, tarName, sortKey: Buffer.from(tarName), path, st, xattrs, whiteout };
+  return { name, tarName, path, st, xattrs, whiteout };
 }
 
 /** All xattrs of `path` (listed relative to `at` when given); refuses redirect/metacopy uppers. */
@@ -330,11 +352,12 @@ function readXattrs(
   path: string,
   st: StatLike,
   at: { fd: number; name: string } | undefined,
-): Map<string, Buffer> {
-  const out = new Map<string, Buffer>();
+): ReadonlyMap<string, Buffer> {
   // Only regular files, directories and symlinks carry xattrs worth a syscall each.
-  if (!(st.isFile() || st.isDirectory() || st.isSymbolicLink())) return out;
+  if (!(st.isFile() || st.isDirectory() || st.isSymbolicLink())) return NO_XATTRS;
   const names = at ? Sys.listXattrsAtSync(at.fd, at.name, path) : Sys.listXattrsSync(path);
+  if (names.length === 0) return NO_XATTRS;
+  const out = new Map<string, Buffer>();
   for (const name of names) {
     const overlay = OVERLAY_PREFIXES.find((p) => name.startsWith(p));
     if (overlay && (REFUSED as readonly string[]).includes(name.slice(overlay.length))) {
@@ -399,7 +422,8 @@ function marker(child: Child, name: string): TarHeader {
   };
 }
 
-function keptXattrs(xattrs: Map<string, Buffer>): TarHeader['xattrs'] {
+function keptXattrs(xattrs: ReadonlyMap<string, Buffer>): TarHeader['xattrs'] {
+  if (xattrs.size === 0) return undefined;
   const kept = [...xattrs].filter(([name]) => KEPT_XATTR.test(name));
   if (kept.length === 0) return undefined;
   return kept.sort(([a], [b]) => Buffer.compare(Buffer.from(a), Buffer.from(b)));
@@ -414,9 +438,13 @@ function kindOf(st: StatLike): TarHeader['kind'] {
   return 'fifo';
 }
 
-function readLink(path: string): string {
+function readLink({ path, name }: Child, fd: number | undefined): string {
+  let target: Buffer;
   try {
-    return utf8(readlinkSync(path, { encoding: 'buffer' }), path);
+    target =
+      fd === undefined
+        ? readlinkSync(path, { encoding: 'buffer' })
+        : Sys.readLinkAtSync(fd, name, path);
   } catch (cause) {
     throw fsError(
       Codes.READ_FAILED,
@@ -426,6 +454,7 @@ function readLink(path: string): string {
       'Check that the layer is readable',
     );
   }
+  return utf8(target, path);
 }
 
 /**
