@@ -68,9 +68,10 @@ export function mergeInto({ previous, fresh, run, order, machine }: MergeInput):
     if (l !== heading && !l.startsWith('  ')) return true;
     return all.slice(0, i + 1).findLast((x) => x.startsWith('- ')) !== heading;
   });
-  const lastItem = machineLines.map((l) => l.startsWith('- ')).lastIndexOf(true);
+  // After the last item and its sub-items, so each re-run's machine stays under its own line.
+  const end = machineLines.map((l) => l.startsWith('- ') || l.startsWith('  ')).lastIndexOf(true);
   const rerun = [heading, ...machine.split('\n').map((l) => `  ${l}`)];
-  machineLines.splice(lastItem + 1, 0, ...rerun);
+  machineLines.splice(end + 1, 0, ...rerun);
   const reproduce = section(fresh, 'How to reproduce');
   const replace = (lines: string[], title: string, body: string[]): string[] => {
     const at = section(lines.join('\n'), title);
