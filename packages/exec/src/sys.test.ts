@@ -226,9 +226,14 @@ describe('Sys.keepFreedMemory', () => {
   });
 
   it('makes buffer churn fault fewer pages in', () => {
-    const before = churn(false);
-    const after = churn(true);
-    expect(after).toBeLessThan(before / 2); // ~15,000 → ~3,300 here
+    // Medians of alternated runs: one run of either can be off (another process's load).
+    const runs = { before: [] as number[], after: [] as number[] };
+    for (let i = 0; i < 3; i++) {
+      runs.before.push(churn(false));
+      runs.after.push(churn(true));
+    }
+    const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[1]!;
+    expect(median(runs.after)).toBeLessThan(median(runs.before) / 2); // ~15,000 → ~3,300 here
   });
 });
 
@@ -291,4 +296,36 @@ describe('Sys calls relative to a directory', () => {
       }
     },
   );
+});
+
+describe('Sys unnamed files', () => {
+  it('gives an unnamed file names: hard links to one inode that outlive the descriptor', async () => {
+    const fd = Sys.openUnnamedSync(dir);
+    const { writeSync, readFileSync, lstatSync } = await import('node:fs');
+    writeSync(fd, 'record\n');
+    // Nothing named yet.
+    expect(await readdir(dir)).toEqual([]);
+    Sys.linkOpenFileSync(fd, join(dir, 'a'));
+    Sys.linkOpenFileSync(fd, join(dir, 'b'));
+    expect(() => Sys.linkOpenFileSync(fd, join(dir, 'a'))).toThrow(
+      expect.objectContaining({ code: 'SYS_CALL_FAILED', errno: 'EEXIST', path: join(dir, 'a') }),
+    );
+    expect(() => Sys.linkOpenFileSync(fd, join(dir, 'missing/c'))).toThrow(
+      expect.objectContaining({ errno: 'ENOENT', path: join(dir, 'missing/c') }),
+    );
+    Sys.closeFdSync(fd);
+    expect(readFileSync(join(dir, 'b'), 'utf8')).toBe('record\n');
+    expect(lstatSync(join(dir, 'a')).ino).toBe(lstatSync(join(dir, 'b')).ino);
+    expect(lstatSync(join(dir, 'a')).nlink).toBe(2);
+  });
+
+  it('names the directory when it cannot open one there', () => {
+    expect(() => Sys.openUnnamedSync(join(dir, 'missing'))).toThrow(
+      expect.objectContaining({
+        code: 'SYS_CALL_FAILED',
+        errno: 'ENOENT',
+        path: join(dir, 'missing'),
+      }),
+    );
+  });
 });

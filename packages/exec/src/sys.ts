@@ -169,6 +169,7 @@ interface Libc {
   statx: (dirfd: number, path: string, flags: number, mask: number, buf: Buffer) => number;
   openat: (dirfd: number, path: string, flags: number, mode: number) => number;
   readlinkat: (dirfd: number, path: string, buf: Buffer, size: number) => number;
+  linkat: (fromDfd: number, from: string, toDfd: number, to: string, flags: number) => number;
   getdents64: (fd: number, buf: Buffer, size: number) => number;
   /** `syscall(SYS_listxattrat, dirfd, path, at_flags, list, size)` (Linux 6.13+). */
   listxattrat: (
@@ -213,6 +214,9 @@ function libc(syscall: string): Libc {
       ),
       openat: fn('int openat(int dirfd, const char *path, int flags, unsigned int mode)'),
       readlinkat: fn('long readlinkat(int dirfd, const char *path, void *buf, size_t size)'),
+      linkat: fn(
+        'int linkat(int olddirfd, const char *oldpath, int newdirfd, const char *newpath, int flags)',
+      ),
       getdents64: fn('long getdents64(int fd, void *dirp, size_t count)'),
       // syscall(2) with listxattrat's arguments: glibc 2.36 has no wrapper for it.
       listxattrat: lib.func('syscall', 'long', [
@@ -541,6 +545,10 @@ const STATX_SIZE = 256;
 const SYS_LISTXATTRAT = 465;
 const XATTR_LIST_MAX = 65536;
 const PATH_MAX = 4096;
+/** O_TMPFILE as open(2) takes it: `__O_TMPFILE | O_DIRECTORY`. */
+const O_TMPFILE = 0o20200000;
+const O_RDWR = 2;
+const AT_SYMLINK_FOLLOW = 0x400;
 
 /** What {@link statAtSync} tells of a file; the fields of `fs.Stats` a tar walk needs. */
 export interface FileStat {
@@ -737,6 +745,43 @@ export function readDirectorySync(fd: number, path: string): Buffer[] {
       names.push(Buffer.from(b.subarray(start, end)));
     }
   }
+}
+
+/**
+ * Opens a new file that has no name yet in the filesystem of the directory
+ * `dir` (O_TMPFILE): it takes no directory entry, and is gone once closed
+ * unless {@link linkOpenFileSync} gave it names. Close it with
+ * {@link closeFdSync}.
+ *
+ * @example
+ * ```ts
+ * const fd = Sys.openUnnamedSync('/var/cache/day11');
+ * writeSync(fd, record);
+ * Sys.linkOpenFileSync(fd, '/var/cache/day11/build-0123456789ab/.in-use/42-ab.lease');
+ * Sys.closeFdSync(fd);
+ * ```
+ * @throws {SysError} naming `dir`: `EOPNOTSUPP` where the filesystem has no
+ *   O_TMPFILE, `EISDIR` before Linux 3.11.
+ */
+export function openUnnamedSync(dir: string, mode = 0o644): number {
+  const lib = libc('openat');
+  const fd = lib.openat(AT_FDCWD, dir, O_TMPFILE | O_RDWR | O_CLOEXEC, mode);
+  return check('openat', fd, `open an unnamed file in ${dir}`, dir);
+}
+
+/**
+ * Gives the open file `fd` one more name, `path`, on the same filesystem: a
+ * hard link to what `fd` is, made through `/proc/self/fd` (linkat with
+ * AT_SYMLINK_FOLLOW, which needs no privilege, where AT_EMPTY_PATH needs
+ * CAP_DAC_READ_SEARCH). Makes no inode: a directory entry and a link count.
+ *
+ * @throws {SysError} naming `path`: `ENOENT` (its directory is missing, or
+ *   /proc is not mounted), `EEXIST`, `EXDEV` (another filesystem), `EMLINK`.
+ */
+export function linkOpenFileSync(fd: number, path: string): void {
+  const lib = libc('linkat');
+  const ret = lib.linkat(AT_FDCWD, `/proc/self/fd/${fd}`, AT_FDCWD, path, AT_SYMLINK_FOLLOW);
+  check('linkat', ret, `link ${path}`, path);
 }
 
 // ---------------------------------------------------------------- helpers

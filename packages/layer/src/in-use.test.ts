@@ -1,10 +1,12 @@
+import { execFileSync } from 'node:child_process';
+import { lstatSync } from 'node:fs';
 import { mkdir, readdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { commit } from './commit.js';
 import { LayerCodes } from './errors.js';
 import { DEAD_PID, META, hashOf, makeUpper, tempDir } from './fixtures/cache.js';
-import { acquire, holders, isInUse, LEASE_DIR, sweep } from './in-use.js';
+import { acquire, acquireEach, holders, isInUse, LEASE_DIR, sweep } from './in-use.js';
 import { get } from './last-used.js';
 import { path as layerPath } from './layer-dir.js';
 import { Proc } from '@day11/exec';
@@ -20,6 +22,11 @@ afterEach(async () => {
 async function layer(n: number): Promise<string> {
   const upper = await makeUpper(osDir, { [`f${n}`]: 'x' });
   return (await commit({ osDir, hash: hashOf(n), upper, meta: META })).dir;
+}
+
+async function leaseFile(dir: string): Promise<string> {
+  const [name] = await readdir(join(dir, LEASE_DIR));
+  return join(dir, LEASE_DIR, name!);
 }
 
 async function fakeLease(dir: string, name: string, record: unknown): Promise<void> {
@@ -80,6 +87,46 @@ describe('InUse.acquire / release', () => {
     expect(err).toMatchObject({ code: LayerCodes.NOT_FOUND, path: missing });
     expect(await isInUse(a)).toBe(false);
   });
+
+  it('makes the leases taken at once links to one record, released one by one', async () => {
+    const dirs = [await layer(1), await layer(2), await layer(3)];
+    const leases = await acquireEach({ osDir, dirs });
+    const files = await Promise.all(dirs.map(leaseFile));
+    const inodes = files.map((f) => lstatSync(f));
+    // One inode, linked into each layer: no inode made per lease.
+    expect(new Set(inodes.map((st) => st.ino)).size).toBe(1);
+    expect(inodes[0]!.nlink).toBe(3);
+    for (const dir of dirs) {
+      expect(await holders(dir)).toMatchObject([{ pid: process.pid, alive: true }]);
+    }
+    await leases.get(dirs[0]!)!.release();
+    expect(await isInUse(dirs[0]!)).toBe(false);
+    expect(await isInUse(dirs[1]!)).toBe(true);
+    expect(lstatSync(files[1]!).nlink).toBe(2);
+    for (const lease of leases.values()) lease.releaseSync();
+    expect(await isInUse(dirs[2]!)).toBe(false);
+  });
+
+  it.skipIf(process.getuid?.() !== 0)(
+    'writes a lease of its own where a link cannot go (another filesystem)',
+    async () => {
+      const a = await layer(1);
+      const b = await layer(2);
+      // b's lease directory on a tmpfs of its own: a link from the cache's filesystem is EXDEV.
+      await mkdir(join(b, LEASE_DIR));
+      execFileSync('mount', ['-t', 'tmpfs', 'day11-test-leases', join(b, LEASE_DIR)]);
+      try {
+        const lease = await acquire({ osDir, dirs: [a, b] });
+        expect(await isInUse(a)).toBe(true);
+        expect(await holders(b)).toMatchObject([{ pid: process.pid, alive: true }]);
+        expect(lstatSync(await leaseFile(b)).nlink).toBe(1);
+        await lease.release();
+        expect(await isInUse(b)).toBe(false);
+      } finally {
+        execFileSync('umount', [join(b, LEASE_DIR)]);
+      }
+    },
+  );
 
   it('refuses directories that are not layers of osDir', async () => {
     await expect(acquire({ osDir, dirs: [join(osDir, 'fs')] })).rejects.toMatchObject({

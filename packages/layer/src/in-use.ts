@@ -9,8 +9,13 @@
  * or of a pid since reused by another process, is ignored, and removed by
  * `Recover.sweep`.
  *
- * {@link acquire} takes no lock: a lease is one write (an exclusive create
- * of the file; its name alone, with the pid, already counts), then a check
+ * The leases taken at once (a run's stack) share one record: an unnamed file
+ * (O_TMPFILE) written once and hard-linked into each layer's `.in-use/`, so a
+ * lease costs a directory entry, not an inode. Where the filesystem cannot
+ * (no O_TMPFILE, no /proc), each lease is a file of its own, as before.
+ *
+ * {@link acquire} takes no lock: a lease is one write (a link, or an exclusive
+ * create of the file; its name alone, with the pid, already counts), then a check
  * that the layer is still in place. `Gc` deletes a layer under its lock by
  * renaming it aside, then looks for a lease again in what it moved: a lease
  * written before the rename moved with the layer and makes Gc put it back;
@@ -21,10 +26,10 @@
  * fails. A Gc killed with a layer aside leaves it to `Recover.sweep`, which
  * puts it back when a live lease is in it.
  */
-import { accessSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { accessSync, mkdirSync, unlinkSync, writeFileSync, writeSync } from 'node:fs';
 import { lstat, readdir, readFile, rm } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
-import { randomHex, Proc } from '@day11/exec';
+import { randomHex, Proc, Sys, SysError } from '@day11/exec';
 import { errnoCode, LayerCodes, LayerError, messageOf } from './errors.js';
 import * as LastUsed from './last-used.js';
 import { FILES, hashPrefix } from './layer-dir.js';
@@ -93,18 +98,112 @@ export interface AcquireOptions {
  *   `LAYER_LOCK_TIMEOUT`, `LAYER_WRITE_FAILED`.
  */
 export async function acquire(options: AcquireOptions): Promise<Lease> {
+  const each = await acquireEach(options);
+  const leases = [...each.values()];
+  const dirs = leases.map((l) => l.dirs[0]!);
+  return {
+    dirs,
+    async release() {
+      for (const lease of leases) await lease.release();
+    },
+    releaseSync() {
+      for (const lease of leases) lease.releaseSync();
+    },
+  };
+}
+
+/**
+ * {@link acquire}, with a lease of its own for each layer (keyed by its
+ * absolute directory), to release one by one; the leases share one record.
+ * All or nothing, as `acquire`.
+ *
+ * @example
+ * ```ts
+ * const leases = await InUse.acquireEach({ osDir, dirs, touch: false });
+ * await leases.get(resolve(dirs[0]))!.release(); // the others stay
+ * ```
+ * @throws {LayerError} as {@link acquire}.
+ */
+export async function acquireEach(options: AcquireOptions): Promise<Map<string, Lease>> {
   const dirs = [...new Set(options.dirs.map((d) => checkLayerDir(options.osDir, d)))].sort();
-  const files: string[] = [];
-  const lease = leaseOf(dirs, files);
   const me = await Proc.self();
-  const taken = await Promise.allSettled(dirs.map((dir) => leaseOne(options, dir, me)));
-  for (const t of taken) if (t.status === 'fulfilled') files.push(t.value);
+  const record = `${JSON.stringify({ pid: me.pid, start: me.start, acquired_at: new Date().toISOString() })}\n`;
+  const shared = dirs.length > 1 ? SharedRecord.open(options.osDir, record) : undefined;
+  let taken: Array<PromiseSettledResult<string>>;
+  try {
+    taken = await Promise.allSettled(
+      dirs.map((dir) => leaseOne(options, dir, me, { record, shared })),
+    );
+  } finally {
+    // Its names keep it; the descriptor is no longer needed.
+    shared?.close();
+  }
+  const leases = new Map<string, Lease>();
+  taken.forEach((t, i) => {
+    if (t.status === 'fulfilled') leases.set(dirs[i]!, leaseOf([dirs[i]!], [t.value]));
+  });
   const failed = taken.find((t) => t.status === 'rejected');
   if (failed) {
-    await lease.release().catch(() => undefined);
+    for (const lease of leases.values()) await lease.release().catch(() => undefined);
     throw failed.reason;
   }
-  return lease;
+  return leases;
+}
+
+/**
+ * The record of the leases taken at once: an unnamed file in the cache
+ * directory, linked into each layer (see the module doc).
+ */
+class SharedRecord {
+  private constructor(private fd: number | undefined) {}
+
+  /** The record written to a new unnamed file; undefined where that cannot be done. */
+  static open(osDir: string, record: string): SharedRecord | undefined {
+    let fd: number;
+    try {
+      fd = Sys.openUnnamedSync(osDir);
+    } catch {
+      return undefined; // no O_TMPFILE here (or no koffi): a file per lease
+    }
+    try {
+      writeSync(fd, record);
+      return new SharedRecord(fd);
+    } catch {
+      Sys.closeFdSync(fd);
+      return undefined;
+    }
+  }
+
+  /**
+   * Names the record `file`: true once linked; false when it could not be
+   * (the caller writes a file of its own, which also tells a missing layer).
+   */
+  link(file: string): boolean {
+    if (this.fd === undefined) return false;
+    for (let attempt = 0; ; attempt++) {
+      try {
+        Sys.linkOpenFileSync(this.fd, file);
+        return true;
+      } catch (cause) {
+        if (!(cause instanceof SysError && cause.errno === 'ENOENT') || attempt > 0) {
+          // EXDEV, EMLINK, no /proc, …: files of their own from now on.
+          this.close();
+          return false;
+        }
+      }
+      // The first lease of this layer makes its lease directory.
+      try {
+        mkdirSync(dirname(file));
+      } catch (cause) {
+        if (errnoCode(cause) !== 'EEXIST') return false;
+      }
+    }
+  }
+
+  close(): void {
+    if (this.fd !== undefined) Sys.closeFdSync(this.fd);
+    this.fd = undefined;
+  }
 }
 
 function leaseOf(dirs: readonly string[], files: string[]): Lease {
@@ -125,11 +224,15 @@ function leaseOf(dirs: readonly string[], files: string[]): Lease {
   };
 }
 
-async function leaseOne(options: AcquireOptions, dir: string, me: Proc.ProcessId): Promise<string> {
+async function leaseOne(
+  options: AcquireOptions,
+  dir: string,
+  me: Proc.ProcessId,
+  { record, shared }: { record: string; shared: SharedRecord | undefined },
+): Promise<string> {
   const file = join(dir, LEASE_DIR, `${me.pid}-${randomHex(6)}${LEASE_SUFFIX}`);
-  const record = `${JSON.stringify({ pid: me.pid, start: me.start, acquired_at: new Date().toISOString() })}\n`;
-  // The fast path: one write, then the layer is still where it was.
-  if (writeLease(file, record) && hasMeta(dir)) {
+  // The fast path: one link (or write), then the layer is still where it was.
+  if ((shared?.link(file) || writeLease(file, record)) && hasMeta(dir)) {
     if (options.touch !== false) await LastUsed.touch(dir);
     return file;
   }
@@ -218,8 +321,10 @@ async function removeLease(file: string): Promise<void> {
 
 function removeLeaseSync(file: string): void {
   try {
-    rmSync(file, { force: true });
+    // unlink, not rmSync: that one lstats first and goes through its recursive machinery.
+    unlinkSync(file);
   } catch (cause) {
+    if (errnoCode(cause) === 'ENOENT') return;
     throw cannotRemoveLease(file, cause);
   }
 }

@@ -86,7 +86,9 @@ export class LeaseTable {
    */
   async leaseAll(dirs: readonly string[]): Promise<LeaseSet> {
     const unique = [...new Set(dirs.map((d) => resolve(d)))];
-    const entries = unique.map((dir) => this.hold(dir));
+    const fresh = unique.filter((dir) => !this.table.has(dir));
+    const taking = this.acquire(fresh);
+    const entries = unique.map((dir) => this.hold(dir, taking.get(dir)));
     // Joining leases this table already holds (a builder's next step) needs no waiting.
     if (entries.every((e) => e.acquired !== undefined))
       return this.leaseSet(unique, entries, false);
@@ -98,6 +100,26 @@ export class LeaseTable {
       throw failed.reason;
     }
     return this.leaseSet(unique, entries, false);
+  }
+
+  /**
+   * Starts leasing `dirs` (none of them held), all those of one cache at
+   * once so that they share one record (see `InUse.acquireEach`); marked
+   * used when each lease ends (finalRelease), not now.
+   */
+  private acquire(dirs: readonly string[]): Map<string, Promise<InUse.Lease>> {
+    const byCache = new Map<string, string[]>();
+    for (const dir of dirs) byCache.set(dirname(dir), [...(byCache.get(dirname(dir)) ?? []), dir]);
+    const leases = new Map<string, Promise<InUse.Lease>>();
+    for (const [osDir, group] of byCache) {
+      const each = InUse.acquireEach({ osDir, dirs: group, touch: false });
+      for (const dir of group)
+        leases.set(
+          dir,
+          each.then((m) => m.get(dir)!),
+        );
+    }
+    return leases;
   }
 
   /**
@@ -140,8 +162,8 @@ export class LeaseTable {
     this.onChange();
   }
 
-  /** Joins or starts the lease of one layer. */
-  private hold(dir: string): Entry {
+  /** Joins the lease of one layer, or starts it with `taking` (its lease being acquired). */
+  private hold(dir: string, taking: Promise<InUse.Lease> | undefined): Entry {
     const existing = this.table.get(dir);
     if (existing) {
       existing.refs++;
@@ -149,8 +171,7 @@ export class LeaseTable {
       this.lingering.delete(existing);
       return existing;
     }
-    // Marked used when the lease ends (finalRelease), not now.
-    const lease = InUse.acquire({ osDir: dirname(dir), dirs: [dir], touch: false });
+    const lease = taking ?? this.acquire([dir]).get(dir)!;
     const entry: Entry = {
       dir,
       refs: 1,

@@ -38,8 +38,10 @@ export function mountsUnderSync(dir: string): string[] {
  * ```
  */
 export function removeTreeSync(dir: string): boolean {
-  for (const target of mountsUnderSync(dir)) Overlay.unmountSync(target);
-  if (mountsUnderSync(dir).length > 0) return false;
+  const mounted = mountsUnderSync(dir);
+  for (const target of mounted) Overlay.unmountSync(target);
+  // Read again only when there was something to unmount.
+  if (mounted.length > 0 && mountsUnderSync(dir).length > 0) return false;
   try {
     rmSync(dir, { recursive: true, force: true });
     return true;
