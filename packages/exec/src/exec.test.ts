@@ -1,5 +1,6 @@
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
+import { readdirSync, readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, rm, chmod, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -273,6 +274,68 @@ describe('Exec.runStreamed', () => {
     }).catch((e: unknown) => e);
     expect(err).toMatchObject({ message: 'disk on fire' });
     expect(seen).toHaveLength(1);
+  });
+});
+
+describe('Exec.runStreamed, started through posix_spawn or Node', () => {
+  const collect = async (cmd: string, args: string[]) => {
+    let out = '';
+    const r = await runStreamed(cmd, args, {
+      allowNonZeroExit: true,
+      onData: (chunk) => void (out += chunk.toString()),
+    });
+    return { out, exitCode: r.exitCode };
+  };
+  const children = () =>
+    readdirSync(`/proc/${process.pid}/task`)
+      .map((t) => readFileSync(`/proc/${process.pid}/task/${t}/children`, 'utf8').trim())
+      .filter((c) => c !== '');
+
+  /** What a child sees of how it was started, with `DAY11_SPAWN` set to `spawner` meanwhile. */
+  const probe = async (spawner: string | undefined) => {
+    const before = process.env.DAY11_SPAWN;
+    if (spawner === undefined) delete process.env.DAY11_SPAWN;
+    else process.env.DAY11_SPAWN = spawner;
+    try {
+      const stat = await collect('sh', ['-c', 'cat /proc/$$/stat; echo; cat; ls /proc/$$/fd']);
+      const [statLine, ...fds] = stat.out.trim().split('\n');
+      const pid = Number(statLine!.split(' ')[0]);
+      // Fields after "(comm)": state, ppid, pgrp, session.
+      const [, , pgrp, session] = statLine!.slice(statLine!.lastIndexOf(')') + 2).split(' ');
+      const status = (await collect('cat', ['/proc/self/status'])).out;
+      return {
+        leader: Number(pgrp) === pid && Number(session) === pid,
+        fds: fds.filter((fd) => fd !== ''),
+        ignored: /^SigIgn:\s+(\S+)$/m.exec(status)?.[1],
+        blocked: /^SigBlk:\s+(\S+)$/m.exec(status)?.[1],
+      };
+    } finally {
+      if (before === undefined) delete process.env.DAY11_SPAWN;
+      else process.env.DAY11_SPAWN = before;
+    }
+  };
+
+  it('posix_spawn starts a command as Node does: a session of its own, stdin from /dev/null (cat sees its end at once), no signal ignored or blocked, the same descriptors', async () => {
+    const fds = readdirSync('/proc/self/fd').length;
+    const viaPosix = await probe(undefined);
+    const viaNode = await probe('node');
+    expect(viaPosix).toEqual(viaNode);
+    expect(viaPosix).toMatchObject({
+      leader: true,
+      ignored: '0000000000000000',
+      blocked: '0000000000000000',
+    });
+    expect(viaPosix.fds).toEqual(expect.arrayContaining(['0', '1', '2']));
+    expect(readdirSync('/proc/self/fd').length).toBe(fds);
+    expect(children()).toEqual([]);
+  });
+
+  it('waits for a command that closes its output and runs on', async () => {
+    const started = Date.now();
+    const r = await collect('sh', ['-c', 'exec >&- 2>&-; sleep 0.3; exit 5']);
+    expect(r.exitCode).toBe(5);
+    expect(Date.now() - started).toBeGreaterThanOrEqual(250);
+    expect(children()).toEqual([]);
   });
 });
 

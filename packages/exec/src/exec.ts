@@ -6,9 +6,11 @@ import * as ExitHooks from './exit-hooks.js';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { accessSync, constants, statSync } from 'node:fs';
 import { join } from 'node:path';
+import { Socket } from 'node:net';
 import type { Readable } from 'node:stream';
 import type { ExecaError } from 'execa';
-import { CommandError, ExecCodes, type CommandErrorDetails } from './errors.js';
+import { CommandError, ExecCodes, SysError, type CommandErrorDetails } from './errors.js';
+import * as Sys from './sys.js';
 import { pumpEvents, pumpLent, type OutputStream } from './pipe-pump.js';
 
 export type { OutputStream } from './pipe-pump.js';
@@ -305,25 +307,16 @@ export async function runStreamed(
   const privileged = opts.privileged === true;
   const [file, argv] = withSudo(cmd, args, privileged);
   const started = performance.now();
-  const child = spawn(file, argv, {
-    // Its own process group (setsid), as in run().
-    detached: true,
-    stdio: [opts.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'],
-  });
-  const ended = exitOf(child);
+  const child = startChild(file, argv, opts.input);
   const killer = new GroupKiller(child.pid, opts.killGraceMs ?? 2000);
   const stop = killer.arm(opts.timeoutMs, opts.signal);
   const consumer: { error: unknown } = { error: undefined };
-  if (opts.input !== undefined && child.stdin) {
-    // A command that exits without reading its input is not an error of ours.
-    child.stdin.on('error', () => undefined);
-    child.stdin.end(opts.input);
-  }
   const pump = opts.lendChunks === true ? pumpLent : pumpEvents;
   const pumped = Promise.all([
     pump(child.stdout, 'stdout', opts.onData, consumer),
     pump(child.stderr, 'stderr', opts.onData, consumer),
   ]);
+  const ended = child.ended(pumped);
   let exit: Awaited<typeof ended>;
   try {
     exit = await ended;
@@ -365,6 +358,87 @@ export async function runStreamed(
 }
 
 type Exit = { code: number | null; signal: NodeJS.Signals | null } | { spawnError: Error };
+
+/** A command started for {@link runStreamed}, whichever way. */
+interface Started {
+  pid: number | undefined;
+  stdout: Readable | null;
+  stderr: Readable | null;
+  /** How it ended, once its output (`pumped`) is read. */
+  ended: (pumped: Promise<unknown>) => Promise<Exit>;
+}
+
+/**
+ * Starts `file argv` in a process group of its own: through posix_spawn
+ * (`Sys.spawnDetachedSync`: no fork of this process, whose cost grows with
+ * its memory) where libc is at hand and there is no input to write, else
+ * through Node's `spawn`. `DAY11_SPAWN=node` forces the latter.
+ */
+function startChild(
+  file: string,
+  argv: readonly string[],
+  input: string | Uint8Array | undefined,
+): Started {
+  if (input === undefined && process.env.DAY11_SPAWN !== 'node' && Sys.libcAvailable()) {
+    return startDetached(file, argv);
+  }
+  const child = spawn(file, argv, {
+    // Its own process group (setsid), as in run().
+    detached: true,
+    stdio: [input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'],
+  });
+  const exit = exitOf(child);
+  if (input !== undefined && child.stdin) {
+    // A command that exits without reading its input is not an error of ours.
+    child.stdin.on('error', () => undefined);
+    child.stdin.end(input);
+  }
+  return { pid: child.pid, stdout: child.stdout, stderr: child.stderr, ended: () => exit };
+}
+
+function startDetached(file: string, argv: readonly string[]): Started {
+  let child: Sys.DetachedChild;
+  try {
+    child = Sys.spawnDetachedSync(file, argv, process.env);
+  } catch (err) {
+    // Shaped as Node's own spawn error, which classify() reads.
+    const errno = err instanceof SysError ? err.errno : undefined;
+    const spawnError = Object.assign(new Error(`spawn ${file} ${errno ?? 'failed'}`), {
+      code: errno,
+      syscall: `spawn ${file}`,
+      path: file,
+      cause: err,
+    });
+    const ended = Promise.resolve<Exit>({ spawnError });
+    return { pid: undefined, stdout: null, stderr: null, ended: () => ended };
+  }
+  const reader = (fd: number) => new Socket({ fd, readable: true, writable: false });
+  return {
+    pid: child.pid,
+    stdout: reader(child.stdoutFd),
+    stderr: reader(child.stderrFd),
+    // Its pipes close as it exits (or later, if a descendant holds them, as
+    // Node's 'close' waits for): reap it then.
+    ended: (pumped) => pumped.then(() => reap(child.pid)),
+  };
+}
+
+/**
+ * Waits for the child `pid` to be reapable: it closed its output as it
+ * exited, and becomes a zombie a moment later; a command that closed its
+ * output and runs on is polled, less and less often.
+ */
+async function reap(pid: number): Promise<Exit> {
+  for (let attempt = 0, pauseMs = 1; ; attempt++) {
+    const exit = Sys.reapChildSync(pid);
+    if (exit) return exit;
+    if (attempt < 10) await new Promise((resolve) => setImmediate(resolve));
+    else {
+      await new Promise((resolve) => setTimeout(resolve, pauseMs));
+      pauseMs = Math.min(pauseMs * 2, 100);
+    }
+  }
+}
 
 /** How `child` ended: `close` (exited, stdio closed), or an error when it could not be spawned. */
 function exitOf(child: ChildProcess): Promise<Exit> {

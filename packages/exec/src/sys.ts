@@ -170,6 +170,26 @@ interface Libc {
   openat: (dirfd: number, path: string, flags: number, mode: number) => number;
   readlinkat: (dirfd: number, path: string, buf: Buffer, size: number) => number;
   linkat: (fromDfd: number, from: string, toDfd: number, to: string, flags: number) => number;
+  pipe2: (fds: number[], flags: number) => number;
+  faInit: (fa: Buffer) => number;
+  faDestroy: (fa: Buffer) => number;
+  faDup2: (fa: Buffer, fd: number, newfd: number) => number;
+  faOpen: (fa: Buffer, fd: number, path: string, flags: number, mode: number) => number;
+  attrInit: (attr: Buffer) => number;
+  attrDestroy: (attr: Buffer) => number;
+  attrFlags: (attr: Buffer, flags: number) => number;
+  attrSigmask: (attr: Buffer, set: Buffer) => number;
+  attrSigdefault: (attr: Buffer, set: Buffer) => number;
+  sigemptyset: (set: Buffer) => number;
+  posixSpawnp: (
+    pid: number[],
+    file: string,
+    fa: Buffer,
+    attr: Buffer,
+    argv: Array<string | null>,
+    envp: Array<string | null>,
+  ) => number;
+  waitpid: (pid: number, status: number[], options: number) => number;
   getdents64: (fd: number, buf: Buffer, size: number) => number;
   /** `syscall(SYS_listxattrat, dirfd, path, at_flags, list, size)` (Linux 6.13+). */
   listxattrat: (
@@ -217,6 +237,24 @@ function libc(syscall: string): Libc {
       linkat: fn(
         'int linkat(int olddirfd, const char *oldpath, int newdirfd, const char *newpath, int flags)',
       ),
+      pipe2: fn('int pipe2(_Out_ int *fds, int flags)'),
+      // posix_spawn's opaque structs are passed as buffers larger than glibc's.
+      faInit: fn('int posix_spawn_file_actions_init(void *fa)'),
+      faDestroy: fn('int posix_spawn_file_actions_destroy(void *fa)'),
+      faDup2: fn('int posix_spawn_file_actions_adddup2(void *fa, int fd, int newfd)'),
+      faOpen: fn(
+        'int posix_spawn_file_actions_addopen(void *fa, int fd, const char *path, int oflag, unsigned int mode)',
+      ),
+      attrInit: fn('int posix_spawnattr_init(void *attr)'),
+      attrDestroy: fn('int posix_spawnattr_destroy(void *attr)'),
+      attrFlags: fn('int posix_spawnattr_setflags(void *attr, short flags)'),
+      attrSigmask: fn('int posix_spawnattr_setsigmask(void *attr, void *set)'),
+      attrSigdefault: fn('int posix_spawnattr_setsigdefault(void *attr, void *set)'),
+      sigemptyset: fn('int sigemptyset(void *set)'),
+      posixSpawnp: fn(
+        'int posix_spawnp(_Out_ int *pid, const char *file, void *fa, void *attr, const char **argv, const char **envp)',
+      ),
+      waitpid: fn('int waitpid(int pid, _Out_ int *status, int options)'),
       getdents64: fn('long getdents64(int fd, void *dirp, size_t count)'),
       // syscall(2) with listxattrat's arguments: glibc 2.36 has no wrapper for it.
       listxattrat: lib.func('syscall', 'long', [
@@ -549,6 +587,11 @@ const PATH_MAX = 4096;
 const O_TMPFILE = 0o20200000;
 const O_RDWR = 2;
 const AT_SYMLINK_FOLLOW = 0x400;
+// posix_spawnattr_setflags(3) flags (glibc).
+const POSIX_SPAWN_SETSIGDEF = 0x04;
+const POSIX_SPAWN_SETSIGMASK = 0x08;
+const POSIX_SPAWN_SETSID = 0x80;
+const WNOHANG = 1;
 
 /** What {@link statAtSync} tells of a file; the fields of `fs.Stats` a tar walk needs. */
 export interface FileStat {
@@ -782,6 +825,133 @@ export function linkOpenFileSync(fd: number, path: string): void {
   const lib = libc('linkat');
   const ret = lib.linkat(AT_FDCWD, `/proc/self/fd/${fd}`, AT_FDCWD, path, AT_SYMLINK_FOLLOW);
   check('linkat', ret, `link ${path}`, path);
+}
+
+/** A process started by {@link spawnDetachedSync}. */
+export interface DetachedChild {
+  pid: number;
+  /** Read ends of its stdout and stderr pipes (close-on-exec, blocking); the caller closes them. */
+  stdoutFd: number;
+  stderrFd: number;
+}
+
+/**
+ * Starts `file` (looked up in PATH) with `args` in a new session (so its own
+ * process group, as `spawn` with `detached: true`), stdin from /dev/null,
+ * stdout and stderr to new pipes, every signal at its default disposition
+ * and none blocked. Through posix_spawn(3), which glibc runs with
+ * clone(CLONE_VM | CLONE_VFORK): nothing of this process's memory is copied,
+ * where Node's `spawn` forks, a cost that grows with the parent's size
+ * (5 ms at 190 MB of RSS, 10 ms at 300 MB, on the main thread). The caller
+ * must reap the child ({@link reapChildSync}): Node does not know it.
+ *
+ * @example
+ * ```ts
+ * const child = Sys.spawnDetachedSync('crun', ['run', '--bundle', bundle, id], process.env);
+ * ```
+ * @throws {SysError} `ENOENT` (not found in PATH), `EACCES`, … naming `file`.
+ */
+export function spawnDetachedSync(
+  file: string,
+  args: readonly string[],
+  env: NodeJS.ProcessEnv,
+): DetachedChild {
+  const lib = libc('posix_spawnp');
+  const out = [-1, -1];
+  const err = [-1, -1];
+  try {
+    check('pipe2', lib.pipe2(out, O_CLOEXEC), 'make a pipe');
+    check('pipe2', lib.pipe2(err, O_CLOEXEC), 'make a pipe');
+    const pid = spawnWithPipes(lib, { file, args, env, stdout: out[1]!, stderr: err[1]! });
+    return { pid, stdoutFd: out[0]!, stderrFd: err[0]! };
+  } catch (error) {
+    for (const fd of [out[0]!, err[0]!]) if (fd >= 0) lib.close(fd);
+    throw error;
+  } finally {
+    // The child has its copies (or there is no child): the write ends are done here.
+    for (const fd of [out[1]!, err[1]!]) if (fd >= 0) lib.close(fd);
+  }
+}
+
+function spawnWithPipes(
+  lib: Libc,
+  o: {
+    file: string;
+    args: readonly string[];
+    env: NodeJS.ProcessEnv;
+    stdout: number;
+    stderr: number;
+  },
+): number {
+  // glibc's posix_spawn_file_actions_t is 80 bytes, posix_spawnattr_t 336, sigset_t 128.
+  const actions = Buffer.alloc(256);
+  const attr = Buffer.alloc(512);
+  const none = Buffer.alloc(128);
+  const all = Buffer.alloc(128);
+  lib.faInit(actions);
+  lib.attrInit(attr);
+  try {
+    // dup2 clears close-on-exec on the child's 1 and 2; every other descriptor of ours has it.
+    lib.faOpen(actions, 0, '/dev/null', 0, 0);
+    lib.faDup2(actions, o.stdout, 1);
+    lib.faDup2(actions, o.stderr, 2);
+    lib.sigemptyset(none);
+    // Every signal, glibc's own two (32, 33) too, which sigfillset leaves out and
+    // posix_spawn would otherwise leave ignored in the child; Node ignores
+    // SIGPIPE, and an ignored signal stays ignored across exec: reset them all.
+    all.fill(0xff);
+    lib.attrFlags(attr, POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+    lib.attrSigmask(attr, none);
+    lib.attrSigdefault(attr, all);
+    const env = Object.entries(o.env)
+      .filter(([, v]) => v !== undefined)
+      .map(([k, v]) => `${k}=${v}`);
+    const pid = [0];
+    // posix_spawnp returns the error number itself.
+    const errno = lib.posixSpawnp(
+      pid,
+      o.file,
+      actions,
+      attr,
+      [o.file, ...o.args, null],
+      [...env, null],
+    );
+    if (errno !== 0) {
+      const name = errnoName(errno);
+      throw new SysError('posix_spawnp', name, `spawn ${o.file} ${name}`, { path: o.file });
+    }
+    return pid[0]!;
+  } finally {
+    lib.faDestroy(actions);
+    lib.attrDestroy(attr);
+  }
+}
+
+/** How a child ended: its exit code, or the signal that killed it. */
+export interface ChildExit {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+}
+
+const SIGNAL_NAMES = new Map<number, NodeJS.Signals>(
+  Object.entries(osConstants.signals).map(([name, num]) => [num, name as NodeJS.Signals]),
+);
+
+/**
+ * Reaps the child `pid` (one of {@link spawnDetachedSync}'s) if it has
+ * ended: how it ended, or `undefined` while it runs (waitpid with WNOHANG).
+ *
+ * @throws {SysError} `ECHILD` when `pid` is no child of this process (or was reaped already).
+ */
+export function reapChildSync(pid: number): ChildExit | undefined {
+  const lib = libc('waitpid');
+  const status = [0];
+  const ret = check('waitpid', lib.waitpid(pid, status, WNOHANG), `wait for ${pid}`);
+  if (ret === 0) return undefined;
+  const s = status[0]!;
+  const termsig = s & 0x7f;
+  if (termsig === 0) return { code: (s >> 8) & 0xff, signal: null };
+  return { code: null, signal: SIGNAL_NAMES.get(termsig) ?? null };
 }
 
 // ---------------------------------------------------------------- helpers
