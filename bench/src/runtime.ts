@@ -2,8 +2,9 @@
  * The runtime call. `crun run true` against `runc run true` on the same
  * busybox-static rootfs, each spawned directly (`spawnSync`); then, per
  * runtime, what day11's calls cost on top of that: the runtime spawned
- * through execa (`Exec.run`, what `Runc.run` used before) and through
- * `child_process.spawn` directly (`Exec.runStreamed`, what it uses now),
+ * through execa (`Exec.run`, what `Runc.run` used first), through
+ * `child_process.spawn` directly (`Exec.runStreamed` with `DAY11_SPAWN=node`,
+ * what it used next) and through posix_spawn (`Exec.runStreamed`, now),
  * and the whole `Runc.run` (output streamed, runtime log read on failure,
  * the container deleted unless the runtime did). Variants in seeded
  * shuffled rounds, medians.
@@ -70,12 +71,20 @@ function viaExeca(bundle: string, runtime: Runtime): Promise<unknown> {
   return Exec.run(runtime, ['run', '--bundle', bundle, bareId()], { privileged: true });
 }
 
-/** The same through `child_process.spawn` (`Exec.runStreamed`), as `Runc.run` spawns it now. */
-function viaSpawn(bundle: string, runtime: Runtime): Promise<unknown> {
-  return Exec.runStreamed(runtime, ['run', '--bundle', bundle, bareId()], {
-    privileged: true,
-    onData: () => undefined,
-  });
+/**
+ * The same through `Exec.runStreamed`: posix_spawn, as `Runc.run` spawns it
+ * now, or with `spawner: 'node'` Node's `child_process.spawn`, as it did before.
+ */
+async function viaSpawn(bundle: string, runtime: Runtime, spawner?: 'node'): Promise<unknown> {
+  if (spawner) process.env.DAY11_SPAWN = spawner;
+  try {
+    return await Exec.runStreamed(runtime, ['run', '--bundle', bundle, bareId()], {
+      privileged: true,
+      onData: () => undefined,
+    });
+  } finally {
+    delete process.env.DAY11_SPAWN;
+  }
 }
 
 /** Runs the benchmark; returns its rows. */
@@ -86,11 +95,18 @@ export async function run(): Promise<BenchRow[]> {
   try {
     await makeBundle(bundle);
     const samples = (): Record<Runtime, number[]> => ({ runc: [], crun: [] });
-    const m = { bare: samples(), execa: samples(), spawn: samples(), full: samples() };
+    const m = {
+      bare: samples(),
+      execa: samples(),
+      node: samples(),
+      spawn: samples(),
+      full: samples(),
+    };
     for (const runtime of RUNTIMES) await lifecycle(bundle, runtime); // warm the page cache
     const variants = {
       bare: async (r: Runtime) => m.bare[r].push(bareSync(bundle, r)),
       execa: async (r: Runtime) => m.execa[r].push(await time(() => viaExeca(bundle, r))),
+      node: async (r: Runtime) => m.node[r].push(await time(() => viaSpawn(bundle, r, 'node'))),
       spawn: async (r: Runtime) => m.spawn[r].push(await time(() => viaSpawn(bundle, r))),
       full: async (r: Runtime) => m.full[r].push(await time(() => lifecycle(bundle, r))),
     };
@@ -118,7 +134,12 @@ export async function run(): Promise<BenchRow[]> {
           ...direct(r),
         },
         {
-          name: `${r} run true through child_process.spawn (Exec.runStreamed, as Runc.run does)`,
+          name: `${r} run true through child_process.spawn (Exec.runStreamed, DAY11_SPAWN=node, as Runc.run did)`,
+          value: median(m.node[r]),
+          ...direct(r),
+        },
+        {
+          name: `${r} run true through posix_spawn (Exec.runStreamed, as Runc.run does)`,
           value: median(m.spawn[r]),
           ...direct(r),
         },
