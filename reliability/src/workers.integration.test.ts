@@ -260,6 +260,11 @@ describe.skipIf(!Exec.isRoot() || !haveDockerRegistry)('workers sharing a regist
           `${total - built.size} duplicates`,
       );
       expect(built.size).toBe(NAMES.length);
+      // Every layer a shard built reached the registry (else the fifth would run it).
+      const failedPublishes = events
+        .flat()
+        .filter((x) => x.type === 'publish' && (x as { status?: string }).status !== 'done');
+      expect(failedPublishes).toEqual([]);
       // Each shard holds only the closure of its targets.
       for (const e of events) expect(e.filter(isStep).length).toBeLessThanOrEqual(NAMES.length * 3);
 
