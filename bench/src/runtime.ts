@@ -76,14 +76,17 @@ function viaExeca(bundle: string, runtime: Runtime): Promise<unknown> {
  * now, or with `spawner: 'node'` Node's `child_process.spawn`, as it did before.
  */
 async function viaSpawn(bundle: string, runtime: Runtime, spawner?: 'node'): Promise<unknown> {
+  const before = process.env.DAY11_SPAWN;
   if (spawner) process.env.DAY11_SPAWN = spawner;
+  else delete process.env.DAY11_SPAWN;
   try {
     return await Exec.runStreamed(runtime, ['run', '--bundle', bundle, bareId()], {
       privileged: true,
       onData: () => undefined,
     });
   } finally {
-    delete process.env.DAY11_SPAWN;
+    if (before === undefined) delete process.env.DAY11_SPAWN;
+    else process.env.DAY11_SPAWN = before;
   }
 }
 

@@ -179,25 +179,17 @@ class SharedRecord {
    * (the caller writes a file of its own, which also tells a missing layer).
    */
   link(file: string): boolean {
-    if (this.fd === undefined) return false;
-    for (let attempt = 0; ; attempt++) {
-      try {
-        Sys.linkOpenFileSync(this.fd, file);
-        return true;
-      } catch (cause) {
-        if (!(cause instanceof SysError && cause.errno === 'ENOENT') || attempt > 0) {
-          // EXDEV, EMLINK, no /proc, …: files of their own from now on.
-          this.close();
-          return false;
-        }
-      }
-      // The first lease of this layer makes its lease directory.
-      try {
-        mkdirSync(dirname(file));
-      } catch (cause) {
-        if (errnoCode(cause) !== 'EEXIST') return false;
-      }
+    const fd = this.fd;
+    if (fd === undefined) return false;
+    let linked: boolean;
+    try {
+      linked = inLeaseDir(file, () => Sys.linkOpenFileSync(fd, file));
+    } catch {
+      linked = false;
     }
+    // EXDEV, EMLINK, no /proc, a layer gone, …: files of their own from now on.
+    if (!linked) this.close();
+    return linked;
   }
 
   close(): void {
@@ -268,22 +260,40 @@ async function leaseOne(
  * where a round trip through the thread pool costs far more (50 per run).
  */
 function writeLease(file: string, record: string): boolean {
+  try {
+    return inLeaseDir(file, () => writeFileSync(file, record, { flag: 'wx' }));
+  } catch (cause) {
+    throw cannotWrite(file, cause);
+  }
+}
+
+/**
+ * Runs `create` (which makes `file` in its layer's lease directory), making
+ * that directory first when it is missing (the first lease of the layer);
+ * false when the layer directory itself is not there. Throws what `create`
+ * or mkdir throws otherwise.
+ */
+function inLeaseDir(file: string, create: () => void): boolean {
   for (let attempt = 0; ; attempt++) {
     try {
-      writeFileSync(file, record, { flag: 'wx' });
+      create();
       return true;
     } catch (cause) {
-      if (errnoCode(cause) !== 'ENOENT') throw cannotWrite(file, cause);
+      if (!isMissing(cause)) throw cause;
       if (attempt > 0) return false;
     }
-    // The first lease of this layer makes its lease directory.
     try {
       mkdirSync(dirname(file));
     } catch (cause) {
       if (errnoCode(cause) === 'ENOENT') return false;
-      if (errnoCode(cause) !== 'EEXIST') throw cannotWrite(file, cause);
+      if (errnoCode(cause) !== 'EEXIST') throw cause;
     }
   }
+}
+
+/** ENOENT from node:fs or from a system call of `Sys`. */
+function isMissing(cause: unknown): boolean {
+  return errnoCode(cause) === 'ENOENT' || (cause instanceof SysError && cause.errno === 'ENOENT');
 }
 
 function cannotWrite(file: string, cause: unknown): LayerError {

@@ -274,18 +274,16 @@ function listChildren(w: DirWalk): Child[] {
   const { dir, fd } = w;
   const children = readNames(dir, fd).map((name) => describe(dir, { name, fd }));
   const group = (c: Child) => (c.whiteout ? 0 : 1);
-  return children.sort((a, b) => group(a) - group(b) || byUtf8(a.tarName, b.tarName));
-}
-
-/**
- * Orders names by their UTF-8 bytes. JavaScript compares UTF-16 code units,
- * which agrees with UTF-8 except between a surrogate pair and U+E000–U+FFFF:
- * only names holding such characters are encoded to compare.
- */
-function byUtf8(a: string, b: string): number {
-  if (HIGH_UNITS.test(a) || HIGH_UNITS.test(b))
-    return Buffer.compare(Buffer.from(a), Buffer.from(b));
-  return a < b ? -1 : a > b ? 1 : 0;
+  // JavaScript compares UTF-16 code units, which agrees with UTF-8 bytes
+  // except between a surrogate pair and U+E000–U+FFFF: only a directory
+  // holding such a name has its names encoded to compare.
+  const byUnits = (a: Child, b: Child) =>
+    a.tarName < b.tarName ? -1 : a.tarName > b.tarName ? 1 : 0;
+  if (!children.some((c) => HIGH_UNITS.test(c.tarName))) {
+    return children.sort((a, b) => group(a) - group(b) || byUnits(a, b));
+  }
+  const keys = new Map(children.map((c) => [c, Buffer.from(c.tarName)]));
+  return children.sort((a, b) => group(a) - group(b) || Buffer.compare(keys.get(a)!, keys.get(b)!));
 }
 
 const HIGH_UNITS = /[\uD800-\uFFFF]/;

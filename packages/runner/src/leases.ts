@@ -109,7 +109,11 @@ export class LeaseTable {
    */
   private acquire(dirs: readonly string[]): Map<string, Promise<InUse.Lease>> {
     const byCache = new Map<string, string[]>();
-    for (const dir of dirs) byCache.set(dirname(dir), [...(byCache.get(dirname(dir)) ?? []), dir]);
+    for (const dir of dirs) {
+      const group = byCache.get(dirname(dir));
+      if (group) group.push(dir);
+      else byCache.set(dirname(dir), [dir]);
+    }
     const leases = new Map<string, Promise<InUse.Lease>>();
     for (const [osDir, group] of byCache) {
       const each = InUse.acquireEach({ osDir, dirs: group, touch: false });
