@@ -28,21 +28,10 @@ const input = {
   'file-writer-worker': join(here, 'node_modules/@day11/layer/dist/file-writer-worker.js'),
 };
 
-/**
- * proper-lockfile's default `fs`, which @day11/layer's locks never use (they
- * pass their own): loading graceful-fs cloned and patched `fs` and was most
- * of the cost of the first lock of a command (~10 ms).
- */
-const noGracefulFs = {
-  name: 'day11-no-graceful-fs',
-  resolveId: (id) => (id === 'graceful-fs' ? { id: 'node:fs', external: true } : null),
-};
-
 const bundle = await rolldown({
   input,
   platform: 'node',
   external: (id) => NATIVE.some((name) => id === name || id.startsWith(`${name}/`)),
-  plugins: [noGracefulFs],
   logLevel: 'warn',
 });
 try {

@@ -1,6 +1,8 @@
-import { readdirSync, readFileSync, statSync } from 'node:fs';
-import { access, mkdir, readdir, readFile, rm, utimes, writeFile } from 'node:fs/promises';
+import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { access, lstat, mkdir, readdir, readFile, rm, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { LayerCodes, type LayerError } from './errors.js';
 import { DEAD_PID, hashOf, tempDir } from './fixtures/cache.js';
@@ -25,12 +27,13 @@ const exists = (p: string) =>
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 describe('Lock.withLayer', () => {
-  it('holds {osDir}/.locks/build-*.lock with an owner file, invisible to Scan, gone after', async () => {
+  it('holds {osDir}/.locks/build-*.lock, a file naming its owner, invisible to Scan, gone after', async () => {
     const lockPath = layerLockPath({ osDir, hash });
     expect(lockPath).toBe(join(osDir, '.locks', 'build-000000000001.lock'));
     const result = await withLayer({ osDir, hash }, async (held) => {
       expect(held.path).toBe(lockPath);
-      expect(await exists(lockPath)).toBe(true);
+      expect((await lstat(lockPath)).isFile()).toBe(true);
+      expect(JSON.parse(await readFile(lockPath, 'utf8'))).toEqual(await Proc.self());
       expect(await owner(lockPath)).toEqual(await Proc.self());
       expect(await layers(osDir)).toEqual([]);
       held.assertHeld();
@@ -54,6 +57,27 @@ describe('Lock.withLayer', () => {
     events.length = 0;
     await Promise.all([hold(hash, 'a'), hold(hashOf(2), 'c')]);
     expect(events.slice(0, 2).sort()).toEqual(['a+', 'c+']);
+  });
+
+  it('makes no inode per lock: the locks held at once in a directory are names of one file', async () => {
+    const hashes = [1, 2, 3].map(hashOf);
+    const inodes: number[][] = [];
+    const holdAll = async (rest: string[]): Promise<void> => {
+      if (rest.length === 0) {
+        const st = await Promise.all(hashes.map((h) => lstat(layerLockPath({ osDir, hash: h }))));
+        inodes.push(
+          st.map((s) => s.ino),
+          st.map((s) => s.nlink),
+        );
+        return;
+      }
+      await withLayer({ osDir, hash: rest[0]! }, () => holdAll(rest.slice(1)));
+    };
+    await holdAll(hashes);
+    const [ino, nlink] = inodes;
+    expect(new Set(ino).size).toBe(1);
+    expect(nlink).toEqual([3, 3, 3]);
+    expect(await readdir(join(osDir, '.locks'))).toEqual([]);
   });
 
   it('is re-entrant within one call chain', async () => {
@@ -104,12 +128,59 @@ describe('Lock.withLayer', () => {
     expect(await exists(lockPath)).toBe(false);
   });
 
+  it('takes over at once a lock file whose owner is dead', async () => {
+    const lockPath = layerLockPath({ osDir, hash });
+    await mkdir(join(osDir, '.locks'));
+    await writeFile(lockPath, JSON.stringify({ pid: DEAD_PID, start: '1' }));
+    const started = Date.now();
+    await expect(withLayer({ osDir, hash, timeoutMs: 2000 }, async () => 'mine')).resolves.toBe(
+      'mine',
+    );
+    expect(Date.now() - started).toBeLessThan(1000);
+    expect(await readdir(join(osDir, '.locks'))).toEqual([]);
+  });
+
+  it('fails with LAYER_LOCK_COMPROMISED when another process took the lock over', async () => {
+    const lockPath = layerLockPath({ osDir, hash });
+    const err = await withLayer({ osDir, hash, staleMs: 2000 }, async (held) => {
+      await rm(lockPath);
+      await writeFile(lockPath, JSON.stringify(await Proc.self())); // another file
+      await sleep(1500);
+      held.assertHeld();
+    }).catch((e: unknown) => e);
+    expect(err).toMatchObject({ code: LayerCodes.LOCK_COMPROMISED, path: lockPath });
+    expect((err as LayerError).message).toMatch(/took it over/);
+    // Not ours: left to its holder.
+    expect(await exists(lockPath)).toBe(true);
+  });
+
+  it('is removed when the process holding it dies of SIGTERM', async () => {
+    const lockModule = fileURLToPath(new URL('../dist/lock.js', import.meta.url));
+    const script = `const { withLayer } = await import(${JSON.stringify(lockModule)});
+      await withLayer({ osDir: process.argv[1], hash: '${hash}' }, async () => {
+        console.log('held');
+        await new Promise((r) => setTimeout(r, 60_000));
+      });`;
+    const child = spawn(process.execPath, ['--input-type=module', '-e', script, osDir], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    await new Promise<void>((resolve, reject) => {
+      child.stdout.on('data', (d: Buffer) => d.toString().includes('held') && resolve());
+      child.on('exit', (code) => reject(new Error(`the holder exited early (${code})`)));
+    });
+    expect(await exists(layerLockPath({ osDir, hash }))).toBe(true);
+    const ended = new Promise((resolve) => child.on('exit', (_code, signal) => resolve(signal)));
+    child.kill('SIGTERM');
+    expect(await ended).toBe('SIGTERM');
+    expect(await readdir(join(osDir, '.locks'))).toEqual([]);
+  });
+
   it('fails cleanly with LAYER_LOCK_COMPROMISED when the lock is removed while held', async () => {
     const lockPath = layerLockPath({ osDir, hash });
     let aborted = false;
     const err = await withLayer({ osDir, hash, staleMs: 2000 }, async (held) => {
       await rm(lockPath, { recursive: true });
-      // proper-lockfile notices at its next refresh (staleMs / 2).
+      // Noticed at the next refresh (staleMs / 2).
       await sleep(1500);
       aborted = held.signal.aborted;
       expect(() => held.assertHeld()).toThrow(/Lost the lock/);
@@ -155,23 +226,19 @@ describe('Lock.withPath', () => {
 });
 
 describe('lock creation', () => {
-  it('never shows a lock without its owner: a kill leaves an owned lock or a temp dir', async () => {
+  it('never shows a lock without its owner, and leaves nothing behind', async () => {
     const lockPath = join(osDir, 'x.lock');
     const torn: string[] = [];
     let polling = true;
-    // Runs between every I/O completion of the takers below: with mkdir then a
-    // write of the owner (or a recursive removal), it saw the directory without it.
-    // The inode, the same before and after the listing, rules out a lock that
-    // was replaced meanwhile.
+    // Runs between every I/O completion of the takers below: a lock made by a
+    // create then a write would be seen empty.
     const poll = (): void => {
       if (!polling) return;
       try {
-        const before = statSync(lockPath).ino;
-        const names = readdirSync(lockPath);
-        const owner = names.includes('owner') ? readFileSync(join(lockPath, 'owner'), 'utf8') : '';
-        if (statSync(lockPath).ino === before && !owner) torn.push(`[${names.join(',')}]`);
+        const text = readFileSync(lockPath, 'utf8');
+        if (Proc.parse(JSON.parse(text || 'null')) === undefined) torn.push(text);
       } catch {
-        // No lock at this moment, or it went between two calls.
+        // No lock at this moment.
       }
       setImmediate(poll);
     };
@@ -181,7 +248,7 @@ describe('lock creation', () => {
     }
     polling = false;
     expect(torn).toEqual([]);
-    expect(await readdir(osDir)).toEqual([]); // no lock, no temp dir left
+    expect(await readdir(osDir)).toEqual([]); // no lock, no temp left
   });
 
   it('fails as mkdir does on an existing lock, even an empty one, and leaves no temp', async () => {
@@ -194,6 +261,13 @@ describe('lock creation', () => {
     });
     expect(await readdir(osDir)).toEqual(['x.lock']);
     expect(await readdir(lockPath)).toEqual([]);
+    // A lock file of a live holder is waited for as well.
+    await rm(lockPath, { recursive: true });
+    await writeFile(lockPath, JSON.stringify(await Proc.self()));
+    await expect(
+      withPath(join(osDir, 'x'), async () => 1, { timeoutMs: 100 }),
+    ).rejects.toMatchObject({ code: LayerCodes.LOCK_TIMEOUT });
+    expect(await readdir(osDir)).toEqual(['x.lock']);
   });
 });
 
@@ -223,5 +297,14 @@ describe('Lock.staleness', () => {
     expect(JSON.parse(await readFile(join(lockPath, 'owner'), 'utf8'))).toMatchObject({
       pid: DEAD_PID,
     });
+  });
+
+  it('reads the owner of a lock file', async () => {
+    const lockPath = join(osDir, 'x.lock');
+    await writeFile(lockPath, JSON.stringify(await Proc.self()));
+    expect(await staleness(lockPath)).toBeUndefined();
+    await writeFile(lockPath, JSON.stringify({ pid: DEAD_PID, start: '1' }));
+    expect(await staleness(lockPath)).toBe('owner-dead');
+    expect(await owner(lockPath)).toMatchObject({ pid: DEAD_PID });
   });
 });

@@ -1,37 +1,65 @@
 /**
- * Cross-process locks on top of proper-lockfile: a lock is a directory that
- * appears atomically (assembled under a temporary name, then renamed into
- * place), kept fresh by touching its mtime, and taken over by others when its
- * mtime is older than `staleMs` (the holder died or hung).
+ * Cross-process locks. A lock is a file, `{dir}/<name>.lock`, that appears
+ * whole with its holder in it (pid and process start time), so
+ * {@link Recover.sweep} removes the lock of a killed process at once.
  *
- * Layer locks live in `{osDir}/.locks/build-xxxxxxxxxxxx.lock`, where Scan does
- * not look. Each lock directory holds an `owner` file (pid and process start
- * time) from the moment it exists, so {@link Recover.sweep} can remove the lock
- * of a killed process at once instead of waiting for it to go stale.
+ * The locks a process takes in one directory are names of one file: its
+ * owner record there, an unnamed file (O_TMPFILE) written once. Taking a lock
+ * is one link(2), which fails with EEXIST while someone holds it; giving it
+ * back is one unlink(2). No inode is made or freed per lock: each is a
+ * directory entry (a no-journal ext4 scans past every inode freed in the last
+ * minutes on each allocation, and a build takes a lock per step). Where the
+ * filesystem has no unnamed files, each lock is a file of its own, written
+ * under a temporary name and linked into place.
  *
- * Locks are re-entrant within one async call chain: code running inside
- * `withLayer(x)` may call `withLayer(x)` again (e.g. `Commit.commit` under a
- * caller's build lock) without deadlocking.
+ * A held lock is kept fresh by touching its mtime every `staleMs / 2` (one
+ * touch of the shared record refreshes every lock it is). Another process
+ * takes over a lock that is stale (see {@link staleness}): not refreshed
+ * within `staleMs` (its holder hung), its holder gone, or (a lock directory
+ * of an older version) without an owner after {@link ORPHAN_GRACE_MS}. A
+ * holder whose lock was taken over or removed sees it at its next refresh
+ * (the name is no longer its file): its `signal` aborts with
+ * `LAYER_LOCK_COMPROMISED`. Held locks are removed when the process exits,
+ * also by a signal (signal-exit).
+ *
+ * Layer locks live in `{osDir}/.locks/build-xxxxxxxxxxxx.lock`, where Scan
+ * does not look. Locks are re-entrant within one async call chain: code
+ * running inside `withLayer(x)` may call `withLayer(x)` again (e.g.
+ * `Commit.commit` under a caller's build lock) without deadlocking.
  */
 import { AsyncLocalStorage } from 'node:async_hooks';
-import * as fs from 'node:fs';
-import { lstat, mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import {
+  closeSync,
+  fstatSync,
+  futimesSync,
+  linkSync,
+  lstatSync,
+  openSync,
+  unlinkSync,
+  utimesSync,
+  writeSync,
+} from 'node:fs';
+import { link, lstat, mkdir, readFile, rename, rm, stat, unlink } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import { errnoCode, LayerCodes, LayerError, messageOf } from './errors.js';
 import { name as layerName } from './layer-dir.js';
-import { TempName, Proc } from '@day11/exec';
+import { TempName, Proc, Sys, SysError } from '@day11/exec';
 
 /** Directory of the layer lock files, inside `osDir`. */
 export const LOCKS_DIR = '.locks';
-/** Suffix of a lock directory. */
+/** Suffix of a lock. */
 export const LOCK_SUFFIX = '.lock';
-/** File inside a lock directory naming its holder. */
+/** File inside a lock directory of an older version naming its holder. */
 const OWNER_FILE = 'owner';
-/** Default for {@link LockOptions.staleMs} (proper-lockfile's default). */
+/** Default for {@link LockOptions.staleMs}. */
 export const DEFAULT_STALE_MS = 10_000;
 /** Default for {@link LockOptions.timeoutMs}. */
 export const DEFAULT_TIMEOUT_MS = 5 * 60_000;
+/** The shortest `staleMs` taken: a refresh every second at most. */
+const MIN_STALE_MS = 2000;
+/** A record touched longer ago than this is touched again before it is linked as a new lock. */
+const FRESH_MS = 1000;
 
 /** Options of {@link withPath} and {@link withLayer}. */
 export interface LockOptions {
@@ -45,13 +73,13 @@ export interface LockOptions {
 
 /** Options of {@link withPath}. */
 export interface PathLockOptions extends LockOptions {
-  /** Where the lock directory goes (default `${path}.lock`). */
+  /** Where the lock goes (default `${path}.lock`). */
   lockfilePath?: string;
 }
 
 /** What the function run under a lock receives. */
 export interface HeldLock {
-  /** The lock directory. */
+  /** The lock file. */
   readonly path: string;
   /** Aborted (with a `LAYER_LOCK_COMPROMISED` error) if the lock is lost while held. */
   readonly signal: AbortSignal;
@@ -62,81 +90,286 @@ export interface HeldLock {
 const held = new AsyncLocalStorage<ReadonlyMap<string, HeldLock>>();
 
 /**
- * proper-lockfile takes a lock with `mkdir` and removes it with `rmdir`. Ours
- * appear and disappear whole, with their owner file inside (see
- * {@link createWithOwner} and {@link removeWithOwner}): release, stale
- * take-over and exit cleanup all go through these.
+ * This process's owner record in one directory: an unnamed file holding its
+ * pid and start time, linked as each lock taken there. It lives while one of
+ * its locks is held: a file that had names and lost them all cannot be
+ * linked again (the kernel allows that once, to a new O_TMPFILE file), so
+ * the next lock after that makes a new record.
  */
-const lockFs = {
-  ...fs,
-  mkdir: (path: string, cb: (err: NodeJS.ErrnoException | null) => void) => {
-    createWithOwner(path).then(
-      () => cb(null),
-      (err: NodeJS.ErrnoException) => cb(err),
-    );
-  },
-  rmdir: (path: string, cb: (err: NodeJS.ErrnoException | null) => void) => {
-    removeWithOwner(path).then(
-      () => cb(null),
-      (err: NodeJS.ErrnoException) => cb(err),
-    );
-  },
-  rmdirSync: (path: string) => {
-    const aside = TempName.beside(path);
-    fs.renameSync(path, aside);
-    fs.rmSync(aside, { recursive: true, force: true });
-  },
-};
+class OwnerRecord {
+  private users = 0;
+  private touchedAt = Date.now();
+
+  private constructor(
+    private readonly records: Map<string, OwnerRecord | null>,
+    private readonly dir: string,
+    private readonly fd: number,
+    readonly ino: number,
+  ) {}
+
+  /**
+   * The record of directory `dir`, made when none is open; `undefined` where
+   * the filesystem has no unnamed files (remembered for the directory).
+   */
+  static of(
+    records: Map<string, OwnerRecord | null>,
+    dir: string,
+    text: string,
+  ): OwnerRecord | undefined {
+    const known = records.get(dir);
+    if (known !== undefined) return known ?? undefined;
+    let fd: number;
+    try {
+      fd = Sys.openUnnamedSync(dir, 0o644);
+    } catch (cause) {
+      // A missing directory is the caller's error to report; anything else: files of their own.
+      if (!isMissing(cause)) records.set(dir, null);
+      return undefined;
+    }
+    try {
+      writeSync(fd, text);
+      const record = new OwnerRecord(records, dir, fd, fstatSync(fd).ino);
+      records.set(dir, record);
+      return record;
+    } catch {
+      Sys.closeFdSync(fd);
+      records.set(dir, null);
+      return undefined;
+    }
+  }
+
+  /** Links the record as `lockPath`: true when taken, false when the lock is held. */
+  take(lockPath: string): boolean {
+    this.users++;
+    try {
+      if (Date.now() - this.touchedAt > FRESH_MS) this.touch();
+      Sys.linkOpenFileSync(this.fd, lockPath);
+      return true;
+    } catch (cause) {
+      this.done();
+      if (sysCode(cause) === 'EEXIST') return false;
+      throw cause;
+    }
+  }
+
+  /** Marks every lock of the record fresh. */
+  touch(): void {
+    const now = new Date();
+    futimesSync(this.fd, now, now);
+    this.touchedAt = now.getTime();
+  }
+
+  /** One lock of the record given back (or not taken); the last closes it. */
+  done(): void {
+    if (--this.users <= 0) this.close();
+  }
+
+  private close(): void {
+    if (this.records.get(this.dir) === this) this.records.delete(this.dir);
+    Sys.closeFdSync(this.fd);
+  }
+}
+
+/** A lock this process holds. */
+interface Holding {
+  path: string;
+  /** The lock's inode: the name still being it says the lock is still ours. */
+  ino: number;
+  record: OwnerRecord | undefined;
+  controller: AbortController;
+  refresh: NodeJS.Timeout;
+}
+
+/** Owner records by directory (`null`: none can be made there), and the locks held. */
+const records = new Map<string, OwnerRecord | null>();
+const holdings = new Set<Holding>();
+let removeExitHook: (() => void) | undefined;
 
 /**
- * Makes lock directory `lockPath` as `mkdir` would (failing with `EEXIST` when
- * it exists), but complete: the directory is assembled with its owner file
- * under a temporary name beside it and renamed into place. A lock therefore
- * never exists without its owner, and a holder killed at any moment leaves
- * either a temporary directory of a dead pid or a lock whose owner is dead:
- * `Recover.sweep` removes both at once. (A plain `mkdir` then a write left an
- * owner-less lock that recovery had to leave alone for {@link ORPHAN_GRACE_MS}
- * and that blocked the next taker until it went stale.)
+ * Makes lock `lockPath` holding `text` (the owner): the shared record linked,
+ * or a file of its own. Returns the holding's inode and record, or
+ * `undefined` when the lock exists.
  */
-async function createWithOwner(lockPath: string): Promise<void> {
+function create(
+  lockPath: string,
+  text: string,
+): { ino: number; record: OwnerRecord | undefined } | undefined {
+  const record = OwnerRecord.of(records, dirname(lockPath), text);
+  if (record) {
+    try {
+      return record.take(lockPath) ? { ino: record.ino, record } : undefined;
+    } catch (cause) {
+      if (isMissing(cause)) throw cause;
+      // EMLINK, no /proc, …: files of their own in this directory from now on.
+      records.set(dirname(lockPath), null);
+    }
+  }
   const temp = TempName.beside(lockPath);
+  const fd = openSync(temp, 'wx', 0o644);
+  let ino: number;
   try {
-    await mkdir(temp);
-    await writeFile(join(temp, OWNER_FILE), JSON.stringify(await Proc.self()));
-    // rename(2) would replace an empty directory: an existing lock, even one
-    // made by mkdir alone, must fail as mkdir does.
-    if (await exists(lockPath)) throw alreadyExists(lockPath);
-    await rename(temp, lockPath);
-  } catch (err) {
-    await rm(temp, { recursive: true, force: true }).catch(() => undefined);
-    const code = errnoCode(err);
-    throw code === 'ENOTEMPTY' || code === 'EEXIST' ? alreadyExists(lockPath) : err;
+    writeSync(fd, text);
+    ino = fstatSync(fd).ino;
+  } finally {
+    closeSync(fd);
+  }
+  try {
+    linkSync(temp, lockPath);
+    return { ino, record: undefined };
+  } catch (cause) {
+    if (errnoCode(cause) === 'EEXIST') return undefined;
+    throw cause;
+  } finally {
+    unlinkSync(temp);
   }
 }
 
 /**
- * Removes a lock directory as `rmdir` would, but atomically: it is renamed
- * aside first, so a kill never leaves it without its owner file (a recursive
- * removal deletes the file first); the aside name is a temp of this process.
+ * Checks that held lock `h` is still ours, and marks it fresh; aborts its
+ * signal when it was taken over or removed.
  */
-async function removeWithOwner(lockPath: string): Promise<void> {
-  const aside = TempName.beside(lockPath);
-  await rename(lockPath, aside);
-  await rm(aside, { recursive: true, force: true });
+function refresh(h: Holding): void {
+  let ino: number | undefined;
+  try {
+    ino = lstatSync(h.path).ino;
+  } catch {
+    ino = undefined;
+  }
+  if (ino !== h.ino) {
+    const why = ino === undefined ? 'it was removed' : 'another process took it over';
+    clearInterval(h.refresh);
+    h.controller.abort(compromised(h.path, new Error(why)));
+    return;
+  }
+  try {
+    if (h.record) h.record.touch();
+    else utimesSync(h.path, new Date(), new Date());
+  } catch {
+    // Checked again at the next refresh.
+  }
 }
 
-function alreadyExists(path: string): NodeJS.ErrnoException {
-  return Object.assign(new Error(`EEXIST: lock exists, mkdir '${path}'`), {
-    code: 'EEXIST',
-    path,
+/** Removes held lock `h` if it is still ours. Synchronous: also run at exit. */
+function removeHolding(h: Holding): void {
+  if (!holdings.delete(h)) return;
+  clearInterval(h.refresh);
+  try {
+    if (lstatSync(h.path).ino === h.ino) unlinkSync(h.path);
+  } catch {
+    // Gone already, or not ours any more: it goes stale or was taken over.
+  }
+  h.record?.done();
+  if (holdings.size === 0) {
+    removeExitHook?.();
+    removeExitHook = undefined;
+  }
+}
+
+/** Removes every lock still held when the process exits, also by a signal. */
+async function installExitHook(): Promise<void> {
+  if (removeExitHook !== undefined) return;
+  // Loaded on first use: commands that take no lock start faster.
+  const { onExit } = await import('signal-exit');
+  removeExitHook ??= onExit(() => {
+    for (const h of [...holdings]) removeHolding(h);
   });
 }
 
-async function exists(path: string): Promise<boolean> {
-  return lstat(path).then(
-    () => true,
-    () => false,
-  );
+/**
+ * Why lock `lockPath` is stale, or `undefined` when it is live or gone:
+ * - `'expired'`: not refreshed within `staleMs`;
+ * - `'owner-dead'`: the process it names no longer runs;
+ * - `'orphaned'`: no owner {@link ORPHAN_GRACE_MS} after it was made (a lock
+ *   directory of an older version whose holder died before writing it).
+ */
+export async function staleness(
+  lockPath: string,
+  { staleMs = DEFAULT_STALE_MS }: { staleMs?: number } = {},
+): Promise<Staleness | undefined> {
+  let st;
+  try {
+    st = await stat(lockPath);
+  } catch {
+    return undefined;
+  }
+  const now = Date.now();
+  if (st.mtimeMs < now - Math.max(staleMs, MIN_STALE_MS)) return 'expired';
+  const holder = await owner(lockPath);
+  if (holder) return (await Proc.isAlive(holder)) ? undefined : 'owner-dead';
+  const createdMs = st.birthtimeMs || st.ctimeMs; // birthtime is 0 where unsupported
+  return createdMs < now - ORPHAN_GRACE_MS ? 'orphaned' : undefined;
+}
+
+/** Why a lock is stale; see {@link staleness}. */
+export type Staleness = 'expired' | 'owner-dead' | 'orphaned';
+
+/**
+ * Locks made here have their owner from birth; a lock directory without one
+ * comes from an older version (which recorded the owner after `mkdir`). This
+ * long after its creation, it lost its holder in between.
+ */
+export const ORPHAN_GRACE_MS = 2000;
+
+/** The holder recorded in lock `lockPath`, or `undefined` (none, unreadable). */
+export async function owner(lockPath: string): Promise<Proc.ProcessId | undefined> {
+  try {
+    return Proc.parse(JSON.parse(await readFile(lockPath, 'utf8')));
+  } catch (err) {
+    if (errnoCode(err) !== 'EISDIR') return undefined;
+  }
+  try {
+    return Proc.parse(JSON.parse(await readFile(join(lockPath, OWNER_FILE), 'utf8')));
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Removes lock `lockPath` if it is stale (see {@link staleness}): moves it
+ * aside, checks again what moved (between the check and the rename another
+ * process may have taken over the dead lock with a fresh one, which is then
+ * put back, unless the name is taken again), and deletes it. True when it
+ * removed a stale lock. Throws what the rename or removal throws.
+ *
+ * @example
+ * ```ts
+ * if (await Lock.removeIfStale(`${layout}/index.json.lock`)) console.log('removed a dead lock');
+ * ```
+ */
+export async function removeIfStale(
+  lockPath: string,
+  options: { staleMs?: number } = {},
+): Promise<boolean> {
+  if (!(await staleness(lockPath, options))) return false;
+  const aside = TempName.beside(lockPath);
+  try {
+    await rename(lockPath, aside);
+  } catch (err) {
+    if (errnoCode(err) === 'ENOENT') return false;
+    throw err;
+  }
+  if (!(await staleness(aside, options))) {
+    await putBack(aside, lockPath);
+    return false;
+  }
+  await rm(aside, { recursive: true, force: true });
+  return true;
+}
+
+/**
+ * Puts a live lock moved aside back under its name, never over another
+ * lock: a file by a link (rename(2) would replace one), a directory by a
+ * rename (which fails on a non-empty one). Where the name was taken again,
+ * the aside lock is dropped: its holder sees it lost.
+ */
+async function putBack(aside: string, lockPath: string): Promise<void> {
+  const st = await lstat(aside).catch(() => undefined);
+  if (st?.isDirectory()) {
+    await rename(aside, lockPath).catch(() => undefined);
+    return;
+  }
+  await link(aside, lockPath).catch(() => undefined);
+  await unlink(aside).catch(() => undefined);
 }
 
 /** `{osDir}/.locks/build-xxxxxxxxxxxx.lock`, the lock of layer `hash`. */
@@ -161,90 +394,113 @@ export async function withLayer<T>(
   fn: (lock: HeldLock) => Promise<T>,
 ): Promise<T> {
   const { osDir, hash, ...lockOptions } = options;
-  const lockfilePath = layerLockPath({ osDir, hash });
-  await ensureDir(join(osDir, LOCKS_DIR));
-  return withPath(lockfilePath, fn, { ...lockOptions, lockfilePath });
+  // `.locks/` is made when a lock finds it missing, not checked for each lock.
+  return lockAndRun(layerLockPath({ osDir, hash }), fn, lockOptions, true);
 }
 
 /**
  * Runs `fn` while holding a cross-process lock on `path` (which need not
- * exist). The lock directory is `${path}.lock` unless `lockfilePath` says
- * otherwise; its parent must exist. The lock directory is gone after `fn` settles.
+ * exist). The lock is `${path}.lock` unless `lockfilePath` says otherwise;
+ * its directory must exist. The lock is gone after `fn` settles.
  *
  * @example
  * ```ts
  * await Lock.withPath(join(layout, 'index.json'), async () => updateIndex(layout));
  * ```
  * @throws {LayerError} `LAYER_LOCK_TIMEOUT`, `LAYER_LOCK_COMPROMISED`, or
- *   `LAYER_WRITE_FAILED` when the lock directory cannot be created.
+ *   `LAYER_WRITE_FAILED` when the lock cannot be created.
  */
 export async function withPath<T>(
   path: string,
   fn: (lock: HeldLock) => Promise<T>,
   options: PathLockOptions = {},
 ): Promise<T> {
-  const lockPath = resolve(options.lockfilePath ?? path + LOCK_SUFFIX);
+  return lockAndRun(resolve(options.lockfilePath ?? path + LOCK_SUFFIX), fn, options, false);
+}
+
+async function lockAndRun<T>(
+  lockPath: string,
+  fn: (lock: HeldLock) => Promise<T>,
+  options: LockOptions,
+  makeParent: boolean,
+): Promise<T> {
   const outer = held.getStore();
   const already = outer?.get(lockPath);
   if (already) return fn(already);
 
-  const lock = await acquire(lockPath, options);
+  const holding = await acquire(lockPath, options, makeParent);
+  const lock = heldLock(lockPath, holding.controller.signal);
   const inner = new Map(outer);
-  inner.set(lockPath, lock.held);
+  inner.set(lockPath, lock);
   try {
-    const result = await held.run(inner, () => fn(lock.held));
-    lock.held.assertHeld();
+    const result = await held.run(inner, () => fn(lock));
+    lock.assertHeld();
     return result;
   } finally {
-    await lock.release();
+    removeHolding(holding);
   }
 }
 
-interface Acquired {
-  held: HeldLock;
-  release(): Promise<void>;
-}
-
-async function acquire(lockPath: string, options: LockOptions): Promise<Acquired> {
+async function acquire(
+  lockPath: string,
+  options: LockOptions,
+  makeParent: boolean,
+): Promise<Holding> {
   const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
-  const staleMs = Math.max(options.staleMs ?? DEFAULT_STALE_MS, 2000);
+  const staleMs = Math.max(options.staleMs ?? DEFAULT_STALE_MS, MIN_STALE_MS);
   if (!(timeoutMs >= 0)) throw badOption('timeoutMs', timeoutMs);
   const deadline = Date.now() + timeoutMs;
-  for (let backoff = 20; ; backoff = Math.min(backoff * 1.5, 500)) {
-    options.signal?.throwIfAborted();
-    const controller = new AbortController();
-    const lock = heldLock(lockPath, controller.signal);
-    let release: (() => Promise<void>) | undefined;
-    try {
-      // Loaded on first use: commands that take no lock (layers ls, gc --dry-run) start faster.
-      const { default: lockfile } = await import('proper-lockfile');
-      release = await lockfile.lock(lockPath, {
-        lockfilePath: lockPath,
-        realpath: false,
-        stale: staleMs,
-        retries: 0,
-        fs: lockFs,
-        // Called from a timer: never throw here, fail the operation instead.
-        onCompromised: (cause) => controller.abort(compromised(lockPath, cause)),
-      });
-    } catch (cause) {
-      if (errnoCode(cause) !== 'ELOCKED') throw cannotCreate(lockPath, cause);
+  const text = JSON.stringify(await Proc.self());
+  await installExitHook();
+  try {
+    for (let backoff = 20; ; backoff = Math.min(backoff * 1.5, 500)) {
+      options.signal?.throwIfAborted();
+      let made;
+      try {
+        made = create(lockPath, text);
+      } catch (cause) {
+        if (!(makeParent && isMissing(cause))) throw cannotCreate(lockPath, cause);
+        await ensureDir(dirname(lockPath));
+        makeParent = false;
+        continue;
+      }
+      if (made) return hold(lockPath, made, staleMs);
+      let removed: boolean;
+      try {
+        removed = await removeIfStale(lockPath, { staleMs });
+      } catch (cause) {
+        throw cannotCreate(lockPath, cause);
+      }
+      if (removed) continue;
       if (Date.now() >= deadline) throw timedOut(lockPath, timeoutMs, staleMs);
       const remaining = Math.max(0, deadline - Date.now());
       await sleep(Math.min(backoff * (0.5 + Math.random()), remaining), options.signal);
-      continue;
     }
-    const releaseOnce = () => release().catch(ignoreReleaseError);
-    return { held: lock, release: releaseOnce };
+  } finally {
+    // No lock taken (timed out, aborted, failed): no hook either.
+    if (holdings.size === 0) {
+      removeExitHook?.();
+      removeExitHook = undefined;
+    }
   }
 }
 
-/**
- * A lock that cannot be removed (already compromised, or removed by someone
- * else) is not ours any more; if it is still on disk it goes stale and is
- * taken over, so there is nothing useful to report.
- */
-function ignoreReleaseError(): void {}
+function hold(
+  lockPath: string,
+  made: { ino: number; record: OwnerRecord | undefined },
+  staleMs: number,
+): Holding {
+  const holding: Holding = {
+    path: lockPath,
+    ...made,
+    controller: new AbortController(),
+    refresh: setInterval(() => refresh(holding), staleMs / 2),
+  };
+  // Refreshing must not keep the process alive; the exit hook removes the lock.
+  holding.refresh.unref();
+  holdings.add(holding);
+  return holding;
+}
 
 function heldLock(path: string, signal: AbortSignal): HeldLock {
   return {
@@ -256,56 +512,21 @@ function heldLock(path: string, signal: AbortSignal): HeldLock {
   };
 }
 
-/** The holder recorded in lock directory `lockPath`, or `undefined` (none yet, unreadable). */
-export async function owner(lockPath: string): Promise<Proc.ProcessId | undefined> {
-  try {
-    return Proc.parse(JSON.parse(await readFile(join(lockPath, OWNER_FILE), 'utf8')));
-  } catch {
-    return undefined;
-  }
-}
-
-/**
- * Locks made here have their owner from birth; a lock without one comes from
- * elsewhere (an older version recorded the owner after `mkdir`). This long
- * after its creation, it lost its holder in between.
- */
-export const ORPHAN_GRACE_MS = 2000;
-
-/** Why a lock directory is stale; see {@link staleness}. */
-export type Staleness = 'expired' | 'owner-dead' | 'orphaned';
-
-/**
- * Why lock directory `lockPath` is stale, or `undefined` when it is live or gone:
- * - `'expired'`: not refreshed within `staleMs` (proper-lockfile's rule);
- * - `'owner-dead'`: the process in its owner file no longer runs;
- * - `'orphaned'`: no owner file {@link ORPHAN_GRACE_MS} after it was created
- *   (its holder died between `mkdir` and recording itself).
- */
-export async function staleness(
-  lockPath: string,
-  { staleMs = DEFAULT_STALE_MS }: { staleMs?: number } = {},
-): Promise<Staleness | undefined> {
-  let st;
-  try {
-    st = await stat(lockPath);
-  } catch {
-    return undefined;
-  }
-  const now = Date.now();
-  if (st.mtimeMs < now - Math.max(staleMs, 2000)) return 'expired';
-  const holder = await owner(lockPath);
-  if (holder) return (await Proc.isAlive(holder)) ? undefined : 'owner-dead';
-  const createdMs = st.birthtimeMs || st.ctimeMs; // birthtime is 0 where unsupported
-  return createdMs < now - ORPHAN_GRACE_MS ? 'orphaned' : undefined;
-}
-
 async function ensureDir(dir: string): Promise<void> {
   try {
     await mkdir(dir, { recursive: true });
   } catch (cause) {
     throw cannotCreate(dir, cause);
   }
+}
+
+/** ENOENT from node:fs or from a system call of `Sys`. */
+function isMissing(cause: unknown): boolean {
+  return sysCode(cause) === 'ENOENT';
+}
+
+function sysCode(cause: unknown): string | undefined {
+  return cause instanceof SysError ? cause.errno : errnoCode(cause);
 }
 
 /** Waits `ms`, rejecting with the signal's reason as soon as it is aborted. */
@@ -333,7 +554,7 @@ function timedOut(lockPath: string, timeoutMs: number, staleMs: number): LayerEr
     {
       path: lockPath,
       hint:
-        'Another process holds it (see its owner file); wait for it, pass a longer timeoutMs, ' +
+        'Another process holds it (its pid is in the lock file); wait for it, pass a longer timeoutMs, ' +
         `or if no day11 process is running, ${sweepOf(lockPath)}(a dead holder's lock also expires after ${staleMs} ms)`,
     },
   );
@@ -348,7 +569,7 @@ function compromised(lockPath: string, cause: unknown): LayerError {
       cause,
       hint:
         'Something removed the lock or the event loop stalled past staleMs; retry the operation, ' +
-        'and do not delete lock directories of running processes',
+        'and do not delete locks of running processes',
     },
   );
 }

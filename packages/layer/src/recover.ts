@@ -9,9 +9,9 @@
  *   entry was last changed. Looked for in `osDir`, in each layer directory
  *   (not inside `fs/`, which is build output), in `.locks/`, `packages/`
  *   and `packages/*` (where 0.1.0 made its temporary links).
- * - lock directories in `.locks/` that are stale by proper-lockfile's rule
- *   (not refreshed within `staleMs`), whose recorded owner is dead, or that
- *   never got an owner (see `Lock.staleness`).
+ * - locks in `.locks/` that are stale (`Lock.staleness`): not refreshed
+ *   within `staleMs`, whose recorded owner is dead, or (lock directories of
+ *   an older version) that never got an owner.
  * - leases of dead processes.
  *
  * A layer that a killed `Gc` left set aside (`.day11-tmp-<pid>-<hex>-build-…`)
@@ -260,26 +260,9 @@ async function sweepLocks(locksDir: string, options: SweepOptions): Promise<stri
   return removed;
 }
 
-/**
- * Moves a stale lock aside before deleting it, and re-checks what moved: between
- * the check and the rename a waiter may have taken over the dead lock with a
- * fresh one, which is then put back.
- */
-async function removeStaleLock(path: string, options: SweepOptions): Promise<boolean> {
-  if (!(await Lock.staleness(path, options))) return false;
-  const aside = TempName.beside(path);
-  try {
-    await rename(path, aside);
-  } catch (err) {
-    if (errnoCode(err) === 'ENOENT') return false;
-    throw cannotRemove(path, err);
-  }
-  if (!(await Lock.staleness(aside, options))) {
-    await rename(aside, path).catch(() => undefined);
-    return false;
-  }
-  await guard(aside, () => rm(aside, { recursive: true, force: true }));
-  return true;
+/** `Lock.removeIfStale`, its failures as this module's. */
+function removeStaleLock(path: string, options: SweepOptions): Promise<boolean> {
+  return guard(path, () => Lock.removeIfStale(path, options));
 }
 
 /** Names in `dir`, or `[]` when it does not exist. */

@@ -151,7 +151,7 @@ function onSignal(sig: NodeJS.Signals): void {
 
 /**
  * Listeners for `sig` that are neither ours nor signal-exit's. signal-exit
- * (in proper-lockfile and execa) listens to every signal but re-raises one
+ * (in @day11/layer's locks and execa) listens to every signal but re-raises one
  * only when its own listeners are the only ones, counting them in a global:
  * the same convention here, or each would wait for the other and the process
  * would live on. On the re-raised signal it runs its exit hooks and re-raises
