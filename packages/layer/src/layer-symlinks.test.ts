@@ -1,4 +1,4 @@
-import { mkdir, mkdtemp, readdir, readlink, rm, stat } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readlink, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -35,6 +35,30 @@ describe('LayerSymlinks.ensure', () => {
       'build-ffffffffffff',
     ]);
     expect(await readdir(packagesDir)).toEqual(['a']);
+  });
+
+  it('replaces a wrong link or file atomically, and settles concurrent calls on one link', async () => {
+    const link = join(packagesDir, 'a', 'build-0123456789ab');
+    await mkdir(join(packagesDir, 'a'), { recursive: true });
+    await symlink('../../build-ffffffffffff', link);
+    await ensure({ packagesDir, id: 'a', layerName: 'build-0123456789ab' });
+    expect(await readlink(link)).toBe('../../build-0123456789ab');
+    await rm(link);
+    await writeFile(link, 'not a link');
+    await ensure({ packagesDir, id: 'a', layerName: 'build-0123456789ab' });
+    expect(await readlink(link)).toBe('../../build-0123456789ab');
+
+    await rm(packagesDir, { recursive: true });
+    await Promise.all(
+      Array.from({ length: 8 }, () =>
+        ensure({ packagesDir, id: 'b', layerName: 'build-0123456789ab' }),
+      ),
+    );
+    expect(await readlink(join(packagesDir, 'b', 'build-0123456789ab'))).toBe(
+      '../../build-0123456789ab',
+    );
+    expect(await readdir(packagesDir)).toEqual(['b']);
+    expect(await readdir(join(packagesDir, 'b'))).toEqual(['build-0123456789ab']);
   });
 
   it.each(['', '.', '..', 'a/b', '../x', 'a\0b', `${TempName.PREFIX}1-ab-x`])(

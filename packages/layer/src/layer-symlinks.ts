@@ -3,7 +3,7 @@
  * The id is opaque ("name.version" for opam callers, anything for others);
  * it lets a caller find every layer built for one id without reading them all.
  */
-import { readlinkSync } from 'node:fs';
+import { lstatSync, readlinkSync } from 'node:fs';
 import { mkdir, rename, rm, symlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { errnoCode, LayerCodes, LayerError, messageOf } from './errors.js';
@@ -39,7 +39,7 @@ export function assertId(id: string): void {
  * Makes `{packagesDir}/{id}/{layerName}` a symlink to the layer directory
  * `{packagesDir}/../{layerName}` (relative, so the cache can be moved),
  * replacing any other existing link atomically; a link that is already
- * right costs one `readlink`.
+ * right costs an `lstat` and a `readlink`, a new one a `symlink`.
  *
  * @example
  * ```ts
@@ -69,14 +69,22 @@ export async function ensure({
   const link = join(idDir, layerName);
   // relative(idDir, join(packagesDir, '..', layerName)): an id is one path component.
   const target = `../../${layerName}`;
-  // Synchronous: the link is usually right already (a cached step), and one
-  // readlink costs less than a thread-pool round trip.
-  if (currentTarget(link) === target) return;
-  // Made in `packages/` itself, not in the id's directory, so that recovery
-  // finds a killed process's temporary link by reading one directory.
+  // Synchronous: the link is usually right already (a cached step), and an
+  // lstat and a readlink cost less than a thread-pool round trip.
+  const st = lstatSync(link, { throwIfNoEntry: false });
+  if (st !== undefined && currentTarget(link) === target) return;
+  try {
+    // A new link: a symlink appears whole, so it needs no temporary name.
+    if (st === undefined && (await create(idDir, link, target))) return;
+    if (currentTarget(link) === target) return; // made meanwhile by another process
+  } catch (cause) {
+    throw cannotRegister(link, cause);
+  }
+  // Another link there: replaced atomically. The temporary link is made in
+  // `packages/` itself, not in the id's directory, so that recovery finds a
+  // killed process's by reading one directory.
   const temp = TempName.inside(packagesDir, layerName);
   try {
-    await mkdir(idDir, { recursive: true });
     await symlink(target, temp);
     // A GC removing the id's last dangling link removes its directory too.
     await rename(temp, link).catch(async (err: unknown) => {
@@ -86,12 +94,34 @@ export async function ensure({
     });
   } catch (cause) {
     await rm(temp, { force: true });
-    throw new LayerError(LayerCodes.WRITE_FAILED, `Cannot register ${link}: ${messageOf(cause)}`, {
-      path: link,
-      cause,
-      hint: 'Check that the packages directory is writable',
-    });
+    throw cannotRegister(link, cause);
   }
+}
+
+/**
+ * Makes symlink `link` → `target`, and the id's directory when missing
+ * (again, if a GC removed it in between); false when `link` exists.
+ */
+async function create(idDir: string, link: string, target: string): Promise<boolean> {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      await symlink(target, link);
+      return true;
+    } catch (err) {
+      const code = errnoCode(err);
+      if (code === 'EEXIST') return false;
+      if (code !== 'ENOENT' || attempt > 0) throw err;
+    }
+    await mkdir(idDir, { recursive: true });
+  }
+}
+
+function cannotRegister(link: string, cause: unknown): LayerError {
+  return new LayerError(LayerCodes.WRITE_FAILED, `Cannot register ${link}: ${messageOf(cause)}`, {
+    path: link,
+    cause,
+    hint: 'Check that the packages directory is writable',
+  });
 }
 
 function currentTarget(link: string): string | undefined {
