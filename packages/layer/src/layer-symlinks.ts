@@ -99,20 +99,23 @@ export async function ensure({
 }
 
 /**
- * Makes symlink `link` → `target`, and the id's directory when missing
- * (again, if a GC removed it in between); false when `link` exists.
+ * Makes symlink `link` → `target`, and the id's directory first when it is
+ * missing (a new id, the usual case of a build: one layer per package);
+ * false when `link` exists.
  */
 async function create(idDir: string, link: string, target: string): Promise<boolean> {
   for (let attempt = 0; ; attempt++) {
+    if (attempt > 0 || lstatSync(idDir, { throwIfNoEntry: false }) === undefined)
+      await mkdir(idDir, { recursive: true });
     try {
       await symlink(target, link);
       return true;
     } catch (err) {
       const code = errnoCode(err);
       if (code === 'EEXIST') return false;
+      // A GC removing the id's last dangling link removes its directory too.
       if (code !== 'ENOENT' || attempt > 0) throw err;
     }
-    await mkdir(idDir, { recursive: true });
   }
 }
 
