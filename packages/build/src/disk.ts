@@ -16,6 +16,7 @@
  * leaving it unrecorded costs one rerun, while recording a failure the disk
  * caused would keep it until the user clears it.
  */
+import { statfsSync, type StatsFs } from 'node:fs';
 import { open, statfs } from 'node:fs/promises';
 
 /** Below this many free bytes (or with no free inode), the filesystem is full. */
@@ -98,7 +99,7 @@ export class FreeSpaceWatch {
     private readonly dir: string,
     private readonly maxIntervalMs = 100,
   ) {
-    this.sample();
+    this.sample(true);
   }
 
   /** How long until the next sample, when `free` bytes were free at the last. */
@@ -106,20 +107,28 @@ export class FreeSpaceWatch {
     return Math.max(2, Math.min(maxIntervalMs, Math.floor(free / FAST_WRITE_BYTES_PER_MS / 2)));
   }
 
-  private sample(): void {
-    void freeSpace(this.dir).then((space) => {
-      if (space) {
-        this.full = fullness(space) ?? this.full;
-        this.lowest = lower(space, this.lowest);
-      }
-      if (this.stopped) return;
-      const free = space?.bytes ?? Number.MAX_SAFE_INTEGER;
-      this.timer = setTimeout(
-        () => this.sample(),
-        FreeSpaceWatch.intervalFor(free, this.maxIntervalMs),
-      );
-      this.timer.unref();
-    });
+  /**
+   * Takes a sample and schedules the next. The first is synchronous (one
+   * statfs of microseconds, where a thread-pool trip costs more, per step);
+   * the later ones run while the step does, off the main thread.
+   */
+  private sample(first = false): void {
+    if (first) this.record(freeSpaceSync(this.dir));
+    else void freeSpace(this.dir).then((space) => this.record(space));
+  }
+
+  private record(space: Space | undefined): void {
+    if (space) {
+      this.full = fullness(space) ?? this.full;
+      this.lowest = lower(space, this.lowest);
+    }
+    if (this.stopped) return;
+    const free = space?.bytes ?? Number.MAX_SAFE_INTEGER;
+    this.timer = setTimeout(
+      () => this.sample(),
+      FreeSpaceWatch.intervalFor(free, this.maxIntervalMs),
+    );
+    this.timer.unref();
   }
 
   stop(): void {
@@ -129,7 +138,20 @@ export class FreeSpaceWatch {
 }
 
 async function freeSpace(dir: string): Promise<Space | undefined> {
-  const fs = await statfs(dir).catch(() => undefined);
+  return spaceOf(await statfs(dir).catch(() => undefined));
+}
+
+function freeSpaceSync(dir: string): Space | undefined {
+  let fs: StatsFs | undefined;
+  try {
+    fs = statfsSync(dir);
+  } catch {
+    fs = undefined;
+  }
+  return spaceOf(fs);
+}
+
+function spaceOf(fs: StatsFs | undefined): Space | undefined {
   // Btrfs, and tmpfs without an inode limit, report 0 inodes of 0: no limit, not none free.
   return fs && { bytes: fs.bfree * fs.bsize, inodes: fs.files > 0 ? fs.ffree : Infinity };
 }

@@ -388,6 +388,8 @@ async function writeLog(
   if (log.move === true) {
     await rename(log.file, path);
     progress.logMoved = true;
+    // A runner writes its log private already: one lstat instead of a thread-pool chmod.
+    if ((lstatSync(path).mode & 0o7777) === LAYER_FILE_MODE) return;
   } else {
     await copyFile(log.file, path);
   }
