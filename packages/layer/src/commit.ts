@@ -321,17 +321,19 @@ async function assemble({ options, checked, temp, progress }: Assemble): Promise
   progress.upperMoved = true;
   const synced: number[] = [];
   try {
-    // Settled, not raced: every descriptor opened is closed below.
+    const given = options.meta.disk_usage ?? 0;
+    // Settled, not raced: every descriptor opened is closed below. The upper
+    // is measured meanwhile: layer.json, which records it, comes last.
     const written = await Promise.allSettled([
       writeLog(join(temp, FILES.log), options.log, progress),
       closeFd(create(join(temp, FILES.lastUsed), '')),
       ...checked.sidecars.map(async ([name, text]) => {
         synced.push(await create(join(temp, name), text));
       }),
+      given > 0 ? undefined : measure(fsDir).then((bytes) => (checked.record.disk_usage = bytes)),
     ]);
     for (const result of written) if (result.status === 'rejected') throw result.reason;
-    const given = options.meta.disk_usage ?? 0;
-    checked.record.disk_usage = given > 0 ? given : await measure(fsDir);
+    if (given > 0) checked.record.disk_usage = given;
     // layer.json last: a layer directory with it is complete by construction.
     synced.push(await create(join(temp, FILES.meta), LayerMeta.text(checked.record)));
     await Promise.all([...synced.map((fd) => fsyncFd(fd)), fsyncDirOf(temp)]);
