@@ -1,4 +1,4 @@
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { access, lstat, mkdir, readdir, readFile, rm, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -174,6 +174,47 @@ describe('Lock.withLayer', () => {
     expect(await ended).toBe('SIGTERM');
     expect(await readdir(join(osDir, '.locks'))).toEqual([]);
   });
+
+  it.skipIf(process.getuid?.() !== 0)(
+    'makes a file of its own per lock where the owner record cannot be linked (no /proc; root only)',
+    () => {
+      const lockModule = fileURLToPath(new URL('../dist/lock.js', import.meta.url));
+      // In a mount namespace of its own without /proc, linkat through
+      // /proc/self/fd fails: each lock is then written aside and linked into place.
+      const script = `const { withLayer } = await import(${JSON.stringify(lockModule)});
+        const { lstatSync, readFileSync, readdirSync } = await import('node:fs');
+        const seen = await withLayer({ osDir: process.argv[1], hash: '${hashOf(1)}' }, () =>
+          withLayer({ osDir: process.argv[1], hash: '${hashOf(2)}' }, async (held) => {
+            const a = lstatSync(held.path.replace('${hashOf(2).slice(0, 12)}', '${hashOf(1).slice(0, 12)}'));
+            const b = lstatSync(held.path);
+            return { distinct: a.ino !== b.ino, nlink: [a.nlink, b.nlink], owner: JSON.parse(readFileSync(held.path, 'utf8')).pid, names: readdirSync(process.argv[1] + '/.locks').length };
+          }));
+        console.log(JSON.stringify({ ...seen, left: readdirSync(process.argv[1] + '/.locks') }));`;
+      const node = JSON.stringify(process.execPath);
+      const r = spawnSync(
+        'unshare',
+        [
+          '--mount',
+          '--propagation',
+          'private',
+          'sh',
+          '-c',
+          `umount -l /proc && exec ${node} --input-type=module -e "$0" "$1"`,
+          script,
+          osDir,
+        ],
+        { encoding: 'utf8' },
+      );
+      expect(r.stderr).toBe('');
+      expect(JSON.parse(r.stdout)).toMatchObject({
+        distinct: true,
+        nlink: [1, 1],
+        names: 2,
+        left: [],
+      });
+      expect(r.stdout).toMatch(/"owner":\d+/);
+    },
+  );
 
   it('fails cleanly with LAYER_LOCK_COMPROMISED when the lock is removed while held', async () => {
     const lockPath = layerLockPath({ osDir, hash });

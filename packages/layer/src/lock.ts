@@ -30,6 +30,7 @@
 import { AsyncLocalStorage } from 'node:async_hooks';
 import {
   closeSync,
+  existsSync,
   fstatSync,
   futimesSync,
   linkSync,
@@ -199,27 +200,30 @@ function create(
     try {
       return record.take(lockPath) ? { ino: record.ino, record } : undefined;
     } catch (cause) {
-      if (isMissing(cause)) throw cause;
-      // EMLINK, no /proc, …: files of their own in this directory from now on.
+      // The directory gone is the caller's to report; an ENOENT with the
+      // directory there is /proc missing (the link goes through /proc/self/fd).
+      if (isMissing(cause) && !existsSync(dirname(lockPath))) throw cause;
+      // No /proc, EMLINK, …: files of their own in this directory from now on.
       records.set(dirname(lockPath), null);
     }
   }
   const temp = TempName.beside(lockPath);
   const fd = openSync(temp, 'wx', 0o644);
-  let ino: number;
   try {
-    writeSync(fd, text);
-    ino = fstatSync(fd).ino;
-  } finally {
-    closeSync(fd);
-  }
-  try {
+    let ino: number;
+    try {
+      writeSync(fd, text);
+      ino = fstatSync(fd).ino;
+    } finally {
+      closeSync(fd);
+    }
     linkSync(temp, lockPath);
     return { ino, record: undefined };
   } catch (cause) {
     if (errnoCode(cause) === 'EEXIST') return undefined;
     throw cause;
   } finally {
+    // The lock's name keeps the file; a failed write leaves nothing.
     unlinkSync(temp);
   }
 }

@@ -41,7 +41,7 @@ import { layerOfAside } from './set-aside.js';
 export interface SweepReport {
   /** Temporary files and directories of dead processes. */
   temps: string[];
-  /** Stale lock directories. */
+  /** Stale locks. */
   locks: string[];
   /** Leases of dead processes. */
   leases: string[];
@@ -166,7 +166,7 @@ const SWEEP_CONCURRENCY = 16;
 export interface SweepDirsOptions extends SweepOptions {
   /** Directories whose temporary entries of dead processes go (each directory's own entries only). */
   dirs: readonly string[];
-  /** Lock directories (as `Lock.withPath` makes them) to remove when stale. */
+  /** Locks (as `Lock.withPath` makes them) to remove when stale. */
   locks?: readonly string[];
 }
 
@@ -265,7 +265,6 @@ function removeStaleLock(path: string, options: SweepOptions): Promise<boolean> 
   return guard(path, () => Lock.removeIfStale(path, options));
 }
 
-/** Names in `dir`, or `[]` when it does not exist. */
 /** What a layer directory holds for the sweep, from its listing and its lease directory's. */
 interface LayerLook {
   exists: boolean;
@@ -302,6 +301,7 @@ function lookAt(dir: string): LayerLook {
   };
 }
 
+/** Names in `dir`, or `[]` when it does not exist. */
 async function entries(dir: string): Promise<string[]> {
   try {
     return await readdir(dir);
