@@ -59,6 +59,8 @@ export const DEFAULT_STALE_MS = 10_000;
 export const DEFAULT_TIMEOUT_MS = 5 * 60_000;
 /** The shortest `staleMs` taken: a refresh every second at most. */
 const MIN_STALE_MS = 2000;
+/** How long the exit hook stays after the last lock is given back. */
+const EXIT_HOOK_LINGER_MS = 1000;
 /** A record touched longer ago than this is touched again before it is linked as a new lock. */
 const FRESH_MS = 1000;
 
@@ -263,20 +265,43 @@ function removeHolding(h: Holding): void {
     // Gone already, or not ours any more: it goes stale or was taken over.
   }
   h.record?.done();
-  if (holdings.size === 0) {
-    removeExitHook?.();
-    removeExitHook = undefined;
-  }
+  if (holdings.size === 0) uninstallExitHookSoon();
+}
+
+/** What every lock of this process needs, made by the first: its owner text, and signal-exit. */
+let ownerText: string | undefined;
+let onExit: typeof import('signal-exit').onExit | undefined;
+/** Takes the exit hook away a moment after the last lock went, unless another came. */
+let hookLinger: NodeJS.Timeout | undefined;
+
+async function prepare(): Promise<string> {
+  ownerText ??= JSON.stringify(await Proc.self());
+  // Loaded on first use: commands that take no lock start faster.
+  onExit ??= (await import('signal-exit')).onExit;
+  return ownerText;
 }
 
 /** Removes every lock still held when the process exits, also by a signal. */
-async function installExitHook(): Promise<void> {
-  if (removeExitHook !== undefined) return;
-  // Loaded on first use: commands that take no lock start faster.
-  const { onExit } = await import('signal-exit');
-  removeExitHook ??= onExit(() => {
+function installExitHook(): void {
+  clearTimeout(hookLinger);
+  removeExitHook ??= onExit!(() => {
     for (const h of [...holdings]) removeHolding(h);
   });
+}
+
+/**
+ * With no lock held, the exit hook goes (its signal listeners with it), a
+ * little later: a build takes its next lock as it gives one back, and the
+ * hook would come and go per step.
+ */
+function uninstallExitHookSoon(): void {
+  clearTimeout(hookLinger);
+  hookLinger = setTimeout(() => {
+    if (holdings.size > 0) return;
+    removeExitHook?.();
+    removeExitHook = undefined;
+  }, EXIT_HOOK_LINGER_MS);
+  hookLinger.unref();
 }
 
 /**
@@ -454,8 +479,8 @@ async function acquire(
   const staleMs = Math.max(options.staleMs ?? DEFAULT_STALE_MS, MIN_STALE_MS);
   if (!(timeoutMs >= 0)) throw badOption('timeoutMs', timeoutMs);
   const deadline = Date.now() + timeoutMs;
-  const text = JSON.stringify(await Proc.self());
-  await installExitHook();
+  const text = ownerText !== undefined && onExit !== undefined ? ownerText : await prepare();
+  installExitHook();
   try {
     for (let backoff = 20; ; backoff = Math.min(backoff * 1.5, 500)) {
       options.signal?.throwIfAborted();
@@ -482,10 +507,7 @@ async function acquire(
     }
   } finally {
     // No lock taken (timed out, aborted, failed): no hook either.
-    if (holdings.size === 0) {
-      removeExitHook?.();
-      removeExitHook = undefined;
-    }
+    if (holdings.size === 0) uninstallExitHookSoon();
   }
 }
 
