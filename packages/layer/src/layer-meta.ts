@@ -4,7 +4,7 @@
  * Keys stay snake_case so caches written by other day11 implementations read
  * back; keys this version does not know are kept through a load/save.
  */
-import { readFileSync, statSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import {
@@ -336,9 +336,6 @@ export function findSync(dir: string): LayerMeta | undefined {
   const path = file(dir);
   let text: string;
   try {
-    // A layer not made yet is the usual miss: told without an exception (a
-    // thrown ENOENT costs several times the stat).
-    if (statSync(path, { throwIfNoEntry: false }) === undefined) return undefined;
     text = readFileSync(path, 'utf8');
   } catch (cause) {
     if (errnoCode(cause) === 'ENOENT') return undefined;

@@ -3,14 +3,15 @@
  * whole with its holder in it (pid and process start time), so
  * {@link Recover.sweep} removes the lock of a killed process at once.
  *
- * The locks a process takes in one directory are names of one file: its
- * owner record there, an unnamed file (O_TMPFILE) written once. Taking a lock
- * is one link(2), which fails with EEXIST while someone holds it; giving it
- * back is one unlink(2). No inode is made or freed per lock: each is a
+ * The locks a process holds at once in one directory are names of one file:
+ * its owner record there, an unnamed file (O_TMPFILE) written once. Taking a
+ * lock is one link(2), which fails with EEXIST while someone holds it; giving
+ * it back is one unlink(2). No inode is made or freed per lock: each is a
  * directory entry (a no-journal ext4 scans past every inode freed in the last
- * minutes on each allocation, and a build takes a lock per step). Where the
- * filesystem has no unnamed files, each lock is a file of its own, written
- * under a temporary name and linked into place.
+ * minutes on each allocation, and a build takes a lock per step). A lone
+ * lock, and every lock where the filesystem has no unnamed files or /proc is
+ * missing, is a file of its own, written under a temporary name and linked
+ * into place.
  *
  * A held lock is kept fresh by touching its mtime every `staleMs / 2` (one
  * touch of the shared record refreshes every lock it is). Another process
@@ -37,7 +38,6 @@ import {
   lstatSync,
   openSync,
   unlinkSync,
-  utimesSync,
   writeSync,
 } from 'node:fs';
 import { link, lstat, mkdir, readFile, rename, rm, stat, unlink } from 'node:fs/promises';
@@ -179,6 +179,8 @@ interface Holding {
   /** The lock's inode: the name still being it says the lock is still ours. */
   ino: number;
   record: OwnerRecord | undefined;
+  /** A lock of its own: its open file (the record's otherwise). */
+  fd?: number | undefined;
   controller: AbortController;
   refresh: NodeJS.Timeout;
 }
@@ -196,8 +198,13 @@ let removeExitHook: (() => void) | undefined;
 function create(
   lockPath: string,
   text: string,
-): { ino: number; record: OwnerRecord | undefined } | undefined {
-  const record = OwnerRecord.of(records, dirname(lockPath), text);
+): { ino: number; record: OwnerRecord | undefined; fd?: number } | undefined {
+  const dir = dirname(lockPath);
+  // A lone lock is a file of its own (the record's link needs the FFI of
+  // `Sys`, whose first load costs more than the file: a command taking one
+  // lock does not pay for it); one taken while another is held there shares
+  // the record, as a build's do.
+  const record = records.has(dir) || heldIn(dir) ? OwnerRecord.of(records, dir, text) : undefined;
   if (record) {
     try {
       return record.take(lockPath) ? { ino: record.ino, record } : undefined;
@@ -206,28 +213,33 @@ function create(
       // directory there is /proc missing (the link goes through /proc/self/fd).
       if (isMissing(cause) && !existsSync(dirname(lockPath))) throw cause;
       // No /proc, EMLINK, …: files of their own in this directory from now on.
-      records.set(dirname(lockPath), null);
+      records.set(dir, null);
     }
   }
   const temp = TempName.beside(lockPath);
   const fd = openSync(temp, 'wx', 0o644);
+  let taken = false;
   try {
-    let ino: number;
-    try {
-      writeSync(fd, text);
-      ino = fstatSync(fd).ino;
-    } finally {
-      closeSync(fd);
-    }
+    writeSync(fd, text);
+    const ino = fstatSync(fd).ino;
     linkSync(temp, lockPath);
-    return { ino, record: undefined };
+    taken = true;
+    // Kept open while held: its inode cannot be reused by another file meanwhile.
+    return { ino, record: undefined, fd };
   } catch (cause) {
     if (errnoCode(cause) === 'EEXIST') return undefined;
     throw cause;
   } finally {
+    if (!taken) closeSync(fd);
     // The lock's name keeps the file; a failed write leaves nothing.
     unlinkSync(temp);
   }
+}
+
+/** Whether this process holds a lock in directory `dir`. */
+function heldIn(dir: string): boolean {
+  for (const h of holdings) if (dirname(h.path) === dir) return true;
+  return false;
 }
 
 /**
@@ -249,7 +261,7 @@ function refresh(h: Holding): void {
   }
   try {
     if (h.record) h.record.touch();
-    else utimesSync(h.path, new Date(), new Date());
+    else if (h.fd !== undefined) futimesSync(h.fd, new Date(), new Date());
   } catch {
     // Checked again at the next refresh.
   }
@@ -265,6 +277,7 @@ function removeHolding(h: Holding): void {
     // Gone already, or not ours any more: it goes stale or was taken over.
   }
   h.record?.done();
+  if (h.fd !== undefined) closeSync(h.fd);
   if (holdings.size === 0) uninstallExitHookSoon();
 }
 
@@ -513,7 +526,7 @@ async function acquire(
 
 function hold(
   lockPath: string,
-  made: { ino: number; record: OwnerRecord | undefined },
+  made: { ino: number; record: OwnerRecord | undefined; fd?: number },
   staleMs: number,
 ): Holding {
   const holding: Holding = {
