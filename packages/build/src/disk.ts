@@ -99,7 +99,10 @@ export class FreeSpaceWatch {
     private readonly dir: string,
     private readonly maxIntervalMs = 100,
   ) {
-    this.sample(true);
+    // The first sample synchronously: one statfs of microseconds, where a
+    // thread-pool trip costs more, per step; the later ones run off the main
+    // thread while the step does.
+    this.record(freeSpaceSync(this.dir));
   }
 
   /** How long until the next sample, when `free` bytes were free at the last. */
@@ -107,16 +110,11 @@ export class FreeSpaceWatch {
     return Math.max(2, Math.min(maxIntervalMs, Math.floor(free / FAST_WRITE_BYTES_PER_MS / 2)));
   }
 
-  /**
-   * Takes a sample and schedules the next. The first is synchronous (one
-   * statfs of microseconds, where a thread-pool trip costs more, per step);
-   * the later ones run while the step does, off the main thread.
-   */
-  private sample(first = false): void {
-    if (first) this.record(freeSpaceSync(this.dir));
-    else void freeSpace(this.dir).then((space) => this.record(space));
+  private sample(): void {
+    void freeSpace(this.dir).then((space) => this.record(space));
   }
 
+  /** Keeps what `space` says and schedules the next sample. */
   private record(space: Space | undefined): void {
     if (space) {
       this.full = fullness(space) ?? this.full;

@@ -71,14 +71,16 @@ export async function ensure({
   const target = `../../${layerName}`;
   // Synchronous: the link is usually right already (a cached step), and an
   // lstat and a readlink cost less than a thread-pool round trip.
-  const st = lstatSync(link, { throwIfNoEntry: false });
-  if (st !== undefined && currentTarget(link) === target) return;
-  try {
-    // A new link: a symlink appears whole, so it needs no temporary name.
-    if (st === undefined && (await create(idDir, link, target))) return;
+  if (lstatSync(link, { throwIfNoEntry: false }) !== undefined) {
+    if (currentTarget(link) === target) return;
+  } else {
+    try {
+      // A new link: a symlink appears whole, so it needs no temporary name.
+      if (await create(idDir, link, target)) return;
+    } catch (cause) {
+      throw cannotRegister(link, cause);
+    }
     if (currentTarget(link) === target) return; // made meanwhile by another process
-  } catch (cause) {
-    throw cannotRegister(link, cause);
   }
   // Another link there: replaced atomically. The temporary link is made in
   // `packages/` itself, not in the id's directory, so that recovery finds a

@@ -211,7 +211,7 @@ function create(
     } catch (cause) {
       // The directory gone is the caller's to report; an ENOENT with the
       // directory there is /proc missing (the link goes through /proc/self/fd).
-      if (isMissing(cause) && !existsSync(dirname(lockPath))) throw cause;
+      if (isMissing(cause) && !existsSync(dir)) throw cause;
       // No /proc, EMLINK, …: files of their own in this directory from now on.
       records.set(dir, null);
     }
