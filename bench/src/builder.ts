@@ -242,11 +242,16 @@ export async function run(): Promise<BenchRow[]> {
           if (summary.built !== 1000) throw new Error(`built ${summary.built} of 1000`);
           builds.push(ms);
           // The same plan again: every step cached. Once what the build wrote
-          // is on disk: its writeback is the build's cost, not this run's.
+          // is on disk (its writeback is the build's cost, not this run's),
+          // and the kernel is done with what a thousand containers left: on
+          // a quiet machine, as the target says.
           spawnSync('sync');
-          const again = await cliBuild(planFile, cliCache);
-          if (again.summary.cached !== 1000) throw new Error('not fully cached');
-          cachedCli.push(again.ms);
+          await new Promise((resolve) => setTimeout(resolve, SETTLE_MS));
+          for (let i = 0; i < 2; i++) {
+            const again = await cliBuild(planFile, cliCache);
+            if (again.summary.cached !== 1000) throw new Error('not fully cached');
+            cachedCli.push(again.ms);
+          }
         },
       };
       for (const variant of shuffled(Object.values(variants), random)) await variant();

@@ -10,7 +10,7 @@
  *
  * Usage: `node bundle.mjs` in packages/cli (the root `pnpm build` runs it).
  */
-import { rm } from 'node:fs/promises';
+import { rm, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { rolldown } from 'rolldown';
@@ -38,10 +38,14 @@ try {
   await rm(out, { recursive: true, force: true });
   await bundle.write({
     dir: out,
-    format: 'esm',
+    format: 'cjs',
     entryFileNames: '[name].js',
     chunkFileNames: '[name]-[hash].js',
   });
+  // CommonJS, though the package is a module: Node 20 loads a graph of
+  // CommonJS files ~50 ms faster than the same as ES modules (no async
+  // linking), which is a tenth of a cached build's whole command.
+  await writeFile(join(out, 'package.json'), '{ "type": "commonjs" }\n');
 } finally {
   await bundle.close();
 }

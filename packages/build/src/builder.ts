@@ -576,7 +576,8 @@ class BuildRun {
       const failing = step.deps.map((d) => this.outcomes.get(d)!).filter((o) => !isOk(o));
       if (failing.length > 0) return await this.dependencyFailed(step, failing);
       if (this.signal?.aborted) return this.notStarted(step, 'aborted before it started');
-      const meta = this.findMeta(step);
+      // Most lookups so far missed (a cold build): this one likely will too.
+      const meta = this.findMeta(step, this.counters.misses > this.counters.hits);
       const found = meta && this.reusable(meta) ? await this.hit(step, meta) : undefined;
       if (found) return found;
       release();
@@ -595,10 +596,10 @@ class BuildRun {
   }
 
   /** The step's layer.json, checked to be this step's layer (the full hash). */
-  private findMeta(step: Step): LayerMetaRecord | undefined {
+  private findMeta(step: Step, likelyMissing = false): LayerMetaRecord | undefined {
     const dir = this.dirOf(step.id);
     // Synchronous: one small read, where a thread-pool readFile is four round trips.
-    const meta = LayerMeta.findSync(dir);
+    const meta = LayerMeta.findSync(dir, { likelyMissing });
     if (meta !== undefined) Commit.assertSameHash(meta, this.graph.hash(step.id), dir);
     return meta;
   }
@@ -708,9 +709,10 @@ class BuildRun {
           ...(this.signal && { signal: this.signal }),
         },
         async () => {
-          // Another process may have made it while we waited for the lock.
-          // (Under the lock no GC can take it before the touch.)
-          const meta = this.findMeta(step);
+          // Another process may have made it while we waited for the lock
+          // (seldom: it was missing a moment ago). Under the lock no GC can
+          // take it before the touch.
+          const meta = this.findMeta(step, true);
           const found = meta && this.reusable(meta) ? await this.hit(step, meta) : undefined;
           if (found) return found;
           if (this.signal?.aborted) return this.notStarted(step, 'aborted before it started');

@@ -258,12 +258,14 @@ async function cacheDevice(osDir: string): Promise<number> {
 /**
  * Whether layer `hash` is already in `dir`. A layer there whose recorded
  * full hash is another one is a collision of the 12-digit directory name:
- * an error, never a silent "already there".
+ * an error, never a silent "already there". `likelyMissing` unless a
+ * rename just found the directory there: a commit is asked for a layer the
+ * caller did not find.
  */
-function isCommitted(dir: string, hash: string): boolean {
+function isCommitted(dir: string, hash: string, likelyMissing = true): boolean {
   let meta: LayerMeta.LayerMeta | undefined;
   try {
-    meta = LayerMeta.findSync(dir);
+    meta = LayerMeta.findSync(dir, { likelyMissing });
   } catch {
     return false; // corrupt: publish() decides what to do, under the lock
   }
@@ -413,7 +415,8 @@ async function publish({ options, temp, dir, held, progress }: Publish): Promise
   } catch (err) {
     // A non-empty target means someone committed it without our lock (a lost lock).
     const code = errnoCode(err);
-    if ((code === 'ENOTEMPTY' || code === 'EEXIST') && isCommitted(dir, options.hash)) return false;
+    if ((code === 'ENOTEMPTY' || code === 'EEXIST') && isCommitted(dir, options.hash, false))
+      return false;
     throw err;
   }
   await syncShared(options.osDir);

@@ -4,7 +4,16 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { LayerCodes } from './errors.js';
 import { z } from 'zod';
-import { file, load, save, find, validate, FIELDS, type LayerMeta } from './layer-meta.js';
+import {
+  file,
+  load,
+  save,
+  find,
+  findSync,
+  validate,
+  FIELDS,
+  type LayerMeta,
+} from './layer-meta.js';
 
 const meta: LayerMeta = {
   exit_status: 0,
@@ -72,6 +81,20 @@ describe('LayerMeta', () => {
     expect(err).toMatchObject({ code: LayerCodes.META_CORRUPT, path: file(dir) });
     expect((err as Error).message).toContain(file(dir));
     await expect(find(dir)).rejects.toMatchObject({ code: LayerCodes.META_CORRUPT });
+    for (const likelyMissing of [false, true])
+      expect(() => findSync(dir, { likelyMissing })).toThrow(
+        expect.objectContaining({ code: LayerCodes.META_CORRUPT, path: file(dir) }),
+      );
+  });
+
+  it('finds synchronously whether or not it expects the file to be missing', async () => {
+    for (const likelyMissing of [false, true]) {
+      expect(findSync(dir, { likelyMissing })).toBeUndefined();
+      expect(findSync(join(dir, 'no-such-layer'), { likelyMissing })).toBeUndefined();
+    }
+    await save(dir, meta);
+    for (const likelyMissing of [false, true])
+      expect(findSync(dir, { likelyMissing })).toEqual(meta);
   });
 
   it('says what is wrong with every field, on one line', async () => {

@@ -4,7 +4,7 @@
  * Keys stay snake_case so caches written by other day11 implementations read
  * back; keys this version does not know are kept through a load/save.
  */
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import {
@@ -330,10 +330,19 @@ export async function find(dir: string): Promise<LayerMeta | undefined> {
  * const meta = LayerMeta.findSync(LayerDir.path({ osDir, hash }));
  * if (meta?.exit_status === 0) console.log('cached');
  * ```
+ * With `likelyMissing` (a layer about to be made), the file is looked for
+ * before it is read: a missing one then costs no thrown `ENOENT`, which is
+ * ~20 µs, five times the look; a present one costs the look more.
+ *
  * @throws {LayerError} `LAYER_META_CORRUPT` when it is unreadable.
  */
-export function findSync(dir: string): LayerMeta | undefined {
+export function findSync(
+  dir: string,
+  opts: { likelyMissing?: boolean } = {},
+): LayerMeta | undefined {
   const path = file(dir);
+  if (opts.likelyMissing === true && statSync(path, { throwIfNoEntry: false }) === undefined)
+    return undefined;
   let text: string;
   try {
     text = readFileSync(path, 'utf8');

@@ -6,5 +6,8 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { surveyPacked } from './layer-survey.js';
 
 const job = workerData as { osDir: string; names: string[] };
-const packed = await surveyPacked(job.osDir, job.names);
-parentPort!.postMessage(packed, [packed.numbers.buffer, packed.sharedNumbers.buffer]);
+// No top-level await: the day11 command's bundle is CommonJS. A rejection is
+// unhandled, so the worker dies with it and its parent sees the error.
+void surveyPacked(job.osDir, job.names).then((packed) => {
+  parentPort!.postMessage(packed, [packed.numbers.buffer, packed.sharedNumbers.buffer]);
+});

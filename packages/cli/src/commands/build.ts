@@ -1,4 +1,5 @@
 /** `day11 build PLAN.json --cache DIR [--jobs N] [--oci LAYOUT] [--cache-from REF] [--cache-to REF] [--shard K/N] ...` */
+import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import {
   gzipLevelOption,
@@ -150,18 +151,26 @@ export async function run(argv: string[]): Promise<number> {
       hint: 'See `day11 build --help`',
     });
   const shard = shardOption(values.shard);
+  const prepare = async (): Promise<void> => {
+    await prepareCache(osDir);
+    if (runtime === 'crun') await Runc.prepareCrunCgroups().catch(() => undefined);
+    // What killed processes left goes first (a killed build's upper may hold
+    // the room this one needs); the layer directories are left to `day11
+    // recover`: nothing there stops a build, and reading them all is most of a
+    // sweep's cost in a large cache.
+    await recover({ osDir, layers: false }).catch(() => undefined);
+    if (ociExport && values.oci !== undefined)
+      await ociExport.Layout.recover(resolve(values.oci)).catch(() => undefined);
+  };
+  // The machine is checked and an existing cache prepared and swept while the
+  // plan is read and checked (most of a cached build's start is these); a new
+  // cache is made for a valid plan only. The plan's error comes first.
+  const requirements = quiet(checkRequirements(runtime));
+  const prepared = existsSync(osDir) ? quiet(requirements.then(prepare)) : undefined;
   const whole = await loadPlan(resolve(positionals[0]!));
   const plan = shard ? shardOf(whole, shard) : whole;
-  await checkRequirements(runtime);
-  await prepareCache(osDir);
-  if (runtime === 'crun') await Runc.prepareCrunCgroups().catch(() => undefined);
-  // What killed processes left goes first (a killed build's upper may hold
-  // the room this one needs); the layer directories are left to `day11
-  // recover`: nothing there stops a build, and reading them all is most of a
-  // sweep's cost in a large cache.
-  await recover({ osDir, layers: false }).catch(() => undefined);
-  if (ociExport && values.oci !== undefined)
-    await ociExport.Layout.recover(resolve(values.oci)).catch(() => undefined);
+  await requirements;
+  await (prepared ?? prepare());
   const reporter = makeReporter({ json: values.json === true });
   const flags = { insecure: values.insecure === true };
   const caches = await openCaches({
@@ -197,6 +206,12 @@ export async function run(argv: string[]): Promise<number> {
     reporter.close();
     await caches.close();
   }
+}
+
+/** `promise`, with its rejection handled until it is awaited. */
+function quiet<T>(promise: Promise<T>): Promise<T> {
+  promise.catch(() => undefined);
+  return promise;
 }
 
 /** `--shard K/N`: 1 ≤ K ≤ N. */
