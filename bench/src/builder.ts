@@ -92,7 +92,7 @@ function bareRun(bundle: string): number {
   return performance.now() - t;
 }
 
-/** How long the fake-sandbox rounds wait after a sync for freed inodes to be let go. */
+/** How long the cached command and the fake-sandbox rounds wait after a sync, on a machine settling. */
 const SETTLE_MS = 6000;
 
 /** Runs per shell loop of the measured parallel floor. */

@@ -95,6 +95,12 @@ describe('LayerMeta', () => {
     await save(dir, meta);
     for (const likelyMissing of [false, true])
       expect(findSync(dir, { likelyMissing })).toEqual(meta);
+    // A layer "directory" that is a file: the same typed error either way, naming the path.
+    const notDir = join(dir, 'layer.json');
+    for (const likelyMissing of [false, true])
+      expect(() => findSync(notDir, { likelyMissing })).toThrow(
+        expect.objectContaining({ code: LayerCodes.META_CORRUPT, path: file(notDir) }),
+      );
   });
 
   it('says what is wrong with every field, on one line', async () => {

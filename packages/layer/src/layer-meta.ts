@@ -341,8 +341,7 @@ export function findSync(
   opts: { likelyMissing?: boolean } = {},
 ): LayerMeta | undefined {
   const path = file(dir);
-  if (opts.likelyMissing === true && statSync(path, { throwIfNoEntry: false }) === undefined)
-    return undefined;
+  if (opts.likelyMissing === true && !mayExist(path)) return undefined;
   let text: string;
   try {
     text = readFileSync(path, 'utf8');
@@ -351,6 +350,15 @@ export function findSync(
     throw corrupt(path, messageOf(cause), cause);
   }
   return parse(text, path);
+}
+
+/** False only when `path` is certainly missing: any other answer (ENOTDIR, EACCES) is the read's to report. */
+function mayExist(path: string): boolean {
+  try {
+    return statSync(path, { throwIfNoEntry: false }) !== undefined;
+  } catch {
+    return true;
+  }
 }
 
 function missing(path: string): LayerError {
