@@ -92,8 +92,16 @@ function bareRun(bundle: string): number {
   return performance.now() - t;
 }
 
-/** How long the cached command and the fake-sandbox rounds wait after a sync, on a machine settling. */
+/** How long the cached command waits after a sync, on a machine settling. */
 const SETTLE_MS = 6000;
+
+/**
+ * How long the fake-sandbox rounds wait after a sync: a no-journal ext4
+ * (this machine's) avoids reusing an inode freed within the last 60 s even
+ * once written back (`RECENTCY_MIN`, fs/ext4/ialloc.c), scanning past it on
+ * each allocation.
+ */
+const INODE_SETTLE_MS = 62_000;
 
 /** Runs per shell loop of the measured parallel floor. */
 const PARALLEL_LOOP = 100;
@@ -272,12 +280,15 @@ export async function run(): Promise<BenchRow[]> {
     });
 
     // 2. The builder's own cost per step, fake sandbox, 1,000 and 10,000 steps.
-    // First the inodes the crun builds above freed are written back and let
-    // go: until then a no-journal ext4 scans past each of them (up to five
-    // minutes while their inode table blocks are dirty, five seconds once
-    // clean) on every allocation, and the rounds would pay for section 1.
+    // First the inodes the crun builds above freed (~7 per container: the
+    // overlay's volatile marker, crun's temp file, the hosts mount point, a
+    // lease) are written back and let go: a no-journal ext4 passes over each
+    // inode freed within the last 5 minutes (its inode table block dirty) or
+    // 60 s (clean, since Linux 5.7) on every allocation in its group, and the
+    // rounds would pay for section 1: 1.9–2.7 ms per step 6 s after a sync
+    // that followed a 1,000-step crun build, 1.07–1.3 ms 60 s later.
     spawnSync('sync');
-    await new Promise((resolve) => setTimeout(resolve, SETTLE_MS));
+    await new Promise((resolve) => setTimeout(resolve, INODE_SETTLE_MS));
     const sizes: [string, number, number][] = [
       ['a 1,000-step random DAG', 1000, 5],
       ['a 10,000-step random DAG', 10_000, 1],

@@ -899,7 +899,7 @@ class BuildRun {
         throw err;
       }
       logMoved = committed.committed;
-      await this.register(step);
+      await this.register(step, committed.committed);
       // Another process's commit of this layer won the race: read what it recorded.
       const meta = committed.meta ?? (await LayerMeta.load(dir));
       this.bytes += meta.disk_usage;
@@ -923,11 +923,13 @@ class BuildRun {
   }
 
   /** Links the step's layer under `packages/{id}/`, where `day11` finds a layer by step id. */
-  private async register(step: Step): Promise<void> {
+  /** Links the step's layer under its id; `likelyNew` for a layer this process just made. */
+  private async register(step: Step, likelyNew = false): Promise<void> {
     await LayerSymlinks.ensure({
       packagesDir: join(this.o.osDir, 'packages'),
       id: step.id,
       layerName: this.nameOf(step.id),
+      likelyNew,
     });
   }
 

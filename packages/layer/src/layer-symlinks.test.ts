@@ -61,6 +61,24 @@ describe('LayerSymlinks.ensure', () => {
     expect(await readdir(join(packagesDir, 'b'))).toEqual(['build-0123456789ab']);
   });
 
+  it('with likelyNew makes a new link, keeps a right one and replaces a wrong one', async () => {
+    const layerName = 'build-0123456789ab';
+    const link = join(packagesDir, 'a', layerName);
+    await ensure({ packagesDir, id: 'a', layerName, likelyNew: true });
+    expect(await readlink(link)).toBe('../../build-0123456789ab');
+    await ensure({ packagesDir, id: 'a', layerName, likelyNew: true });
+    await rm(link);
+    await symlink('../../build-ffffffffffff', link);
+    await ensure({ packagesDir, id: 'a', layerName, likelyNew: true });
+    expect(await readlink(link)).toBe('../../build-0123456789ab');
+    await rm(link);
+    await writeFile(link, 'not a link');
+    await ensure({ packagesDir, id: 'a', layerName, likelyNew: true });
+    expect(await readlink(link)).toBe('../../build-0123456789ab');
+    expect(await readdir(packagesDir)).toEqual(['a']);
+    expect(await readdir(join(packagesDir, 'a'))).toEqual([layerName]);
+  });
+
   it.each(['', '.', '..', 'a/b', '../x', 'a\0b', `${TempName.PREFIX}1-ab-x`])(
     'refuses the id %j',
     async (id) => {

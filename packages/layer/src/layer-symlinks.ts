@@ -41,6 +41,12 @@ export function assertId(id: string): void {
  * replacing any other existing link atomically; a link that is already
  * right costs an `lstat` and a `readlink`, a new one a `symlink`.
  *
+ * `likelyNew` (a layer this process just made): no look first, the link and
+ * its id's directory are made at once (`mkdir -p` and `symlink`, off the
+ * main thread). A look for a name that is not there waits on the directory's
+ * lock while another step adds an id to `packages/` (~60 µs per step of a
+ * cold build, measured); the result is the same either way.
+ *
  * @example
  * ```ts
  * await LayerSymlinks.ensure({ packagesDir: `${osDir}/packages`, id: 'hello.1.0', layerName: 'build-0123456789ab' });
@@ -50,10 +56,13 @@ export async function ensure({
   packagesDir,
   id,
   layerName,
+  likelyNew = false,
 }: {
   packagesDir: string;
   id: string;
   layerName: string;
+  /** The link is likely not there yet: make it without looking first. */
+  likelyNew?: boolean;
 }): Promise<void> {
   assertId(id);
   if (!isLayerName(layerName)) {
@@ -71,12 +80,12 @@ export async function ensure({
   const target = `../../${layerName}`;
   // Synchronous: the link is usually right already (a cached step), and an
   // lstat and a readlink cost less than a thread-pool round trip.
-  if (lstatSync(link, { throwIfNoEntry: false }) !== undefined) {
+  if (!likelyNew && lstatSync(link, { throwIfNoEntry: false }) !== undefined) {
     if (currentTarget(link) === target) return;
   } else {
     try {
       // A new link: a symlink appears whole, so it needs no temporary name.
-      if (await create(idDir, link, target)) return;
+      if (await create(idDir, link, target, likelyNew)) return;
     } catch (cause) {
       throw cannotRegister(link, cause);
     }
@@ -102,12 +111,17 @@ export async function ensure({
 
 /**
  * Makes symlink `link` → `target`, and the id's directory first when it is
- * missing (a new id, the usual case of a build: one layer per package);
- * false when `link` exists.
+ * missing (a new id, the usual case of a build: one layer per package), or
+ * with `makeDir` without looking; false when `link` exists.
  */
-async function create(idDir: string, link: string, target: string): Promise<boolean> {
+async function create(
+  idDir: string,
+  link: string,
+  target: string,
+  makeDir: boolean,
+): Promise<boolean> {
   for (let attempt = 0; ; attempt++) {
-    if (attempt > 0 || lstatSync(idDir, { throwIfNoEntry: false }) === undefined)
+    if (attempt > 0 || makeDir || lstatSync(idDir, { throwIfNoEntry: false }) === undefined)
       await mkdir(idDir, { recursive: true });
     try {
       await symlink(target, link);
