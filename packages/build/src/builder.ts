@@ -922,8 +922,10 @@ class BuildRun {
     }
   }
 
-  /** Links the step's layer under `packages/{id}/`, where `day11` finds a layer by step id. */
-  /** Links the step's layer under its id; `likelyNew` for a layer this process just made. */
+  /**
+   * Links the step's layer under `packages/{id}/`, where `day11` finds a layer
+   * by step id; `likelyNew` for a layer this process just made.
+   */
   private async register(step: Step, likelyNew = false): Promise<void> {
     await LayerSymlinks.ensure({
       packagesDir: join(this.o.osDir, 'packages'),
