@@ -40,8 +40,11 @@ interface Round {
   loop: number;
   round: number;
   code: number | null;
+  signal: NodeJS.Signals | null;
   stderr: string;
   failed: string[];
+  /** The last few events, to tell where a build that did not finish stood. */
+  last: string[];
 }
 
 beforeAll(async () => {
@@ -58,8 +61,13 @@ afterAll(async () => {
   if (root) await rm(root, { recursive: true, force: true });
 });
 
+// Killed only after a wait for a lock (5 minutes by default) has failed with
+// an error that names the lock.
 const build = (p: number) =>
-  day11(['build', plans[p]!, '--cache', cache, '--oci', layout, '--jobs', '2'], { json: true });
+  day11(['build', plans[p]!, '--cache', cache, '--oci', layout, '--jobs', '2'], {
+    json: true,
+    timeoutMs: 360_000,
+  });
 
 describe('day11 layers gc --keep-bytes 0 in a loop while two builds and their exports share the cache', () => {
   let rounds: Round[] = [];
@@ -99,8 +107,10 @@ describe('day11 layers gc --keep-bytes 0 in a loop while two builds and their ex
             loop: p,
             round,
             code: r.code,
+            signal: r.signal,
             stderr: r.stderr,
             failed: [...failed, ...exportFailed],
+            last: r.events.slice(-4).map((e) => JSON.stringify(e)),
           });
         }
         return out;
@@ -119,14 +129,14 @@ describe('day11 layers gc --keep-bytes 0 in a loop while two builds and their ex
         .filter((r) => r.code !== 0)
         .map(
           (r) =>
-            `loop ${r.loop} round ${r.round} exited ${r.code}: ${[...r.failed, r.stderr.trim()].join('; ')}`,
+            `loop ${r.loop} round ${r.round} exited ${r.code ?? r.signal}: ${[...r.failed, r.stderr.trim(), ...r.last].join('; ')}`,
         );
       expect(
         failures,
         `${rounds.length - failures.length} of ${rounds.length} builds succeeded`,
       ).toEqual([]);
     },
-    ROUNDS * 2 * 60_000,
+    ROUNDS * 2 * 60_000 + 360_000,
   );
 
   it('afterwards every plan builds, every image verifies, and recover leaves nothing', async () => {
