@@ -233,7 +233,7 @@ export async function run(): Promise<BenchRow[]> {
     // beside it dirties it again) on every allocation in its group: after
     // the crun builds below (~7 inodes freed per container: the overlay's
     // volatile marker, crun's temp file, the hosts mount point, a lease) and
-    // a sync, the rounds took 1.9–2.7 ms per step 6 s later and 1.07–1.3 ms
+    // a sync, the rounds took 1.9–2.2 ms per step 6 s later and 1.07–1.34 ms
     // 60 s later. What earlier suites freed is let go first.
     spawnSync('sync');
     await new Promise((resolve) => setTimeout(resolve, INODE_SETTLE_MS));
