@@ -137,6 +137,54 @@ describe('authentication', () => {
 });
 
 describe('retries', () => {
+  it('takes DIGEST_INVALID on a manifest put as a lost race: done when the manifest is there, else put once more', async () => {
+    const registry = await fake();
+    const bytes = Buffer.from('{"schemaVersion":2,"layers":[]}');
+    const manifest = { bytes, mediaType: 'application/vnd.oci.image.manifest.v1+json' };
+    const invalid = (res: import('node:http').ServerResponse): boolean => {
+      res
+        .writeHead(400, { 'content-type': 'application/json' })
+        .end(
+          '{"errors":[{"code":"DIGEST_INVALID","message":"provided digest did not match uploaded content"}]}',
+        );
+      return true;
+    };
+    const puts = (tag: string) =>
+      registry.log.filter((r) => r.method === 'PUT' && r.url.endsWith(`/manifests/${tag}`)).length;
+
+    // The other writer's identical put went in: nothing more to do.
+    let refused = 0;
+    registry.intercepts.push((req, res, body) => {
+      if (req.method !== 'PUT' || !req.url!.endsWith('/manifests/raced') || refused++ > 0)
+        return false;
+      registry.putManifest(REPO, 'raced', body, manifest.mediaType);
+      return invalid(res);
+    });
+    const c = client(registry.host);
+    expect(await c.putManifest(REPO, 'raced', manifest)).toBe(digestOf(bytes));
+    expect(puts('raced')).toBe(1);
+
+    // Nothing went in: put once more.
+    let refusedAgain = 0;
+    registry.intercepts.push((req, res) => {
+      if (req.method !== 'PUT' || !req.url!.endsWith('/manifests/again') || refusedAgain++ > 0)
+        return false;
+      return invalid(res);
+    });
+    expect(await c.putManifest(REPO, 'again', manifest)).toBe(digestOf(bytes));
+    expect(puts('again')).toBe(2);
+    expect(registry.manifests.get(REPO)?.get('again')?.bytes).toEqual(bytes);
+
+    // Refused every time: the second refusal is the error.
+    registry.intercepts.push((req, res) =>
+      req.method === 'PUT' && req.url!.endsWith('/manifests/never') ? invalid(res) : false,
+    );
+    const err = await failure(c.putManifest(REPO, 'never', manifest));
+    expect(err.status).toBe(400);
+    expect(err.message).toContain('DIGEST_INVALID');
+    expect(puts('never')).toBe(2);
+  });
+
   it('waits as long as Retry-After says on 429, then succeeds', async () => {
     const registry = await fake();
     let throttled = 0;

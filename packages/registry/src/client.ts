@@ -16,7 +16,7 @@ import type { Readable } from 'node:stream';
 import { MediaTypes } from '@day11/oci-export';
 import { mergeScopes, scopeOf, type Scope } from './auth.js';
 import { sha256Of, verified, type VerifyFailure } from './digest-stream.js';
-import { RegistryCodes, RegistryError, isAbort } from './errors.js';
+import { answered, RegistryCodes, RegistryError, isAbort } from './errors.js';
 import { DIGEST_RE } from './reference.js';
 import { bodyOf, zeroCopyBodyOf } from './stream-request.js';
 import { EarlyEnd } from './zero-copy-get.js';
@@ -453,6 +453,11 @@ export class RegistryClient {
 
   /**
    * Puts `bytes` as manifest `reference` (a tag, or its digest); resolves with its digest.
+   * A `DIGEST_INVALID` answer (the digest is ours, computed from the bytes sent)
+   * is taken as a lost race, not as bad bytes: two workers putting the same
+   * manifest at once can get it from distribution, which writes the
+   * manifest's blob in place. When the reference then holds these bytes,
+   * the put is done; otherwise it is tried once more.
    * @throws {RegistryError}
    */
   async putManifest(
@@ -462,19 +467,28 @@ export class RegistryClient {
     opts: Signal = {},
   ): Promise<string> {
     const digest = sha256Of(manifest.bytes);
-    const res = await this.transport.request({
-      method: 'PUT',
-      url: `/v2/${repository}/manifests/${reference}`,
-      repository,
-      scope: scopeOf(repository, 'push'),
-      headers: { 'content-type': manifest.mediaType },
-      body: () => manifest.bytes,
-      accept: [201, 204],
-      what: `put manifest ${reference}`,
-      digest: reference,
-      signal: opts.signal,
-    });
-    await discard(res);
+    const put = async (): Promise<void> => {
+      const res = await this.transport.request({
+        method: 'PUT',
+        url: `/v2/${repository}/manifests/${reference}`,
+        repository,
+        scope: scopeOf(repository, 'push'),
+        headers: { 'content-type': manifest.mediaType },
+        body: () => manifest.bytes,
+        accept: [201, 204],
+        what: `put manifest ${reference}`,
+        digest: reference,
+        signal: opts.signal,
+      });
+      await discard(res);
+    };
+    try {
+      await put();
+    } catch (err) {
+      if (!answered(err, 400, 'DIGEST_INVALID')) throw err;
+      const there = await this.headManifest(repository, reference, opts).catch(() => undefined);
+      if (there?.digest !== digest) await put();
+    }
     return digest;
   }
 

@@ -115,6 +115,19 @@ export function isRegistryError(err: unknown, code?: RegistryCode): err is Regis
   return err instanceof RegistryError && (code === undefined || err.code === code);
 }
 
+/**
+ * Whether `err` is the registry's answer `status` naming error code `code`
+ * of the distribution spec (`BLOB_UNKNOWN`, `DIGEST_INVALID`, ...).
+ *
+ * @example
+ * ```ts
+ * if (answered(err, 400, 'BLOB_UNKNOWN')) await pushBlobs();
+ * ```
+ */
+export function answered(err: unknown, status: number, code: string): boolean {
+  return err instanceof RegistryError && err.status === status && err.message.includes(code);
+}
+
 /** True when `err` is an abort (a signal's reason or an `AbortError`). */
 export function isAbort(err: unknown, signal?: AbortSignal): boolean {
   if (signal?.aborted && err === signal.reason) return true;

@@ -35,7 +35,7 @@ import {
 import type { BlobSource, PushOutcome, RegistryClient } from './client.js';
 import { sha256Of } from './digest-stream.js';
 import { FileBody } from './file-body.js';
-import { RegistryError } from './errors.js';
+import { answered } from './errors.js';
 import {
   baseOf,
   fsRootOf,
@@ -506,13 +506,7 @@ async function putManifest(
   try {
     return await put();
   } catch (err) {
-    if (
-      !(err instanceof RegistryError) ||
-      err.status !== 400 ||
-      !/BLOB_UNKNOWN/.test(err.message)
-    ) {
-      throw err;
-    }
+    if (!answered(err, 400, 'BLOB_UNKNOWN')) throw err;
     for (const b of o.blobs) ctx.session.knownBlobs.delete(b.digest);
     await pushBlobs(ctx, o.blobs);
     return put();
