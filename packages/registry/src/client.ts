@@ -454,10 +454,9 @@ export class RegistryClient {
   /**
    * Puts `bytes` as manifest `reference` (a tag, or its digest); resolves with its digest.
    * A `DIGEST_INVALID` answer (the digest is ours, computed from the bytes sent)
-   * is taken as a lost race, not as bad bytes: two workers putting the same
-   * manifest at once can get it from distribution, which writes the
-   * manifest's blob in place. When the reference then holds these bytes,
-   * the put is done; otherwise it is tried once more.
+   * is taken as a lost race, not as bad bytes: distribution gave it to one of
+   * two workers putting the same manifest at once. When the reference then
+   * holds these bytes, the put is done; otherwise it is tried once more.
    * @throws {RegistryError}
    */
   async putManifest(
