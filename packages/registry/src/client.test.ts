@@ -183,6 +183,16 @@ describe('retries', () => {
     expect(err.status).toBe(400);
     expect(err.message).toContain('DIGEST_INVALID');
     expect(puts('never')).toBe(2);
+
+    // Put by a digest the bytes do not have: refused once, not tried again.
+    const other = digestOf(Buffer.from('other'));
+    registry.intercepts.push((req, res) =>
+      req.method === 'PUT' && req.url!.endsWith(`/manifests/${other}`) ? invalid(res) : false,
+    );
+    const wrong = await failure(c.putManifest(REPO, other, manifest));
+    expect(wrong.status).toBe(400);
+    expect(wrong.message).toContain('DIGEST_INVALID');
+    expect(puts(other)).toBe(1);
   });
 
   it('waits as long as Retry-After says on 429, then succeeds', async () => {

@@ -456,7 +456,8 @@ export class RegistryClient {
    * A `DIGEST_INVALID` answer (the digest is ours, computed from the bytes sent)
    * is taken as a lost race, not as bad bytes: distribution gave it to one of
    * two workers putting the same manifest at once. When the reference then
-   * holds these bytes, the put is done; otherwise it is tried once more.
+   * holds these bytes, the put is done; otherwise it is tried once more. A
+   * digest reference that is not the bytes' own is refused at once.
    * @throws {RegistryError}
    */
   async putManifest(
@@ -484,7 +485,12 @@ export class RegistryClient {
     try {
       await put();
     } catch (err) {
-      if (!answered(err, 400, 'DIGEST_INVALID')) throw err;
+      // Put by another digest than the bytes': the refusal is right.
+      if (
+        !answered(err, 400, 'DIGEST_INVALID') ||
+        (DIGEST_RE.test(reference) && reference !== digest)
+      )
+        throw err;
       const there = await this.headManifest(repository, reference, opts).catch(() => undefined);
       if (there?.digest !== digest) await put();
     }
