@@ -20,8 +20,17 @@
  * (`fs/`, and a log copied or moved in) is not synced: a killed process loses
  * nothing of it, and a caller that must survive power loss syncs it first.
  */
-import { closeSync, constants, fsync, lstatSync, open as fsOpen, write as fsWrite } from 'node:fs';
-import { chmod, copyFile, mkdir, rename, rm, stat, writeFile } from 'node:fs/promises';
+import {
+  closeSync,
+  constants,
+  fsync,
+  lstatSync,
+  mkdirSync,
+  openSync,
+  renameSync,
+  writeSync,
+} from 'node:fs';
+import { chmod, copyFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { promisify } from 'node:util';
 import { measure } from './disk-usage.js';
@@ -311,52 +320,45 @@ interface Assemble {
 /**
  * Builds the layer in `temp`, complete and durable but not visible yet. Each
  * file is written once, in place, and the fsyncs run at once, in one journal
- * commit where the filesystem allows. (Calls that create or change an inode
- * stay off the main thread: under fsync pressure they wait for the journal.)
+ * commit where the filesystem allows. The directory, the renames and the
+ * small files are made synchronously: each is one short system call, where a
+ * thread-pool round trip costs more than the call itself (on a 2-CPU VM ~75
+ * µs of CPU against ~30 for a `mkdir`, measured); only the fsyncs, which wait
+ * for the disk, and a log copied in leave the main thread.
  */
 async function assemble({ options, checked, temp, progress }: Assemble): Promise<void> {
   // Private: what a build made (setuid binaries, world-writable directories)
   // and what it recorded (its env, its log) are no one else's to reach.
-  await mkdir(temp, { mode: LAYER_DIR_MODE });
+  mkdirSync(temp, { mode: LAYER_DIR_MODE });
   const fsDir = join(temp, FILES.fs);
-  await rename(options.upper, fsDir);
+  renameSync(options.upper, fsDir);
   progress.upperMoved = true;
   const synced: number[] = [];
   try {
+    await writeLog(join(temp, FILES.log), options.log, progress);
+    closeSync(create(join(temp, FILES.lastUsed), ''));
+    for (const [name, text] of checked.sidecars) synced.push(create(join(temp, name), text));
     const given = options.meta.disk_usage ?? 0;
-    // Settled, not raced: every descriptor opened is closed below. The upper
-    // is measured meanwhile: layer.json, which records it, comes last.
-    const written = await Promise.allSettled([
-      writeLog(join(temp, FILES.log), options.log, progress),
-      closeFd(create(join(temp, FILES.lastUsed), '')),
-      ...checked.sidecars.map(async ([name, text]) => {
-        synced.push(await create(join(temp, name), text));
-      }),
-      given > 0 ? undefined : measure(fsDir).then((bytes) => (checked.record.disk_usage = bytes)),
-    ]);
-    for (const result of written) if (result.status === 'rejected') throw result.reason;
-    if (given > 0) checked.record.disk_usage = given;
+    checked.record.disk_usage = given > 0 ? given : await measure(fsDir);
     // layer.json last: a layer directory with it is complete by construction.
-    synced.push(await create(join(temp, FILES.meta), LayerMeta.text(checked.record)));
+    synced.push(create(join(temp, FILES.meta), LayerMeta.text(checked.record)));
     await Promise.all([...synced.map((fd) => fsyncFd(fd)), fsyncDirOf(temp)]);
   } finally {
     for (const fd of synced) closeSync(fd);
   }
 }
 
-const openFd = promisify(fsOpen);
-const writeFd = promisify(fsWrite);
 const fsyncFd = promisify(fsync);
 
-/** Makes file `path` (which must not exist) holding `text`; resolves with its open descriptor. */
-async function create(path: string, text: string): Promise<number> {
-  const fd = await openFd(
+/** Makes file `path` (which must not exist) holding `text`; returns its open descriptor. */
+function create(path: string, text: string): number {
+  const fd = openSync(
     path,
     constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL,
     LAYER_FILE_MODE,
   );
   try {
-    if (text !== '') await writeFd(fd, text);
+    if (text !== '') writeSync(fd, text);
   } catch (err) {
     closeSync(fd);
     throw err;
@@ -364,15 +366,11 @@ async function create(path: string, text: string): Promise<number> {
   return fd;
 }
 
-async function closeFd(fd: Promise<number>): Promise<void> {
-  closeSync(await fd);
-}
-
 /** fsyncs directory `dir`; best effort, as `Atomic.fsyncDir` (some filesystems refuse it). */
 async function fsyncDirOf(dir: string): Promise<void> {
   let fd: number | undefined;
   try {
-    fd = await openFd(dir, constants.O_RDONLY | constants.O_DIRECTORY);
+    fd = openSync(dir, constants.O_RDONLY | constants.O_DIRECTORY);
     await fsyncFd(fd);
   } catch {
     // The rename is atomic even so.
@@ -386,11 +384,11 @@ async function writeLog(
   log: CommitLog | undefined,
   progress: Progress,
 ): Promise<void> {
-  if (log === undefined) return closeFd(create(path, ''));
+  if (log === undefined) return closeSync(create(path, ''));
   if (typeof log === 'string' || log instanceof Uint8Array)
     return writeFile(path, log, { flag: 'wx', mode: LAYER_FILE_MODE });
   if (log.move === true) {
-    await rename(log.file, path);
+    renameSync(log.file, path);
     progress.logMoved = true;
     // A runner writes its log private already: one lstat instead of a thread-pool chmod.
     if ((lstatSync(path).mode & 0o7777) === LAYER_FILE_MODE) return;
@@ -410,7 +408,7 @@ async function publish({ options, temp, dir, held, progress }: Publish): Promise
   await clearBroken(dir);
   held.assertHeld();
   try {
-    await rename(temp, dir);
+    renameSync(temp, dir);
     progress.published = true;
   } catch (err) {
     // A non-empty target means someone committed it without our lock (a lost lock).
