@@ -6,7 +6,8 @@
  * cycles through an unlinked scratch file beside it, and a line is held back
  * only up to {@link MAX_LINE_BYTES}.
  */
-import { open, unlink, type FileHandle } from 'node:fs/promises';
+import { closeSync, openSync, read, unlinkSync, write } from 'node:fs';
+import { promisify } from 'node:util';
 import { dirname } from 'node:path';
 import { TempName, type OutputStream } from '@day11/exec';
 import { ContainerCodes, ContainerError, messageOf } from './errors.js';
@@ -70,7 +71,8 @@ export class OutputLog {
   private bytes = 0;
   private headWritten = 0;
   private headEndsLine = true;
-  private tail: FileHandle | undefined;
+  /** The tail ring's scratch file (a descriptor), once output passes the head. */
+  private tail: number | undefined;
   /** Bytes ever put into the tail ring; the ring holds the last `tailCap` of them. */
   private tailWritten = 0;
   private failure: Error | undefined;
@@ -79,7 +81,8 @@ export class OutputLog {
   private scratch = Buffer.alloc(0);
 
   private constructor(
-    private readonly file: FileHandle | undefined,
+    /** The log (a descriptor). */
+    private readonly file: number | undefined,
     private readonly path: string | undefined,
     private readonly headCap: number,
     private readonly tailCap: number,
@@ -101,10 +104,12 @@ export class OutputLog {
     }
     const headCap = cap === Infinity ? Infinity : Math.floor(cap / 2);
     const tailCap = cap === Infinity ? 0 : cap - headCap;
-    let file: FileHandle | undefined;
+    let file: number | undefined;
     if (opts.path !== undefined) {
       try {
-        file = await open(opts.path, 'a', 0o600);
+        // Synchronously, as the close: one short call each, where a trip
+        // through the thread pool costs more (a step's log is opened per run).
+        file = openSync(opts.path, 'a', 0o600);
       } catch (cause) {
         throw new ContainerError(
           ContainerCodes.BAD_ARGUMENT,
@@ -153,8 +158,14 @@ export class OutputLog {
     try {
       omitted = await this.writeTail();
     } finally {
-      await this.tail?.close().catch(() => undefined);
-      await this.file?.close().catch((err: Error) => this.fail(err));
+      if (this.tail !== undefined) closeQuietly(this.tail);
+      if (this.file !== undefined) {
+        try {
+          closeSync(this.file);
+        } catch (err) {
+          this.fail(err as Error);
+        }
+      }
     }
     if (this.failure) {
       throw new ContainerError(
@@ -222,7 +233,7 @@ export class OutputLog {
   /** `data` is whole lines (each ending in a newline), or a piece of one. */
   private async emit(data: Buffer, stream: OutputStream): Promise<void> {
     if (this.onOutput) this.tellLines(data, stream, this.onOutput);
-    if (this.file && !this.failure) await this.append(data);
+    if (this.file !== undefined && !this.failure) await this.append(data);
   }
 
   private tellLines(
@@ -269,7 +280,7 @@ export class OutputLog {
    * starts a line.
    */
   private async appendTail(data: Buffer): Promise<void> {
-    this.tail ??= await openScratch(this.path!);
+    this.tail ??= openScratch(this.path!);
     const ringBytes = this.tailCap + 1;
     let rest = data;
     if (rest.length > ringBytes) {
@@ -287,7 +298,7 @@ export class OutputLog {
 
   /** Appends the tail (after the marker, when some was left out); returns the bytes left out. */
   private async writeTail(): Promise<number> {
-    if (!this.tail || this.failure) return 0;
+    if (this.tail === undefined || this.failure) return 0;
     let from = Math.max(0, this.tailWritten - this.tailCap); // logical offset of the first byte kept
     if (from > 0) {
       // Start the tail at a line: skip the rest of a line cut in two.
@@ -332,7 +343,7 @@ export class OutputLog {
     const ringBytes = this.tailCap + 1;
     const at = from % ringBytes;
     const n = Math.min(into.length, ringBytes - at);
-    const { bytesRead } = await this.tail!.read(into, 0, n, at);
+    const { bytesRead } = await readFd(this.tail!, into, 0, n, at);
     return into.subarray(0, bytesRead);
   }
 
@@ -346,17 +357,33 @@ export class OutputLog {
  * created exclusively, never through a symlink, and unlinked at once, so
  * nothing of it outlives the run, even a crash.
  */
-async function openScratch(logPath: string): Promise<FileHandle> {
+function openScratch(logPath: string): number {
   const path = TempName.inside(dirname(logPath), 'log-tail');
-  const handle = await open(path, 'wx+', 0o600);
-  await unlink(path).catch(() => undefined);
-  return handle;
+  const fd = openSync(path, 'wx+', 0o600);
+  try {
+    unlinkSync(path);
+  } catch {
+    // Best effort: what is left has a temporary name.
+  }
+  return fd;
 }
 
-async function writeAll(file: FileHandle, data: Buffer, position?: number): Promise<void> {
+function closeQuietly(fd: number): void {
+  try {
+    closeSync(fd);
+  } catch {
+    // Nothing to lose: the scratch file was unlinked at once.
+  }
+}
+
+const readFd = promisify(read);
+const writeFd = promisify(write);
+
+async function writeAll(fd: number, data: Buffer, position?: number): Promise<void> {
   let done = 0;
   while (done < data.length) {
-    const { bytesWritten } = await file.write(
+    const { bytesWritten } = await writeFd(
+      fd,
       data,
       done,
       data.length - done,

@@ -3,9 +3,23 @@
  * ({@link TempName.beside}, so recovery recognises a leftover), fsync it,
  * rename it over the target, fsync the directory. A reader sees the old
  * content or the new, never a torn file, even across a crash.
+ *
+ * Opening, closing and renaming are synchronous: each is one short system
+ * call, where a trip through libuv's thread pool costs more (on a 2-CPU VM
+ * ~75 µs of CPU against ~30 for the call). The writes and the fsyncs, which
+ * may wait for the disk, go through the thread pool.
  */
-import { open, rename, rm } from 'node:fs/promises';
+import {
+  closeSync,
+  constants,
+  fsync as fsyncCallback,
+  openSync,
+  renameSync,
+  writeFile as writeFileCallback,
+} from 'node:fs';
+import { rm } from 'node:fs/promises';
 import { dirname } from 'node:path';
+import { promisify } from 'node:util';
 import { ExecCodes, ExecError, messageOf } from './errors.js';
 import { beside } from './temp-name.js';
 
@@ -32,14 +46,14 @@ export async function writeFile(
 ): Promise<void> {
   const temp = beside(path);
   try {
-    const handle = await open(temp, 'wx', options.mode ?? 0o644);
+    const fd = openSync(temp, 'wx', options.mode ?? 0o644);
     try {
-      await handle.writeFile(data);
-      await handle.sync();
+      await writeFd(fd, data);
+      await fsyncFd(fd);
     } finally {
-      await handle.close();
+      closeSync(fd);
     }
-    await rename(temp, path);
+    renameSync(temp, path);
     await fsyncDir(dirname(path));
   } catch (cause) {
     await rm(temp, { force: true });
@@ -62,14 +76,14 @@ export async function writeFile(
  * ```
  */
 export async function fsyncDir(dir: string): Promise<void> {
-  let handle;
+  let fd: number | undefined;
   try {
-    handle = await open(dir, 'r');
-    await handle.sync();
+    fd = openSync(dir, constants.O_RDONLY | constants.O_DIRECTORY);
+    await fsyncFd(fd);
   } catch {
     // Refused (e.g. some tmpfs variants): the rename is still atomic.
   } finally {
-    await handle?.close();
+    if (fd !== undefined) closeSync(fd);
   }
 }
 
@@ -83,10 +97,16 @@ export async function fsyncDir(dir: string): Promise<void> {
  * ```
  */
 export async function fsyncFile(path: string): Promise<void> {
-  const handle = await open(path, 'r');
+  const fd = openSync(path, 'r');
   try {
-    await handle.sync();
+    await fsyncFd(fd);
   } finally {
-    await handle.close();
+    closeSync(fd);
   }
 }
+
+const fsyncFd = promisify(fsyncCallback);
+const writeFd = promisify(writeFileCallback) as (
+  fd: number,
+  data: string | Uint8Array,
+) => Promise<void>;

@@ -342,7 +342,7 @@ async function assemble({ options, checked, temp, progress }: Assemble): Promise
     checked.record.disk_usage = given > 0 ? given : await measure(fsDir);
     // layer.json last: a layer directory with it is complete by construction.
     synced.push(create(join(temp, FILES.meta), LayerMeta.text(checked.record)));
-    await Promise.all([...synced.map((fd) => fsyncFd(fd)), fsyncDirOf(temp)]);
+    await Promise.all([...synced.map((fd) => fsyncFd(fd)), Atomic.fsyncDir(temp)]);
   } finally {
     for (const fd of synced) closeSync(fd);
   }
@@ -364,19 +364,6 @@ function create(path: string, text: string): number {
     throw err;
   }
   return fd;
-}
-
-/** fsyncs directory `dir`; best effort, as `Atomic.fsyncDir` (some filesystems refuse it). */
-async function fsyncDirOf(dir: string): Promise<void> {
-  let fd: number | undefined;
-  try {
-    fd = openSync(dir, constants.O_RDONLY | constants.O_DIRECTORY);
-    await fsyncFd(fd);
-  } catch {
-    // The rename is atomic even so.
-  } finally {
-    if (fd !== undefined) closeSync(fd);
-  }
 }
 
 async function writeLog(
