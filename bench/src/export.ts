@@ -18,6 +18,7 @@
  * Everything reads from the page cache (all methods alike): this measures
  * CPU, not the disk. Each command is timed as a whole (`sync` first).
  */
+import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdtemp, open, rm, stat } from 'node:fs/promises';
@@ -106,7 +107,7 @@ async function tarPipe(
   const out = await mkdtemp(join(work, 'tar-'));
   const script =
     'set -o pipefail; out=$1; shift; i=0; for fs in "$@"; do ' +
-    `tar -c --numeric-owner -f - -C "$fs" . | ${compressor} > "$out/$i.tar.gz"; i=$((i+1)); done`;
+    `tar -c --numeric-owner -f - -C "$fs" . | ${compressor} > "$out/$i.tar.gz" || exit 1; i=$((i+1)); done`;
   const ms = await time(() =>
     Exec.run('bash', ['-c', script, '_', out, ...layers.map(({ dir }) => join(dir, 'fs'))]),
   );
@@ -222,6 +223,10 @@ async function rssChild([hash, dir, layout]: string[]): Promise<void> {
 
 /** Runs the benchmark; returns its rows. */
 export async function run(): Promise<BenchRow[]> {
+  // Checked first: a missing baseline must stop the suite, not time a failing pipe.
+  if (spawnSync('pigz', ['--version'], { stdio: 'ignore' }).status !== 0) {
+    throw new Error('pigz is not installed: apt-get install pigz (or bash .ci/setup)');
+  }
   const work = await mkdtemp(join(tmpdir(), 'day11-bench-export-'));
   const cores = availableParallelism();
   const pigz = `pigz -6 -p ${cores}`;
