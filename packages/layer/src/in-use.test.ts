@@ -1,6 +1,7 @@
 import { execFileSync } from 'node:child_process';
 import { lstatSync } from 'node:fs';
-import { mkdir, readdir, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, rename, rm, writeFile } from 'node:fs/promises';
+import { setTimeout as delay } from 'node:timers/promises';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { commit } from './commit.js';
@@ -9,6 +10,7 @@ import { DEAD_PID, META, hashOf, makeUpper, tempDir } from './fixtures/cache.js'
 import { acquire, acquireEach, holders, isInUse, LEASE_DIR, sweep } from './in-use.js';
 import { get } from './last-used.js';
 import { path as layerPath } from './layer-dir.js';
+import { withLayer } from './lock.js';
 import { Proc } from '@day11/exec';
 
 let osDir: string;
@@ -78,6 +80,36 @@ describe('InUse.acquire / release', () => {
     expect(await isInUse(a)).toBe(true);
     await two.release();
     expect(await isInUse(a)).toBe(false);
+  });
+
+  it('waits while the layer lock is held (a Gc may be about to set it aside), then leases it', async () => {
+    const a = await layer(1);
+    // A Gc that looked for leases before ours: it holds the layer's lock and
+    // sets the layer aside for a moment while our lease is being written.
+    let finishGc!: () => void;
+    const gcDone = new Promise<void>((resolve) => (finishGc = resolve));
+    let locked!: () => void;
+    const gcLocked = new Promise<void>((resolve) => (locked = resolve));
+    const gc = withLayer({ osDir, hash: hashOf(1) }, async () => {
+      locked();
+      await gcDone;
+      await rename(a, `${a}.aside`);
+      await rename(`${a}.aside`, a); // it found our lease: put back
+    });
+    await gcLocked;
+    let leased = false;
+    const taking = acquire({ osDir, dirs: [a] }).then((lease) => {
+      leased = true;
+      return lease;
+    });
+    await delay(200);
+    expect(leased).toBe(false);
+    finishGc();
+    await gc;
+    const lease = await taking;
+    expect(lstatSync(join(a, 'layer.json')).isFile()).toBe(true);
+    expect(await isInUse(a)).toBe(true);
+    await lease.release();
   });
 
   it('fails with LAYER_NOT_FOUND for a missing layer and keeps no partial lease', async () => {

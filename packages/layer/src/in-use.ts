@@ -16,12 +16,15 @@
  *
  * {@link acquire} takes no lock: a lease is one write (a link, or an exclusive
  * create of the file; its name alone, with the pid, already counts), then a check
- * that the layer is still in place. `Gc` deletes a layer under its lock by
+ * that no one holds the layer's lock and that the layer is still in place. `Gc` deletes a layer under its lock by
  * renaming it aside, then looks for a lease again in what it moved: a lease
  * written before the rename moved with the layer and makes Gc put it back;
  * one written after finds no directory. When the check after the write finds
- * the layer missing (collected, or aside for that re-check), acquire decides
- * under the layer's lock, after Gc is done. So either the lease is taken
+ * the layer missing (collected, or aside for that re-check) or its lock held
+ * (a Gc may have looked for leases just before this one was written, and
+ * would set the layer aside for a moment), acquire decides under the layer's
+ * lock, after Gc is done; a Gc locking the layer after that check finds the
+ * lease before it moves anything. So either the lease is taken
  * first and the layer survives, or the layer is collected first and acquire
  * fails. A Gc killed with a layer aside leaves it to `Recover.sweep`, which
  * puts it back when a live lease is in it.
@@ -223,13 +226,22 @@ async function leaseOne(
   { record, shared }: { record: string; shared: SharedRecord | undefined },
 ): Promise<string> {
   const file = join(dir, LEASE_DIR, `${me.pid}-${randomHex(6)}${LEASE_SUFFIX}`);
-  // The fast path: one link (or write), then the layer is still where it was.
-  if ((shared?.link(file) || writeLease(file, record)) && hasMeta(dir)) {
+  const hash = hashPrefix(basename(dir))!;
+  // The fast path: one link (or write), then no one holds the layer's lock
+  // and the layer is still where it was. A Gc holding the lock may have
+  // looked for leases before this one and be about to set the layer aside
+  // (it puts it back when it finds the lease, but a mount meanwhile would
+  // fail): then the lease is decided under the lock, once that Gc is done.
+  // A Gc taking the lock after this look finds the lease and skips the layer.
+  if (
+    (shared?.link(file) || writeLease(file, record)) &&
+    !exists(Lock.layerLockPath({ osDir: options.osDir, hash })) &&
+    hasMeta(dir)
+  ) {
     if (options.touch !== false) await LastUsed.touch(dir);
     return file;
   }
-  // Missing, or set aside by a Gc re-checking it: decide once that Gc is done.
-  const hash = hashPrefix(basename(dir))!;
+  // Missing, set aside by a Gc re-checking it, or its lock held: decide once that Gc is done.
   return Lock.withLayer({ osDir: options.osDir, hash, ...options.lock }, async (held) => {
     if (!hasMeta(dir)) {
       await rm(file, { force: true }).catch(() => undefined);
