@@ -15,19 +15,20 @@
  * (no O_TMPFILE, no /proc), each lease is a file of its own, as before.
  *
  * {@link acquire} takes no lock: a lease is one write (a link, or an exclusive
- * create of the file; its name alone, with the pid, already counts), then a check
- * that no one holds the layer's lock and that the layer is still in place. `Gc` deletes a layer under its lock by
- * renaming it aside, then looks for a lease again in what it moved: a lease
- * written before the rename moved with the layer and makes Gc put it back;
- * one written after finds no directory. When the check after the write finds
- * the layer missing (collected, or aside for that re-check) or its lock held
- * (a Gc may have looked for leases just before this one was written, and
- * would set the layer aside for a moment), acquire decides under the layer's
- * lock, after Gc is done; a Gc locking the layer after that check finds the
- * lease before it moves anything. So either the lease is taken
- * first and the layer survives, or the layer is collected first and acquire
- * fails. A Gc killed with a layer aside leaves it to `Recover.sweep`, which
- * puts it back when a live lease is in it.
+ * create of the file; its name alone, with the pid, already counts), then a
+ * check that no one holds the layer's lock and that the layer is still in
+ * place. `Gc` deletes a layer under its lock by renaming it aside, then looks
+ * for a lease again in what it moved: a lease written before the rename moved
+ * with the layer and makes Gc put it back; one written after finds no
+ * directory. When the check after the write finds the layer missing
+ * (collected, or aside for that re-check) or its lock held (a Gc may have
+ * looked for leases just before this one was written, and would set the layer
+ * aside for a moment), acquire decides under the layer's lock, after Gc is
+ * done; a Gc locking the layer after that check finds the lease before it
+ * moves anything. So either the lease is taken first and the layer survives,
+ * or the layer is collected first and acquire fails. A Gc killed with a layer
+ * aside leaves it to `Recover.sweep`, which puts it back when a live lease is
+ * in it.
  */
 import { accessSync, mkdirSync, unlinkSync, writeFileSync, writeSync } from 'node:fs';
 import { lstat, readdir, readFile, rm } from 'node:fs/promises';
