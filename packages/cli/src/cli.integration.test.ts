@@ -247,6 +247,10 @@ describe('day11 run, import, recover', () => {
     const name = /committed .*(build-[0-9a-f]{12})/.exec(committed.stderr)![1]!;
     const shown = await day11('run', '--cache', runCache, '--layer', name, '--', 'cat', '/kept');
     expect(shown.stdout).toBe('kept\n');
+    // `ls` says what made each layer: the base's image (from base.json), the run.
+    const listed = (await day11('layers', 'ls', '--cache', runCache)).stdout;
+    expect(listed).toMatch(new RegExp(`${name}  [0-9: -]+  ok +day11 run --commit\n`));
+    expect(listed).toMatch(/ ok +base [^?\s]+\n/);
   });
 
   it('imports a rootfs tarball, and refuses a hostile one naming the entry', async () => {

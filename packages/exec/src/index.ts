@@ -23,6 +23,7 @@ export * as Atomic from './atomic.js';
 export { randomHex } from './random.js';
 export { Semaphore, mapLimit } from './concurrency.js';
 export { BufferPool } from './buffer-pool.js';
+export { SmallFiles } from './small-files.js';
 export { workerFile } from './worker-file.js';
 export * as OverlayMarks from './overlay-marks.js';
 export * as ExitHooks from './exit-hooks.js';

@@ -79,6 +79,9 @@ describe('Scan.layers', () => {
     expect(lb!.values.size).toBe(0);
     expect(lb!.leased).toBe(true);
     expect((await layers(osDir))[0]!.values.size).toBe(0);
+    // The listing is made when asked for, and copies and JSON carry it.
+    expect({ ...lb! }).toMatchObject({ sidecars: ['step.json'], leased: true });
+    expect(JSON.parse(JSON.stringify(la))).toMatchObject({ sidecars: ['doc.json', 'step.json'] });
     await expect(layers(osDir, { read: ['layer.json'] })).rejects.toMatchObject({
       code: LayerCodes.SIDECAR_INVALID,
     });

@@ -72,23 +72,35 @@ export async function run(argv: string[]): Promise<number> {
   }
 }
 
-/** Sidecars that say what made a layer, read by `ls` in its scan. */
-const ORIGIN_SIDECARS = ['step.json', 'base.json'];
+/**
+ * The sidecar read with each layer by `ls`: nearly every layer has one, and
+ * the few that do not (bases, `day11 run --commit`) are told by their listing.
+ */
+const STEP_SIDECAR = 'step.json';
 
-/** What made a layer: its step (id and plan), a base import, a `day11 run`, a squash. */
-function originOf(l: Scan.ScannedLayer): { label: string; step: unknown } {
-  if (l.sidecars.includes('step.json')) {
-    const step = l.values.get('step.json');
+/**
+ * What made a layer: its step (id and plan), a base import, a `day11 run`, a
+ * squash. For a base the image is in `base.json`, which the caller reads
+ * (bases are few; the scan reads only `step.json`).
+ */
+function originOf(l: Scan.ScannedLayer): { label: string; step: unknown; base?: true } {
+  // `values` first: `sidecars` lists the layer's directory, which most layers need not.
+  if (l.values.has(STEP_SIDECAR) || l.sidecars.includes(STEP_SIDECAR)) {
+    const step = l.values.get(STEP_SIDECAR);
     const id = typeof step?.['id'] === 'string' ? step['id'] : '?';
     const plan = typeof step?.['plan'] === 'string' ? `  [${step['plan']}]` : '';
     return { label: `step ${id}${plan}`, step: step ?? null };
   }
-  if (l.sidecars.includes('base.json')) {
-    const image = l.values.get('base.json')?.['image'];
-    return { label: `base ${typeof image === 'string' ? image : '?'}`, step: null };
-  }
+  if (l.sidecars.includes('base.json')) return { label: 'base', step: null, base: true };
   if (l.sidecars.includes('run.json')) return { label: 'day11 run --commit', step: null };
   return { label: l.sidecars.join(' '), step: null };
+}
+
+/** A base layer's label: `base IMAGE`, the image as its `base.json` records it. */
+async function baseLabel(dir: string): Promise<string> {
+  const { Sidecar } = await import('@day11/layer');
+  const image = (await Sidecar.read(dir, 'base.json').catch(() => undefined))?.['image'];
+  return `base ${typeof image === 'string' ? image : '?'}`;
 }
 
 /**
@@ -130,13 +142,13 @@ async function ls(osDir: string, json: boolean): Promise<number> {
           }),
         );
       },
-      { read: ORIGIN_SIDECARS },
+      { read: [STEP_SIDECAR] },
     );
     out.flush();
     return 0;
   }
   // Only what a line shows is kept (see Scan.each), then sorted by last use.
-  const rows: { lastUsed: number; line: string }[] = [];
+  const rows: { lastUsed: number; line: string; origin: string; baseDir?: string }[] = [];
   await Scan.each(
     osDir,
     (l) => {
@@ -150,14 +162,18 @@ async function ls(osDir: string, json: boolean): Promise<number> {
       const used = l.lastUsed
         ? new Date(l.lastUsed).toISOString().slice(0, 19).replace('T', ' ')
         : 'never';
+      const origin = originOf(l);
       rows.push({
         lastUsed: l.lastUsed ?? 0,
-        line: `${l.name}  ${used}  ${status.padEnd(24)} ${originOf(l).label}`,
+        line: `${l.name}  ${used}  ${status.padEnd(24)} `,
+        origin: origin.label,
+        ...(origin.base ? { baseDir: l.dir } : {}),
       });
     },
-    { read: ORIGIN_SIDECARS },
+    { read: [STEP_SIDECAR] },
   );
-  for (const row of rows.sort((a, b) => b.lastUsed - a.lastUsed)) out.add(row.line);
+  for (const row of rows) if (row.baseDir) row.origin = await baseLabel(row.baseDir);
+  for (const row of rows.sort((a, b) => b.lastUsed - a.lastUsed)) out.add(row.line + row.origin);
   out.add(`${rows.length} layers in ${osDir}`);
   out.flush();
   return 0;
