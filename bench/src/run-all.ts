@@ -33,7 +33,7 @@ const SUITES: Record<string, Suite> = {
   },
   scan: {
     load: () => import('./scan.js'),
-    note: "`Scan.layers` over the cli suite's 10,000-layer cache (each `layer.json` parsed and validated, sidecars listed, `last_used` stat'ed) against `cat build-*/layer.json`: the same bytes read, nothing parsed. 7 rounds in a seeded shuffled order, medians.",
+    note: "`Scan.layers` over the cli suite's 10,000-layer cache (each `layer.json` parsed and validated, `last_used` stat'ed, every layer's sidecars asked for, so each directory is listed) and `Scan.each` as `layers ls` scans (`step.json` read with each layer, no directory listed) against `cat build-*/layer.json`: the same records read, nothing parsed. 7 rounds in a seeded shuffled order, medians.",
   },
   gc: {
     load: () => import('./gc.js'),
