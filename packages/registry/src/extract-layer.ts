@@ -96,7 +96,9 @@ const GUNZIP_CHUNK = 64 * 1024;
 
 /**
  * Writes `file` into `into` through one buffer, reused once `into` has
- * consumed each piece; ends it, or destroys it with the read's error.
+ * consumed each piece; ends it, or destroys it with the read's error. Stops
+ * when `into` is destroyed (gunzip failed on garbled bytes, the extraction
+ * failed): the file is closed then too.
  */
 async function feed(file: string, into: Writable): Promise<void> {
   let handle;
@@ -106,16 +108,31 @@ async function feed(file: string, into: Writable): Promise<void> {
     for (;;) {
       const { bytesRead } = await handle.read(buf, 0, buf.length, null);
       if (bytesRead === 0 || into.destroyed) break;
-      await new Promise<void>((resolve, reject) =>
-        into.write(buf.subarray(0, bytesRead), (err) => (err ? reject(err) : resolve())),
-      );
+      await consumed(into, buf.subarray(0, bytesRead));
     }
-    into.end();
+    if (!into.destroyed) into.end();
   } catch (err) {
     into.destroy(err instanceof Error ? err : new Error(String(err)));
   } finally {
     await handle?.close();
   }
+}
+
+/**
+ * Writes `piece`; resolves once `into` has consumed it, or has closed: a
+ * stream destroyed in the middle of a write (gunzip on an error) never calls
+ * that write back.
+ */
+function consumed(into: Writable, piece: Buffer): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    const closed = () => resolve();
+    into.once('close', closed);
+    into.write(piece, (err) => {
+      into.off('close', closed);
+      if (err) reject(err);
+      else resolve();
+    });
+  });
 }
 
 /** Bytes that are not what was promised explain any extraction failure; then the tar's own. */

@@ -5,7 +5,7 @@
  * published under the tag.
  */
 import { randomBytes } from 'node:crypto';
-import { readdir } from 'node:fs/promises';
+import { readdir, readlink } from 'node:fs/promises';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
@@ -165,8 +165,20 @@ describe.skipIf(!isRoot)('faults, publishing and pulling through a fake registry
       );
       expect(err.message, c.name).toContain(stack.app.hash);
       await expectNothingStoredAbove(dest, stack.app.hash);
+      // The downloaded blob is closed too: gunzip failing mid-write once left it
+      // open until garbage collection (a short wait: GC would close it too).
+      await expect.poll(() => openFilesUnder(dest), { timeout: 500 }).toEqual([]);
     }
   });
+
+  /** The files under `dir` this process holds open (deleted ones included). */
+  async function openFilesUnder(dir: string): Promise<string[]> {
+    const fds = await readdir('/proc/self/fd');
+    const targets = await Promise.all(
+      fds.map((fd) => readlink(`/proc/self/fd/${fd}`).catch(() => '')),
+    );
+    return targets.filter((t) => t.startsWith(`${dir}/`));
+  }
 
   /** The layer `hash` is not in `osDir`, and no temporary file is left. */
   async function expectNothingStoredAbove(osDir: string, hash: string): Promise<void> {
