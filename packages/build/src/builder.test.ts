@@ -550,6 +550,25 @@ describe('a dependency collected during the build', () => {
     expect(await Layout.verify(layout)).toEqual([]);
   });
 
+  it('never takes a layer the build made or found: each is leased until the build ends', async () => {
+    await build(planOf([{ id: 'a' }]));
+    sandbox.calls.length = 0;
+    sandbox.beforeRun = async (name) => {
+      if (name !== 'c') return;
+      sandbox.beforeRun = undefined;
+      // keepBytes 0: everything nobody holds goes (a was found, b made, in this build).
+      await Gc.prune({ osDir, keepBytes: 0 });
+    };
+    const plan = planOf([{ id: 'a' }, { id: 'b', deps: ['a'] }, { id: 'c', deps: ['b'] }]);
+    const { result } = await build(plan);
+    expect(statusOf(result)).toEqual({ a: 'cached', b: 'done', c: 'done' });
+    expect(sandbox.names).toEqual(['b', 'c']);
+    for (const step of result.steps) {
+      expect(existsSync(join(step.dir, 'layer.json')), step.id).toBe(true);
+      expect(await InUse.holders(step.dir), step.id).toEqual([]);
+    }
+  });
+
   it('never takes the base: it is leased for the whole build', async () => {
     sandbox.beforeRun = async () => {
       sandbox.beforeRun = undefined;

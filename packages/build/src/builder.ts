@@ -315,6 +315,8 @@ class BuildRun {
   private readonly background = new Set<Promise<void>>();
   /** One layer blob compressed ahead at a time (it uses every core). */
   private readonly blobSlot = new Semaphore(1);
+  /** Leases on the layers this build made or found, by directory: see {@link pin}. */
+  private readonly pins = new Map<string, InUse.Lease>();
   private exportChain: Promise<void> = Promise.resolve();
   /** Steps whose export is queued: a layer made again (collected meanwhile) is not exported twice. */
   private readonly exportQueued = new Set<string>();
@@ -346,6 +348,27 @@ class BuildRun {
       return await this.buildOn(started);
     } finally {
       await baseLease.release();
+      for (const pin of this.pins.values()) pin.releaseSync();
+      this.pins.clear();
+    }
+  }
+
+  /**
+   * Leases the layer `dir` until the build ends (unless it already is):
+   * what the build made or found stays, for the steps built on it and the
+   * exports, whatever a concurrent GC does. False when the layer is not
+   * there (collected since it was seen). Safe under the layer's own lock:
+   * the lease is then decided at once (the lock is reentrant).
+   */
+  private async pin(dir: string): Promise<boolean> {
+    if (this.pins.has(dir)) return true;
+    try {
+      const lease = await InUse.acquire({ osDir: this.o.osDir, dirs: [dir], touch: false });
+      this.pins.set(dir, lease);
+      return true;
+    } catch (err) {
+      if (collected(err)) return false;
+      throw err;
     }
   }
 
@@ -616,9 +639,9 @@ class BuildRun {
 
   private async hit(step: Step, meta: LayerMetaRecord): Promise<StepOutcome | undefined> {
     const dir = this.dirOf(step.id);
-    // Collected between the check and the touch (a GC that planned before the
-    // touch skips a layer used since): not a hit after all.
-    if (!(await markUsed(dir))) return undefined;
+    // Collected between the check and the lease: not a hit after all.
+    if (!(await this.pin(dir))) return undefined;
+    await markUsed(dir);
     // A process killed between a commit and its link leaves the layer without it.
     await this.register(step);
     this.counters.hits++;
@@ -725,12 +748,16 @@ class BuildRun {
           if (this.signal?.aborted) return this.notStarted(step, 'aborted before it started');
           if (from) {
             const fetched = await this.fetch(step, from);
+            if (fetched && isOk(fetched)) await this.pin(fetched.dir);
             if (fetched) return fetched;
             release();
             release = await this.runSlots.acquire();
             if (this.signal?.aborted) return this.notStarted(step, 'aborted before it started');
           }
-          return this.run(step, release);
+          const outcome = await this.run(step, release);
+          // Still under the lock: no GC can have taken the layer since its commit.
+          if (isOk(outcome)) await this.pin(outcome.dir);
+          return outcome;
         },
       );
     } finally {
