@@ -2,9 +2,9 @@
  * GC while others work (issue 13): `day11 layers gc --keep-bytes 0` in a
  * loop while two `day11 build --oci` loops share the cache and a layout.
  * The collection may delete anything no one holds, at any moment, but it
- * must never make a build fail: a build leases the base and every layer it
- * finds or makes (cache hits, dependencies, layers to export) until it ends,
- * and a layer collected before the build leased it is made again.
+ * must never make a build fail: a build leases the base, and (exporting)
+ * every layer it finds or makes, until it ends; a layer collected before
+ * the build leased it (a cache hit, a dependency) is made again.
  * Afterwards every plan builds and `day11 recover` leaves nothing. Runs the
  * built CLI: `pnpm build` first.
  */

@@ -550,7 +550,8 @@ describe('a dependency collected during the build', () => {
     expect(await Layout.verify(layout)).toEqual([]);
   });
 
-  it('never takes a layer the build made or found: each is leased until the build ends', async () => {
+  it('never takes a layer the build made or found for an export: each is leased until the build ends', async () => {
+    const layout = join(work, 'oci');
     await build(planOf([{ id: 'a' }]));
     sandbox.calls.length = 0;
     sandbox.beforeRun = async (name) => {
@@ -560,9 +561,10 @@ describe('a dependency collected during the build', () => {
       await Gc.prune({ osDir, keepBytes: 0 });
     };
     const plan = planOf([{ id: 'a' }, { id: 'b', deps: ['a'] }, { id: 'c', deps: ['b'] }]);
-    const { result } = await build(plan);
+    const { result } = await build(plan, { layout });
     expect(statusOf(result)).toEqual({ a: 'cached', b: 'done', c: 'done' });
     expect(sandbox.names).toEqual(['b', 'c']);
+    expect(result.summary.exported.sort()).toEqual(['a', 'b', 'c']);
     for (const step of result.steps) {
       expect(existsSync(join(step.dir, 'layer.json')), step.id).toBe(true);
       expect(await InUse.holders(step.dir), step.id).toEqual([]);

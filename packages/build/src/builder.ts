@@ -315,7 +315,7 @@ class BuildRun {
   private readonly background = new Set<Promise<void>>();
   /** One layer blob compressed ahead at a time (it uses every core). */
   private readonly blobSlot = new Semaphore(1);
-  /** Leases on the layers this build made or found, by directory: see {@link pin}. */
+  /** Leases on the layers this build made or found for its exports, by directory: see {@link pin}. */
   private readonly pins = new Map<string, InUse.Lease>();
   private exportChain: Promise<void> = Promise.resolve();
   /** Steps whose export is queued: a layer made again (collected meanwhile) is not exported twice. */
@@ -354,14 +354,17 @@ class BuildRun {
   }
 
   /**
-   * Leases the layer `dir` until the build ends (unless it already is):
-   * what the build made or found stays, for the steps built on it and the
-   * exports, whatever a concurrent GC does. False when the layer is not
-   * there (collected since it was seen). Safe under the layer's own lock:
-   * the lease is then decided at once (the lock is reentrant).
+   * With a layout, leases the layer `dir` until the build ends (unless it
+   * already is): a layer whose image will be exported stays until then,
+   * whatever a concurrent GC does (an export once found one gone five times
+   * running). False when the layer is not there (collected since it was
+   * seen). Safe under the layer's own lock: the lease is then decided at once
+   * (the lock is reentrant). Without a layout nothing is leased: a run leases
+   * its lowers itself, and makes a collected one again first. A lease costs
+   * two new inodes, which a cached step otherwise does not make.
    */
   private async pin(dir: string): Promise<boolean> {
-    if (this.pins.has(dir)) return true;
+    if (this.o.layout === undefined || this.pins.has(dir)) return true;
     try {
       const lease = await InUse.acquire({ osDir: this.o.osDir, dirs: [dir], touch: false });
       this.pins.set(dir, lease);
@@ -639,9 +642,9 @@ class BuildRun {
 
   private async hit(step: Step, meta: LayerMetaRecord): Promise<StepOutcome | undefined> {
     const dir = this.dirOf(step.id);
-    // Collected between the check and the lease: not a hit after all.
-    if (!(await this.pin(dir))) return undefined;
-    await markUsed(dir);
+    // Collected between the check and the touch (a GC that planned before the
+    // touch skips a layer used since) or the lease: not a hit after all.
+    if (!(await this.pin(dir)) || !(await markUsed(dir))) return undefined;
     // A process killed between a commit and its link leaves the layer without it.
     await this.register(step);
     this.counters.hits++;
