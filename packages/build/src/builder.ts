@@ -370,8 +370,9 @@ class BuildRun {
       this.pins.set(dir, lease);
       return true;
     } catch (err) {
-      if (collected(err)) return false;
-      throw err;
+      // Not leased (a full disk, a lock held too long): the export still
+      // leases the stack itself, and makes a collected layer again.
+      return !collected(err);
     }
   }
 
