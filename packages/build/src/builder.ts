@@ -348,7 +348,14 @@ class BuildRun {
       return await this.buildOn(started);
     } finally {
       await baseLease.release();
-      for (const pin of this.pins.values()) pin.releaseSync();
+      for (const pin of this.pins.values()) {
+        try {
+          pin.releaseSync();
+        } catch {
+          // Counts for nothing once this process is gone (Recover.sweep removes it):
+          // not a reason to fail a build that is done, nor to keep the other leases.
+        }
+      }
       this.pins.clear();
     }
   }

@@ -80,8 +80,8 @@ const STEP_SIDECAR = 'step.json';
 
 /**
  * What made a layer: its step (id and plan), a base import, a `day11 run`, a
- * squash. For a base the image is in `base.json`, which the caller reads
- * (bases are few; the scan reads only `step.json`).
+ * squash. For a base the image is in `base.json`, which `ls` reads after
+ * the scan (bases are few; the scan reads only `step.json`).
  */
 function originOf(l: Scan.ScannedLayer): { label: string; step: unknown; base?: true } {
   // `values` first: `sidecars` lists the layer's directory, which most layers need not.
@@ -94,13 +94,6 @@ function originOf(l: Scan.ScannedLayer): { label: string; step: unknown; base?: 
   if (l.sidecars.includes('base.json')) return { label: 'base', step: null, base: true };
   if (l.sidecars.includes('run.json')) return { label: 'day11 run --commit', step: null };
   return { label: l.sidecars.join(' '), step: null };
-}
-
-/** A base layer's label: `base IMAGE`, the image as its `base.json` records it. */
-async function baseLabel(dir: string): Promise<string> {
-  const { Sidecar } = await import('@day11/layer');
-  const image = (await Sidecar.read(dir, 'base.json').catch(() => undefined))?.['image'];
-  return `base ${typeof image === 'string' ? image : '?'}`;
 }
 
 /**
@@ -124,7 +117,7 @@ class Lines {
 }
 
 async function ls(osDir: string, json: boolean): Promise<number> {
-  const { Scan } = await import('@day11/layer');
+  const { Scan, Sidecar } = await import('@day11/layer');
   const out = new Lines();
   if (json) {
     await Scan.each(
@@ -148,7 +141,8 @@ async function ls(osDir: string, json: boolean): Promise<number> {
     return 0;
   }
   // Only what a line shows is kept (see Scan.each), then sorted by last use.
-  const rows: { lastUsed: number; line: string; origin: string; baseDir?: string }[] = [];
+  // `head`: the line up to what made the layer, which for a base is read after the scan.
+  const rows: { lastUsed: number; head: string; origin: string; baseDir?: string }[] = [];
   await Scan.each(
     osDir,
     (l) => {
@@ -165,15 +159,19 @@ async function ls(osDir: string, json: boolean): Promise<number> {
       const origin = originOf(l);
       rows.push({
         lastUsed: l.lastUsed ?? 0,
-        line: `${l.name}  ${used}  ${status.padEnd(24)} `,
+        head: `${l.name}  ${used}  ${status.padEnd(24)} `,
         origin: origin.label,
         ...(origin.base ? { baseDir: l.dir } : {}),
       });
     },
     { read: [STEP_SIDECAR] },
   );
-  for (const row of rows) if (row.baseDir) row.origin = await baseLabel(row.baseDir);
-  for (const row of rows.sort((a, b) => b.lastUsed - a.lastUsed)) out.add(row.line + row.origin);
+  for (const row of rows) {
+    if (row.baseDir === undefined) continue;
+    const image = (await Sidecar.read(row.baseDir, 'base.json').catch(() => undefined))?.['image'];
+    row.origin = `base ${typeof image === 'string' ? image : '?'}`;
+  }
+  for (const row of rows.sort((a, b) => b.lastUsed - a.lastUsed)) out.add(row.head + row.origin);
   out.add(`${rows.length} layers in ${osDir}`);
   out.flush();
   return 0;
