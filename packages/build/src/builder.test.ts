@@ -94,6 +94,28 @@ describe('ordering', () => {
     expect(sandbox.maxRunning).toBe(2);
   });
 
+  it('prepares `jobs` more steps while `jobs` containers run, for a sandbox that takes the slot', async () => {
+    sandbox.takesContainerSlot = true;
+    // Six independent steps: up to four in the sandbox, two in a container.
+    const steps = ['p', 'q', 'r', 's', 't', 'u'].map((id) => ({ id }));
+    for (const s of steps) sandbox.behaviour.set(s.id, { delayMs: 30 });
+    const { result, events } = await build(planOf(steps), { jobs: 2 });
+    expect(result.ok).toBe(true);
+    expect(sandbox.maxContainers).toBe(2);
+    expect(sandbox.maxRunning).toBe(4);
+    // Each is reported running once, when its container may start.
+    const running = events.filter((e) => e.type === 'step' && e.status === 'running');
+    expect(running.map((e) => (e as { id: string }).id).sort()).toEqual(steps.map((s) => s.id));
+  });
+
+  it('bounds whole runs by `jobs` for a sandbox that does not take the slot', async () => {
+    const steps = ['p', 'q', 'r', 's', 't', 'u'].map((id) => ({ id }));
+    for (const s of steps) sandbox.behaviour.set(s.id, { delayMs: 30 });
+    await build(planOf(steps), { jobs: 2 });
+    expect(sandbox.maxRunning).toBe(2);
+    expect(sandbox.maxContainers).toBe(2);
+  });
+
   it('runs one step at a time by default', async () => {
     for (const s of diamond) sandbox.behaviour.set(s.id, { delayMs: 20 });
     await build(planOf(diamond));

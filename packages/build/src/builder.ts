@@ -63,7 +63,12 @@ export interface BuilderOptions {
   runtime?: Runc.Runtime | undefined;
   /** Runs the steps (default: containers through `@day11/runner`). The builder closes it. */
   sandbox?: Sandbox | undefined;
-  /** Steps run at once (default 1). */
+  /**
+   * Steps run at once (default 1): containers running at once. With the
+   * default sandbox, as many more steps are prepared (stack leased, overlay
+   * mounted) or finished meanwhile, so the next container starts as soon as
+   * one ends.
+   */
   jobs?: number | undefined;
   /** Layers fetched from sources at once (default 4). */
   fetchJobs?: number | undefined;
@@ -309,6 +314,8 @@ class BuildRun {
   readonly counters = zeroStats();
   private readonly outcomes = new Map<string, StepOutcome>();
   private readonly runSlots: Semaphore;
+  /** How many containers run at once, for a sandbox that takes the slot. */
+  private readonly containerSlots: Semaphore | undefined;
   private readonly fetchSlots: Semaphore;
   private readonly lockSlots = new Semaphore(LOCK_AHEAD);
   private readonly remote = new Map<string, LayerSource>();
@@ -335,7 +342,13 @@ class BuildRun {
     private readonly plan: Plan,
     private readonly options: BuildOptions,
   ) {
-    this.runSlots = new Semaphore(o.jobs);
+    // A sandbox that takes the container slot is given `jobs` more steps to
+    // prepare and commit while `jobs` containers run: on two CPUs the
+    // builder's own work per step (mount, unmount, commit) would otherwise
+    // leave a CPU idle while a step waits for it.
+    const gated = sandbox.takesContainerSlot === true;
+    this.runSlots = new Semaphore(gated ? o.jobs * 2 : o.jobs);
+    this.containerSlots = gated ? new Semaphore(o.jobs) : undefined;
     this.fetchSlots = new Semaphore(o.fetchJobs);
     this.signal = options.signal;
   }
@@ -873,9 +886,14 @@ class BuildRun {
   private async run(step: Step, done: () => void): Promise<StepOutcome> {
     const hash = this.graph.hash(step.id);
     const dir = this.dirOf(step.id);
-    const started = performance.now();
+    let started = performance.now();
     const seconds = (): number => (performance.now() - started) / 1000;
-    this.report(step, 'running');
+    // A step prepared ahead runs (and is timed) from when its container may start.
+    const running = (): void => {
+      started = performance.now();
+      this.report(step, 'running');
+    };
+    if (this.containerSlots === undefined) running();
     const stack = this.graph.stack(step.id);
     const logFile = TempName.inside(this.o.osDir, 'log');
     let logMoved = false;
@@ -890,6 +908,13 @@ class BuildRun {
           logCap: this.o.logCap,
           signal: this.signal,
           timeoutMs: this.o.timeoutMs,
+          ...(this.containerSlots && {
+            containerSlot: async () => {
+              const release = await this.containerSlots!.acquire();
+              running();
+              return release;
+            },
+          }),
         })
         .finally(() => {
           space.stop();

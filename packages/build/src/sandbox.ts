@@ -38,6 +38,13 @@ export interface SandboxRunOptions {
   logCap?: number | undefined;
   signal?: AbortSignal | undefined;
   timeoutMs?: number | undefined;
+  /**
+   * The builder's limit on containers running at once, given to a sandbox
+   * that says it takes it ({@link Sandbox.takesContainerSlot}): awaited just
+   * before the container starts; the function it resolves to is called as
+   * soon as the container is gone.
+   */
+  containerSlot?: (() => Promise<() => void>) | undefined;
 }
 
 /** How a step's run ended. */
@@ -53,6 +60,13 @@ export type SandboxResult =
  */
 export interface Sandbox {
   run(options: SandboxRunOptions): Promise<SandboxResult>;
+  /**
+   * True when `run` waits for `containerSlot` before it starts its container
+   * and gives it back once the container is gone. The builder then prepares
+   * and commits up to `jobs` more steps (their mounts, leases, commits) while
+   * `jobs` containers run; otherwise `jobs` bounds whole runs.
+   */
+  readonly takesContainerSlot?: boolean;
   /** Releases what the sandbox keeps between runs. Idempotent. */
   close(): Promise<void>;
 }
@@ -80,6 +94,7 @@ export interface RunnerSandboxOptions {
 export function runnerSandbox(options: RunnerSandboxOptions): Sandbox {
   const runner = createRunner({ osDir: options.osDir, runtime: options.runtime });
   return {
+    takesContainerSlot: true,
     async run(o) {
       const p = o.process;
       const spec = OciSpec.template(
@@ -111,6 +126,7 @@ export function runnerSandbox(options: RunnerSandboxOptions): Sandbox {
           ...(o.logCap !== undefined && { logCap: o.logCap }),
           ...(o.signal !== undefined && { signal: o.signal }),
           ...(o.timeoutMs !== undefined && { timeoutMs: o.timeoutMs }),
+          ...(o.containerSlot !== undefined && { containerSlot: o.containerSlot }),
         });
       } catch (err) {
         // Aborted before the container started: as interrupted as after.

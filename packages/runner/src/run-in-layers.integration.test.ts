@@ -6,7 +6,7 @@
 import { lstat, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { OciSpec, Runc } from '@day11/container';
-import { Sys, type Day11Error } from '@day11/exec';
+import { Semaphore, Sys, type Day11Error } from '@day11/exec';
 import { Commit, Hash, InUse, LayerDir, LayerMeta, type Base } from '@day11/layer';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { RunnerCodes } from './errors.js';
@@ -349,6 +349,62 @@ describe('runInLayers', () => {
     for (const dir of [...deps, base.dir]) expect(await InUse.holders(dir)).toEqual([]);
     for (const r of runs) await rm(r.upper, { recursive: true });
     expect(await leftovers(osDir)).toEqual(CLEAN);
+  });
+
+  it.each(RUNTIMES)(
+    'a containerSlot of one runs one container at a time; a run that fails or is aborted gives it back (%s)',
+    async (runtime) => {
+      const slot = new Semaphore(1);
+      let inside = 0;
+      let most = 0;
+      const containerSlot = async (): Promise<() => void> => {
+        const release = await slot.acquire();
+        most = Math.max(most, ++inside);
+        return () => {
+          inside--;
+          release();
+        };
+      };
+      const runs = await Promise.all(
+        ['sleep 0.2', 'exit 3', 'sleep 0.2'].map((script) =>
+          step(script, [], { runtime, containerSlot }),
+        ),
+      );
+      expect(most).toBe(1);
+      expect(runs.map((r) => r.run.exitCode).sort()).toEqual([0, 0, 3]);
+      // The last to get the slot waited for at least one sleep.
+      const waited = runs.map((r) => Object.fromEntries(r.timing)['slot_wait']!);
+      expect(Math.max(...waited)).toBeGreaterThan(0.15);
+      for (const r of runs) await rm(r.upper, { recursive: true });
+
+      // The runtime cannot start the container: the slot comes back.
+      const missing = OciSpec.template(OciSpec.make({ args: ['/no/such/program'] }));
+      await expect(
+        runInLayers({ base, buildDirs: [], spec: missing, runtime, containerSlot }),
+      ).rejects.toBeDefined();
+      expect(inside).toBe(0);
+
+      // Aborted while it waits for the slot: RUNNER_ABORTED, nothing left, the slot free.
+      const holder = await slot.acquire();
+      const ac = new AbortController();
+      const waiting = step('true', [], { runtime, signal: ac.signal, containerSlot });
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      ac.abort();
+      holder();
+      await expect(waiting).rejects.toMatchObject({ code: RunnerCodes.ABORTED });
+      expect(inside).toBe(0);
+      await releaseIdle();
+      expect(await leftovers(osDir)).toEqual(CLEAN);
+    },
+  );
+
+  it('refuses a containerSlot that is not a function', async () => {
+    await expect(
+      step('true', [], { containerSlot: 'two' as unknown as RunInLayersOptions['containerSlot'] }),
+    ).rejects.toMatchObject({
+      code: RunnerCodes.BAD_ARGUMENT,
+      message: /containerSlot must be a function/,
+    });
   });
 
   it('a stack deeper than the kernel takes: the deepest layers are merged, the view is the same', async () => {

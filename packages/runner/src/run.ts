@@ -144,6 +144,21 @@ export interface RunInLayersOptions {
    * for its own lifetime instead.
    */
   lingerMs?: number;
+  /**
+   * A limit on containers running at once, shared by runs that may be
+   * prepared side by side: awaited once the overlay is mounted, just before
+   * the runtime starts; the function it resolves to is called as soon as the
+   * container is gone (on every path). The wait is the `slot_wait` phase. A
+   * builder gives it to prepare and commit other steps while its `jobs`
+   * containers run.
+   *
+   * @example
+   * ```ts
+   * const containers = new Semaphore(2); // of @day11/exec
+   * await runner.run({ base, deps, spec, containerSlot: () => containers.acquire() });
+   * ```
+   */
+  containerSlot?: () => Promise<() => void>;
 }
 
 /**
@@ -347,7 +362,14 @@ async function execute(
     }),
   );
   stopIfAsked(run, o);
-  const result = await clock.time('runc_run', () => runContainer(run, o));
+  const release = await clock.time('slot_wait', () => o.containerSlot?.());
+  let result: Runc.RunResult;
+  try {
+    stopIfAsked(run, o);
+    result = await clock.time('runc_run', () => runContainer(run, o));
+  } finally {
+    release?.();
+  }
   await clock.time('overlay_umount', () => unmount(run));
   return { result, stack };
 }
@@ -677,8 +699,9 @@ export function check(opts: RunInLayersOptions): Checked {
   if (opts.timeoutMs !== undefined && !(opts.timeoutMs > 0)) {
     throw badArgument(`timeoutMs must be a positive number, got ${opts.timeoutMs}`, 'timeoutMs');
   }
-  if (opts.prepUpper !== undefined && typeof opts.prepUpper !== 'function') {
-    throw badArgument('prepUpper must be a function', 'prepUpper');
+  for (const option of ['prepUpper', 'containerSlot'] as const) {
+    if (opts[option] !== undefined && typeof opts[option] !== 'function')
+      throw badArgument(`${option} must be a function`, option);
   }
   if (opts.tmpDir !== undefined && (typeof opts.tmpDir !== 'string' || opts.tmpDir === '')) {
     throw badArgument('tmpDir must be a directory path', 'tmpDir');

@@ -35,6 +35,7 @@ describe('PhaseClock', () => {
       'merge',
       'prep_upper',
       'overlay_mount',
+      'slot_wait',
       'runc_run',
       'overlay_umount',
       'cleanup',

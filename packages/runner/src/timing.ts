@@ -16,6 +16,7 @@ export const PHASES = [
   'merge',
   'prep_upper',
   'overlay_mount',
+  'slot_wait',
   'runc_run',
   'overlay_umount',
   'cleanup',

@@ -24,7 +24,7 @@ and anything downstream of it, is not recorded: it runs again next time.
 
 Options:
   --cache DIR        the layer cache (default $DAY11_CACHE)
-  --jobs N           steps run at once (1-256, default 1)
+  --jobs N           steps (containers) run at once (1-256, default 1)
   --runtime R        runc (default) or crun, or a path to a runc-compatible runtime
   --oci LAYOUT       export one OCI image per successful step as soon as it is
                      built, tagged with the step's tag
