@@ -12,6 +12,10 @@
  *    directly spawned runtime's cost summed over the steps and divided by
  *    the jobs (`spawnSync('crun', ['run', ...])` of `true` on a prepared
  *    rootfs, sampled in the same rounds, median × steps ÷ 2).
+ *    Also against the layered floor: the same steps' overlays mounted, run
+ *    and unmounted by the cheapest program that does it (`layered-floor.pl`:
+ *    two Perl processes making the system calls directly, forking crun),
+ *    which shows what of the gap is the builder's own.
  * 3. A fully cached 1,000-step plan: `build()` in-process (plan parsing
  *    included), and the whole `day11 build` command.
  * Also the time to validate, order and hash a 10,000-step chain, and from
@@ -25,7 +29,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { createBuilder, parsePlan, PlanGraph, type Sandbox } from '@day11/build';
-import { OciSpec } from '@day11/container';
+import { OciSpec, Overlay } from '@day11/container';
 import { Exec, randomHex } from '@day11/exec';
 import { median, seeded, shuffled, toMarkdown, type BenchRow } from './table.js';
 
@@ -123,6 +127,64 @@ function parallelRuns(bundle: string): number {
   });
   if (r.status !== 0) throw new Error('two parallel loops of crun run failed');
   return (performance.now() - t) / (2 * PARALLEL_LOOP);
+}
+
+/** How many layers each step of `steps` (from {@link randomDag}) runs over: its closure. */
+function stackDepths(steps: object[]): number[] {
+  const index = new Map(steps.map((s, i) => [(s as { id: string }).id, i]));
+  const closures: Set<number>[] = [];
+  for (const s of steps) {
+    const closure = new Set<number>();
+    for (const dep of (s as { deps?: string[] }).deps ?? []) {
+      const d = index.get(dep)!;
+      closure.add(d);
+      for (const x of closures[d]!) closure.add(x);
+    }
+    closures.push(closure);
+  }
+  return closures.map((c) => c.size);
+}
+
+/** The layered floor's script, and the lower directories it stacks. */
+const LAYERED_FLOOR = join(import.meta.dirname, '../layered-floor.pl');
+const FLOOR_LOWERS = 16;
+/** mount(2) and umount2(2) by architecture: the script makes them with Perl's syscall. */
+const MOUNT_SYSCALLS: Record<string, [number, number]> = { x64: [165, 166], arm64: [40, 39] };
+
+/**
+ * The layered floor: `layered-floor.pl` runs the steps of depths `depths`
+ * with `jobs` processes, in a directory of its own under `work` (kept: a
+ * deletion here would slow the next variant's allocations). Wall ms.
+ */
+async function layeredFloor(o: {
+  work: string;
+  rootfs: string;
+  lowers: string;
+  spec: object;
+  depths: number[];
+  jobs: number;
+}): Promise<number> {
+  const [sysMount, sysUmount] = MOUNT_SYSCALLS[process.arch]!;
+  const dir = join(o.work, `layered-${randomHex(4)}`);
+  for (let job = 0; job < o.jobs; job++) {
+    await mkdir(join(dir, `job${job}`, 'merged'), { recursive: true });
+    const spec = { ...o.spec, root: { path: join(dir, `job${job}`, 'merged'), readonly: false } };
+    await writeFile(join(dir, `job${job}`, 'config.json'), JSON.stringify(spec));
+  }
+  const depthsFile = join(dir, 'depths');
+  await writeFile(depthsFile, `${o.depths.join('\n')}\n`);
+  const args = [LAYERED_FLOOR, dir, o.rootfs, o.lowers, String(o.jobs), depthsFile];
+  const started = performance.now();
+  const r = spawnSync('perl', [...args, String(sysMount), String(sysUmount)], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+    encoding: 'utf8',
+  });
+  const ms = performance.now() - started;
+  if (r.status !== 0) {
+    await Overlay.unmountAll(dir, { lazy: true });
+    throw new Error(`layered-floor.pl failed: ${r.stderr}`);
+  }
+  return ms;
 }
 
 /** `day11 build` of `planFile`: wall ms, and the summary it printed. */
@@ -224,6 +286,11 @@ export async function run(): Promise<BenchRow[]> {
       rootfs: base,
     });
     await writeFile(join(bundle, 'config.json'), JSON.stringify(spec));
+    const lowers = join(work, 'lowers');
+    for (let l = 1; l <= FLOOR_LOWERS; l++) {
+      await mkdir(join(lowers, `l${l}`), { recursive: true });
+      await writeFile(join(lowers, `l${l}`, `file${l}`), `${l}\n`);
+    }
     const rows: BenchRow[] = [];
 
     // 1. The builder's own cost per step, fake sandbox, 1,000 and 10,000
@@ -281,15 +348,19 @@ export async function run(): Promise<BenchRow[]> {
     const floorSamples: number[] = [];
     const parallelSamples: number[] = [];
     const builds: number[] = [];
+    const layered: number[] = [];
     const cachedCli: number[] = [];
     const random = seeded(17);
     for (let r = 0; r < ROUNDS; r++) {
       const planFile = join(work, `dag-${r}.json`);
-      await writeFile(
-        planFile,
-        JSON.stringify({ base: 'busybox', steps: randomDag(1000, `r${r}`) }),
-      );
+      const dag = randomDag(1000, `r${r}`);
+      await writeFile(planFile, JSON.stringify({ base: 'busybox', steps: dag }));
+      const depths = stackDepths(dag);
       const variants = {
+        layered: async () => {
+          if (MOUNT_SYSCALLS[process.arch] === undefined) return;
+          layered.push(await layeredFloor({ work, rootfs: base, lowers, spec, depths, jobs: 2 }));
+        },
         floor: async () => {
           for (let i = 0; i < 20; i++) floorSamples.push(bareRun(bundle));
         },
@@ -329,6 +400,15 @@ export async function run(): Promise<BenchRow[]> {
       baselineName: `measured floor: 2 shell loops of crun run true side by side, per run × 1,000`,
       baseline: median(parallelSamples) * 1000,
     });
+    if (layered.length > 0) {
+      rows.push({
+        name: '`day11 build` of a 1,000-step random DAG of `true`, crun, --jobs 2',
+        value: median(builds),
+        baselineName:
+          'layered floor: the same stacks mounted, crun run, unmounted, uppers kept (layered-floor.pl, 2 processes)',
+        baseline: median(layered),
+      });
+    }
 
     rows.push(...fakeRows);
     rows.push({
