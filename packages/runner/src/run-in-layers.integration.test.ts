@@ -384,14 +384,16 @@ describe('runInLayers', () => {
       ).rejects.toBeDefined();
       expect(inside).toBe(0);
 
-      // Aborted while it waits for the slot: RUNNER_ABORTED, nothing left, the slot free.
+      // Aborted while it waits for the slot: RUNNER_ABORTED at once (the slot
+      // still held), nothing left; the slot granted later is given back.
       const holder = await slot.acquire();
       const ac = new AbortController();
       const waiting = step('true', [], { runtime, signal: ac.signal, containerSlot });
       await new Promise((resolve) => setTimeout(resolve, 300));
       ac.abort();
-      holder();
       await expect(waiting).rejects.toMatchObject({ code: RunnerCodes.ABORTED });
+      holder();
+      (await slot.acquire())();
       expect(inside).toBe(0);
       await releaseIdle();
       expect(await leftovers(osDir)).toEqual(CLEAN);

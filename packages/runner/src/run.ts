@@ -148,7 +148,9 @@ export interface RunInLayersOptions {
    * A limit on containers running at once, shared by runs that may be
    * prepared side by side: awaited once the overlay is mounted, just before
    * the runtime starts; the function it resolves to is called as soon as the
-   * container is gone (on every path). The wait is the `slot_wait` phase. A
+   * container is gone (on every path). The wait is the `slot_wait` phase; an
+   * abort ends it at once (`RUNNER_ABORTED`, a slot granted later is given
+   * back). A
    * builder gives it to prepare and commit other steps while its `jobs`
    * containers run.
    *
@@ -362,7 +364,7 @@ async function execute(
     }),
   );
   stopIfAsked(run, o);
-  const release = await clock.time('slot_wait', () => o.containerSlot?.());
+  const release = await clock.time('slot_wait', () => takeSlot(o));
   let result: Runc.RunResult;
   try {
     stopIfAsked(run, o);
@@ -628,6 +630,33 @@ async function abandon(run: Run): Promise<void> {
   await removeTree(run.handover).catch(() => undefined);
   await run.leases?.release().catch(() => undefined);
   run.leases = undefined;
+}
+
+/**
+ * The container slot, or none without `containerSlot`. An abort ends the
+ * wait at once; a slot granted after it is given back as it comes.
+ */
+async function takeSlot(o: Checked): Promise<(() => void) | undefined> {
+  if (o.containerSlot === undefined) return undefined;
+  const granted = o.containerSlot();
+  const signal = o.signal;
+  if (signal === undefined) return granted;
+  let onAbort: (() => void) | undefined;
+  const abort = new Promise<never>((_, reject) => {
+    onAbort = () => reject(aborted(signal, undefined));
+    signal.addEventListener('abort', onAbort, { once: true });
+  });
+  try {
+    return await Promise.race([granted, abort]);
+  } catch (err) {
+    granted.then(
+      (release) => release(),
+      () => undefined,
+    );
+    throw err;
+  } finally {
+    signal.removeEventListener('abort', onAbort!);
+  }
 }
 
 function stopIfAsked(run: Run, o: Checked): void {
