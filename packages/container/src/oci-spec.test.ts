@@ -308,6 +308,50 @@ describe('OciSpec.make rejects bad options with BAD_SPEC', () => {
   });
 });
 
+describe('OciSpec.make remembers what it made from the same options', () => {
+  const options = (args: string[]): OciSpec.MakeOptions => ({
+    args,
+    cwd: '/src',
+    env: { HOME: '/root' },
+    seccomp: true,
+    resources: { pidsLimit: 64 },
+  });
+
+  it('gives for new args the spec it gives the first time, as a fresh object', () => {
+    const first = OciSpec.make(options(['make', 'all']));
+    const second = OciSpec.make(options(['make', 'install']));
+    expect(second).toEqual({ ...first, process: { ...first.process, args: ['make', 'install'] } });
+    second.process.env.push('MUTATED=1');
+    second.linux.maskedPaths.length = 0;
+    const third = OciSpec.make(options(['make', 'check']));
+    expect(third.process.env).toEqual(first.process.env);
+    expect(third.linux.maskedPaths).toEqual(first.linux.maskedPaths);
+    const args = ['make', 'dist'];
+    const fourth = OciSpec.make(options(args));
+    args.push('mutated');
+    expect(fourth.process.args).toEqual(['make', 'dist']);
+  });
+
+  it('still refuses bad args, and options JSON cannot say all of, after a good make', () => {
+    OciSpec.make(options(['true']));
+    expect(badSpec(() => OciSpec.make(options([]))).message).toMatch(/args/);
+    expect(badSpec(() => OciSpec.make(options(['a\0b']))).message).toMatch(/args\.0/);
+    // JSON drops a function member: the text of these options is that of good ones.
+    const withFunction = { ...options(['true']), hostname: (() => 'x') as unknown as string };
+    expect(badSpec(() => OciSpec.make(withFunction)).message).toMatch(/hostname/);
+    const nan = { ...options(['true']), resources: { pidsLimit: NaN } };
+    expect(badSpec(() => OciSpec.make(nan)).message).toMatch(/pidsLimit/);
+  });
+
+  it('validates a made spec again once it changed', () => {
+    const spec = OciSpec.make(options(['true']));
+    OciSpec.template(spec); // valid, remembered
+    spec.process.cwd = 'relative';
+    expect(badSpec(() => OciSpec.template(spec)).message).toMatch(/cwd/);
+    expect(badSpec(() => OciSpec.parse(spec)).message).toMatch(/cwd/);
+  });
+});
+
 describe('OciSpec.parse / parseTemplate', () => {
   it('accept a made spec and keep unknown keys', () => {
     const spec = { ...OciSpec.make({ args: ['true'] }), annotations: { a: 'b' } };

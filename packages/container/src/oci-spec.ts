@@ -22,6 +22,7 @@ import { Atomic } from '@day11/exec';
 import { z } from 'zod';
 import { ContainerCodes, ContainerError, messageOf } from './errors.js';
 import * as Seccomp from './seccomp.js';
+import { jsonOf, plainJsonOf, ValidTexts } from './valid-texts.js';
 import {
   specSchemas,
   type Mount,
@@ -197,6 +198,40 @@ export interface MakeOptions {
  * @throws {ContainerError} `CONTAINER_BAD_SPEC` naming the bad option.
  */
 export function make(opts: MakeOptions): Spec {
+  const key = plainJsonOf({ ...opts, args: undefined });
+  const made = key === undefined ? undefined : madeFrom.get(key);
+  if (made !== undefined && validArgs(opts.args)) {
+    const spec = JSON.parse(made) as Spec;
+    spec.process.args = [...opts.args];
+    validSpecs.add(jsonOf(spec));
+    return spec;
+  }
+  const spec = makeValid(opts); // remembered by parse
+  if (key !== undefined) {
+    if (madeFrom.size >= MADE_FROM_MAX) madeFrom.clear();
+    madeFrom.set(key, JSON.stringify({ ...spec, process: { ...spec.process, args: [] } }));
+  }
+  return spec;
+}
+
+/**
+ * The specs made from options that differ only in `args` (by the JSON text of
+ * the rest): a builder makes one per step from the same few option sets, and
+ * the spec depends on `args` only where it copies them.
+ */
+const madeFrom = new Map<string, string>();
+const MADE_FROM_MAX = 64;
+
+/** `args` as `OptionsSchema` takes them; anything else goes through it for its message. */
+function validArgs(args: unknown): args is readonly string[] {
+  return (
+    Array.isArray(args) &&
+    args.length > 0 &&
+    args.every((a) => typeof a === 'string' && !a.includes('\0'))
+  );
+}
+
+function makeValid(opts: MakeOptions): Spec {
   const o = validateOptions(opts);
   const caps = [...DEFAULT_CAPABILITIES];
   const spec: Spec = {
@@ -365,10 +400,19 @@ function thermalThrottleDirs(): string[] {
  * @throws {ContainerError} `CONTAINER_BAD_SPEC`.
  */
 export function parse(value: unknown): Spec {
+  const text = jsonOf(value);
+  // The text is what a runtime reads; parsing it back is also the cheapest deep copy.
+  if (validSpecs.has(text)) return JSON.parse(text) as Spec;
   const parsed = specSchemas().Schema.safeParse(value);
   if (!parsed.success) throw badSpec('Invalid OCI runtime spec', parsed.error);
-  return parsed.data;
+  if (text === undefined) return parsed.data;
+  validSpecs.add(text);
+  return JSON.parse(text) as Spec;
 }
+
+/** Specs and templates validated before, by their JSON text. */
+const validSpecs = new ValidTexts();
+const validTemplates = new ValidTexts();
 
 /**
  * Validates a template (e.g. read back from a layer's JSON).
@@ -383,19 +427,10 @@ export function parseTemplate(value: unknown): Template {
   return validTemplate(value);
 }
 
-/**
- * The JSON texts of templates already validated: a builder instantiates the
- * same few templates step after step, and validation costs far more than
- * the `JSON.stringify` that recognises them.
- */
-const validTexts = new Set<string>();
-const VALID_TEXTS_MAX = 64;
-
 /** A validated copy of the template (a fresh object: the caller may change it). */
 function validTemplate(value: unknown): Template {
   const text = jsonOf(value);
-  // The text is what a runtime reads; parsing it back is also the cheapest deep copy.
-  if (text !== undefined && validTexts.has(text)) return JSON.parse(text) as Template;
+  if (validTemplates.has(text)) return JSON.parse(text) as Template;
   const parsed = specSchemas().TemplateSchema.safeParse(value);
   if (!parsed.success) {
     const err = badSpec('Invalid OCI spec template', parsed.error);
@@ -406,8 +441,7 @@ function validTemplate(value: unknown): Template {
     });
   }
   if (text === undefined) return parsed.data;
-  if (validTexts.size >= VALID_TEXTS_MAX) validTexts.clear();
-  validTexts.add(text);
+  validTemplates.add(text);
   return JSON.parse(text) as Template;
 }
 
@@ -425,14 +459,6 @@ function withoutRunParts(value: Template | Spec): Template | Spec {
   return { ...value, root, linux };
 }
 
-function jsonOf(value: unknown): string | undefined {
-  try {
-    return JSON.stringify(value);
-  } catch {
-    return undefined; // a cycle or a BigInt: validation will say what is wrong
-  }
-}
-
 /**
  * A spec without its per-run parts (`root.path`, `linux.cgroupsPath`): what a
  * layer stores, to be filled by {@link instantiate}. A deep copy; `JSON.stringify`
@@ -444,12 +470,14 @@ function jsonOf(value: unknown): string | undefined {
  * ```
  */
 export function template(spec: Spec): Template {
-  const copy: Spec = structuredClone(parse(spec));
+  const copy: Spec = parse(spec); // a fresh object
   const root: Record<string, unknown> = copy.root;
   const linux: Record<string, unknown> = copy.linux;
   delete root['path'];
   delete linux['cgroupsPath'];
-  return parseTemplate(copy);
+  // A valid spec without its per-run parts is a valid template.
+  validTemplates.add(jsonOf(copy));
+  return copy as unknown as Template;
 }
 
 /** Options of {@link instantiate}. */
