@@ -91,33 +91,37 @@ function final(stdout: string, id: string): StepEvent {
 }
 
 /** Processes on the host now. */
-async function processCount(): Promise<number> {
-  return (await readdir('/proc')).filter((d) => /^\d+$/.test(d)).length;
+/** Where runc and crun put a relative `cgroupsPath`: v1's pids hierarchy, v2's root, this process's cgroup. */
+function cgroupRoots(): string[] {
+  const own = readFileSync('/proc/self/cgroup', 'utf8').match(/^0::(\/.*)$/m)?.[1];
+  return ['/sys/fs/cgroup/pids', '/sys/fs/cgroup', ...(own ? [join('/sys/fs/cgroup', own)] : [])];
 }
 
 /**
- * The most processes in any one day11 container's pids cgroup now, or
- * undefined when none is found: the containers' own count, which other
- * tests running beside this one do not change (a count of every process on
- * the host does). Looks where runc and crun put a relative `cgroupsPath`:
- * the pids hierarchy of cgroup v1, the root of v2, and this process's cgroup.
+ * The process counts (`pids.current`) of the containers' cgroups whose name
+ * starts with `prefix`: the containers' own count, which other tests running
+ * beside this one do not change (a count of every process on the host does).
  */
-async function containerPids(): Promise<number | undefined> {
-  const own = readFileSync('/proc/self/cgroup', 'utf8').match(/^0::(\/.*)$/m)?.[1];
-  const roots = [
-    '/sys/fs/cgroup/pids',
-    '/sys/fs/cgroup',
-    ...(own ? [join('/sys/fs/cgroup', own)] : []),
-  ];
-  let most: number | undefined;
-  for (const root of roots) {
+async function containerPids(prefix: string): Promise<number[]> {
+  const counts: number[] = [];
+  for (const root of cgroupRoots()) {
     const names = await readdir(root).catch(() => [] as string[]);
-    for (const name of names.filter((n) => n.startsWith('day11-run-'))) {
+    for (const name of names.filter((n) => n.startsWith(prefix))) {
       const text = await readFile(join(root, name, 'pids.current'), 'utf8').catch(() => '');
-      if (/^\d+\s*$/.test(text)) most = Math.max(most ?? 0, Number(text));
+      if (/^\d+\s*$/.test(text)) counts.push(Number(text));
     }
   }
-  return most;
+  return counts;
+}
+
+/** The processes whose command line names `word` (e.g. a runtime still running a container id). */
+async function processesNaming(word: string): Promise<string[]> {
+  const found: string[] = [];
+  for (const pid of (await readdir('/proc')).filter((d) => /^\d+$/.test(d))) {
+    const cmdline = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
+    if (cmdline.includes(word)) found.push(`${pid}: ${cmdline.replaceAll('\0', ' ')}`);
+  }
+  return found;
 }
 
 describe('a step printing 250 MB', () => {
@@ -299,14 +303,13 @@ describe('process and memory limits', () => {
   it.skipIf(!isRoot)(
     'a real fork bomb stays under the default limit and is stopped by --timeout, leaving nothing',
     async () => {
-      const before = await processCount();
       const file = await plan('bomb', {
         base: 'busybox',
         steps: [{ id: 'bomb', run: 'b() { b | b & }; b; sleep 30' }],
       });
       let peak = 0;
       const sampler = setInterval(() => {
-        void containerPids().then((n) => (peak = Math.max(peak, n ?? 0)));
+        void containerPids('day11-run-').then((n) => (peak = Math.max(peak, ...n)));
       }, 100);
       let r;
       try {
@@ -330,7 +333,9 @@ describe('process and memory limits', () => {
       expect(r.exitCode).toBe(1);
       expect(peak).toBeGreaterThan(500); // the bomb did go off
       expect(peak).toBeLessThanOrEqual(DEFAULT_PIDS);
-      expect(await processCount()).toBeLessThan(before + 50);
+      // Nothing of the run is left: no cgroup of its containers, no process naming one.
+      expect(await containerPids(`day11-run-${r.pid}-`)).toEqual([]);
+      expect(await processesNaming(`day11-run-${r.pid}-`)).toEqual([]);
       const { stdout } = await Exec.run('runc', ['list', '-q']);
       expect(stdout.split('\n').filter((id) => id.startsWith(`day11-run-${r.pid}-`))).toEqual([]);
     },
