@@ -90,7 +90,6 @@ function final(stdout: string, id: string): StepEvent {
     .at(-1)!;
 }
 
-/** Processes on the host now. */
 /** Where runc and crun put a relative `cgroupsPath`: v1's pids hierarchy, v2's root, this process's cgroup. */
 function cgroupRoots(): string[] {
   const own = readFileSync('/proc/self/cgroup', 'utf8').match(/^0::(\/.*)$/m)?.[1];

@@ -50,8 +50,10 @@ export function plainJsonOf(value: unknown): string | undefined {
           if (Number.isFinite(raw)) return v;
           break;
         case 'object': {
+          // A plain object's own `toJSON` would put its result in the text, not the object.
           const proto: unknown = Object.getPrototypeOf(raw);
-          if (Array.isArray(raw) || proto === Object.prototype || proto === null) return v;
+          const plain = proto === Object.prototype || proto === null;
+          if (Array.isArray(raw) || (plain && !('toJSON' in raw))) return v;
         }
       }
       throw new TypeError('not plain JSON');
