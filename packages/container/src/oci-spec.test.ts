@@ -343,7 +343,7 @@ describe('OciSpec.make remembers what it made from the same options', () => {
     expect(badSpec(() => OciSpec.make(nan)).message).toMatch(/pidsLimit/);
     // A toJSON member makes the text that of good options; the object itself has no pids limit.
     const resources = { toJSON: () => ({ pidsLimit: 64 }) } as OciSpec.Resources;
-    expect(OciSpec.make({ ...options(['true']), resources }).linux.resources.pids).toBeUndefined();
+    expect(OciSpec.make({ ...options(['true']), resources }).linux.resources?.pids).toBeUndefined();
   });
 
   it('validates a made spec again once it changed', () => {
