@@ -245,6 +245,32 @@ describe('cache hits and misses', () => {
     expect(again.result.steps[1]).toMatchObject({ status: 'skipped', recorded: false });
     expect((await LayerMeta.load(a.dir)).hash).toBe(other);
   });
+
+  it('two builds of one plan on one cache share the work: a step locked by the other waits without blocking later ones', async () => {
+    // Two workers (as two `day11 build` processes would) on the same wide
+    // plan: each builds what the other has not locked, and finds the rest
+    // cached, instead of one waiting behind the other's locks in plan order.
+    const steps = Array.from({ length: 120 }, (_, i) => ({ id: `w${i}` }));
+    for (const s of steps) sandbox.behaviour.set(s.id, { delayMs: 10 });
+    const other = new FakeSandbox(osDir);
+    for (const s of steps) other.behaviour.set(s.id, { delayMs: 10 });
+    for (const fake of [sandbox, other]) fake.takesContainerSlot = true;
+    // The base is imported first, so neither build starts by waiting for the other's import.
+    await build(planOf([{ id: 'warm' }]));
+    const plan = planOf(steps);
+    const builders = [sandbox, other].map((s) => createBuilder({ osDir, sandbox: s, jobs: 2 }));
+    try {
+      const [a, b] = await Promise.all(builders.map((builder) => builder.build(plan)));
+      expect(a!.ok && b!.ok).toBe(true);
+      expect(a!.summary.built + b!.summary.built).toBe(120);
+      expect(a!.summary.built + a!.summary.cached).toBe(120);
+      expect(b!.summary.built + b!.summary.cached).toBe(120);
+      // Each ran a share (25 to 95 of 120 in 13 runs; without sharing it was 0 or 120).
+      expect(Math.min(a!.summary.built, b!.summary.built)).toBeGreaterThanOrEqual(12);
+    } finally {
+      await Promise.all(builders.map((builder) => builder.close()));
+    }
+  });
 });
 
 describe('failures', () => {

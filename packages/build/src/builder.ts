@@ -740,7 +740,10 @@ class BuildRun {
    * is taken before the slot (by at most {@link LOCK_AHEAD} steps waiting for
    * one), and a run gives its slot back as soon as the container is done: a
    * slot is held by a container alone, while other steps take their locks and
-   * commit their layers.
+   * commit their layers. A step whose lock another build holds (another
+   * worker on this cache, making the same layer) waits for it without its
+   * place among the {@link LOCK_AHEAD}: the steps after it take the locks the
+   * other build has not, so two builds of one plan share the work.
    */
   private async make(step: Step): Promise<StepOutcome> {
     const hash = this.graph.hash(step.id);
@@ -754,6 +757,7 @@ class BuildRun {
           hash,
           timeoutMs: Infinity,
           ...(this.signal && { signal: this.signal }),
+          onWait: admitted,
         },
         async () => {
           // Another process may have made it while we waited for the lock

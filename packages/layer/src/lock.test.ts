@@ -59,6 +59,29 @@ describe('Lock.withLayer', () => {
     expect(events.slice(0, 2).sort()).toEqual(['a+', 'c+']);
   });
 
+  it('calls onWait once when it starts waiting for a held lock, and never for a free one', async () => {
+    const waits: string[] = [];
+    const onWait = (tag: string) => () => waits.push(tag);
+    await withLayer({ osDir, hash, onWait: onWait('free') }, async () => undefined);
+    expect(waits).toEqual([]);
+    let holding!: () => void;
+    const held = new Promise<void>((r) => (holding = r));
+    const first = withLayer({ osDir, hash }, async () => {
+      holding();
+      await sleep(300); // several of the waiter's polls
+    });
+    await held;
+    let acquired = false;
+    await withLayer({ osDir, hash, onWait: onWait('waiter') }, async () => {
+      acquired = true;
+      // Called before the lock was had, not after.
+      expect(waits).toEqual(['waiter']);
+    });
+    await first;
+    expect(acquired).toBe(true);
+    expect(waits).toEqual(['waiter']);
+  });
+
   it('makes no inode per lock: the locks held with another in a directory are names of one file', async () => {
     const hashes = [1, 2, 3].map(hashOf);
     const inodes: number[][] = [];

@@ -72,6 +72,12 @@ export interface LockOptions {
   staleMs?: number;
   /** Aborting stops waiting for the lock (rejects with the signal's reason). */
   signal?: AbortSignal;
+  /**
+   * Called once, when the lock is found held by someone else and the call
+   * starts to wait for it: a caller can give back what it holds meanwhile
+   * (the builder gives a step's place in line to steps it can start now).
+   */
+  onWait?: () => void;
 }
 
 /** Options of {@link withPath}. */
@@ -495,6 +501,7 @@ async function acquire(
   const text = ownerText !== undefined && onExit !== undefined ? ownerText : await prepare();
   installExitHook();
   try {
+    let waiting = false;
     for (let backoff = 20; ; backoff = Math.min(backoff * 1.5, 500)) {
       options.signal?.throwIfAborted();
       let made;
@@ -515,6 +522,10 @@ async function acquire(
       }
       if (removed) continue;
       if (Date.now() >= deadline) throw timedOut(lockPath, timeoutMs, staleMs);
+      if (waiting === false) {
+        waiting = true;
+        options.onWait?.();
+      }
       const remaining = Math.max(0, deadline - Date.now());
       await sleep(Math.min(backoff * (0.5 + Math.random()), remaining), options.signal);
     }
