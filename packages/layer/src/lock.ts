@@ -501,7 +501,7 @@ async function acquire(
   const text = ownerText !== undefined && onExit !== undefined ? ownerText : await prepare();
   installExitHook();
   try {
-    let waiting = false;
+    let onWait = options.onWait;
     for (let backoff = 20; ; backoff = Math.min(backoff * 1.5, 500)) {
       options.signal?.throwIfAborted();
       let made;
@@ -522,10 +522,8 @@ async function acquire(
       }
       if (removed) continue;
       if (Date.now() >= deadline) throw timedOut(lockPath, timeoutMs, staleMs);
-      if (waiting === false) {
-        waiting = true;
-        options.onWait?.();
-      }
+      onWait?.(); // once: from here on this call waits
+      onWait = undefined;
       const remaining = Math.max(0, deadline - Date.now());
       await sleep(Math.min(backoff * (0.5 + Math.random()), remaining), options.signal);
     }
